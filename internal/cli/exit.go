@@ -1,0 +1,45 @@
+package cli
+
+import (
+	"context"
+	"errors"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// Exit codes, documented in the README. This is the only place errors
+// become exit codes.
+const (
+	ExitOK          = 0
+	ExitFailed      = 1 // anything not listed below
+	ExitUsage       = 2 // bad flags or handoff.yml
+	ExitUnhealthy   = 3 // the new container failed; the old one still serves
+	ExitLocked      = 4 // another handoff of the service is running
+	ExitProxy       = 5 // Caddy unreachable, route not found, or changed meanwhile
+	ExitImage       = 6 // the image is missing
+	ExitInterrupted = 130
+)
+
+// ExitCode maps an error to the process's exit status.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, context.Canceled):
+		return ExitInterrupted
+	case errors.Is(err, deploy.ErrConfig), errors.Is(err, errUsage):
+		return ExitUsage
+	case errors.Is(err, deploy.ErrUnhealthy):
+		return ExitUnhealthy
+	case errors.Is(err, deploy.ErrLocked):
+		return ExitLocked
+	case errors.Is(err, deploy.ErrProxyUnreached), errors.Is(err, deploy.ErrNoRoute),
+		errors.Is(err, deploy.ErrConflict), errors.Is(err, deploy.ErrProxy):
+		return ExitProxy
+	case errors.Is(err, deploy.ErrImageNotFound):
+		return ExitImage
+	}
+	return ExitFailed
+}
+
+var errUsage = errors.New("usage")

@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+)
+
+type rollbackOptions struct {
+	*common
+	to int
+}
+
+func newRollbackCmd(c *common) *cobra.Command {
+	opts := &rollbackOptions{common: c}
+	cmd := &cobra.Command{
+		Use:   "rollback",
+		Short: "Put the previous kept release back in service (start, health, switch, drain, stop)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return rollbackRun(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().IntVar(&opts.to, "to", 0, "release number to go back to (default: the one before the live one)")
+	cmd.Flags().DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
+	return cmd
+}
+
+func rollbackRun(ctx context.Context, opts *rollbackOptions) error {
+	s, err := opts.settings()
+	if err != nil {
+		return err
+	}
+	d, done, err := opts.connect(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer done()
+	rec, err := d.Rollback(ctx, s.Service, opts.to)
+	return opts.finish(rec, err)
+}

@@ -1,0 +1,109 @@
+// Package cli is handoff's command line: one small file per command, each
+// filling an options struct and calling its run function, so tests can call
+// the run functions directly.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/handoff-dev/handoff/internal/caddy"
+	"github.com/handoff-dev/handoff/internal/config"
+	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/docker"
+	"github.com/handoff-dev/handoff/internal/state"
+)
+
+// common holds what every command takes: the file, its overrides, where
+// state lives, and how to print.
+type common struct {
+	io        *IO
+	file      string
+	overrides config.Overrides
+	stateDir  string
+	json      bool
+	lockWait  time.Duration
+}
+
+// Main runs handoff with args and returns the exit status.
+func Main(ctx context.Context, args []string, streams *IO) int {
+	root := NewRoot(streams)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		printError(streams, err)
+	}
+	return ExitCode(err)
+}
+
+// NewRoot builds the command tree.
+func NewRoot(streams *IO) *cobra.Command {
+	c := &common{io: streams}
+	root := &cobra.Command{
+		Use:           "handoff",
+		Short:         "Deploy a new version of a Dockerized web app behind Caddy with zero failed requests",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(streams.Out)
+	root.SetErr(streams.Err)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %v (see --help)", errUsage, err)
+	})
+	f := root.PersistentFlags()
+	f.StringVarP(&c.file, "file", "f", "", "service file (default ./handoff.yml when it exists)")
+	f.StringVar(&c.overrides.Service, "service", "", "service name (names its containers)")
+	f.StringVar(&c.overrides.CaddyAdmin, "caddy-admin", "", "Caddy admin API: URL, host:port or unix:PATH (default "+caddy.DefaultAdmin+")")
+	f.StringVar(&c.overrides.CaddyRoute, "caddy-route", "", "the route to switch: site host (api.example.com) or current upstream (localhost:8000)")
+	f.StringVar(&c.overrides.Caddyfile, "caddyfile", "", "Caddyfile to keep in step with each switch")
+	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
+	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
+
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newStatusCmd(c), newHistoryCmd(c), newVersionCmd(c))
+	return root
+}
+
+// settings reads the file and merges the flags.
+func (c *common) settings() (config.Settings, error) {
+	f, err := config.Load(c.file)
+	if err != nil {
+		return config.Settings{}, err
+	}
+	return config.Resolve(f, c.overrides)
+}
+
+// connect wires the procedure to the real Docker engine and Caddy.
+func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deployer, func(), error) {
+	proxy, err := caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile)
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := docker.New(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := c.stateDir
+	if dir == "" {
+		dir = state.DefaultDir()
+	}
+	d := &deploy.Deployer{
+		Runtime: rt,
+		Proxy:   proxy,
+		History: state.Store{Dir: dir},
+		Locker:  state.Locker{Dir: dir, Wait: c.lockWait},
+		Report:  &reporter{io: c.io},
+	}
+	return d, func() { _ = rt.Close() }, nil
+}
+
+func printError(streams *IO, err error) {
+	fmt.Fprintf(streams.Err, "handoff: %v\n", err)
+	var he *deploy.HealthError
+	if errors.As(err, &he) {
+		fmt.Fprintln(streams.Err, he.Detail())
+	}
+}

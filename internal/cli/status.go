@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd(c *common) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the live release, what Caddy points at, whether they agree, and missing Caddy settings",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return statusRun(cmd.Context(), c)
+		},
+	}
+}
+
+func statusRun(ctx context.Context, c *common) error {
+	s, err := c.settings()
+	if err != nil {
+		return err
+	}
+	d, done, err := c.connect(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer done()
+	st, err := d.Status(ctx, s.Service.Name)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.io.JSON(st)
+	}
+	out := c.io.Out
+	fmt.Fprintf(out, "service  %s\ncaddy    %s → %s\n", st.Service, st.Proxy, st.Upstream)
+	if st.Live != nil {
+		fmt.Fprintf(out, "live     %s  image %s  health %s  up %s\n", st.Live.Name, st.Live.Image, orDash(st.Live.Health), st.Live.Uptime)
+	}
+	if st.Agree {
+		fmt.Fprintln(out, "agree    yes: Caddy points at the live container")
+	} else {
+		fmt.Fprintf(out, "agree    NO: %s\n", st.Problem)
+	}
+	if st.Agree && st.Problem != "" {
+		fmt.Fprintf(out, "warning  %s\n", st.Problem)
+	}
+	if len(st.Releases) > 0 {
+		fmt.Fprintln(out, "\nreleases")
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  RELEASE\tCONTAINER\tIMAGE\tSTATE\tUPSTREAM")
+		for _, r := range st.Releases {
+			state := "stopped"
+			if r.Running {
+				state = "running " + r.Uptime.String()
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", r.Release, r.Name, r.Image, state, orDash(r.Upstream))
+		}
+		tw.Flush()
+	}
+	if st.LastEvent != nil {
+		e := st.LastEvent
+		fmt.Fprintf(out, "\nlast     %s %s %s (%s ago)\n", e.Kind, e.To, e.Outcome, time.Since(e.Started).Round(time.Second))
+	}
+	for _, a := range st.Advice {
+		fmt.Fprintf(out, "advice   %s\n", a)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

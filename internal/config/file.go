@@ -1,0 +1,207 @@
+// Package config reads handoff.yml, strictly: an unknown key, a bad
+// duration or an impossible value is refused with the file, the line and a
+// hint. Resolve then merges the file with command-line flags into what the
+// deploy procedure and the Caddy adapter take.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-shellwords"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// DefaultFile is read when -f is not given and it exists.
+const DefaultFile = "handoff.yml"
+
+// File is handoff.yml as written.
+type File struct {
+	Service      string            `yaml:"service"`
+	Image        string            `yaml:"image"`
+	Build        *Build            `yaml:"build"`
+	Command      Words             `yaml:"command"`
+	Port         int               `yaml:"port"`
+	Env          map[string]string `yaml:"env"`
+	EnvFile      Words             `yaml:"env_file"`
+	Volumes      []string          `yaml:"volumes"`
+	Network      string            `yaml:"network"`
+	Labels       map[string]string `yaml:"labels"`
+	Restart      string            `yaml:"restart"`
+	Resources    Resources         `yaml:"resources"`
+	Health       Health            `yaml:"health"`
+	DrainTimeout Duration          `yaml:"drain_timeout"`
+	StopTimeout  Duration          `yaml:"stop_timeout"`
+	Keep         *int              `yaml:"keep"`
+	Caddy        Caddy             `yaml:"caddy"`
+
+	path  string         // the file read, for messages and relative paths
+	lines map[string]int // "health.interval" → line, for messages
+}
+
+// Build is `build:`; a plain string is the context directory.
+type Build struct {
+	Context    string            `yaml:"context"`
+	Dockerfile string            `yaml:"dockerfile"`
+	Args       map[string]string `yaml:"args"`
+	Target     string            `yaml:"target"`
+}
+
+// UnmarshalYAML takes `build: .` as well as the mapping.
+func (b *Build) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		b.Context = n.Value
+		return nil
+	}
+	type plain Build
+	return n.Decode((*plain)(b))
+}
+
+// Resources are the container's limits.
+type Resources struct {
+	Memory string  `yaml:"memory"` // "512m", "1g"
+	CPUs   float64 `yaml:"cpus"`
+}
+
+// Health is `health:`.
+type Health struct {
+	Type         string   `yaml:"type"`
+	Path         string   `yaml:"path"`
+	Host         string   `yaml:"host"`
+	Status       string   `yaml:"status"` // "2xx", "200", "200-399"
+	Command      Words    `yaml:"command"`
+	Timeout      Duration `yaml:"timeout"`
+	Interval     Duration `yaml:"interval"`
+	Successes    int      `yaml:"successes"`
+	StartTimeout Duration `yaml:"start_timeout"`
+}
+
+// Caddy is `caddy:`.
+type Caddy struct {
+	Admin     string `yaml:"admin"`
+	Route     string `yaml:"route"`
+	Caddyfile string `yaml:"caddyfile"`
+}
+
+// Duration is a Go duration ("30s", "2m"); a bare number is refused, since
+// nobody can tell whether it meant seconds.
+type Duration time.Duration
+
+// UnmarshalYAML parses the duration or says, with the line, what is wrong.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return &lineError{line: n.Line, msg: fmt.Sprintf("%q is not a duration; write it like 30s, 2m or 1m30s", n.Value)}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Words is a command: a list, or a string split as a shell would (no shell runs it).
+type Words []string
+
+// UnmarshalYAML takes a list or a string.
+func (w *Words) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.SequenceNode {
+		var list []string
+		if err := n.Decode(&list); err != nil {
+			return err
+		}
+		*w = list
+		return nil
+	}
+	words, err := shellwords.Parse(n.Value)
+	if err != nil {
+		return &lineError{line: n.Line, msg: fmt.Sprintf("cannot split %q into words: %v; write it as a list", n.Value, err)}
+	}
+	*w = words
+	return nil
+}
+
+type lineError struct {
+	line int
+	msg  string
+}
+
+func (e *lineError) Error() string { return e.msg }
+
+// Load reads the file at path. With path "" it reads handoff.yml in the
+// current directory if there is one, and an empty File if not.
+func Load(path string) (File, error) {
+	explicit := path != ""
+	if !explicit {
+		path = DefaultFile
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return File{}, nil
+	}
+	if err != nil {
+		return File{}, fmt.Errorf("%w: %v", deploy.ErrConfig, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse reads handoff.yml's text; name is used in messages and for relative paths.
+func Parse(name string, data []byte) (File, error) {
+	f := File{path: name, lines: map[string]int{}}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if err.Error() == "EOF" {
+			return f, nil
+		}
+		return f, fileError(name, 0, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind != yaml.MappingNode {
+		return f, fileError(name, root.Line, "expected keys like `service:` and `image:` at the top level")
+	}
+	if err := checkKeys(root, fileSchema, "", f.lines); err != nil {
+		var le *lineError
+		errors.As(err, &le)
+		return f, fileError(name, le.line, le.msg)
+	}
+	if err := root.Decode(&f); err != nil {
+		var le *lineError
+		if errors.As(err, &le) {
+			return f, fileError(name, le.line, le.msg)
+		}
+		return f, fileError(name, 0, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return f, nil
+}
+
+// Dir is the directory relative paths in the file are taken from.
+func (f File) Dir() string {
+	if f.path == "" {
+		return "."
+	}
+	return filepath.Dir(f.path)
+}
+
+// at formats a message about key with its place in the file.
+func (f File) at(key, msg string) error {
+	if line, ok := f.lines[key]; ok && f.path != "" {
+		return fileError(f.path, line, msg)
+	}
+	return fmt.Errorf("%w: %s", deploy.ErrConfig, msg)
+}
+
+func fileError(path string, line int, msg string) error {
+	if line > 0 {
+		return fmt.Errorf("%w: %s:%d: %s", deploy.ErrConfig, path, line, msg)
+	}
+	return fmt.Errorf("%w: %s: %s", deploy.ErrConfig, path, msg)
+}

@@ -1,0 +1,93 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// schema lists the keys a mapping may hold; a nested schema for keys whose
+// value is itself a mapping of known keys. nil: any keys (env, labels, args).
+type schema map[string]schema
+
+var anyKeys schema
+
+var fileSchema = schema{
+	"service": nil, "image": nil, "command": nil, "port": nil,
+	"build":     {"context": nil, "dockerfile": nil, "args": anyKeys, "target": nil},
+	"env":       anyKeys,
+	"env_file":  nil,
+	"volumes":   nil,
+	"network":   nil,
+	"labels":    anyKeys,
+	"restart":   nil,
+	"resources": {"memory": nil, "cpus": nil},
+	"health": {"type": nil, "path": nil, "host": nil, "status": nil, "command": nil,
+		"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil},
+	"drain_timeout": nil, "stop_timeout": nil, "keep": nil,
+	"caddy": {"admin": nil, "route": nil, "caddyfile": nil},
+}
+
+// checkKeys refuses unknown keys with a did-you-mean hint, and records
+// each key's line for later messages.
+func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) error {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		sub, known := s[k.Value]
+		if !known {
+			return &lineError{line: k.Line, msg: unknownKey(k.Value, prefix, s)}
+		}
+		lines[prefix+k.Value] = k.Line
+		if len(sub) > 0 && v.Kind == yaml.MappingNode {
+			if err := checkKeys(v, sub, prefix+k.Value+".", lines); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func unknownKey(key, prefix string, s schema) string {
+	where := "at the top level"
+	if prefix != "" {
+		where = "in " + strings.TrimSuffix(prefix, ".")
+	}
+	names := make([]string, 0, len(s))
+	for name := range s {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	best, bestDist := "", 3
+	for _, name := range names {
+		if d := distance(key, name); d < bestDist {
+			best, bestDist = name, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf("unknown key %q %s; did you mean %q?", key, where, best)
+	}
+	return fmt.Sprintf("unknown key %q %s; known keys: %s", key, where, strings.Join(names, ", "))
+}
+
+// distance is the Levenshtein distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}

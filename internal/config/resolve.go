@@ -1,0 +1,239 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/dotenv"
+	"github.com/docker/go-units"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// Overrides are the command-line flags that override the file; "" and 0
+// mean "not given".
+type Overrides struct {
+	Service      string
+	Image        string
+	Port         int
+	HealthPath   string
+	CaddyAdmin   string
+	CaddyRoute   string
+	Caddyfile    string
+	DrainTimeout time.Duration
+}
+
+// Settings is the file and the flags merged: what a command runs with.
+type Settings struct {
+	Service deploy.Service
+	Caddy   Caddy
+}
+
+// Resolve merges f and o, checks every value, and reads env files.
+func Resolve(f File, o Overrides) (Settings, error) {
+	pick := func(flag, file string) string {
+		if flag != "" {
+			return flag
+		}
+		return file
+	}
+	svc := deploy.Service{
+		Name:         pick(o.Service, f.Service),
+		Image:        pick(o.Image, f.Image),
+		Command:      f.Command,
+		Port:         f.Port,
+		Volumes:      f.Volumes,
+		Network:      f.Network,
+		Labels:       f.Labels,
+		Restart:      f.Restart,
+		CPUs:         f.Resources.CPUs,
+		DrainTimeout: time.Duration(f.DrainTimeout),
+		StopTimeout:  time.Duration(f.StopTimeout),
+	}
+	if o.Port != 0 {
+		svc.Port = o.Port
+	}
+	if o.DrainTimeout != 0 {
+		svc.DrainTimeout = o.DrainTimeout
+	}
+	if f.Keep != nil {
+		if *f.Keep < 1 {
+			return Settings{}, f.at("keep", fmt.Sprintf("keep: %d: keep at least 1 earlier release, or rollback has nothing to go back to", *f.Keep))
+		}
+		svc.Keep = *f.Keep
+	}
+	if f.Port < 0 || f.Port > 65535 {
+		return Settings{}, f.at("port", fmt.Sprintf("port %d is not a TCP port (1-65535)", f.Port))
+	}
+	if f.Resources.Memory != "" {
+		m, err := units.RAMInBytes(f.Resources.Memory)
+		if err != nil || m <= 0 {
+			return Settings{}, f.at("resources.memory", fmt.Sprintf("memory %q: write it like 512m or 1g", f.Resources.Memory))
+		}
+		svc.Memory = m
+	}
+	if f.Resources.CPUs < 0 {
+		return Settings{}, f.at("resources.cpus", "cpus must be positive, like 1.5")
+	}
+	if r := f.Restart; r != "" && !slices.Contains([]string{"no", "always", "unless-stopped", "on-failure"}, r) {
+		return Settings{}, f.at("restart", fmt.Sprintf("restart %q: use no, always, unless-stopped or on-failure", r))
+	}
+	if f.Build != nil {
+		b := *f.Build
+		if b.Context == "" {
+			b.Context = "."
+		}
+		b.Context = f.relative(b.Context)
+		if b.Dockerfile != "" {
+			b.Dockerfile = f.relative(b.Dockerfile)
+		}
+		svc.Build = &deploy.BuildSpec{Context: b.Context, Dockerfile: b.Dockerfile, Args: b.Args, Target: b.Target}
+		if svc.Image == "" {
+			svc.Image = svc.Name + ":latest"
+		}
+	}
+	for i, v := range svc.Volumes {
+		svc.Volumes[i] = f.relativeVolume(v)
+	}
+
+	env, err := f.env()
+	if err != nil {
+		return Settings{}, err
+	}
+	svc.Env = env
+
+	h, err := f.health(o)
+	if err != nil {
+		return Settings{}, err
+	}
+	svc.Health = h
+
+	cad := Caddy{Admin: pick(o.CaddyAdmin, f.Caddy.Admin), Route: pick(o.CaddyRoute, f.Caddy.Route), Caddyfile: pick(o.Caddyfile, f.Caddy.Caddyfile)}
+	if o.Caddyfile == "" && cad.Caddyfile != "" {
+		cad.Caddyfile = f.relative(cad.Caddyfile)
+	}
+	if svc.Name == "" {
+		return Settings{}, fmt.Errorf("%w: no service name: set `service:` in handoff.yml or pass --service", deploy.ErrConfig)
+	}
+	return Settings{Service: svc, Caddy: cad}, nil
+}
+
+// env reads env_file entries in order, then env, which wins.
+func (f File) env() ([]string, error) {
+	vars := map[string]string{}
+	for _, name := range f.EnvFile {
+		path := f.relative(name)
+		got, err := dotenv.Read(path)
+		if err != nil {
+			return nil, f.at("env_file", fmt.Sprintf("env_file %s: %v", path, err))
+		}
+		maps.Copy(vars, got)
+	}
+	maps.Copy(vars, f.Env)
+	keys := slices.Sorted(maps.Keys(vars))
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, k+"="+vars[k])
+	}
+	return out, nil
+}
+
+func (f File) health(o Overrides) (deploy.HealthCheck, error) {
+	in := f.Health
+	h := deploy.HealthCheck{
+		Kind:         deploy.HealthKind(in.Type),
+		Path:         in.Path,
+		Host:         in.Host,
+		Command:      in.Command,
+		Timeout:      time.Duration(in.Timeout),
+		Interval:     time.Duration(in.Interval),
+		Successes:    in.Successes,
+		StartTimeout: time.Duration(in.StartTimeout),
+	}
+	if o.HealthPath != "" {
+		h.Path = o.HealthPath
+		if h.Kind == deploy.HealthAuto {
+			h.Kind = deploy.HealthHTTP
+		}
+	}
+	if h.Kind == deploy.HealthAuto && in.Path != "" {
+		h.Kind = deploy.HealthHTTP
+	}
+	switch h.Kind {
+	case deploy.HealthAuto, deploy.HealthHTTP, deploy.HealthTCP, deploy.HealthCmd, deploy.HealthDocker:
+	default:
+		return h, f.at("health.type", fmt.Sprintf("health type %q: use http, tcp, cmd or docker", in.Type))
+	}
+	if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
+		return h, f.at("health.path", fmt.Sprintf("health path %q must start with /", h.Path))
+	}
+	if h.Kind == deploy.HealthCmd && len(h.Command) == 0 {
+		return h, f.at("health.type", "health type cmd needs health.command, like [\"/app/check\"]")
+	}
+	if in.Successes < 0 {
+		return h, f.at("health.successes", "successes must be 1 or more")
+	}
+	if in.Status != "" {
+		lo, hi, err := parseStatus(in.Status)
+		if err != nil {
+			return h, f.at("health.status", err.Error())
+		}
+		h.StatusMin, h.StatusMax = lo, hi
+	}
+	if h.Interval != 0 && h.StartTimeout != 0 && h.Interval > h.StartTimeout {
+		return h, f.at("health.interval", fmt.Sprintf("interval %s is longer than start_timeout %s: not one check would run", h.Interval, h.StartTimeout))
+	}
+	return h, nil
+}
+
+// parseStatus reads "2xx", "200" or "200-399".
+func parseStatus(s string) (int, int, error) {
+	bad := fmt.Errorf("health status %q: write 2xx, 200 or 200-399", s)
+	if len(s) == 3 && strings.HasSuffix(s, "xx") {
+		d, err := strconv.Atoi(s[:1])
+		if err != nil || d < 1 || d > 5 {
+			return 0, 0, bad
+		}
+		return d * 100, d*100 + 99, nil
+	}
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := strconv.Atoi(strings.TrimSpace(lo))
+	if err != nil {
+		return 0, 0, bad
+	}
+	b := a
+	if isRange {
+		if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
+			return 0, 0, bad
+		}
+	}
+	if a < 100 || b > 599 || a > b {
+		return 0, 0, bad
+	}
+	return a, b, nil
+}
+
+func (f File) relative(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(f.Dir(), p)
+}
+
+// relativeVolume makes "./data:/data" relative to the file; named volumes
+// ("data:/data") and absolute paths stay as they are.
+func (f File) relativeVolume(v string) string {
+	if strings.HasPrefix(v, "./") || strings.HasPrefix(v, "../") {
+		src, rest, _ := strings.Cut(v, ":")
+		abs, err := filepath.Abs(f.relative(src))
+		if err == nil {
+			return abs + ":" + rest
+		}
+	}
+	return v
+}

@@ -1,0 +1,195 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// waitHealthy polls the new container until it passes its health check
+// Successes times in a row. It stops at once, with the reason, when the
+// container exits or restarts, and after StartTimeout otherwise.
+func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) error {
+	h := svc.Health
+	kind := effectiveKind(h.Kind, c)
+	ctx, cancel := context.WithTimeout(ctx, h.StartTimeout)
+	defer cancel()
+
+	passes, last := 0, "no check finished yet"
+	tick := time.NewTicker(h.Interval)
+	defer tick.Stop()
+	for {
+		state, err := d.Runtime.Inspect(ctx, c.ID)
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("inspect %s: %w", c.Name, err)
+		}
+		if err == nil {
+			if why := crashed(c, state); why != "" {
+				return &HealthError{Container: c.Name, Reason: why}
+			}
+			ok, why := d.probe(ctx, kind, h, state)
+			if ok {
+				passes++
+				if passes >= h.Successes {
+					return nil
+				}
+			} else {
+				passes, last = 0, why
+				if kind == HealthDocker && state.Health == "unhealthy" {
+					return &HealthError{Container: c.Name, Reason: "Docker HEALTHCHECK reports unhealthy: " + why}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return &HealthError{Container: c.Name, Reason: fmt.Sprintf("not healthy after %s (health.start_timeout); last check: %s", h.StartTimeout, last)}
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// effectiveKind resolves HealthAuto: the image's own HEALTHCHECK when it has
+// one, else an HTTP GET.
+func effectiveKind(k HealthKind, c Container) HealthKind {
+	if k != HealthAuto {
+		return k
+	}
+	if c.HasCheck {
+		return HealthDocker
+	}
+	return HealthHTTP
+}
+
+// crashed says why a container that should be starting is not, or "".
+func crashed(started, now Container) string {
+	switch {
+	case now.OOMKilled:
+		return "killed for running out of memory (OOM) while starting"
+	case now.Restarting || now.RestartCount > started.RestartCount:
+		return fmt.Sprintf("restarted while starting (exit code %d)", now.ExitCode)
+	case !now.Running:
+		return fmt.Sprintf("exited with code %d while starting", now.ExitCode)
+	}
+	return ""
+}
+
+// probe runs one health check and says why it failed.
+func (d *Deployer) probe(ctx context.Context, kind HealthKind, h HealthCheck, c Container) (bool, string) {
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	switch kind {
+	case HealthDocker:
+		if c.Health == "healthy" {
+			return true, ""
+		}
+		why := "Docker HEALTHCHECK status " + orNone(c.Health)
+		if c.HealthOutput != "" {
+			why += ": " + firstLine(c.HealthOutput)
+		}
+		return false, why
+	case HealthCmd:
+		code, out, err := d.Runtime.Exec(ctx, c.ID, h.Command)
+		if err != nil {
+			return false, fmt.Sprintf("%s: %v", strings.Join(h.Command, " "), err)
+		}
+		if code != 0 {
+			return false, fmt.Sprintf("%s exited %d: %s", strings.Join(h.Command, " "), code, firstLine(out))
+		}
+		return true, ""
+	case HealthTCP:
+		if c.Upstream == "" {
+			return false, "port not published yet"
+		}
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.Upstream)
+		if err != nil {
+			return false, "TCP connect " + c.Upstream + ": " + err.Error()
+		}
+		conn.Close()
+		return true, ""
+	default:
+		return probeHTTP(ctx, h, c.Upstream)
+	}
+}
+
+// healthClient follows no redirect (a redirect is an answer, not health)
+// and keeps no connection, so every check is a fresh one, like a new user's.
+var healthClient = &http.Client{
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil},
+}
+
+func probeHTTP(ctx context.Context, h HealthCheck, upstream string) (bool, string) {
+	if upstream == "" {
+		return false, "port not published yet"
+	}
+	url := "http://" + upstream + h.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	if h.Host != "" {
+		req.Host = h.Host
+	}
+	req.Header.Set("User-Agent", "handoff-health")
+	resp, err := healthClient.Do(req)
+	if err != nil {
+		return false, "GET " + h.Path + ": " + trimURLError(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < h.StatusMin || resp.StatusCode > h.StatusMax {
+		why := fmt.Sprintf("GET %s answered %d, want %d-%d", h.Path, resp.StatusCode, h.StatusMin, h.StatusMax)
+		if loc := resp.Header.Get("Location"); loc != "" {
+			why += " (a redirect to " + loc + "; redirects are not followed: point health.path at a page that answers 2xx)"
+		}
+		return false, why
+	}
+	return true, ""
+}
+
+func (d *Deployer) healthDetail(svc Service, c Container) string {
+	h := svc.Health
+	switch effectiveKind(h.Kind, c) {
+	case HealthDocker:
+		return "Docker HEALTHCHECK"
+	case HealthCmd:
+		return "exec " + strings.Join(h.Command, " ")
+	case HealthTCP:
+		return "TCP " + c.Upstream
+	default:
+		detail := "GET http://" + c.Upstream + h.Path
+		if h.Host != "" {
+			detail += " (Host: " + h.Host + ")"
+		}
+		return detail
+	}
+}
+
+func trimURLError(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.Contains(s, "Get \"") {
+		return s[i+2:]
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,90 @@
+package deploy
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Container is one release of a service as the container runtime sees it.
+type Container struct {
+	ID           string
+	Name         string
+	Service      string
+	Release      int  // handoff's release number; 0 for an adopted container
+	Adopted      bool // started by someone else, found serving the route
+	Image        string
+	ImageID      string
+	Running      bool
+	Restarting   bool
+	RestartCount int
+	ExitCode     int
+	OOMKilled    bool
+	Health       string // Docker's health status: "", starting, healthy, unhealthy
+	HealthOutput string // the last Docker health check's output
+	HasCheck     bool   // the container has a Docker HEALTHCHECK
+	Port         int    // the app's port inside the container
+	Upstream     string // host:port the proxy dials; "" when not published
+	Created      time.Time
+	StartedAt    time.Time
+}
+
+// Runtime runs containers. internal/docker implements it on the Docker Engine API.
+type Runtime interface {
+	// Releases lists the containers labelled as releases of service, newest first.
+	Releases(ctx context.Context, service string) ([]Container, error)
+	// Serving finds the running container that publishes upstream (host:port), for adoption.
+	Serving(ctx context.Context, upstream string) (*Container, error)
+	// Build runs the user's own `docker build`, streaming its output.
+	Build(ctx context.Context, spec BuildSpec, tag string, out io.Writer) error
+	// ImageID resolves a reference to the local image's ID; ErrImageNotFound if absent.
+	ImageID(ctx context.Context, ref string) (string, error)
+	// Run creates and starts release of svc from imageID, published on loopback only.
+	Run(ctx context.Context, svc Service, release int, imageID string) (Container, error)
+	Start(ctx context.Context, id string) (Container, error)
+	Inspect(ctx context.Context, id string) (Container, error)
+	Exec(ctx context.Context, id string, cmd []string) (exitCode int, output string, err error)
+	Logs(ctx context.Context, id string, lines int) (string, error)
+	Stop(ctx context.Context, id string, timeout time.Duration) error
+	Remove(ctx context.Context, id string) error
+}
+
+// InFlight is what the proxy says about requests still running on an upstream.
+type InFlight struct {
+	Requests int
+	Reported bool // false: this proxy cannot tell (Caddy before 2.11.2)
+}
+
+// Proxy switches the service's route between upstreams. internal/caddy implements it.
+type Proxy interface {
+	// Upstream returns the route's current upstream; known lists the upstreams
+	// of the service's containers, for routes found by upstream.
+	Upstream(ctx context.Context, known []string) (string, error)
+	// Switch points the route from one upstream to the other, atomically, and verifies it.
+	Switch(ctx context.Context, from, to string) error
+	// InFlight reports the requests still running on upstream.
+	InFlight(ctx context.Context, upstream string) (InFlight, error)
+	// Advice lists settings missing for a deploy without failures.
+	Advice(ctx context.Context, upstream string) ([]string, error)
+	// Describe names the proxy and route for messages ("Caddy at ... route app.test").
+	Describe() string
+}
+
+// Locker keeps two handoffs of one service from interleaving.
+type Locker interface {
+	Lock(ctx context.Context, service string) (unlock func(), err error)
+}
+
+// History records each deploy's phases before they act.
+type History interface {
+	Save(rec *Record) error
+	List(service string) ([]Record, error)
+}
+
+// Reporter shows the procedure's progress to a person or a log.
+type Reporter interface {
+	PhaseStart(name, detail string)
+	PhaseDone(name string, took time.Duration, err error)
+	Note(msg string)
+	Output() io.Writer // where build output streams
+}

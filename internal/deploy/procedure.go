@@ -1,0 +1,247 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Deployer runs the procedure. Every field but Now and PID is required.
+type Deployer struct {
+	Runtime Runtime
+	Proxy   Proxy
+	History History
+	Locker  Locker
+	Report  Reporter
+	Now     func() time.Time // nil: time.Now
+	PID     int              // 0: os.Getpid()
+}
+
+// cleanupTimeout bounds the work done after the user's context is gone
+// (Ctrl-C): removing a new container, saving the record.
+const cleanupTimeout = 30 * time.Second
+
+// Deploy replaces the live release of svc with a new one from svc's image:
+// image, start, wait healthy, switch, drain, retire. When it fails before
+// the switch, the old container is still serving and nothing users see changed.
+func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
+	svc = svc.WithDefaults()
+	if err := svc.Validate(); err != nil {
+		return nil, err
+	}
+	unlock, err := d.Locker.Lock(ctx, svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	rec := newRecord(svc.Name, KindDeploy, d.pid(), d.now())
+	view, err := d.survey(ctx, svc, rec)
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+
+	var imageID string
+	err = d.phase(rec, PhaseImage, svc.Image, func() error {
+		imageID, err = d.image(ctx, svc)
+		return err
+	})
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+	rec.Image, rec.ImageID = svc.Image, imageID
+
+	if svc.Port == 0 && view.live != nil {
+		svc.Port = view.live.Port
+	}
+	if svc.Port == 0 {
+		return rec, d.fail(ctx, rec, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
+	}
+	release := view.nextRelease()
+	rec.ToRelease, rec.To = release, fmt.Sprintf("%s-%d", svc.Name, release)
+
+	var next Container
+	err = d.phase(rec, PhaseStart, rec.To, func() error {
+		next, err = d.Runtime.Run(ctx, svc, release, imageID)
+		return err
+	})
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+	return rec, d.handoff(ctx, svc, rec, view, next, d.discard)
+}
+
+// Rollback puts an earlier kept release back in service by the same
+// procedure: start it, wait healthy, switch, drain, retire the current one.
+// to is the release number; 0 picks the newest release older than the live one.
+func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, error) {
+	svc = svc.WithDefaults()
+	unlock, err := d.Locker.Lock(ctx, svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	rec := newRecord(svc.Name, KindRollback, d.pid(), d.now())
+	view, err := d.survey(ctx, svc, rec)
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+	target, err := d.rollbackTarget(ctx, svc, view, to)
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+	rec.ToRelease, rec.To, rec.Image, rec.ImageID = target.Release, target.Name, target.Image, target.ImageID
+
+	var next Container
+	err = d.phase(rec, PhaseStart, target.Name, func() error {
+		next, err = d.Runtime.Start(ctx, target.ID)
+		return err
+	})
+	if err != nil {
+		return rec, d.fail(ctx, rec, err)
+	}
+	// A rollback target that fails is stopped again, never removed: it may be
+	// the only copy of that release.
+	return rec, d.handoff(ctx, svc, rec, view, next, d.stopQuietly(svc))
+}
+
+// handoff is the part deploy and rollback share: wait until next is
+// healthy, switch the proxy to it, drain the old upstream, retire the old
+// container. abandon undoes next when a step before the switch fails.
+func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *view, next Container, abandon func(context.Context, Container)) error {
+	rec.NewUpstream = next.Upstream
+	err := d.phase(rec, PhaseHealth, d.healthDetail(svc, next), func() error {
+		return d.waitHealthy(ctx, svc, next)
+	})
+	if err != nil {
+		var he *HealthError
+		if errors.As(err, &he) {
+			he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), next.ID, DefaultLogLines)
+		}
+		abandon(ctx, next)
+		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+	}
+
+	err = d.phase(rec, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
+		return d.Proxy.Switch(ctx, view.upstream, next.Upstream)
+	})
+	if err != nil {
+		abandon(ctx, next)
+		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+	}
+	rec.Switched = true
+
+	// From here on users are served by next: a failure below is reported, but
+	// never undoes the switch.
+	err = d.phase(rec, PhaseDrain, view.upstream, func() error {
+		return d.drain(ctx, svc, rec, view.upstream)
+	})
+	if err != nil {
+		return d.fail(ctx, rec, err)
+	}
+	err = d.phase(rec, PhaseRetire, view.liveName(), func() error {
+		return d.retire(ctx, svc, rec, view.live, next)
+	})
+	if err != nil {
+		return d.fail(ctx, rec, err)
+	}
+	return d.succeed(rec)
+}
+
+// leftAsIs says what production looks like after a failure before the switch.
+func (d *Deployer) leftAsIs(view *view, next Container) string {
+	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
+}
+
+// discard removes a new container that will never serve.
+func (d *Deployer) discard(ctx context.Context, c Container) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := d.Runtime.Remove(ctx, c.ID); err != nil {
+		d.Report.Note(fmt.Sprintf("could not remove %s: %v (remove it with `docker rm -f %s`)", c.Name, err, c.Name))
+	}
+}
+
+func (d *Deployer) stopQuietly(svc Service) func(context.Context, Container) {
+	return func(ctx context.Context, c Container) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout+svc.StopTimeout)
+		defer cancel()
+		if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
+			d.Report.Note(fmt.Sprintf("could not stop %s: %v", c.Name, err))
+		}
+	}
+}
+
+// image builds the image when the service says so, then resolves it to an ID.
+func (d *Deployer) image(ctx context.Context, svc Service) (string, error) {
+	if svc.Build != nil {
+		if err := d.Runtime.Build(ctx, *svc.Build, svc.Image, d.Report.Output()); err != nil {
+			return "", err
+		}
+	}
+	return d.Runtime.ImageID(ctx, svc.Image)
+}
+
+// phase records that a phase is about to act, runs it, and records how it went.
+func (d *Deployer) phase(rec *Record, name, detail string, act func() error) error {
+	start := d.now()
+	rec.Phase = name
+	rec.Phases = append(rec.Phases, PhaseRecord{Name: name, Started: start})
+	if err := d.History.Save(rec); err != nil {
+		return fmt.Errorf("record phase %s before acting: %w", name, err)
+	}
+	d.Report.PhaseStart(name, detail)
+	err := act()
+	took := d.now().Sub(start)
+	p := &rec.Phases[len(rec.Phases)-1]
+	p.Duration = took
+	if err != nil {
+		p.Error = err.Error()
+	}
+	d.Report.PhaseDone(name, took, err)
+	return err
+}
+
+func (d *Deployer) note(rec *Record, msg string) {
+	rec.Notes = append(rec.Notes, msg)
+	d.Report.Note(msg)
+}
+
+func (d *Deployer) fail(ctx context.Context, rec *Record, err error) error {
+	rec.Outcome = OutcomeFailed
+	if ctx.Err() != nil {
+		rec.Outcome = OutcomeInterrupted
+	}
+	rec.Error = err.Error()
+	rec.Finished = d.now()
+	if serr := d.History.Save(rec); serr != nil {
+		d.Report.Note(fmt.Sprintf("could not save the history: %v", serr))
+	}
+	return err
+}
+
+func (d *Deployer) succeed(rec *Record) error {
+	rec.Outcome = OutcomeSucceeded
+	rec.Finished = d.now()
+	if err := d.History.Save(rec); err != nil {
+		d.Report.Note(fmt.Sprintf("deployed, but could not save the history: %v", err))
+	}
+	return nil
+}
+
+func (d *Deployer) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Deployer) pid() int {
+	if d.PID != 0 {
+		return d.PID
+	}
+	return os.Getpid()
+}

@@ -1,0 +1,83 @@
+package deploy
+
+import (
+	"fmt"
+	"time"
+)
+
+// Kinds of procedure a Record describes.
+const (
+	KindDeploy   = "deploy"
+	KindRollback = "rollback"
+)
+
+// Outcomes of a Record.
+const (
+	OutcomeRunning     = "running"
+	OutcomeSucceeded   = "succeeded"
+	OutcomeFailed      = "failed"
+	OutcomeInterrupted = "interrupted"
+)
+
+// Phases of the procedure, in order.
+const (
+	PhaseImage   = "image"
+	PhaseStart   = "start"
+	PhaseHealth  = "health"
+	PhaseSwitch  = "switch"
+	PhaseDrain   = "drain"
+	PhaseRetire  = "retire"
+	PhaseRecover = "recover"
+)
+
+// Record is one deploy or rollback as kept in the history. It is saved
+// before each phase acts, so an interrupted deploy shows where it stopped.
+type Record struct {
+	ID          string        `json:"id"`
+	Service     string        `json:"service"`
+	Kind        string        `json:"kind"`
+	Started     time.Time     `json:"started"`
+	Finished    time.Time     `json:"finished,omitzero"`
+	Outcome     string        `json:"outcome"`
+	Phase       string        `json:"phase"`
+	Error       string        `json:"error,omitempty"`
+	Image       string        `json:"image,omitempty"`
+	ImageID     string        `json:"image_id,omitempty"`
+	FromRelease int           `json:"from_release"`
+	ToRelease   int           `json:"to_release"`
+	From        string        `json:"from_container,omitempty"`
+	To          string        `json:"to_container,omitempty"`
+	OldUpstream string        `json:"old_upstream,omitempty"`
+	NewUpstream string        `json:"new_upstream,omitempty"`
+	Switched    bool          `json:"switched"`
+	Phases      []PhaseRecord `json:"phases"`
+	Notes       []string      `json:"notes,omitempty"`
+	PID         int           `json:"pid"`
+}
+
+// PhaseRecord is one phase of a Record with its duration.
+type PhaseRecord struct {
+	Name     string        `json:"name"`
+	Started  time.Time     `json:"started"`
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+func newRecord(service, kind string, pid int, now time.Time) *Record {
+	return &Record{
+		ID:      fmt.Sprintf("%s-%s", now.UTC().Format("20060102T150405.000"), kind),
+		Service: service,
+		Kind:    kind,
+		Started: now,
+		Outcome: OutcomeRunning,
+		PID:     pid,
+	}
+}
+
+// Took is the record's wall time so far.
+func (r Record) Took() time.Duration {
+	if r.Finished.IsZero() {
+		return 0
+	}
+	return r.Finished.Sub(r.Started)
+}

@@ -1,0 +1,211 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+)
+
+// view is what exists before a procedure acts: the service's containers,
+// what the proxy points at, and which container that is.
+type view struct {
+	releases []Container // newest first
+	upstream string      // the route's current upstream
+	live     *Container  // the container serving upstream; nil if none found
+	history  []Record
+}
+
+// survey reads Docker and the proxy, and repairs what an interrupted
+// procedure left behind, so that every procedure starts from a clean state.
+func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view, error) {
+	v, err := d.look(ctx, svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	if v.live == nil {
+		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.upstream))
+	} else {
+		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		if v.live.Adopted {
+			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
+		}
+	}
+	rec.OldUpstream = v.upstream
+	if err := d.recover(ctx, svc, rec, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// look gathers the view without changing anything; status uses it too.
+func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
+	releases, err := d.Runtime.Releases(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	history, err := d.History.List(service)
+	if err != nil {
+		return nil, err
+	}
+	var known []string
+	for _, c := range releases {
+		if c.Upstream != "" {
+			known = append(known, c.Upstream)
+		}
+	}
+	upstream, err := d.Proxy.Upstream(ctx, known)
+	if err != nil {
+		return nil, err
+	}
+	v := &view{releases: releases, upstream: upstream, history: history}
+	for i := range releases {
+		if releases[i].Running && SameUpstream(releases[i].Upstream, upstream) {
+			v.live = &releases[i]
+			return v, nil
+		}
+	}
+	v.live, err = d.Runtime.Serving(ctx, upstream)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// recover finishes what an interrupted procedure left: records still marked
+// running become interrupted (we hold the lock, so nobody is running them),
+// containers that never went live are removed, and older ones still running
+// after a switch are stopped.
+func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *view) error {
+	for i := range v.history {
+		h := &v.history[i]
+		if h.Outcome != OutcomeRunning {
+			continue
+		}
+		h.Outcome, h.Error = OutcomeInterrupted, "interrupted in phase "+h.Phase+" (found by "+rec.ID+")"
+		if err := d.History.Save(h); err != nil {
+			return fmt.Errorf("mark interrupted %s: %w", h.ID, err)
+		}
+		d.note(rec, fmt.Sprintf("an earlier %s (%s) was interrupted in phase %s; repairing", h.Kind, h.ID, h.Phase))
+	}
+	for _, c := range v.releases {
+		if !c.Running || (v.live != nil && c.ID == v.live.ID) {
+			continue
+		}
+		if v.neverServed(c) && (v.live == nil || c.Release > v.live.Release) {
+			d.note(rec, fmt.Sprintf("removing %s: left running by an interrupted deploy, never in service", c.Name))
+			if err := d.Runtime.Remove(ctx, c.ID); err != nil {
+				return fmt.Errorf("remove leftover %s: %w", c.Name, err)
+			}
+			continue
+		}
+		d.note(rec, fmt.Sprintf("stopping %s: an earlier release left running", c.Name))
+		if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
+			return fmt.Errorf("stop leftover %s: %w", c.Name, err)
+		}
+	}
+	// What we removed or stopped is no longer in the view.
+	releases, err := d.Runtime.Releases(ctx, svc.Name)
+	if err != nil {
+		return err
+	}
+	v.releases = releases
+	return nil
+}
+
+// neverServed says whether no record shows c's release switched into service.
+func (v *view) neverServed(c Container) bool {
+	for _, r := range v.history {
+		if r.ToRelease == c.Release && r.Switched {
+			return false
+		}
+	}
+	return true
+}
+
+// nextRelease is one more than any release that ever existed, so that a
+// name is never reused (Caddy reuses pooled connections by address).
+func (v *view) nextRelease() int {
+	n := 0
+	for _, c := range v.releases {
+		n = max(n, c.Release)
+	}
+	for _, r := range v.history {
+		n = max(n, r.ToRelease)
+	}
+	return n + 1
+}
+
+func (v *view) liveName() string {
+	if v.live == nil {
+		return "the current upstream " + v.upstream
+	}
+	return v.live.Name
+}
+
+// rollbackTarget picks the release to go back to: the given one, or the
+// newest kept release older than the live one (an adopted container counts).
+func (d *Deployer) rollbackTarget(ctx context.Context, svc Service, v *view, to int) (Container, error) {
+	candidates := slices.Clone(v.releases)
+	if adopted := d.adopted(ctx, v); adopted != nil {
+		candidates = append(candidates, *adopted)
+	}
+	liveRelease := -1
+	if v.live != nil {
+		liveRelease = v.live.Release
+	}
+	for _, c := range candidates {
+		if v.live != nil && c.ID == v.live.ID {
+			continue
+		}
+		if to != 0 && c.Release == to {
+			return c, nil
+		}
+		if to == 0 && (liveRelease < 0 || c.Release < liveRelease) {
+			return c, nil
+		}
+	}
+	if to != 0 {
+		return Container{}, fmt.Errorf("%w: release %d of %s is not kept (see `handoff history`)", ErrNothingToRoll, to, svc.Name)
+	}
+	return Container{}, fmt.Errorf("%w: %s has no kept release older than %s", ErrNothingToRoll, svc.Name, v.liveName())
+}
+
+// adopted finds the container handoff adopted on its first deploy, if it
+// still exists: it carries no labels, so only the history knows it.
+func (d *Deployer) adopted(ctx context.Context, v *view) *Container {
+	for _, r := range v.history {
+		if r.FromRelease != 0 || r.From == "" || !r.Switched {
+			continue
+		}
+		c, err := d.Runtime.Inspect(ctx, r.From)
+		if err != nil {
+			return nil
+		}
+		c.Adopted = true
+		return &c
+	}
+	return nil
+}
+
+// SameUpstream says whether two dial addresses reach the same place:
+// "localhost:8000", "127.0.0.1:8000" and "[::1]:8000" are one.
+func SameUpstream(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	return isLoopback(ha) && isLoopback(hb)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" || host == "" || host == "0.0.0.0" || host == "::" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,349 @@
+// Package docker runs handoff's containers on the Docker Engine API: it is
+// the deploy.Runtime. Containers carry labels, so Docker itself is the
+// source of truth for which releases of a service exist.
+package docker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// Labels handoff puts on every container it starts.
+const (
+	LabelService = "handoff.service"
+	LabelRelease = "handoff.release"
+	LabelImage   = "handoff.image"
+	LabelImageID = "handoff.image-id"
+	LabelPort    = "handoff.port"
+)
+
+// Runtime is the deploy.Runtime on a Docker engine.
+type Runtime struct {
+	api *client.Client
+}
+
+var _ deploy.Runtime = (*Runtime)(nil)
+
+// New connects to the engine named by DOCKER_HOST (or the default socket)
+// and negotiates the API version, so engines from API 1.41 up work.
+func New(ctx context.Context) (*Runtime, error) {
+	api, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	if _, err := api.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		return nil, fmt.Errorf("cannot reach the Docker engine at %s: %w (is Docker running, and DOCKER_HOST right?)", api.DaemonHost(), err)
+	}
+	return &Runtime{api: api}, nil
+}
+
+// Close releases the client's connections.
+func (r *Runtime) Close() error { return r.api.Close() }
+
+// Releases lists the service's containers, newest release first.
+func (r *Runtime) Releases(ctx context.Context, service string) ([]deploy.Container, error) {
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{
+		All:     true,
+		Filters: make(client.Filters).Add("label", LabelService+"="+service),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list containers of %s: %w", service, err)
+	}
+	out := make([]deploy.Container, 0, len(list.Items))
+	for _, s := range list.Items {
+		c, err := r.Inspect(ctx, s.ID)
+		if cerrdefs.IsNotFound(err) {
+			continue // removed while we looked
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b deploy.Container) int { return b.Release - a.Release })
+	return out, nil
+}
+
+// Serving finds the running container that publishes upstream's port on
+// the host, for adopting the container a user started by hand.
+func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Container, error) {
+	host, portStr, err := net.SplitHostPort(upstream)
+	if err != nil {
+		return nil, nil // a unix socket or a name: not a published port
+	}
+	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		return nil, nil // only loopback upstreams are containers on this host
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, nil
+	}
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	for _, s := range list.Items {
+		for _, p := range s.Ports {
+			if int(p.PublicPort) != port || p.Type != "tcp" {
+				continue
+			}
+			c, err := r.Inspect(ctx, s.ID)
+			if err != nil {
+				return nil, err
+			}
+			if c.Service == "" {
+				c.Adopted = true
+			}
+			c.Port = int(p.PrivatePort)
+			c.Upstream = upstream
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+// Build runs the docker CLI, so that BuildKit, buildx and the user's
+// builder settings apply exactly as when they build by hand.
+func (r *Runtime) Build(ctx context.Context, spec deploy.BuildSpec, tag string, out io.Writer) error {
+	args := []string{"build", "--tag", tag}
+	if spec.Dockerfile != "" {
+		args = append(args, "--file", spec.Dockerfile)
+	}
+	if spec.Target != "" {
+		args = append(args, "--target", spec.Target)
+	}
+	keys := make([]string, 0, len(spec.Args))
+	for k := range spec.Args {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		args = append(args, "--build-arg", k+"="+spec.Args[k])
+	}
+	args = append(args, spec.Context)
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return fmt.Errorf("build %s: the docker command is not installed; build the image yourself and pass --image", tag)
+		}
+		return fmt.Errorf("docker build %s: %w (its output is above)", spec.Context, err)
+	}
+	return nil
+}
+
+// ImageID resolves ref to the local image's ID. handoff never pulls.
+func (r *Runtime) ImageID(ctx context.Context, ref string) (string, error) {
+	img, err := r.api.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return "", fmt.Errorf("%w: %q is not on this Docker host: build it, `docker pull` it, or set `build:` in handoff.yml", deploy.ErrImageNotFound, ref)
+	}
+	if err != nil {
+		return "", fmt.Errorf("inspect image %s: %w", ref, err)
+	}
+	return img.ID, nil
+}
+
+// Run creates release of svc and starts it, its port published on
+// 127.0.0.1 at a port Docker picks, so nothing reaches it but through the proxy.
+func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imageID string) (deploy.Container, error) {
+	name := fmt.Sprintf("%s-%d", svc.Name, release)
+	port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
+	if err != nil {
+		return deploy.Container{}, err
+	}
+	labels := map[string]string{}
+	for k, v := range svc.Labels {
+		labels[k] = v
+	}
+	labels[LabelService] = svc.Name
+	labels[LabelRelease] = strconv.Itoa(release)
+	labels[LabelImage] = svc.Image
+	labels[LabelImageID] = imageID
+	labels[LabelPort] = strconv.Itoa(svc.Port)
+	stopSeconds := int(svc.StopTimeout.Seconds())
+
+	cfg := &container.Config{
+		Image:        svc.Image,
+		Cmd:          svc.Command,
+		Env:          svc.Env,
+		Labels:       labels,
+		ExposedPorts: network.PortSet{port: {}},
+		StopTimeout:  &stopSeconds,
+	}
+	if svc.Image == "" {
+		cfg.Image = imageID
+	}
+	host := &container.HostConfig{
+		Binds:         svc.Volumes,
+		PortBindings:  network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
+		Resources: container.Resources{
+			Memory:   svc.Memory,
+			NanoCPUs: int64(svc.CPUs * 1e9),
+		},
+	}
+	if svc.Network != "" {
+		host.NetworkMode = container.NetworkMode(svc.Network)
+	}
+	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host})
+	if cerrdefs.IsConflict(err) {
+		return deploy.Container{}, fmt.Errorf("create %s: a container of that name exists; remove it with `docker rm -f %s`", name, name)
+	}
+	if err != nil {
+		return deploy.Container{}, fmt.Errorf("create %s: %w", name, err)
+	}
+	c, err := r.Start(ctx, created.ID)
+	if err != nil {
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_, _ = r.api.ContainerRemove(rmCtx, created.ID, client.ContainerRemoveOptions{Force: true})
+		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Start starts a stopped container; Docker may give it a new host port.
+func (r *Runtime) Start(ctx context.Context, id string) (deploy.Container, error) {
+	if _, err := r.api.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return deploy.Container{}, err
+	}
+	return r.Inspect(ctx, id)
+}
+
+// Inspect reads a container's state.
+func (r *Runtime) Inspect(ctx context.Context, id string) (deploy.Container, error) {
+	res, err := r.api.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return deploy.Container{}, err
+	}
+	return fromInspect(res.Container), nil
+}
+
+// Exec runs cmd in the container and returns its exit code and output.
+func (r *Runtime) Exec(ctx context.Context, id string, cmd []string) (int, string, error) {
+	ex, err := r.api.ExecCreate(ctx, id, client.ExecCreateOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return -1, "", err
+	}
+	att, err := r.api.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
+	if err != nil {
+		return -1, "", err
+	}
+	defer att.Close()
+	var out bytes.Buffer
+	if _, err := stdcopy.StdCopy(&out, &out, att.Reader); err != nil {
+		return -1, out.String(), err
+	}
+	res, err := r.api.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
+	if err != nil {
+		return -1, out.String(), err
+	}
+	return res.ExitCode, out.String(), nil
+}
+
+// Logs returns the container's last lines of stdout and stderr.
+func (r *Runtime) Logs(ctx context.Context, id string, lines int) (string, error) {
+	rc, err := r.api.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(lines)})
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	var out bytes.Buffer
+	_, err = stdcopy.StdCopy(&out, &out, rc)
+	return out.String(), err
+}
+
+// Stop sends SIGTERM (or the image's STOPSIGNAL) and SIGKILL after timeout.
+func (r *Runtime) Stop(ctx context.Context, id string, timeout time.Duration) error {
+	secs := int(timeout.Seconds())
+	_, err := r.api.ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &secs})
+	return err
+}
+
+// Remove deletes a container, running or not; named volumes are kept.
+func (r *Runtime) Remove(ctx context.Context, id string) error {
+	_, err := r.api.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func fromInspect(in container.InspectResponse) deploy.Container {
+	c := deploy.Container{
+		ID:           in.ID,
+		Name:         strings.TrimPrefix(in.Name, "/"),
+		RestartCount: in.RestartCount,
+		ImageID:      in.Image,
+	}
+	if in.Config != nil {
+		c.Image = in.Config.Image
+		c.Service = in.Config.Labels[LabelService]
+		c.Release, _ = strconv.Atoi(in.Config.Labels[LabelRelease])
+		c.Port, _ = strconv.Atoi(in.Config.Labels[LabelPort])
+		c.HasCheck = in.Config.Healthcheck != nil && len(in.Config.Healthcheck.Test) > 0 && in.Config.Healthcheck.Test[0] != "NONE"
+	}
+	c.Created, _ = time.Parse(time.RFC3339Nano, in.Created)
+	if s := in.State; s != nil {
+		c.Running, c.Restarting, c.ExitCode, c.OOMKilled = s.Running, s.Restarting, s.ExitCode, s.OOMKilled
+		if s.Running {
+			c.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
+		}
+		if s.Health != nil {
+			c.Health = string(s.Health.Status)
+			if n := len(s.Health.Log); n > 0 && s.Health.Log[n-1] != nil {
+				c.HealthOutput = strings.TrimSpace(s.Health.Log[n-1].Output)
+			}
+		}
+	}
+	if in.NetworkSettings != nil {
+		c.Port, c.Upstream = published(in.NetworkSettings.Ports, c.Port)
+	}
+	return c
+}
+
+// published finds where port is published on the host. A container handoff
+// did not start has no port label: its lowest published TCP port is taken.
+func published(ports network.PortMap, port int) (int, string) {
+	var candidates []network.Port
+	for p, bindings := range ports {
+		if p.Proto() == network.TCP && len(bindings) > 0 && (port == 0 || int(p.Num()) == port) {
+			candidates = append(candidates, p)
+		}
+	}
+	slices.SortFunc(candidates, func(a, b network.Port) int { return int(a.Num()) - int(b.Num()) })
+	for _, p := range candidates {
+		for _, b := range ports[p] {
+			if b.HostPort != "" {
+				return int(p.Num()), net.JoinHostPort(hostIP(b.HostIP), b.HostPort)
+			}
+		}
+	}
+	return port, ""
+}
+
+func hostIP(a netip.Addr) string {
+	if !a.IsValid() || a.IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return a.String()
+}

@@ -1,0 +1,82 @@
+package itest
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// The first deploy adopts the container started by hand; later deploys and
+// a rollback each switch Caddy, keep the Caddyfile in step and keep the old
+// release stopped for rollback.
+func TestDeployAdoptSwitchAndRollback(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{})
+	require.Equal(t, "v0", s.Serving())
+
+	r := s.Deploy(Config{Release: "v1"})
+	require.Equal(t, "v1", s.Serving())
+	t.Logf("first deploy:\n%s", r)
+	require.Contains(t, r.Stderr, "adopting "+s.Service+"-byhand")
+	require.Contains(t, r.Stdout, "deployed "+s.Service+"-1")
+
+	byHand, err := s.API.ContainerInspect(t.Context(), s.Service+"-byhand", clientInspect)
+	require.NoError(t, err)
+	require.False(t, byHand.Container.State.Running, "the adopted container is stopped")
+
+	file, err := os.ReadFile(s.Caddy.File)
+	require.NoError(t, err)
+	live := s.status().Live
+	require.NotNil(t, live)
+	require.Contains(t, string(file), "reverse_proxy "+live.Upstream+" {", "Caddyfile follows the switch")
+	require.True(t, strings.HasPrefix(live.Upstream, "127.0.0.1:"), "published on loopback only: %s", live.Upstream)
+	prev, err := os.ReadFile(s.Caddy.File + ".handoff-previous")
+	require.NoError(t, err)
+	require.Contains(t, string(prev), "127.0.0.1:"+Itoa(s.UserPort))
+
+	s.Deploy(Config{Release: "v2"})
+	require.Equal(t, "v2", s.Serving())
+	require.Equal(t, map[string]bool{s.Service + "-1": false, s.Service + "-2": true}, Containers(t, s.API, s.Service))
+
+	r = s.Run("rollback")
+	require.Equal(t, 0, r.Code, r.String())
+	require.Equal(t, "v1", s.Serving())
+	require.Equal(t, map[string]bool{s.Service + "-1": true, s.Service + "-2": false}, Containers(t, s.API, s.Service))
+
+	st := s.status()
+	require.True(t, st.Agree, "%+v", st)
+	require.Equal(t, s.Service+"-1", st.Live.Name)
+	require.Empty(t, st.Advice[:len(st.Advice)-1], "the test Caddy has every recommended setting but the unix socket")
+
+	var hist []deploy.Record
+	r = s.Run("history", "--json")
+	require.Equal(t, 0, r.Code, r.String())
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &hist))
+	require.Len(t, hist, 3)
+	for _, h := range hist {
+		require.Equal(t, deploy.OutcomeSucceeded, h.Outcome)
+	}
+	require.Equal(t, deploy.KindRollback, hist[0].Kind)
+	var phases []string
+	for _, p := range hist[1].Phases {
+		phases = append(phases, p.Name)
+	}
+	require.Equal(t, []string{"image", "start", "health", "switch", "drain", "retire"}, phases)
+}
+
+func (s *Scenario) status() deploy.Status {
+	s.T.Helper()
+	r := s.Run("status", "--json")
+	if r.Code != 0 {
+		s.T.Fatalf("status: %s", r)
+	}
+	var st deploy.Status
+	if err := json.Unmarshal([]byte(r.Stdout), &st); err != nil {
+		s.T.Fatalf("status json: %v\n%s", err, r.Stdout)
+	}
+	return st
+}

@@ -1,0 +1,133 @@
+package itest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+)
+
+// Scenario is a user's setup before handoff: the app running in a container
+// started by hand, Caddy proxying a site to it, and a handoff.yml.
+type Scenario struct {
+	T        testing.TB
+	API      *client.Client
+	Bin      string
+	Service  string
+	Dir      string // where handoff.yml is and handoff runs
+	State    string // handoff's state dir
+	Caddy    *Caddy
+	UserPort int
+	Client   *http.Client
+}
+
+// ScenarioOptions vary the setup.
+type ScenarioOptions struct {
+	Caddy CaddyOptions // Upstream is filled in
+}
+
+// NewScenario sets everything up; all of it is removed when the test ends.
+func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
+	t.Helper()
+	s := &Scenario{T: t, Bin: Build(t), API: Docker(t), Dir: t.TempDir(), State: t.TempDir()}
+	s.Service = "it" + randomHex(4)
+	RemoveService(t, s.API, s.Service)
+	s.UserPort = UserContainer(t, s.API, s.Service+"-byhand", "RELEASE=v0")
+	o.Caddy.Upstream = "127.0.0.1:" + Itoa(s.UserPort)
+	s.Caddy = StartCaddy(t, o.Caddy)
+	s.Client = &http.Client{Timeout: 30 * time.Second}
+	return s
+}
+
+// Config is what a test varies in handoff.yml.
+type Config struct {
+	Release      string            // RELEASE env of the new container
+	Env          map[string]string // more env
+	HealthPath   string            // "" : /health
+	StartTimeout string            // "" : 30s
+	DrainTimeout string            // "" : 10s
+	Extra        string            // more top-level YAML
+	NoCaddyfile  bool
+}
+
+// WriteConfig writes handoff.yml for the next deploy.
+func (s *Scenario) WriteConfig(c Config) {
+	s.T.Helper()
+	path := or(c.HealthPath, "/health")
+	env := "  RELEASE: " + c.Release + "\n"
+	for k, v := range c.Env {
+		env += fmt.Sprintf("  %s: %q\n", k, v)
+	}
+	caddyfile := "  caddyfile: " + s.Caddy.File + "\n"
+	if c.NoCaddyfile {
+		caddyfile = ""
+	}
+	yml := fmt.Sprintf(`service: %s
+image: %s
+port: 8000
+env:
+%shealth:
+  path: %s
+  interval: 100ms
+  successes: 2
+  start_timeout: %s
+drain_timeout: %s
+stop_timeout: 5s
+caddy:
+  admin: %s
+  route: %s
+%s%s`, s.Service, TestImage, env, path, or(c.StartTimeout, "30s"), or(c.DrainTimeout, "10s"),
+		s.Caddy.Admin, SiteHost, caddyfile, c.Extra)
+	if err := os.WriteFile(filepath.Join(s.Dir, "handoff.yml"), []byte(yml), 0o644); err != nil {
+		s.T.Fatal(err)
+	}
+}
+
+// Run runs handoff with args in the scenario's directory.
+func (s *Scenario) Run(args ...string) Result {
+	s.T.Helper()
+	return Handoff(s.T, s.Bin, s.Dir, s.State, args...)
+}
+
+// Deploy writes the config and deploys it, failing the test if it fails.
+func (s *Scenario) Deploy(c Config) Result {
+	s.T.Helper()
+	s.WriteConfig(c)
+	r := s.Run("deploy")
+	if r.Code != 0 {
+		s.T.Fatalf("deploy %s failed: %s", c.Release, r)
+	}
+	return r
+}
+
+// Serving asks the site through Caddy which release answers.
+func (s *Scenario) Serving() string {
+	s.T.Helper()
+	code, release, err := Get(s.Client, s.Caddy.URL+"/", SiteHost)
+	if err != nil || code != 200 {
+		s.T.Fatalf("GET through caddy: %d %v", code, err)
+	}
+	return release
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return strings.ToLower(hex.EncodeToString(b))
+}
+
+var clientInspect = client.ContainerInspectOptions{}

@@ -1,0 +1,134 @@
+// Command testapp is the web app handoff's tests and benchmarks deploy. It
+// is built static and run FROM scratch; its behaviour is set by environment
+// variables, so one image serves every test:
+//
+//	PORT           port to listen on (8000)
+//	RELEASE        text every response carries, in its body and X-Release
+//	BOOT_DELAY     wait this long before listening (a slow-booting app)
+//	HEALTH_STATUS  status /health answers (200); /health?redirect=1 redirects
+//	CRASH_AFTER    exit 3 this long after start ("0s": at once)
+//	DRAIN_GRACE    how long SIGTERM waits for requests in flight (30s)
+//
+// Endpoints: / and /health; /slow?d=2s answers after d; /echo answers with
+// the request body; /sse streams an event every 100ms for d.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	port := env("PORT", "8000")
+	release := env("RELEASE", "dev")
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	log.Printf("testapp %s starting", release)
+
+	if d := duration("CRASH_AFTER", -1); d >= 0 {
+		go func() {
+			time.Sleep(d)
+			log.Printf("crashing as told (CRASH_AFTER=%s)", d)
+			os.Exit(3)
+		}()
+	}
+	time.Sleep(duration("BOOT_DELAY", 0))
+
+	status, _ := strconv.Atoi(env("HEALTH_STATUS", "200"))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Release", release)
+		fmt.Fprintf(w, "hello from %s\n", release)
+	})
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("redirect") != "" {
+			http.Redirect(w, r, "/login", http.StatusFound)
+			return
+		}
+		w.Header().Set("X-Release", release)
+		w.WriteHeader(status)
+		fmt.Fprintf(w, "health %d from %s\n", status, release)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("X-Release", release)
+		fmt.Fprintf(w, "slow %s from %s\n", d, release)
+	})
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Release", release)
+		_, _ = io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("X-Release", release)
+		flusher, _ := w.(http.Flusher)
+		end := time.After(d)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			fmt.Fprintf(w, "data: %d %s\n\n", i, release)
+			if flusher != nil {
+				flusher.Flush()
+			}
+			select {
+			case <-end:
+				fmt.Fprint(w, "event: end\ndata: done\n\n")
+				return
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+
+	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		sig := <-stop
+		log.Printf("got %s; finishing requests in flight", sig)
+		ctx, cancel := context.WithTimeout(context.Background(), duration("DRAIN_GRACE", 30*time.Second))
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	log.Printf("listening on :%s", port)
+	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+		log.Fatal(err)
+	}
+	<-drained // ListenAndServe returns at once on Shutdown; wait for the requests
+	log.Printf("stopped")
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func duration(key string, def time.Duration) time.Duration {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		log.Fatalf("%s=%q: %v", key, v, err)
+	}
+	return d
+}

@@ -1,0 +1,176 @@
+package itest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// LoadOptions shape a steady load through Caddy. Every loop is bounded by
+// MaxDuration and stops by itself.
+type LoadOptions struct {
+	Workers     int           // keep-alive HTTP/1.1 GET loops (Go's client retries these as HTTP allows)
+	H2          int           // HTTP/2 (h2c) GET loops
+	Posts       int           // keep-alive HTTP/1.1 POST loops: never retried by the client
+	Slow        int           // loops of slow requests, each SlowFor long
+	SlowFor     time.Duration // default 1s
+	Pause       time.Duration // between two requests of one loop; default 2ms
+	MaxDuration time.Duration // default 10m
+}
+
+// LoadStats counts what the clients saw, by kind.
+type LoadStats struct {
+	OK          int            // 2xx
+	Status5xx   int            // from GET, h2 and slow loops
+	OtherStatus int            // not 2xx nor 5xx
+	ConnErrors  int            // GET and h2 loops: refused, reset, EOF after the client's own retry
+	SlowOK      int            // slow requests that ended with 200
+	SlowCut     int            // slow requests that did not end with 200
+	PostOK      int            // POST loops, counted apart: see Failures
+	Post5xx     int            //
+	PostConnErr int            // non-retried POSTs cut by Caddy's reload closing idle connections
+	Releases    map[string]int // which release answered
+	Errors      []string       // a sample of error texts
+}
+
+// Failures counts every failure a retrying client or a user would see;
+// connection errors of non-retrying POSTs are reported apart (PostConnErr),
+// since they come from Caddy's reload, not from handoff.
+func (s LoadStats) Failures() int {
+	return s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowCut + s.Post5xx
+}
+
+func (s LoadStats) String() string {
+	return fmt.Sprintf("ok=%d 5xx=%d other=%d conn_errors=%d slow_ok=%d slow_cut=%d post_ok=%d post_5xx=%d post_conn_errors=%d releases=%v errors=%q",
+		s.OK, s.Status5xx, s.OtherStatus, s.ConnErrors, s.SlowOK, s.SlowCut, s.PostOK, s.Post5xx, s.PostConnErr, s.Releases, s.Errors)
+}
+
+// Load is a running load; Stop ends it and returns the counts.
+type Load struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	stats  LoadStats
+}
+
+// StartLoad starts the loops against url with Host host.
+func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
+	t.Helper()
+	if o.SlowFor == 0 {
+		o.SlowFor = time.Second
+	}
+	if o.Pause == 0 {
+		o.Pause = 2 * time.Millisecond
+	}
+	if o.MaxDuration == 0 {
+		o.MaxDuration = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.MaxDuration)
+	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}}}
+	t.Cleanup(func() { l.Stop() })
+
+	h1 := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	h2 := &http.Transport{Protocols: new(http.Protocols)}
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	loops := []struct {
+		n    int
+		kind string
+		tr   *http.Transport
+	}{{o.Workers, "get", h1}, {o.H2, "h2", h2}, {o.Posts, "post", h1}, {o.Slow, "slow", h1}}
+	for _, lp := range loops {
+		for range lp.n {
+			l.wg.Add(1)
+			go l.loop(ctx, &http.Client{Transport: lp.tr, Timeout: 60 * time.Second}, lp.kind, url, host, o)
+		}
+	}
+	return l
+}
+
+func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string, o LoadOptions) {
+	defer l.wg.Done()
+	for ctx.Err() == nil {
+		var req *http.Request
+		switch kind {
+		case "post":
+			req, _ = http.NewRequest(http.MethodPost, url+"/echo", strings.NewReader("payload"))
+		case "slow":
+			req, _ = http.NewRequest(http.MethodGet, url+"/slow?d="+o.SlowFor.String(), nil)
+		default:
+			req, _ = http.NewRequest(http.MethodGet, url+"/", nil)
+		}
+		req.Host = host
+		// Requests are not tied to ctx: stopping the load lets the last ones finish.
+		resp, err := c.Do(req)
+		code, release := 0, ""
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			code, release = resp.StatusCode, resp.Header.Get("X-Release")
+			if kind == "h2" && resp.ProtoMajor != 2 {
+				err = fmt.Errorf("h2 loop got %s", resp.Proto)
+			}
+		}
+		l.count(kind, code, release, err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.Pause):
+		}
+	}
+}
+
+func (l *Load) count(kind string, code int, release string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := &l.stats
+	if err != nil && len(s.Errors) < 10 {
+		s.Errors = append(s.Errors, kind+": "+err.Error())
+	}
+	if code/100 == 2 {
+		s.Releases[release]++
+	}
+	switch {
+	case kind == "post" && err != nil:
+		s.PostConnErr++
+	case kind == "post" && code/100 == 5:
+		s.Post5xx++
+	case kind == "post":
+		s.PostOK++
+	case kind == "slow" && code == 200:
+		s.SlowOK++
+	case kind == "slow":
+		s.SlowCut++
+	case err != nil:
+		s.ConnErrors++
+	case code/100 == 2:
+		s.OK++
+	case code/100 == 5:
+		s.Status5xx++
+	default:
+		s.OtherStatus++
+	}
+}
+
+// Snapshot returns the counts so far.
+func (l *Load) Snapshot() LoadStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.stats
+	s.Releases = map[string]int{}
+	for k, v := range l.stats.Releases {
+		s.Releases[k] = v
+	}
+	s.Errors = append([]string(nil), l.stats.Errors...)
+	return s
+}
+
+// Stop ends the loops, waits for their last requests, and returns the counts.
+func (l *Load) Stop() LoadStats {
+	l.cancel()
+	l.wg.Wait()
+	return l.Snapshot()
+}

@@ -178,6 +178,16 @@ func Parse(name string, data []byte) (File, error) {
 		if errors.As(err, &le) {
 			return f, fileError(name, le.line, le.msg)
 		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			// "line 2: cannot unmarshal !!str `eighty` into int": the first is enough.
+			var line int
+			msg := te.Errors[0]
+			if _, serr := fmt.Sscanf(msg, "line %d:", &line); serr == nil {
+				_, msg, _ = strings.Cut(msg, ": ")
+			}
+			return f, fileError(name, line, msg)
+		}
 		return f, fileError(name, 0, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	return f, nil

@@ -1,0 +1,123 @@
+package caddy
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// What Caddy 2.11 serves at /config/ for a Caddyfile with two sites.
+const twoSites = `{"apps":{"http":{"servers":{"srv0":{"listen":[":443"],"routes":[
+ {"match":[{"host":["api.example.com"]}],"handle":[{"handler":"subroute","routes":[
+   {"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"localhost:8000"}],
+     "stream_close_delay":300000000000,"load_balancing":{"try_duration":5000000000}}]}]}],"terminal":true},
+ {"match":[{"host":["www.example.com","example.com"]}],"handle":[{"handler":"subroute","routes":[
+   {"handle":[{"handler":"encode"}]},
+   {"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"localhost:3000"},{"dial":"localhost:3001"}]}]}]}],"terminal":true}
+]}}}}}`
+
+func proxies(t *testing.T) []proxyHandler {
+	var cfg map[string]any
+	require.NoError(t, json.Unmarshal([]byte(twoSites), &cfg))
+	return findProxies(cfg)
+}
+
+func TestFindProxiesWalksSubroutes(t *testing.T) {
+	hs := proxies(t)
+	require.Len(t, hs, 2)
+	require.Equal(t, "/config/apps/http/servers/srv0/routes/0/handle/0/routes/0/handle/0", hs[0].path)
+	require.Equal(t, []string{"api.example.com"}, hs[0].hosts)
+	require.Equal(t, []string{"localhost:8000"}, hs[0].dials)
+	require.Equal(t, "/config/apps/http/servers/srv0/routes/1/handle/0/routes/1/handle/0", hs[1].path)
+}
+
+func TestSelectHandler(t *testing.T) {
+	hs := proxies(t)
+	h, err := selectHandler(hs, "api.example.com", nil)
+	require.NoError(t, err)
+	require.Equal(t, "localhost:8000", h.dials[0])
+
+	h, err = selectHandler(hs, "API.example.com", nil)
+	require.NoError(t, err, "host names are case-insensitive")
+
+	h, err = selectHandler(hs, "127.0.0.1:8000", nil)
+	require.NoError(t, err, "by upstream, loopback spellings are one")
+	require.Equal(t, []string{"api.example.com"}, h.hosts)
+
+	// After the first deploy the upstream is the container's; the route is found through known.
+	hs[0].dials = []string{"127.0.0.1:32768"}
+	_, err = selectHandler(hs, "localhost:8000", []string{"127.0.0.1:32768"})
+	require.NoError(t, err)
+
+	_, err = selectHandler(hs, "nope.example.com", nil)
+	require.ErrorIs(t, err, deploy.ErrNoRoute)
+	require.ErrorContains(t, err, "it has: api.example.com → 127.0.0.1:32768; www.example.com,example.com → localhost:3000,localhost:3001")
+
+	_, err = selectHandler(hs, "example.com", nil)
+	require.ErrorContains(t, err, "has 2 upstreams")
+}
+
+func TestAdvice(t *testing.T) {
+	hs := proxies(t)
+	require.Empty(t, advise(hs[0].handler, "unix:/run/caddy.sock"))
+	got := advise(hs[1].handler, "localhost:2019")
+	require.Len(t, got, 3)
+	require.Contains(t, got[0], "stream_close_delay")
+	require.Contains(t, got[1], "lb_try_duration")
+	require.Contains(t, got[2], "unix")
+}
+
+const caddyfile = `{
+	admin unix//run/caddy/admin.sock # localhost:8000 in a comment stays
+}
+
+api.example.com {
+	reverse_proxy localhost:8000 {
+		lb_try_duration 5s
+	}
+}
+
+www.example.com, example.com {
+	reverse_proxy http://localhost:8000
+	# localhost:8000
+}
+`
+
+func TestRewriteUpstreamInHostsBlockOnly(t *testing.T) {
+	out, n := rewriteUpstream(caddyfile, "api.example.com", "localhost:8000", "127.0.0.1:32768")
+	require.Equal(t, 1, n)
+	require.Contains(t, out, "api.example.com {\n\treverse_proxy 127.0.0.1:32768 {\n")
+	require.Contains(t, out, "reverse_proxy http://localhost:8000\n", "another site is not touched")
+	require.Contains(t, out, "# localhost:8000 in a comment stays")
+
+	out, n = rewriteUpstream(caddyfile, "example.com", "localhost:8000", "127.0.0.1:1")
+	require.Equal(t, 1, n)
+	require.Contains(t, out, "reverse_proxy http://127.0.0.1:1\n\t# localhost:8000\n", "the scheme is kept, comments are not code")
+
+	out, n = rewriteUpstream(caddyfile, "", "localhost:8000", "127.0.0.1:2")
+	require.Equal(t, 2, n, "by upstream: every site")
+	_, n = rewriteUpstream(out, "", "localhost:8000", "x")
+	require.Zero(t, n)
+
+	_, n = rewriteUpstream(caddyfile, "api.example.com", "localhost:800", "x")
+	require.Zero(t, n, "only whole tokens")
+}
+
+func TestVersionBefore(t *testing.T) {
+	require.False(t, versionBefore("v2.11.9", 2, 11, 2))
+	require.False(t, versionBefore("v2.11.2", 2, 11, 2))
+	require.True(t, versionBefore("v2.11.1", 2, 11, 2))
+	require.True(t, versionBefore("v2.6.2", 2, 11, 2))
+	require.False(t, versionBefore("v3.0.0-beta.1", 2, 11, 2))
+	require.True(t, versionBefore("(devel)", 2, 11, 2))
+}
+
+func TestNewRefusesHTTPSAndEmptyRoute(t *testing.T) {
+	_, err := New("https://localhost:2019", "a", "")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	_, err = New("", "", "")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+}

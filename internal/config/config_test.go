@@ -1,0 +1,143 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+const full = `service: web
+image: app:latest
+command: gunicorn app.main:app -c "gunicorn conf.py"
+port: 8000
+env:
+  MODE: prod
+env_file: app.env
+volumes: ["data:/data", "./static:/static:ro"]
+restart: unless-stopped
+resources: {memory: 512m, cpus: 1.5}
+health:
+  path: /up
+  host: api.example.com
+  status: 200-399
+  interval: 500ms
+  successes: 3
+  start_timeout: 5m
+drain_timeout: 45s
+keep: 5
+caddy:
+  admin: unix:/run/caddy/admin.sock
+  route: api.example.com
+  caddyfile: Caddyfile
+`
+
+func TestResolveFullFile(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "app.env"), []byte("# comment\nMODE=dev\nSECRET=s3\n"), 0o644))
+	path := filepath.Join(dir, "handoff.yml")
+	require.NoError(t, os.WriteFile(path, []byte(full), 0o644))
+	f, err := Load(path)
+	require.NoError(t, err)
+	s, err := Resolve(f, Overrides{Image: "app:v2"})
+	require.NoError(t, err)
+	svc := s.Service
+	require.Equal(t, "app:v2", svc.Image, "flags override the file")
+	require.Equal(t, []string{"gunicorn", "app.main:app", "-c", "gunicorn conf.py"}, svc.Command)
+	require.Equal(t, []string{"MODE=prod", "SECRET=s3"}, svc.Env, "env wins over env_file")
+	require.Equal(t, []string{"data:/data", filepath.Join(dir, "static") + ":/static:ro"}, svc.Volumes)
+	require.Equal(t, int64(512<<20), svc.Memory)
+	require.Equal(t, deploy.HealthCheck{Kind: deploy.HealthHTTP, Path: "/up", Host: "api.example.com", StatusMin: 200, StatusMax: 399,
+		Interval: 500 * time.Millisecond, Successes: 3, StartTimeout: 5 * time.Minute}, svc.Health)
+	require.Equal(t, 45*time.Second, svc.DrainTimeout)
+	require.Equal(t, 5, svc.Keep)
+	require.Equal(t, Caddy{Admin: "unix:/run/caddy/admin.sock", Route: "api.example.com", Caddyfile: filepath.Join(dir, "Caddyfile")}, s.Caddy)
+}
+
+func TestFlagsAloneSuffice(t *testing.T) {
+	s, err := Resolve(File{}, Overrides{Service: "web", Image: "app", Port: 8000, HealthPath: "/health", CaddyRoute: "localhost:8000"})
+	require.NoError(t, err)
+	require.Equal(t, deploy.HealthHTTP, s.Service.Health.Kind)
+	require.Equal(t, "localhost:8000", s.Caddy.Route)
+}
+
+func TestBadFilesAreRefusedWithLineAndHint(t *testing.T) {
+	cases := map[string]struct{ yml, want string }{
+		"unknown top key":   {"service: web\nimgae: x\n", `handoff.yml:2: unknown key "imgae" at the top level; did you mean "image"?`},
+		"unknown nested":    {"service: web\nhealth:\n  intervall: 1s\n", `handoff.yml:3: unknown key "intervall" in health; did you mean "interval"?`},
+		"unrelated key":     {"zzzzzz: 1\n", `handoff.yml:1: unknown key "zzzzzz" at the top level; known keys: build, caddy,`},
+		"bare number":       {"service: web\ndrain_timeout: 30\n", `handoff.yml:2: "30" is not a duration; write it like 30s`},
+		"negative duration": {"service: web\nhealth:\n  timeout: -1s\n", `handoff.yml:3: "-1s" is not a duration`},
+		"wrong type":        {"service: web\nport: eighty\n", "handoff.yml:2: cannot unmarshal !!str `eighty` into int"},
+		"not a mapping":     {"- a\n- b\n", `handoff.yml:1: expected keys like`},
+		"bad yaml":          {"service: [\n", `handoff.yml: `},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("handoff.yml", []byte(c.yml))
+			require.ErrorIs(t, err, deploy.ErrConfig)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
+}
+
+func TestImpossibleValuesAreRefused(t *testing.T) {
+	cases := map[string]struct{ yml, want string }{
+		"port":      {"service: web\nport: 70000\n", "handoff.yml:2: port 70000 is not a TCP port"},
+		"memory":    {"service: web\nresources:\n  memory: lots\n", `handoff.yml:3: memory "lots"`},
+		"restart":   {"service: web\nrestart: sometimes\n", `handoff.yml:2: restart "sometimes"`},
+		"status":    {"service: web\nhealth:\n  status: 2yy\n", `handoff.yml:3: health status "2yy"`},
+		"type":      {"service: web\nhealth:\n  type: ping\n", `handoff.yml:3: health type "ping"`},
+		"cmd":       {"service: web\nhealth:\n  type: cmd\n", "health type cmd needs health.command"},
+		"path":      {"service: web\nhealth:\n  path: up\n", `health path "up" must start with /`},
+		"keep":      {"service: web\nkeep: 0\n", "handoff.yml:2: keep: 0"},
+		"interval":  {"service: web\nhealth:\n  interval: 1m\n  start_timeout: 10s\n", "handoff.yml:3: interval 1m0s is longer than start_timeout"},
+		"env_file":  {"service: web\nenv_file: nope.env\n", "handoff.yml:2: env_file nope.env"},
+		"noservice": {"image: x\n", "no service name"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			f, err := Parse("handoff.yml", []byte(c.yml))
+			require.NoError(t, err)
+			_, err = Resolve(f, Overrides{})
+			require.ErrorIs(t, err, deploy.ErrConfig)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	for in, want := range map[string][2]int{"2xx": {200, 299}, "200": {200, 200}, "200-399": {200, 399}, "3xx": {300, 399}} {
+		lo, hi, err := parseStatus(in)
+		require.NoError(t, err)
+		require.Equal(t, want, [2]int{lo, hi}, in)
+	}
+	for _, bad := range []string{"", "9xx", "abc", "300-200", "99", "200-700"} {
+		_, _, err := parseStatus(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+func TestMissingDefaultFileIsEmpty(t *testing.T) {
+	t.Chdir(t.TempDir())
+	f, err := Load("")
+	require.NoError(t, err)
+	require.Equal(t, "", f.Service)
+	_, err = Load("other.yml")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(full))
+	f.Add([]byte("service: web\nhealth: {interval: 1s}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		file, err := Parse("handoff.yml", data)
+		if err == nil {
+			_, _ = Resolve(file, Overrides{})
+		}
+	})
+}

@@ -1,0 +1,205 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+)
+
+// fakeRuntime is a tiny in-memory container runtime.
+type fakeRuntime struct {
+	mu         sync.Mutex
+	containers []*Container
+	images     map[string]string
+	nextPort   int
+	healthy    func(c Container) Container // how a started container looks on inspect
+	logs       string
+	calls      []string
+}
+
+func newFakeRuntime() *fakeRuntime {
+	return &fakeRuntime{images: map[string]string{"app:v2": "sha256:v2"}, nextPort: 40000,
+		healthy: func(c Container) Container { c.Health = "healthy"; return c }}
+}
+
+func (f *fakeRuntime) add(c Container) *Container {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cp := c
+	f.containers = append(f.containers, &cp)
+	return &cp
+}
+
+func (f *fakeRuntime) find(id string) *Container {
+	for _, c := range f.containers {
+		if c.ID == id || c.Name == id {
+			return c
+		}
+	}
+	return nil
+}
+
+func (f *fakeRuntime) record(call string) {
+	f.calls = append(f.calls, call)
+}
+
+func (f *fakeRuntime) Releases(_ context.Context, service string) ([]Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Container
+	for _, c := range f.containers {
+		if c.Service == service {
+			out = append(out, *c)
+		}
+	}
+	slices.SortFunc(out, func(a, b Container) int { return b.Release - a.Release })
+	return out, nil
+}
+
+func (f *fakeRuntime) Serving(_ context.Context, upstream string) (*Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.containers {
+		if c.Running && c.Upstream == upstream {
+			cp := *c
+			cp.Adopted = c.Service == ""
+			return &cp, nil
+		}
+	}
+	return nil, nil
+}
+
+func (f *fakeRuntime) Build(context.Context, BuildSpec, string, io.Writer) error { return nil }
+
+func (f *fakeRuntime) ImageID(_ context.Context, ref string) (string, error) {
+	if id, ok := f.images[ref]; ok {
+		return id, nil
+	}
+	return "", fmt.Errorf("%w: %s", ErrImageNotFound, ref)
+}
+
+func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID string) (Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nextPort++
+	c := &Container{ID: fmt.Sprintf("id-%s-%d", svc.Name, release), Name: fmt.Sprintf("%s-%d", svc.Name, release),
+		Service: svc.Name, Release: release, Image: svc.Image, ImageID: imageID, Running: true, Port: svc.Port,
+		Upstream: fmt.Sprintf("127.0.0.1:%d", f.nextPort)}
+	f.containers = append(f.containers, c)
+	f.record("run " + c.Name)
+	return *c, nil
+}
+
+func (f *fakeRuntime) Start(_ context.Context, id string) (Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.find(id)
+	f.nextPort++
+	c.Running, c.Upstream = true, fmt.Sprintf("127.0.0.1:%d", f.nextPort)
+	f.record("start " + c.Name)
+	return *c, nil
+}
+
+func (f *fakeRuntime) Inspect(_ context.Context, id string) (Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.find(id)
+	if c == nil {
+		return Container{}, errors.New("no such container " + id)
+	}
+	return f.healthy(*c), nil
+}
+
+func (f *fakeRuntime) Exec(context.Context, string, []string) (int, string, error) { return 0, "", nil }
+
+func (f *fakeRuntime) Logs(context.Context, string, int) (string, error) { return f.logs, nil }
+
+func (f *fakeRuntime) Stop(_ context.Context, id string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.find(id)
+	c.Running = false
+	f.record("stop " + c.Name)
+	return nil
+}
+
+func (f *fakeRuntime) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.find(id)
+	f.containers = slices.DeleteFunc(f.containers, func(x *Container) bool { return x == c })
+	f.record("remove " + c.Name)
+	return nil
+}
+
+// fakeProxy is a route with one upstream.
+type fakeProxy struct {
+	upstream  string
+	switchErr error
+	inFlight  []InFlight // answers in turn; the last one repeats
+	switches  []string
+}
+
+func (p *fakeProxy) Upstream(context.Context, []string) (string, error) { return p.upstream, nil }
+
+func (p *fakeProxy) Switch(_ context.Context, from, to string) error {
+	if p.switchErr != nil {
+		return p.switchErr
+	}
+	if from != p.upstream {
+		return ErrConflict
+	}
+	p.switches = append(p.switches, from+" → "+to)
+	p.upstream = to
+	return nil
+}
+
+func (p *fakeProxy) InFlight(context.Context, string) (InFlight, error) {
+	if len(p.inFlight) == 0 {
+		return InFlight{Reported: true}, nil
+	}
+	in := p.inFlight[0]
+	if len(p.inFlight) > 1 {
+		p.inFlight = p.inFlight[1:]
+	}
+	return in, nil
+}
+
+func (p *fakeProxy) Advice(context.Context, string) ([]string, error) { return nil, nil }
+func (p *fakeProxy) Describe() string                                 { return "fake proxy" }
+
+// memHistory keeps records in memory, newest first.
+type memHistory struct {
+	recs []Record
+	// saves counts Save calls per phase, to prove a phase was recorded before it acted.
+	phasesSaved []string
+}
+
+func (h *memHistory) Save(rec *Record) error {
+	h.phasesSaved = append(h.phasesSaved, rec.Phase+":"+rec.Outcome)
+	for i := range h.recs {
+		if h.recs[i].ID == rec.ID {
+			h.recs[i] = *rec
+			return nil
+		}
+	}
+	h.recs = append([]Record{*rec}, h.recs...)
+	return nil
+}
+
+func (h *memHistory) List(string) ([]Record, error) { return slices.Clone(h.recs), nil }
+
+type noLock struct{ err error }
+
+func (l noLock) Lock(context.Context, string) (func(), error) { return func() {}, l.err }
+
+type quietReporter struct{ notes []string }
+
+func (r *quietReporter) PhaseStart(string, string)              {}
+func (r *quietReporter) PhaseDone(string, time.Duration, error) {}
+func (r *quietReporter) Note(msg string)                        { r.notes = append(r.notes, msg) }
+func (r *quietReporter) Output() io.Writer                      { return io.Discard }

@@ -30,7 +30,7 @@ func statusRun(ctx context.Context, c *common) error {
 		return err
 	}
 	defer done()
-	st, err := d.Status(ctx, s.Service.Name)
+	st, err := d.Status(ctx, s.Service)
 	if err != nil {
 		return err
 	}
@@ -40,7 +40,8 @@ func statusRun(ctx context.Context, c *common) error {
 	out := c.io.Out
 	fmt.Fprintf(out, "service  %s\ncaddy    %s → %s\n", st.Service, st.Proxy, st.Upstream)
 	if st.Live != nil {
-		fmt.Fprintf(out, "live     %s  image %s  health %s  up %s\n", st.Live.Name, st.Live.Image, orDash(st.Live.Health), st.Live.Uptime)
+		fmt.Fprintf(out, "live     %s  image %s  up %s\n", st.Live.Name, st.Live.Image, st.Live.Uptime)
+		fmt.Fprintf(out, "health   %s\n", st.Check)
 	}
 	if st.Agree {
 		fmt.Fprintln(out, "agree    yes: Caddy points at the live container")

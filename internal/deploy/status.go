@@ -13,6 +13,7 @@ type Status struct {
 	Upstream  string    `json:"proxy_upstream"`
 	Live      *Release  `json:"live,omitempty"`
 	Agree     bool      `json:"agree"`
+	Check     string    `json:"health_check,omitempty"` // the service's health check on the live release, run once
 	Problem   string    `json:"problem,omitempty"`
 	Releases  []Release `json:"releases"`
 	Advice    []string  `json:"advice,omitempty"`
@@ -32,13 +33,15 @@ type Release struct {
 	Adopted  bool          `json:"adopted,omitempty"`
 }
 
-// Status reports the service without changing anything.
-func (d *Deployer) Status(ctx context.Context, service string) (*Status, error) {
-	v, err := d.look(ctx, service)
+// Status reports the service without changing anything. It runs the
+// service's health check once against the live release.
+func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
+	svc = svc.WithDefaults()
+	v, err := d.look(ctx, svc.Name)
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Service: service, Proxy: d.Proxy.Describe(), Upstream: v.upstream}
+	st := &Status{Service: svc.Name, Proxy: d.Proxy.Describe(), Upstream: v.upstream}
 	now := d.now()
 	for _, c := range v.releases {
 		st.Releases = append(st.Releases, d.release(c, now))
@@ -51,6 +54,10 @@ func (d *Deployer) Status(ctx context.Context, service string) (*Status, error) 
 	default:
 		r := d.release(*v.live, now)
 		st.Live, st.Agree = &r, true
+		st.Check = "passing: " + d.healthDetail(svc, *v.live)
+		if ok, why := d.probe(ctx, effectiveKind(svc.Health.Kind, *v.live), svc.Health, *v.live); !ok {
+			st.Check = "failing: " + why
+		}
 	}
 	if running := runningOthers(v); len(running) > 0 && st.Agree {
 		st.Problem = "also running: " + running[0] + " (an interrupted deploy? the next deploy repairs it)"

@@ -68,7 +68,6 @@ func StartCaddy(t testing.TB, o CaddyOptions) *Caddy {
 	caddyfile := fmt.Sprintf(`{
 	admin %s
 	auto_https off
-	persist_config off
 	servers {
 		protocols h1 h2c
 	}

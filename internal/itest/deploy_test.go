@@ -50,6 +50,7 @@ func TestDeployAdoptSwitchAndRollback(t *testing.T) {
 	st := s.status()
 	require.True(t, st.Agree, "%+v", st)
 	require.Equal(t, s.Service+"-1", st.Live.Name)
+	require.Regexp(t, `^passing: GET http://127\.0\.0\.1:\d+/health$`, st.Check)
 	require.Empty(t, st.Advice[:len(st.Advice)-1], "the test Caddy has every recommended setting but the unix socket")
 
 	var hist []deploy.Record

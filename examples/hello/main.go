@@ -1,0 +1,51 @@
+// Command hello is the example app of handoff's demo: a web page that says
+// which version answers. It takes BOOT_SECONDS to start, like an app that
+// loads a model or warms a cache, which is when `docker stop; docker run`
+// shows users errors and handoff does not.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// version is set at build time: -ldflags "-X main.version=v2".
+var version = "dev"
+
+func main() {
+	boot, _ := strconv.Atoi(os.Getenv("BOOT_SECONDS"))
+	log.Printf("hello %s booting for %ds", version, boot)
+	time.Sleep(time.Duration(boot) * time.Second)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", version)
+	})
+	mux.HandleFunc("/up", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Addr: ":8000", Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx) // finish requests in flight
+	}()
+	log.Printf("hello %s listening on :8000", version)
+	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+		log.Fatal(err)
+	}
+	<-done
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of handoff: unit tests, and integration tests against the
+# real Docker engine and a real Caddy (v2.11.9, and Debian's 2.6.2).
+# Installs what it needs first. Usage: scripts/test.sh [go test flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v go >/dev/null || { echo "test.sh: Go 1.26 is needed (https://go.dev/dl)" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "test.sh: the Docker engine is not reachable (is it running? is DOCKER_HOST right?)" >&2; exit 1; }
+
+# Caddy 2.11.9 from the Go module proxy; Debian's 2.6.2 where apt-get can install it.
+debian=""
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then debian=--debian; fi
+scripts/install-caddy.sh $debian
+if [ -x /usr/bin/caddy ] && /usr/bin/caddy version | grep -q '^v\?2\.6\.'; then
+  export HANDOFF_TEST_CADDY_OLD=/usr/bin/caddy
+else
+  echo "test.sh: Debian's caddy 2.6.2 is not installed; its test will be skipped" >&2
+fi
+
+# No stray Caddy from an earlier run may share the tests' ports (SO_REUSEPORT).
+pkill -f '\.tools/caddy-.*/caddy run' 2>/dev/null || true
+
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "test.sh: not gofmt'ed:" $unformatted >&2; exit 1; fi
+go vet ./...
+
+# Integration tests may not skip here: a missing Docker or Caddy is a failure.
+export HANDOFF_REQUIRE_INTEGRATION=1
+go test -count=1 -timeout 25m "$@" ./...

@@ -11,6 +11,9 @@
 //
 // Endpoints: / and /health; /slow?d=2s answers after d; /echo answers with
 // the request body; /sse streams an event every 100ms for d.
+//
+// `testapp check` GETs its own /health and exits 0 on 200: the image has no
+// shell or curl, so this is what HEALTHCHECK and `health.type: cmd` run.
 package main
 
 import (
@@ -28,6 +31,9 @@ import (
 
 func main() {
 	port := env("PORT", "8000")
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		os.Exit(check(port))
+	}
 	release := env("RELEASE", "dev")
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.Printf("testapp %s starting", release)
@@ -112,6 +118,21 @@ func main() {
 	}
 	<-drained // ListenAndServe returns at once on Shutdown; wait for the requests
 	log.Printf("stopped")
+}
+
+func check(port string) int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://127.0.0.1:" + port + "/health")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	resp.Body.Close()
+	fmt.Println("health", resp.Status)
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
 }
 
 func env(key, def string) string {

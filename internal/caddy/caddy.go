@@ -71,6 +71,16 @@ func (p *Proxy) Upstream(ctx context.Context, known []string) (string, error) {
 	return h.dials[0], nil
 }
 
+// Preflight refuses, before anything starts, a switch the Caddyfile could
+// not follow.
+func (p *Proxy) Preflight(_ context.Context, upstream string) error {
+	if p.caddyfile == "" {
+		return nil
+	}
+	_, _, err := p.planCaddyfile(upstream, upstream)
+	return err
+}
+
 // Switch points the route from one upstream to the other in one admin call
 // (one Caddy reload), guarded by the config's Etag, reads it back, and
 // writes the Caddyfile. The Caddyfile is checked before Caddy is touched.
@@ -275,7 +285,11 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return advise(h.handler, p.admin.address), nil
+	advice := advise(h.handler, p.admin.address)
+	if err := p.Preflight(ctx, h.dials[0]); err != nil {
+		advice = append(advice, "out of step: "+err.Error())
+	}
+	return advice, nil
 }
 
 func advise(handler map[string]any, adminAddress string) []string {

@@ -91,7 +91,7 @@ func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID s
 		Upstream: fmt.Sprintf("127.0.0.1:%d", f.nextPort)}
 	f.containers = append(f.containers, c)
 	f.record("run " + c.Name)
-	return *c, nil
+	return f.healthy(*c), nil
 }
 
 func (f *fakeRuntime) Start(_ context.Context, id string) (Container, error) {
@@ -101,7 +101,7 @@ func (f *fakeRuntime) Start(_ context.Context, id string) (Container, error) {
 	f.nextPort++
 	c.Running, c.Upstream = true, fmt.Sprintf("127.0.0.1:%d", f.nextPort)
 	f.record("start " + c.Name)
-	return *c, nil
+	return f.healthy(*c), nil
 }
 
 func (f *fakeRuntime) Inspect(_ context.Context, id string) (Container, error) {
@@ -138,13 +138,16 @@ func (f *fakeRuntime) Remove(_ context.Context, id string) error {
 
 // fakeProxy is a route with one upstream.
 type fakeProxy struct {
-	upstream  string
-	switchErr error
-	inFlight  []InFlight // answers in turn; the last one repeats
-	switches  []string
+	upstream     string
+	switchErr    error
+	preflightErr error
+	inFlight     []InFlight // answers in turn; the last one repeats
+	switches     []string
 }
 
 func (p *fakeProxy) Upstream(context.Context, []string) (string, error) { return p.upstream, nil }
+
+func (p *fakeProxy) Preflight(context.Context, string) error { return p.preflightErr }
 
 func (p *fakeProxy) Switch(_ context.Context, from, to string) error {
 	if p.switchErr != nil {

@@ -16,6 +16,12 @@ import (
 func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) error {
 	h := svc.Health
 	kind := effectiveKind(h.Kind, c)
+	if kind == HealthDocker && c.CheckWindow > h.StartTimeout {
+		// The image's own HEALTHCHECK allows a slow start: honour it rather
+		// than refusing an app that is only doing what it said it would.
+		h.StartTimeout = c.CheckWindow
+		d.Report.Note(fmt.Sprintf("waiting up to %s, as %s's HEALTHCHECK allows (start period + retries)", c.CheckWindow.Round(time.Second), c.Name))
+	}
 	ctx, cancel := context.WithTimeout(ctx, h.StartTimeout)
 	defer cancel()
 

@@ -20,11 +20,12 @@ type Container struct {
 	RestartCount int
 	ExitCode     int
 	OOMKilled    bool
-	Health       string // Docker's health status: "", starting, healthy, unhealthy
-	HealthOutput string // the last Docker health check's output
-	HasCheck     bool   // the container has a Docker HEALTHCHECK
-	Port         int    // the app's port inside the container
-	Upstream     string // host:port the proxy dials; "" when not published
+	Health       string        // Docker's health status: "", starting, healthy, unhealthy
+	HealthOutput string        // the last Docker health check's output
+	HasCheck     bool          // the container has a Docker HEALTHCHECK
+	CheckWindow  time.Duration // how long its HEALTHCHECK allows to become healthy: start period + retries × (interval + timeout)
+	Port         int           // the app's port inside the container
+	Upstream     string        // host:port the proxy dials; "" when not published
 	Created      time.Time
 	StartedAt    time.Time
 }
@@ -60,6 +61,9 @@ type Proxy interface {
 	// Upstream returns the route's current upstream; known lists the upstreams
 	// of the service's containers, for routes found by upstream.
 	Upstream(ctx context.Context, known []string) (string, error)
+	// Preflight checks, before anything is started, that a switch away from
+	// upstream could be made and kept (a Caddyfile in step, say).
+	Preflight(ctx context.Context, upstream string) error
 	// Switch points the route from one upstream to the other, atomically, and verifies it.
 	Switch(ctx context.Context, from, to string) error
 	// InFlight reports the requests still running on upstream.

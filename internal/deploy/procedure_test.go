@@ -53,7 +53,7 @@ func TestUnhealthyNewContainerChangesNothing(t *testing.T) {
 		reason string
 	}{
 		"exits":      {func(c Container) Container { c.Running, c.ExitCode = false, 3; return c }, "exited with code 3 while starting"},
-		"restarts":   {func(c Container) Container { c.RestartCount = 1; return c }, "restarted while starting"},
+		"restarts":   {func(c Container) Container { c.Restarting = true; return c }, "restarted while starting"},
 		"oom":        {func(c Container) Container { c.Running, c.OOMKilled = false, true; return c }, "out of memory"},
 		"unhealthy":  {func(c Container) Container { c.Health = "unhealthy"; return c }, "Docker HEALTHCHECK reports unhealthy"},
 		"never well": {func(c Container) Container { c.Health = "starting"; return c }, "not healthy after 1s"},
@@ -82,12 +82,39 @@ func TestUnhealthyNewContainerChangesNothing(t *testing.T) {
 	}
 }
 
+func TestImageHealthcheckWindowExtendsStartTimeout(t *testing.T) {
+	r := newRig(t)
+	start := time.Now()
+	r.rt.healthy = func(c Container) Container {
+		c.HasCheck, c.CheckWindow = true, time.Second
+		c.Health = "starting"
+		if time.Since(start) > 200*time.Millisecond {
+			c.Health = "healthy"
+		}
+		return c
+	}
+	svc := testService()
+	svc.Health.Kind = HealthAuto
+	svc.Health.StartTimeout = 50 * time.Millisecond
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err, "the image's HEALTHCHECK allows 1s, more than start_timeout")
+	require.Contains(t, strings.Join(r.report.notes, "\n"), "waiting up to 1s, as web-2's HEALTHCHECK allows")
+}
+
 func TestSwitchFailureRemovesNewContainer(t *testing.T) {
 	r := newRig(t)
 	r.proxy.switchErr = ErrProxyUnreached
 	_, err := r.d.Deploy(context.Background(), testService())
 	require.ErrorIs(t, err, ErrProxyUnreached)
 	require.Equal(t, []string{"run web-2", "remove web-2"}, r.rt.calls)
+}
+
+func TestPreflightFailureStartsNothing(t *testing.T) {
+	r := newRig(t)
+	r.proxy.preflightErr = ErrProxy
+	_, err := r.d.Deploy(context.Background(), testService())
+	require.ErrorIs(t, err, ErrProxy)
+	require.Empty(t, r.rt.calls)
 }
 
 func TestMissingImageStartsNothing(t *testing.T) {

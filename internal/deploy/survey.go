@@ -32,6 +32,9 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 		}
 	}
 	rec.OldUpstream = v.upstream
+	if err := d.Proxy.Preflight(ctx, v.upstream); err != nil {
+		return nil, err
+	}
 	if err := d.recover(ctx, svc, rec, v); err != nil {
 		return nil, err
 	}

@@ -300,7 +300,7 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 		c.Service = in.Config.Labels[LabelService]
 		c.Release, _ = strconv.Atoi(in.Config.Labels[LabelRelease])
 		c.Port, _ = strconv.Atoi(in.Config.Labels[LabelPort])
-		c.HasCheck = in.Config.Healthcheck != nil && len(in.Config.Healthcheck.Test) > 0 && in.Config.Healthcheck.Test[0] != "NONE"
+		c.HasCheck, c.CheckWindow = checkWindow(in.Config.Healthcheck)
 	}
 	c.Created, _ = time.Parse(time.RFC3339Nano, in.Created)
 	if s := in.State; s != nil {
@@ -319,6 +319,32 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 		c.Port, c.Upstream = published(in.NetworkSettings.Ports, c.Port)
 	}
 	return c
+}
+
+// Docker's HEALTHCHECK defaults, applied when the image leaves them at 0.
+const (
+	dockerCheckInterval = 30 * time.Second
+	dockerCheckTimeout  = 30 * time.Second
+	dockerCheckRetries  = 3
+)
+
+// checkWindow says whether hc is a real check, and how long it gives a
+// container to become healthy before Docker calls it unhealthy.
+func checkWindow(hc *container.HealthConfig) (bool, time.Duration) {
+	if hc == nil || len(hc.Test) == 0 || hc.Test[0] == "NONE" {
+		return false, 0
+	}
+	interval, timeout, retries := hc.Interval, hc.Timeout, hc.Retries
+	if interval == 0 {
+		interval = dockerCheckInterval
+	}
+	if timeout == 0 {
+		timeout = dockerCheckTimeout
+	}
+	if retries == 0 {
+		retries = dockerCheckRetries
+	}
+	return true, hc.StartPeriod + time.Duration(retries)*(interval+timeout)
 }
 
 // published finds where port is published on the host. A container handoff

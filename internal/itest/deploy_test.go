@@ -53,10 +53,7 @@ func TestDeployAdoptSwitchAndRollback(t *testing.T) {
 	require.Regexp(t, `^passing: GET http://127\.0\.0\.1:\d+/health$`, st.Check)
 	require.Empty(t, st.Advice[:len(st.Advice)-1], "the test Caddy has every recommended setting but the unix socket")
 
-	var hist []deploy.Record
-	r = s.Run("history", "--json")
-	require.Equal(t, 0, r.Code, r.String())
-	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &hist))
+	hist := s.history()
 	require.Len(t, hist, 3)
 	for _, h := range hist {
 		require.Equal(t, deploy.OutcomeSucceeded, h.Outcome)
@@ -80,4 +77,17 @@ func (s *Scenario) status() deploy.Status {
 		s.T.Fatalf("status json: %v\n%s", err, r.Stdout)
 	}
 	return st
+}
+
+func (s *Scenario) history() []deploy.Record {
+	s.T.Helper()
+	r := s.Run("history", "--json")
+	if r.Code != 0 {
+		s.T.Fatalf("history: %s", r)
+	}
+	var hist []deploy.Record
+	if err := json.Unmarshal([]byte(r.Stdout), &hist); err != nil {
+		s.T.Fatalf("history json: %v\n%s", err, r.Stdout)
+	}
+	return hist
 }

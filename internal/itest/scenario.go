@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,6 +55,8 @@ type Config struct {
 	StartTimeout string            // "" : 30s
 	DrainTimeout string            // "" : 10s
 	Extra        string            // more top-level YAML
+	Health       string            // replaces the health block ("" : GET /health)
+	Image        string            // "" : TestImage
 	NoCaddyfile  bool
 }
 
@@ -69,21 +72,20 @@ func (s *Scenario) WriteConfig(c Config) {
 	if c.NoCaddyfile {
 		caddyfile = ""
 	}
+	health := fmt.Sprintf("health:\n  path: %s\n  interval: 100ms\n  successes: 2\n  start_timeout: %s\n", path, or(c.StartTimeout, "30s"))
+	if c.Health != "" {
+		health = c.Health
+	}
 	yml := fmt.Sprintf(`service: %s
 image: %s
 port: 8000
 env:
-%shealth:
-  path: %s
-  interval: 100ms
-  successes: 2
-  start_timeout: %s
-drain_timeout: %s
+%s%sdrain_timeout: %s
 stop_timeout: 5s
 caddy:
   admin: %s
   route: %s
-%s%s`, s.Service, TestImage, env, path, or(c.StartTimeout, "30s"), or(c.DrainTimeout, "10s"),
+%s%s`, s.Service, or(c.Image, TestImage), env, health, or(c.DrainTimeout, "10s"),
 		s.Caddy.Admin, SiteHost, caddyfile, c.Extra)
 	if err := os.WriteFile(filepath.Join(s.Dir, "handoff.yml"), []byte(yml), 0o644); err != nil {
 		s.T.Fatal(err)
@@ -94,6 +96,26 @@ caddy:
 func (s *Scenario) Run(args ...string) Result {
 	s.T.Helper()
 	return Handoff(s.T, s.Bin, s.Dir, s.State, args...)
+}
+
+// Start starts handoff with args without waiting for it.
+func (s *Scenario) Start(args ...string) (*exec.Cmd, *syncBuffer) {
+	s.T.Helper()
+	cmd := exec.Command(s.Bin, args...)
+	cmd.Dir = s.Dir
+	cmd.Env = append(os.Environ(), "HANDOFF_STATE_DIR="+s.State)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		s.T.Fatal(err)
+	}
+	s.T.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd, out
 }
 
 // Deploy writes the config and deploys it, failing the test if it fails.

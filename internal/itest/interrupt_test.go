@@ -16,7 +16,7 @@ func TestCtrlCDuringHealthLeavesNothingBehind(t *testing.T) {
 	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"BOOT_DELAY": "1m"}, StartTimeout: "5m"})
 
 	cmd, out := s.Start("deploy")
-	WaitFor(t, 20*time.Second, "the new container to start", func() bool { return Containers(t, s.API, s.Service)[s.Service+"-2"] })
+	s.waitForPhase("health")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
 	err := cmd.Wait()
 	require.Error(t, err)
@@ -37,7 +37,7 @@ func TestKilledDeployIsRepairedByTheNext(t *testing.T) {
 	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"BOOT_DELAY": "1m"}, StartTimeout: "5m"})
 
 	cmd, _ := s.Start("deploy")
-	WaitFor(t, 20*time.Second, "the new container to start", func() bool { return Containers(t, s.API, s.Service)[s.Service+"-2"] })
+	s.waitForPhase("health")
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()
 	require.True(t, Containers(t, s.API, s.Service)[s.Service+"-2"], "the orphan is there")
@@ -51,4 +51,13 @@ func TestKilledDeployIsRepairedByTheNext(t *testing.T) {
 	h := s.history()
 	require.Equal(t, "succeeded", h[0].Outcome)
 	require.Equal(t, "interrupted", h[1].Outcome)
+}
+
+// waitForPhase waits until the running deploy has recorded phase.
+func (s *Scenario) waitForPhase(phase string) {
+	s.T.Helper()
+	WaitFor(s.T, 20*time.Second, "the deploy to reach phase "+phase, func() bool {
+		h := s.history()
+		return len(h) > 0 && h[0].Outcome == "running" && h[0].Phase == phase
+	})
 }

@@ -24,6 +24,10 @@ pkill -f '\.tools/caddy-.*/caddy run' 2>/dev/null || true
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "test.sh: not gofmt'ed:" $unformatted >&2; exit 1; fi
 go vet ./...
+if [ ! -x .tools/bin/staticcheck ]; then
+  (cd /tmp && GOBIN="$OLDPWD/.tools/bin" go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)
+fi
+.tools/bin/staticcheck ./...
 
 # Integration tests may not skip here: a missing Docker or Caddy is a failure.
 export HANDOFF_REQUIRE_INTEGRATION=1

@@ -43,9 +43,10 @@ type Runtime struct {
 var _ deploy.Runtime = (*Runtime)(nil)
 
 // New connects to the engine named by DOCKER_HOST (or the default socket)
-// and negotiates the API version, so engines from API 1.41 up work.
+// and negotiates the API version (the client does by default), so engines
+// from API 1.41 up work.
 func New(ctx context.Context) (*Runtime, error) {
-	api, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	api, err := client.New(client.FromEnv) // negotiates the API version with the engine
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}

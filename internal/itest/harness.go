@@ -77,7 +77,7 @@ func CaddyBinary(t testing.TB) string {
 // Docker returns a client for the engine, negotiating the API version.
 func Docker(t testing.TB) *client.Client {
 	t.Helper()
-	api, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	api, err := client.New(client.FromEnv) // negotiates the API version with the engine
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -1,6 +1,7 @@
 package itest
 
 import (
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -11,12 +12,7 @@ import (
 // Ctrl-C while the new container boots: it is removed, the old one keeps
 // serving, the lock is free, and the history says interrupted.
 func TestCtrlCDuringHealthLeavesNothingBehind(t *testing.T) {
-	s := NewScenario(t, ScenarioOptions{})
-	s.Deploy(Config{Release: "v1"})
-	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"BOOT_DELAY": "1m"}, StartTimeout: "5m"})
-
-	cmd, out := s.Start("deploy")
-	s.waitForPhase("health")
+	s, cmd, out := deployStuckInHealth(t)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
 	err := cmd.Wait()
 	require.Error(t, err)
@@ -32,12 +28,7 @@ func TestCtrlCDuringHealthLeavesNothingBehind(t *testing.T) {
 // A deploy killed outright (SIGKILL, a lost SSH session, a reboot) leaves its
 // new container running; the next deploy finds it, removes it, and says so.
 func TestKilledDeployIsRepairedByTheNext(t *testing.T) {
-	s := NewScenario(t, ScenarioOptions{})
-	s.Deploy(Config{Release: "v1"})
-	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"BOOT_DELAY": "1m"}, StartTimeout: "5m"})
-
-	cmd, _ := s.Start("deploy")
-	s.waitForPhase("health")
+	s, cmd, _ := deployStuckInHealth(t)
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()
 	require.True(t, Containers(t, s.API, s.Service)[s.Service+"-2"], "the orphan is there")
@@ -51,6 +42,17 @@ func TestKilledDeployIsRepairedByTheNext(t *testing.T) {
 	h := s.history()
 	require.Equal(t, "succeeded", h[0].Outcome)
 	require.Equal(t, "interrupted", h[1].Outcome)
+}
+
+// deployStuckInHealth has v1 live and a deploy of v2 running, waiting for
+// an app that boots for a minute.
+func deployStuckInHealth(t *testing.T) (*Scenario, *exec.Cmd, *syncBuffer) {
+	s := NewScenario(t, ScenarioOptions{})
+	s.Deploy(Config{Release: "v1"})
+	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"BOOT_DELAY": "1m"}, StartTimeout: "5m"})
+	cmd, out := s.Start("deploy")
+	s.waitForPhase("health")
+	return s, cmd, out
 }
 
 // waitForPhase waits until the running deploy has recorded phase.

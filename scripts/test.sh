@@ -32,3 +32,8 @@ fi
 # Integration tests may not skip here: a missing Docker or Caddy is a failure.
 export HANDOFF_REQUIRE_INTEGRATION=1
 go test -count=1 -timeout 25m "$@" ./...
+
+# The deploy-under-load benchmark, short (3 deploys per strategy), only to
+# prove it still runs; `make bench-deploy` is the real run.
+HANDOFF_BENCH_DEPLOYS=3 HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
+  go test -count=1 -timeout 20m -run TestDeployUnderLoad ./bench

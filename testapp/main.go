@@ -10,7 +10,8 @@
 //	DRAIN_GRACE    how long SIGTERM waits for requests in flight (30s)
 //
 // Endpoints: / and /health; /slow?d=2s answers after d; /echo answers with
-// the request body; /sse streams an event every 100ms for d.
+// the request body; /sse streams an event every 100ms for d; /ws is a
+// WebSocket that sends a message every 100ms until the client closes it.
 //
 // `testapp check` GETs its own /health and exits 0 on 200: the image has no
 // shell or curl, so this is what HEALTHCHECK and `health.type: cmd` run.
@@ -27,6 +28,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 func main() {
@@ -94,6 +97,27 @@ func main() {
 				fmt.Fprint(w, "event: end\ndata: done\n\n")
 				return
 			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.CloseNow()
+		ctx := conn.CloseRead(r.Context()) // the client only closes; its close ends ctx
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			if err := conn.Write(ctx, websocket.MessageText, []byte(fmt.Sprintf("%d %s", i, release))); err != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}

@@ -3,24 +3,37 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/verify"
 )
 
 type deployOptions struct {
 	*common
+	verify     string  // "", "on", "strict" or a URL
+	verifyURL  string  // the URL given as the argument
+	verifyRate float64 // requests per second
 }
 
 func newDeployCmd(c *common) *cobra.Command {
 	opts := &deployOptions{common: c}
 	cmd := &cobra.Command{
-		Use:   "deploy",
+		Use:   "deploy [--verify[=strict] [URL]]",
 		Short: "Start the new release beside the old, wait until healthy, switch Caddy, drain, retire the old",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				// `--verify URL` and `--verify=strict URL`: the URL is the one argument.
+				if opts.verify != "on" && opts.verify != "strict" {
+					return fmt.Errorf("%w: unexpected argument %q (a URL goes with --verify)", errUsage, args[0])
+				}
+				opts.verifyURL = args[0]
+			}
 			return deployRun(cmd.Context(), opts)
 		},
 	}
@@ -30,6 +43,9 @@ func newDeployCmd(c *common) *cobra.Command {
 	f.StringVar(&c.overrides.HealthPath, "health-path", "", "HTTP path that answers 2xx when the app is ready")
 	f.DurationVar(&c.overrides.DrainTimeout, "drain-timeout", 0, "how long in-flight requests may take to finish on the old release (default 30s)")
 	f.DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
+	f.StringVar(&opts.verify, "verify", "", "watch the deploy from outside: GET the public URL (https://<caddy route>/, or the URL given) during the deploy and report; =strict fails the command if any request failed")
+	f.Lookup("verify").NoOptDefVal = "on"
+	f.Float64Var(&opts.verifyRate, "verify-rate", verify.DefaultRate, "requests per second sent by --verify")
 	return cmd
 }
 
@@ -46,14 +62,73 @@ func deployRun(ctx context.Context, opts *deployOptions) error {
 		return err
 	}
 	defer done()
+	watch, strict, err := opts.startVerify(s)
+	if err != nil {
+		return err
+	}
 	rec, err := d.Deploy(ctx, s.Service)
-	return opts.finish(rec, err)
+	if watch == nil {
+		return opts.finish(rec, nil, err)
+	}
+	report := summarize(watch, rec)
+	fmt.Fprint(opts.io.Err, report.String())
+	if err == nil && strict && report.Failed > 0 {
+		err = fmt.Errorf("%w: %d of %d requests to %s failed during the deploy (the deploy itself completed)", errVerifyFailed, report.Failed, report.Requests, report.URL)
+	}
+	return opts.finish(rec, &report, err)
+}
+
+// startVerify starts --verify's requests, before anything is started.
+func (o *deployOptions) startVerify(s config.Settings) (*verify.Watch, bool, error) {
+	if o.verify == "" {
+		return nil, false, nil
+	}
+	url, strict := o.verify, false
+	switch o.verify {
+	case "on", "strict":
+		strict = o.verify == "strict"
+		if o.verifyURL != "" {
+			url = o.verifyURL
+			break
+		}
+		route := s.Caddy.Route
+		if _, _, err := net.SplitHostPort(route); err == nil || route == "" {
+			return nil, false, fmt.Errorf("%w: --verify needs a URL when the Caddy route is not a site host: --verify=https://example.com/", errUsage)
+		}
+		url = "https://" + route + "/"
+	}
+	w, err := verify.Start(url, o.verifyRate)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return w, strict, nil
+}
+
+// summarize stops the watch and splits its requests at the switch.
+func summarize(w *verify.Watch, rec *deploy.Record) verify.Report {
+	samples := w.Stop()
+	if rec == nil {
+		return verify.Summarize(w.URL(), samples, "", "", time.Time{})
+	}
+	var switchAt time.Time
+	for _, p := range rec.Phases {
+		if p.Name == deploy.PhaseSwitch && p.Error == "" && rec.Switched {
+			switchAt = p.Started.Add(p.Duration)
+		}
+	}
+	return verify.Summarize(w.URL(), samples, rec.From, rec.To, switchAt)
+}
+
+// result is what --json prints for a deploy or rollback.
+type result struct {
+	*deploy.Record
+	Verify *verify.Report `json:"verify,omitempty"`
 }
 
 // finish prints a deploy's or rollback's record: JSON, or a summary line.
-func (c *common) finish(rec *deploy.Record, err error) error {
+func (c *common) finish(rec *deploy.Record, report *verify.Report, err error) error {
 	if c.json && rec != nil {
-		if jerr := c.io.JSON(rec); jerr != nil {
+		if jerr := c.io.JSON(result{Record: rec, Verify: report}); jerr != nil {
 			return jerr
 		}
 	}

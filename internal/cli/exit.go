@@ -17,6 +17,7 @@ const (
 	ExitLocked      = 4 // another handoff of the service is running
 	ExitProxy       = 5 // Caddy unreachable, route not found, or changed meanwhile
 	ExitImage       = 6 // the image is missing
+	ExitVerify      = 7 // deployed, but --verify=strict saw failed requests
 	ExitInterrupted = 130
 )
 
@@ -38,8 +39,13 @@ func ExitCode(err error) int {
 		return ExitProxy
 	case errors.Is(err, deploy.ErrImageNotFound):
 		return ExitImage
+	case errors.Is(err, errVerifyFailed):
+		return ExitVerify
 	}
 	return ExitFailed
 }
 
-var errUsage = errors.New("usage")
+var (
+	errUsage        = errors.New("usage")
+	errVerifyFailed = errors.New("verify failed")
+)

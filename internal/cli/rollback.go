@@ -37,5 +37,5 @@ func rollbackRun(ctx context.Context, opts *rollbackOptions) error {
 	}
 	defer done()
 	rec, err := d.Rollback(ctx, s.Service, opts.to)
-	return opts.finish(rec, err)
+	return opts.finish(rec, nil, err)
 }

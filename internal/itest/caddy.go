@@ -73,12 +73,12 @@ func StartCaddy(t testing.TB, o CaddyOptions) *Caddy {
 	}
 %s}
 
-http://%s:%d {
+http://%s:%d, http://127.0.0.1:%d {
 	bind 127.0.0.1
 	reverse_proxy %s {
 %s	}
 }
-`, adminListen, o.ExtraGlobal, SiteHost, port, o.Upstream, proxyOpts)
+`, adminListen, o.ExtraGlobal, SiteHost, port, port, o.Upstream, proxyOpts)
 	if err := os.WriteFile(c.File, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -143,16 +143,34 @@ func (c *Caddy) AdminClient() *http.Client {
 func (c *Caddy) Logs() string { return c.logs.String() }
 
 // UserContainer starts the app as a user would by hand before adopting
-// handoff (`docker run -p 127.0.0.1::8000`), and returns its host port.
+// handoff (`docker run -p 127.0.0.1::8000`), waits until it answers, and
+// returns its host port.
 func UserContainer(t testing.TB, api *client.Client, name string, env ...string) int {
 	t.Helper()
+	_, port := AppContainer(t, api, name, 0, env...)
+	WaitFor(t, 20*time.Second, name+" listening", func() bool {
+		code, _, err := Get(http.DefaultClient, "http://127.0.0.1:"+Itoa(port)+"/health", "")
+		return err == nil && code == 200
+	})
+	return port
+}
+
+// AppContainer starts the test app as `docker run -d --name name -p
+// 127.0.0.1:hostPort:8000` would (hostPort 0: Docker picks), without
+// waiting for it, and removes it when the test ends.
+func AppContainer(t testing.TB, api *client.Client, name string, hostPort int, env ...string) (id string, port int) {
+	t.Helper()
 	ctx := context.Background()
-	port := network.MustParsePort("8000/tcp")
+	p := network.MustParsePort("8000/tcp")
+	binding := network.PortBinding{HostIP: netip.MustParseAddr("127.0.0.1")}
+	if hostPort != 0 {
+		binding.HostPort = Itoa(hostPort)
+	}
 	created, err := api.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name: name,
-		Config: &container.Config{Image: TestImage, Env: env, ExposedPorts: network.PortSet{port: {}},
+		Config: &container.Config{Image: TestImage, Env: env, ExposedPorts: network.PortSet{p: {}},
 			Labels: map[string]string{"handoff-test": "user"}},
-		HostConfig: &container.HostConfig{PortBindings: network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}},
+		HostConfig: &container.HostConfig{PortBindings: network.PortMap{p: {binding}}},
 	})
 	if err != nil {
 		t.Fatalf("create %s: %v", name, err)
@@ -165,15 +183,8 @@ func UserContainer(t testing.TB, api *client.Client, name string, env ...string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hostPort := res.Container.NetworkSettings.Ports[port][0].HostPort
-	var n int
-	fmt.Sscan(hostPort, &n)
-	addr := "127.0.0.1:" + hostPort
-	WaitFor(t, 20*time.Second, name+" listening", func() bool {
-		code, _, err := Get(http.DefaultClient, "http://"+addr+"/health", "")
-		return err == nil && code == 200
-	})
-	return n
+	fmt.Sscan(res.Container.NetworkSettings.Ports[p][0].HostPort, &port)
+	return created.ID, port
 }
 
 // RemoveService removes every container of service when the test ends.

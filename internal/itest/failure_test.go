@@ -92,7 +92,7 @@ func TestBadInputIsRefusedClearly(t *testing.T) {
 		s.WriteConfig(Config{Release: "v2"})
 		r := s.Run("deploy", "--caddy-route", "nope.example.com")
 		require.Equal(t, 5, r.Code, r.String())
-		require.Contains(t, r.Stderr, "no reverse_proxy for nope.example.com in Caddy's config (it has: app.test → 127.0.0.1:")
+		require.Contains(t, r.Stderr, "no reverse_proxy for nope.example.com in Caddy's config (it has: app.test,127.0.0.1 → 127.0.0.1:")
 	})
 	t.Run("caddyfile without the upstream", func(t *testing.T) {
 		other := filepath.Join(t.TempDir(), "Caddyfile")

@@ -1,0 +1,15 @@
+# The two commands of the README, and the benchmark.
+.PHONY: demo test bench-deploy
+
+demo:
+	examples/demo.sh
+
+test:
+	scripts/test.sh
+
+# Deploys under load, side by side: restart, script, handoff. N=20 by default.
+# Writes bench-results/deploy.md and deploy.json.
+N ?= 20
+bench-deploy:
+	scripts/install-caddy.sh
+	HANDOFF_BENCH_DEPLOYS=$(N) go test -count=1 -run TestDeployUnderLoad -v -timeout 90m ./bench

@@ -1,0 +1,207 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// window is the time one deploy took, from its command to serving.
+type window struct{ Start, End time.Time }
+
+func (w window) holds(t time.Time) bool { return !t.Before(w.Start) && !t.After(w.End) }
+
+// counts are failures and totals over some span.
+type counts struct {
+	Sent        int `json:"sent"`
+	OK          int `json:"ok"`
+	Status5xx   int `json:"status_5xx"`
+	OtherStatus int `json:"other_status"`
+	GetConnErr  int `json:"get_conn_errors"`
+	PostConnErr int `json:"post_conn_errors"`
+	SlowOK      int `json:"slow_ok"`
+	SlowCut     int `json:"slow_cut"`
+	SSECut      int `json:"sse_cut"`
+	WSCut       int `json:"ws_cut"`
+	StreamsOK   int `json:"streams_ok"`
+}
+
+type latency struct {
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
+}
+
+type deployResult struct {
+	Took     time.Duration `json:"took_ns"`
+	Overhead time.Duration `json:"overhead_ns"` // took minus the app's boot time
+	Counts   counts        `json:"counts"`
+}
+
+type strategyResult struct {
+	Name      string         `json:"strategy"`
+	Note      string         `json:"how"`
+	Deploys   []deployResult `json:"deploys"`
+	Total     counts         `json:"total"`
+	Steady    latency        `json:"latency_steady"`
+	Switching latency        `json:"latency_in_deploys"`
+	Overhead  time.Duration  `json:"median_overhead_ns"`
+	Drain     time.Duration  `json:"median_drain_ns"` // of the overhead, waiting for requests in flight (handoff)
+	Errors    []string       `json:"error_samples"`
+}
+
+type report struct {
+	Settings   settings         `json:"settings"`
+	Machine    string           `json:"machine"`
+	Started    time.Time        `json:"started"`
+	Strategies []strategyResult `json:"strategies"`
+}
+
+// measure sorts every result and stream into its deploy window (or steady
+// state) and counts.
+func measure(st strategy, set settings, windows []window, results []vegeta.Result, events []event) strategyResult {
+	r := strategyResult{Name: st.Name, Note: st.Note, Deploys: make([]deployResult, len(windows))}
+	for i, w := range windows {
+		r.Deploys[i].Took = w.End.Sub(w.Start)
+		r.Deploys[i].Overhead = r.Deploys[i].Took - set.Boot
+	}
+	at := func(t time.Time) *counts {
+		for i, w := range windows {
+			if w.holds(t) {
+				return &r.Deploys[i].Counts
+			}
+		}
+		return nil
+	}
+	var steady, switching []time.Duration
+	samples := map[string]bool{}
+	for _, res := range results {
+		c := at(res.Timestamp)
+		if c != nil {
+			switching = append(switching, res.Latency)
+		} else {
+			steady = append(steady, res.Latency)
+		}
+		for _, c := range []*counts{c, &r.Total} {
+			if c != nil {
+				c.addResult(res)
+			}
+		}
+		if res.Error != "" && len(samples) < 6 {
+			samples[res.Method+": "+res.Error] = true
+		}
+	}
+	for _, e := range events {
+		for _, c := range []*counts{at(e.End), &r.Total} {
+			if c != nil {
+				c.addEvent(e)
+			}
+		}
+		if e.Err != "" && len(samples) < 12 {
+			samples[e.Kind+": "+e.Err] = true
+		}
+	}
+	for s := range samples {
+		r.Errors = append(r.Errors, s)
+	}
+	slices.Sort(r.Errors)
+	r.Steady, r.Switching = percentiles(steady), percentiles(switching)
+	var overheads []time.Duration
+	for _, d := range r.Deploys {
+		overheads = append(overheads, d.Overhead)
+	}
+	r.Overhead = percentiles(overheads).P50
+	return r
+}
+
+func (c *counts) addResult(res vegeta.Result) {
+	c.Sent++
+	switch {
+	case res.Code == 0 && res.Method == "POST":
+		c.PostConnErr++
+	case res.Code == 0:
+		c.GetConnErr++
+	case res.Code >= 500:
+		c.Status5xx++
+	case res.Code >= 200 && res.Code < 300:
+		c.OK++
+	default:
+		c.OtherStatus++
+	}
+}
+
+func (c *counts) addEvent(e event) {
+	switch {
+	case e.Kind == "slow" && e.Complete:
+		c.SlowOK++
+	case e.Kind == "slow":
+		c.SlowCut++
+	case e.Complete:
+		c.StreamsOK++
+	case e.Kind == "sse":
+		c.SSECut++
+	default:
+		c.WSCut++
+	}
+}
+
+func percentiles(ds []time.Duration) latency {
+	if len(ds) == 0 {
+		return latency{}
+	}
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	return latency{P50: at(0.50), P99: at(0.99), Max: ds[len(ds)-1]}
+}
+
+func (r report) markdown() string {
+	var b strings.Builder
+	s := r.Settings
+	grace := "drops its requests at once on SIGTERM, as an app without graceful shutdown does"
+	if s.AppGrace > 0 {
+		grace = fmt.Sprintf("finishes its requests for up to %s after SIGTERM", s.AppGrace)
+	}
+	fmt.Fprintf(&b, "%d deploys per strategy; the app boots in %s and %s; load through Caddy: GET %d/s + POST %d/s (vegeta, %d keep-alive connections each), %d loops of %s slow requests, one SSE stream and one WebSocket held %s at a time.\n",
+		s.Deploys, s.Boot, grace, s.Load.GetRate, s.Load.PostRate, s.Load.Connections, s.Load.SlowLoops, s.Load.SlowFor, s.Load.StreamFor)
+	fmt.Fprintf(&b, "Machine: %s. Run: %s.\n\n", r.Machine, r.Started.Format(time.RFC3339))
+	b.WriteString("| strategy | requests | 5xx | GET conn errors | POST conn errors | slow cut | SSE cut | WS cut | p50 / p99 / max steady | p50 / p99 / max in deploys | deploy time − boot (median) | of which drain |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |\n")
+	for _, st := range r.Strategies {
+		t := st.Total
+		fmt.Fprintf(&b, "| **%s** | %d | %d | %d | %d | %d / %d | %d | %d | %s | %s | %s | %s |\n", st.Name, t.Sent, t.Status5xx, t.GetConnErr, t.PostConnErr,
+			t.SlowCut, t.SlowCut+t.SlowOK, t.SSECut, t.WSCut, st.Steady, st.Switching, st.Overhead.Round(time.Millisecond), st.Drain.Round(time.Millisecond))
+	}
+	b.WriteString("\nPer deploy (5xx / GET conn / POST conn / slow cut / SSE cut / WS cut):\n\n")
+	for _, st := range r.Strategies {
+		var parts []string
+		for _, d := range st.Deploys {
+			c := d.Counts
+			parts = append(parts, fmt.Sprintf("%d/%d/%d/%d/%d/%d", c.Status5xx, c.GetConnErr, c.PostConnErr, c.SlowCut, c.SSECut, c.WSCut))
+		}
+		fmt.Fprintf(&b, "- %s: %s\n", st.Name, strings.Join(parts, " "))
+	}
+	b.WriteString("\nStrategies:\n\n")
+	for _, st := range r.Strategies {
+		fmt.Fprintf(&b, "- **%s**: %s", st.Name, st.Note)
+		if len(st.Errors) > 0 {
+			fmt.Fprintf(&b, ". Errors seen: %s", strings.Join(st.Errors, "; "))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func (l latency) String() string {
+	r := func(d time.Duration) string {
+		switch {
+		case d >= time.Second:
+			return fmt.Sprintf("%.2fs", d.Seconds())
+		default:
+			return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+		}
+	}
+	return r(l.P50) + " / " + r(l.P99) + " / " + r(l.Max)
+}

@@ -50,16 +50,12 @@ func newDeployCmd(c *common) *cobra.Command {
 }
 
 func deployRun(ctx context.Context, opts *deployOptions) error {
-	s, err := opts.settings()
+	s, d, done, err := opts.open(ctx)
 	if err != nil {
 		return err
 	}
 	if opts.overrides.Image != "" {
 		s.Service.Build = nil // an explicit image is deployed as it is
-	}
-	d, done, err := opts.connect(ctx, s)
-	if err != nil {
-		return err
 	}
 	defer done()
 	watch, strict, err := opts.startVerify(s)

@@ -27,11 +27,7 @@ func newRollbackCmd(c *common) *cobra.Command {
 }
 
 func rollbackRun(ctx context.Context, opts *rollbackOptions) error {
-	s, err := opts.settings()
-	if err != nil {
-		return err
-	}
-	d, done, err := opts.connect(ctx, s)
+	s, d, done, err := opts.open(ctx)
 	if err != nil {
 		return err
 	}

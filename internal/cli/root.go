@@ -76,6 +76,17 @@ func (c *common) settings() (config.Settings, error) {
 	return config.Resolve(f, c.overrides)
 }
 
+// open reads the settings and wires the procedure to the real Docker
+// engine and Caddy; done releases the connections.
+func (c *common) open(ctx context.Context) (config.Settings, *deploy.Deployer, func(), error) {
+	s, err := c.settings()
+	if err != nil {
+		return s, nil, nil, err
+	}
+	d, done, err := c.connect(ctx, s)
+	return s, d, done, err
+}
+
 // connect wires the procedure to the real Docker engine and Caddy.
 func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deployer, func(), error) {
 	proxy, err := caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile)

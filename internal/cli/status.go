@@ -21,11 +21,7 @@ func newStatusCmd(c *common) *cobra.Command {
 }
 
 func statusRun(ctx context.Context, c *common) error {
-	s, err := c.settings()
-	if err != nil {
-		return err
-	}
-	d, done, err := c.connect(ctx, s)
+	s, d, done, err := c.open(ctx)
 	if err != nil {
 		return err
 	}

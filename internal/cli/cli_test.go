@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+func TestExitCodes(t *testing.T) {
+	cases := []struct {
+		err  error
+		code int
+	}{
+		{nil, ExitOK},
+		{fmt.Errorf("x: %w", deploy.ErrConfig), ExitUsage},
+		{&deploy.HealthError{Container: "web-2", Reason: "exited"}, ExitUnhealthy},
+		{fmt.Errorf("%w: web", deploy.ErrLocked), ExitLocked},
+		{fmt.Errorf("%w: refused", deploy.ErrProxyUnreached), ExitProxy},
+		{deploy.ErrNoRoute, ExitProxy},
+		{deploy.ErrConflict, ExitProxy},
+		{fmt.Errorf("%w: app:v2", deploy.ErrImageNotFound), ExitImage},
+		{fmt.Errorf("%w: 3 failed", errVerifyFailed), ExitVerify},
+		{fmt.Errorf("wait: %w", context.Canceled), ExitInterrupted},
+		{fmt.Errorf("something else"), ExitFailed},
+	}
+	for _, c := range cases {
+		require.Equal(t, c.code, ExitCode(c.err), "%v", c.err)
+	}
+}
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(context.Background(), args, &IO{Out: &out, Err: &errb})
+	return out.String(), errb.String(), code
+}
+
+func TestVersionJSON(t *testing.T) {
+	out, _, code := run(t, "version", "--json")
+	require.Equal(t, 0, code)
+	var v map[string]string
+	require.NoError(t, json.Unmarshal([]byte(out), &v))
+	require.NotEmpty(t, v["version"])
+}
+
+func TestUsageErrorsAreOneLineAndExit2(t *testing.T) {
+	_, stderr, code := run(t, "deploy", "--no-such-flag")
+	require.Equal(t, ExitUsage, code)
+	require.Equal(t, "handoff: usage: unknown flag: --no-such-flag (see --help)\n", stderr)
+
+	_, stderr, code = run(t, "deploy", "--service", "web", "--image", "x", "stray")
+	require.Equal(t, ExitUsage, code)
+	require.Contains(t, stderr, `unexpected argument "stray" (a URL goes with --verify)`)
+}
+
+func TestHistoryOfANewServiceIsEmpty(t *testing.T) {
+	dir := t.TempDir()
+	out, _, code := run(t, "history", "--service", "web", "--state-dir", dir)
+	require.Equal(t, 0, code)
+	require.Equal(t, "no deploys of web recorded in "+dir+"\n", out)
+	out, _, code = run(t, "history", "--service", "web", "--state-dir", dir, "--json")
+	require.Equal(t, 0, code)
+	require.Equal(t, "null\n", out)
+}
+
+func TestHealthFailurePrintsTheLogs(t *testing.T) {
+	var errb bytes.Buffer
+	printError(&IO{Err: &errb}, fmt.Errorf("wrapped: %w", &deploy.HealthError{Container: "web-2", Reason: "exited with code 3 while starting", Logs: "boom\n"}))
+	require.Equal(t, "handoff: wrapped: web-2: exited with code 3 while starting\nlast log lines of web-2:\nboom\n", errb.String())
+}

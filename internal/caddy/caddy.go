@@ -274,6 +274,10 @@ func versionBefore(v string, major, minor, patch int) bool {
 	return false
 }
 
+// Retire does nothing: after a reload Caddy ends an old upstream's streams
+// itself (at once, or after stream_close_delay).
+func (p *Proxy) Retire(context.Context, string) error { return nil }
+
 // Advice lists the Caddy settings a deploy without failures needs that the
 // route's reverse_proxy lacks.
 func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {

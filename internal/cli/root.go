@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/docker"
+	"github.com/handoff-dev/handoff/internal/proxy"
 	"github.com/handoff-dev/handoff/internal/state"
 )
 
@@ -60,10 +61,13 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.overrides.CaddyAdmin, "caddy-admin", "", "Caddy admin API: URL, host:port or unix:PATH (default "+caddy.DefaultAdmin+")")
 	f.StringVar(&c.overrides.CaddyRoute, "caddy-route", "", "the route to switch: site host (api.example.com) or current upstream (localhost:8000)")
 	f.StringVar(&c.overrides.Caddyfile, "caddyfile", "", "Caddyfile to keep in step with each switch")
+	f.StringVar(&c.overrides.Proxy, "proxy", "", "what switches the service: caddy (default) or handoff (a running `handoff proxy`)")
+	f.StringVar(&c.overrides.ProxySocket, "proxy-socket", "", "control socket of `handoff proxy` (default "+proxy.DefaultSocket+")")
+	f.StringVar(&c.overrides.ProxyListen, "proxy-listen", "", "with --proxy handoff: the stable address the service is served on, like 127.0.0.1:9001")
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
 
-	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newStatusCmd(c), newHistoryCmd(c), newVersionCmd(c))
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newStatusCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c))
 	return root
 }
 
@@ -89,7 +93,13 @@ func (c *common) open(ctx context.Context) (config.Settings, *deploy.Deployer, f
 
 // connect wires the procedure to the real Docker engine and Caddy.
 func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deployer, func(), error) {
-	proxy, err := caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile)
+	var switcher deploy.Proxy
+	var err error
+	if s.Proxy == config.ProxyHandoff {
+		switcher, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
+	} else {
+		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -103,7 +113,7 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 	}
 	d := &deploy.Deployer{
 		Runtime: rt,
-		Proxy:   proxy,
+		Proxy:   switcher,
 		History: state.Store{Dir: dir},
 		Locker:  state.Locker{Dir: dir, Wait: c.lockWait},
 		Report:  &reporter{io: c.io},

@@ -42,6 +42,8 @@ type File struct {
 	StopTimeout  Duration          `yaml:"stop_timeout"`
 	Keep         *int              `yaml:"keep"`
 	Caddy        Caddy             `yaml:"caddy"`
+	Proxy        string            `yaml:"proxy"` // caddy (default) or handoff
+	HandoffProxy HandoffProxy      `yaml:"handoff_proxy"`
 
 	path  string         // the file read, for messages and relative paths
 	lines map[string]int // "health.interval" → line, for messages
@@ -89,6 +91,12 @@ type Caddy struct {
 	Admin     string `yaml:"admin"`
 	Route     string `yaml:"route"`
 	Caddyfile string `yaml:"caddyfile"`
+}
+
+// HandoffProxy is `handoff_proxy:`, for `proxy: handoff`.
+type HandoffProxy struct {
+	Socket string `yaml:"socket"` // the proxy's control socket
+	Listen string `yaml:"listen"` // the stable address the front proxy points at
 }
 
 // Duration is a Go duration ("30s", "2m"); a bare number is refused, since

@@ -27,7 +27,9 @@ var fileSchema = schema{
 	"health": {"type": nil, "path": nil, "host": nil, "status": nil, "command": nil,
 		"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil},
 	"drain_timeout": nil, "stop_timeout": nil, "keep": nil,
-	"caddy": {"admin": nil, "route": nil, "caddyfile": nil},
+	"caddy":         {"admin": nil, "route": nil, "caddyfile": nil},
+	"proxy":         nil,
+	"handoff_proxy": {"socket": nil, "listen": nil},
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records

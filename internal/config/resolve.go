@@ -26,12 +26,23 @@ type Overrides struct {
 	CaddyRoute   string
 	Caddyfile    string
 	DrainTimeout time.Duration
+	Proxy        string
+	ProxySocket  string
+	ProxyListen  string
 }
+
+// The proxies a service can be switched by.
+const (
+	ProxyCaddy   = "caddy"
+	ProxyHandoff = "handoff"
+)
 
 // Settings is the file and the flags merged: what a command runs with.
 type Settings struct {
-	Service deploy.Service
-	Caddy   Caddy
+	Service      deploy.Service
+	Proxy        string // ProxyCaddy or ProxyHandoff
+	Caddy        Caddy
+	HandoffProxy HandoffProxy
 }
 
 // Resolve merges f and o, checks every value, and reads env files.
@@ -120,7 +131,12 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	if svc.Name == "" {
 		return Settings{}, fmt.Errorf("%w: no service name: set `service:` in handoff.yml or pass --service", deploy.ErrConfig)
 	}
-	return Settings{Service: svc, Caddy: cad}, nil
+	proxy := pick(o.Proxy, pick(f.Proxy, ProxyCaddy))
+	if proxy != ProxyCaddy && proxy != ProxyHandoff {
+		return Settings{}, f.at("proxy", fmt.Sprintf("proxy %q: use caddy or handoff", proxy))
+	}
+	hp := HandoffProxy{Socket: pick(o.ProxySocket, f.HandoffProxy.Socket), Listen: pick(o.ProxyListen, f.HandoffProxy.Listen)}
+	return Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp}, nil
 }
 
 // env reads env_file entries in order, then env, which wins.

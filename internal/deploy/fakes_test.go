@@ -143,6 +143,7 @@ type fakeProxy struct {
 	preflightErr error
 	inFlight     []InFlight // answers in turn; the last one repeats
 	switches     []string
+	retired      []string
 }
 
 func (p *fakeProxy) Upstream(context.Context, []string) (string, error) { return p.upstream, nil }
@@ -170,6 +171,11 @@ func (p *fakeProxy) InFlight(context.Context, string) (InFlight, error) {
 		p.inFlight = p.inFlight[1:]
 	}
 	return in, nil
+}
+
+func (p *fakeProxy) Retire(_ context.Context, upstream string) error {
+	p.retired = append(p.retired, upstream)
+	return nil
 }
 
 func (p *fakeProxy) Advice(context.Context, string) ([]string, error) { return nil, nil }

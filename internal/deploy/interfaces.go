@@ -68,6 +68,9 @@ type Proxy interface {
 	Switch(ctx context.Context, from, to string) error
 	// InFlight reports the requests still running on upstream.
 	InFlight(ctx context.Context, upstream string) (InFlight, error)
+	// Retire ends what still runs on a drained upstream before its container
+	// stops (WebSockets get a close frame); a proxy that cannot, does nothing.
+	Retire(ctx context.Context, upstream string) error
 	// Advice lists settings missing for a deploy without failures.
 	Advice(ctx context.Context, upstream string) ([]string, error)
 	// Describe names the proxy and route for messages ("Caddy at ... route app.test").

@@ -40,6 +40,7 @@ func TestDeploySwitchesDrainsAndRetires(t *testing.T) {
 	require.Equal(t, OutcomeSucceeded, rec.Outcome)
 	require.Equal(t, []string{"run web-2", "stop web-1"}, r.rt.calls)
 	require.Equal(t, []string{"127.0.0.1:30001 → 127.0.0.1:40001"}, r.proxy.switches)
+	require.Equal(t, []string{"127.0.0.1:30001"}, r.proxy.retired, "the old upstream is retired before its container stops")
 	require.Equal(t, 1, rec.FromRelease)
 	require.Equal(t, 2, rec.ToRelease)
 	require.True(t, rec.Switched)
@@ -270,6 +271,17 @@ func TestCancelledHealthWaitRemovesNewContainer(t *testing.T) {
 	require.True(t, errors.Is(err, context.Canceled), "%v", err)
 	require.Equal(t, OutcomeInterrupted, rec.Outcome)
 	require.Equal(t, []string{"run web-2", "remove web-2"}, r.rt.calls)
+}
+
+func TestFirstDeployThroughAnEmptyProxy(t *testing.T) {
+	r := newRig(t)
+	r.rt.containers = nil
+	r.proxy.upstream = ""
+	rec, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	require.Equal(t, []string{" → 127.0.0.1:40001"}, r.proxy.switches)
+	require.Equal(t, []string{"run web-1"}, r.rt.calls)
+	require.Contains(t, rec.Notes[0], "first deploy through fake proxy: nothing serves yet")
 }
 
 func TestSameUpstream(t *testing.T) {

@@ -23,9 +23,12 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 	if err != nil {
 		return nil, err
 	}
-	if v.live == nil {
+	switch {
+	case v.upstream == "":
+		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
+	case v.live == nil:
 		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.upstream))
-	} else {
+	default:
 		rec.FromRelease, rec.From = v.live.Release, v.live.Name
 		if v.live.Adopted {
 			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
@@ -67,6 +70,9 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 			v.live = &releases[i]
 			return v, nil
 		}
+	}
+	if upstream == "" {
+		return v, nil
 	}
 	v.live, err = d.Runtime.Serving(ctx, upstream)
 	if err != nil {

@@ -1,0 +1,105 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/handoff-dev/handoff/internal/proxy"
+)
+
+func newProxyCmd(c *common) *cobra.Command {
+	o := proxy.DaemonOptions{}
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the always-on switch between the front proxy and the containers (see docs/proxy.md)",
+		Long: `handoff proxy serves each service on a stable loopback address and switches it
+between containers per request, so a deploy never reloads the front proxy and no
+client connection is closed. SIGHUP hands its sockets to a new process of the
+same binary (an upgrade or restart without dropping anything).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = slog.New(slog.NewTextHandler(c.io.Err, nil))
+			return proxy.RunDaemon(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.StateFile, "state-file", proxy.DefaultStateFile, "services, kept across restarts")
+	f.StringVar(&o.PIDFile, "pid-file", "", "write the serving process's pid here (systemd PIDFile=)")
+	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxy.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
+	cmd.PersistentFlags().StringVar(&c.overrides.ProxySocket, "socket", proxy.DefaultSocket, "control socket")
+	var maxWait time.Duration
+	pause := &cobra.Command{
+		Use:   "pause",
+		Short: "Hold the service's new requests (each for at most --max-wait) until resume, e.g. during a migration",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return proxyControl(cmd.Context(), c, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait) })
+		},
+	}
+	pause.Flags().DurationVar(&maxWait, "max-wait", proxy.DefaultPauseWait, "a held request gets 503 after this long")
+	resume := &cobra.Command{
+		Use:   "resume",
+		Short: "Release the requests a pause holds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return proxyControl(cmd.Context(), c, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
+		},
+	}
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "List the proxy's services, their targets and requests in flight",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return proxyStatus(cmd.Context(), c)
+		},
+	}
+	cmd.AddCommand(pause, resume, status)
+	return cmd
+}
+
+func proxyControl(ctx context.Context, c *common, act func(*proxy.Client) (proxy.ServiceState, error)) error {
+	s, err := c.settings()
+	if err != nil {
+		return err
+	}
+	cl := proxy.NewControl(c.overrides.ProxySocket, s.Service.Name)
+	st, err := act(cl)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.io.JSON(st)
+	}
+	fmt.Fprintf(c.io.Out, "%s: %s → %s, %d in flight, paused: %v\n", st.Name, st.Listen, st.Upstream, st.InFlight, st.Paused)
+	return nil
+}
+
+func proxyStatus(ctx context.Context, c *common) error {
+	list, err := proxy.NewControl(c.overrides.ProxySocket, "").List(ctx)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.io.JSON(list)
+	}
+	tw := tabwriter.NewWriter(c.io.Out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tLISTEN\tUPSTREAM\tIN FLIGHT\tDRAINING\tPAUSED")
+	for _, s := range list {
+		draining := "-"
+		for i, d := range s.Draining {
+			if i == 0 {
+				draining = ""
+			} else {
+				draining += ", "
+			}
+			draining += fmt.Sprintf("%s (%d)", d.Upstream, d.InFlight)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%v\n", s.Name, s.Listen, s.Upstream, s.InFlight, draining, s.Paused)
+	}
+	return tw.Flush()
+}

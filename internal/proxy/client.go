@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// DefaultSocket is where `handoff proxy` listens for control by default.
+const DefaultSocket = "/run/handoff/proxy.sock"
+
+// Client drives one service of a running `handoff proxy` through its
+// control socket: it is the deploy.Proxy for `proxy: handoff`.
+type Client struct {
+	socket  string
+	service string
+	listen  string // the stable address the service is served on
+	http    *http.Client
+}
+
+var _ deploy.Proxy = (*Client)(nil)
+
+// NewClient returns the deploy.Proxy for service, served on listen.
+func NewClient(socket, service, listen string) (*Client, error) {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	if listen == "" {
+		return nil, fmt.Errorf("%w: proxy: handoff needs handoff_proxy.listen (or --proxy-listen), the stable address the front proxy points at, like 127.0.0.1:9001", deploy.ErrConfig)
+	}
+	if _, _, err := net.SplitHostPort(listen); err != nil {
+		return nil, fmt.Errorf("%w: handoff_proxy.listen %q: want host:port, like 127.0.0.1:9001", deploy.ErrConfig, listen)
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}
+	return &Client{socket: socket, service: service, listen: listen, http: &http.Client{Transport: tr, Timeout: 15 * time.Second}}, nil
+}
+
+// NewControl is a Client for control commands (pause, resume, list),
+// which need no listen address.
+func NewControl(socket, service string) *Client {
+	c, _ := NewClient(socket, service, "127.0.0.1:0")
+	c.listen = ""
+	return c
+}
+
+// Pause holds the service's new requests, each for at most maxWait.
+func (c *Client) Pause(ctx context.Context, maxWait time.Duration) (ServiceState, error) {
+	var st ServiceState
+	err := c.call(ctx, http.MethodPost, "/pause", map[string]string{"max_wait": maxWait.String()}, &st)
+	return st, c.found(err)
+}
+
+// Resume releases them.
+func (c *Client) Resume(ctx context.Context) (ServiceState, error) {
+	var st ServiceState
+	err := c.call(ctx, http.MethodPost, "/resume", map[string]string{}, &st)
+	return st, c.found(err)
+}
+
+// List returns every service the proxy serves.
+func (c *Client) List(ctx context.Context) ([]ServiceState, error) {
+	var list []ServiceState
+	err := c.do(ctx, http.MethodGet, "/v1/services", nil, &list)
+	return list, err
+}
+
+func (c *Client) found(err error) error {
+	if errors.Is(err, errNotThere) {
+		return fmt.Errorf("%w: handoff proxy has no service %s (deploy it with proxy: handoff first)", deploy.ErrConfig, c.service)
+	}
+	return err
+}
+
+// Describe names the proxy for messages.
+func (c *Client) Describe() string {
+	return fmt.Sprintf("handoff proxy at %s (%s on %s)", c.socket, c.service, c.listen)
+}
+
+// Upstream is the service's current target; "" before its first deploy.
+func (c *Client) Upstream(ctx context.Context, _ []string) (string, error) {
+	st, err := c.get(ctx)
+	if errors.Is(err, errNotThere) {
+		return "", nil
+	}
+	return st.Upstream, err
+}
+
+// Preflight checks that the proxy answers and serves the service where the
+// file says.
+func (c *Client) Preflight(ctx context.Context, _ string) error {
+	st, err := c.get(ctx)
+	if errors.Is(err, errNotThere) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Listen != c.listen {
+		return fmt.Errorf("%w: handoff proxy serves %s on %s, not %s; delete it there first (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s)", deploy.ErrConfig, c.service, st.Listen, c.listen, c.socket, c.service)
+	}
+	return nil
+}
+
+// Switch points the service at to; on its first deploy it creates it.
+func (c *Client) Switch(ctx context.Context, from, to string) error {
+	var st ServiceState
+	var err error
+	if from == "" {
+		err = c.call(ctx, http.MethodPut, "", map[string]string{"listen": c.listen, "upstream": to}, &st)
+	} else {
+		err = c.call(ctx, http.MethodPost, "/switch", map[string]string{"from": from, "to": to}, &st)
+	}
+	if err != nil {
+		return err
+	}
+	if st.Upstream != to {
+		return fmt.Errorf("%w: handoff proxy reads back %s for %s, not %s", deploy.ErrProxy, st.Upstream, c.service, to)
+	}
+	return nil
+}
+
+// InFlight counts requests still running on upstream; the proxy always knows.
+func (c *Client) InFlight(ctx context.Context, upstream string) (deploy.InFlight, error) {
+	st, err := c.get(ctx)
+	if err != nil {
+		return deploy.InFlight{}, err
+	}
+	in := deploy.InFlight{Reported: true}
+	if st.Upstream == upstream {
+		in.Requests = int(st.InFlight)
+	}
+	for _, d := range st.Draining {
+		if d.Upstream == upstream {
+			in.Requests += int(d.InFlight)
+		}
+	}
+	return in, nil
+}
+
+// Retire ends what still runs on upstream, WebSockets with a close frame.
+func (c *Client) Retire(ctx context.Context, upstream string) error {
+	if upstream == "" {
+		return nil
+	}
+	return c.call(ctx, http.MethodPost, "/retire", map[string]string{"upstream": upstream}, nil)
+}
+
+// Advice has nothing to add: no reload happens, nothing to configure.
+func (c *Client) Advice(context.Context, string) ([]string, error) { return nil, nil }
+
+var errNotThere = errors.New("service not in the proxy")
+
+func (c *Client) get(ctx context.Context) (ServiceState, error) {
+	var st ServiceState
+	err := c.call(ctx, http.MethodGet, "", nil, &st)
+	return st, err
+}
+
+// call sends a request about the client's service; suffix is the action ("/switch").
+func (c *Client) call(ctx context.Context, method, suffix string, body, out any) error {
+	return c.do(ctx, method, "/v1/services/"+c.service+suffix, body, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://proxy"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: handoff proxy at %s: %v (is `handoff proxy` running? see docs/proxy.md)", deploy.ErrProxyUnreached, c.socket, unwrapURL(err))
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return errNotThere
+	case resp.StatusCode == http.StatusConflict:
+		return fmt.Errorf("%w: %s", deploy.ErrConflict, message(data))
+	case resp.StatusCode/100 != 2:
+		return fmt.Errorf("%w: handoff proxy %s %s: %d %s", deploy.ErrProxy, method, req.URL.Path, resp.StatusCode, message(data))
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+func message(data []byte) string {
+	var e struct{ Error string }
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return e.Error
+	}
+	return string(bytes.TrimSpace(data))
+}
+
+func unwrapURL(err error) string {
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) && ue.Unwrap() != nil {
+		return ue.Unwrap().Error()
+	}
+	return err.Error()
+}

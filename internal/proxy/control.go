@@ -1,0 +1,113 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+)
+
+// ControlHandler is the control API, served on a unix socket (mode 0600):
+//
+//	GET    /v1/services                 every service
+//	GET    /v1/services/{name}          one service, with in-flight counts
+//	PUT    /v1/services/{name}          {"listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}
+//	POST   /v1/services/{name}/switch   {"from": "...", "to": "..."}
+//	POST   /v1/services/{name}/retire   {"upstream": "..."}: end what still runs on it
+//	POST   /v1/services/{name}/pause    {"max_wait": "30s"}
+//	POST   /v1/services/{name}/resume
+//	DELETE /v1/services/{name}
+func ControlHandler(p *Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, p.List(), nil)
+	})
+	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		st, err := p.Get(r.PathValue("name"))
+		reply(w, st, err)
+	})
+	mux.HandleFunc("PUT /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var in struct{ Listen, Upstream string }
+		if !decode(w, r, &in) {
+			return
+		}
+		st, err := p.Put(r.PathValue("name"), in.Listen, in.Upstream)
+		reply(w, st, err)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/switch", func(w http.ResponseWriter, r *http.Request) {
+		var in struct{ From, To string }
+		if !decode(w, r, &in) {
+			return
+		}
+		if in.To == "" {
+			reply(w, nil, errors.Join(ErrBadInput, errors.New("switch needs \"to\"")))
+			return
+		}
+		st, err := p.Switch(r.PathValue("name"), in.From, in.To)
+		reply(w, st, err)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/retire", func(w http.ResponseWriter, r *http.Request) {
+		var in struct{ Upstream string }
+		if !decode(w, r, &in) {
+			return
+		}
+		st, err := p.Retire(r.PathValue("name"), in.Upstream)
+		reply(w, st, err)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/pause", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			MaxWait string `json:"max_wait"`
+		}
+		if r.ContentLength != 0 && !decode(w, r, &in) {
+			return
+		}
+		var wait time.Duration
+		if in.MaxWait != "" {
+			d, err := time.ParseDuration(in.MaxWait)
+			if err != nil {
+				reply(w, nil, errors.Join(ErrBadInput, err))
+				return
+			}
+			wait = d
+		}
+		st, err := p.Pause(r.PathValue("name"), wait)
+		reply(w, st, err)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/resume", func(w http.ResponseWriter, r *http.Request) {
+		st, err := p.Resume(r.PathValue("name"))
+		reply(w, st, err)
+	})
+	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]string{"deleted": r.PathValue("name")}, p.Delete(r.PathValue("name")))
+	})
+	return mux
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		reply(w, nil, errors.Join(ErrBadInput, err))
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		status := http.StatusInternalServerError
+		switch {
+		case errors.Is(err, ErrNoService):
+			status = http.StatusNotFound
+		case errors.Is(err, ErrNotFrom):
+			status = http.StatusConflict
+		case errors.Is(err, ErrBadInput):
+			status = http.StatusBadRequest
+		}
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,119 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// gate holds a paused service's new requests, each for a bounded time.
+type gate struct {
+	mu     sync.Mutex
+	open   chan struct{} // closed while requests flow
+	maxFor time.Duration
+}
+
+func newGate() *gate {
+	g := &gate{open: make(chan struct{})}
+	close(g.open)
+	return g
+}
+
+var errPausedTooLong = errors.New("paused too long")
+
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	open, maxFor := g.open, g.maxFor
+	g.mu.Unlock()
+	select {
+	case <-open:
+		return nil
+	default:
+	}
+	t := time.NewTimer(maxFor)
+	defer t.Stop()
+	select {
+	case <-open:
+		return nil
+	case <-t.C:
+		return errPausedTooLong
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *gate) pause(maxFor time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.maxFor = maxFor
+	select {
+	case <-g.open:
+		g.open = make(chan struct{})
+	default: // already paused
+	}
+}
+
+func (g *gate) resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.open:
+	default:
+		close(g.open)
+	}
+}
+
+func (g *gate) paused() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.open:
+		return false
+	default:
+		return true
+	}
+}
+
+// connTracker knows each client connection's state, so that an old
+// process handing over to a new one can wait for its connections to end
+// instead of closing one a client is about to reuse.
+type connTracker struct {
+	mu    sync.Mutex
+	conns map[net.Conn]http.ConnState
+}
+
+func newConnTracker() *connTracker { return &connTracker{conns: map[net.Conn]http.ConnState{}} }
+
+func (c *connTracker) track(conn net.Conn, st http.ConnState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch st {
+	case http.StateClosed, http.StateHijacked:
+		delete(c.conns, conn)
+	default:
+		c.conns[conn] = st
+	}
+}
+
+func (c *connTracker) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.conns)
+}
+
+func (c *connTracker) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for conn := range c.conns {
+		conn.Close()
+	}
+}
+
+func sortStates(s []ServiceState) {
+	slices.SortFunc(s, func(a, b ServiceState) int { return strings.Compare(a.Name, b.Name) })
+}

@@ -1,0 +1,362 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+)
+
+// backend is a real HTTP server standing for one release of an app.
+type backend struct {
+	*httptest.Server
+	name    string
+	release chan struct{} // /slow waits on it
+}
+
+func newBackend(t *testing.T, name string) *backend {
+	b := &backend{name: name, release: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Release", name)
+		fmt.Fprintf(w, "%s %s", name, r.Host)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-b.release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("X-Release", name)
+		fmt.Fprint(w, name)
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, append([]byte(name+": "), msg...)); err != nil {
+				return
+			}
+		}
+	})
+	b.Server = httptest.NewServer(mux)
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *backend) addr() string { return strings.TrimPrefix(b.URL, "http://") }
+
+func newTestServer(t *testing.T) *Server {
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	t.Cleanup(func() {
+		for _, s := range p.List() {
+			_ = p.Delete(s.Name)
+		}
+	})
+	return p
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(t *testing.T, c *http.Client, url string) (string, bool) {
+	t.Helper()
+	reused := false
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, 200, resp.StatusCode, string(body))
+	return resp.Header.Get("X-Release"), reused
+}
+
+// After a switch the next request on the same client connection goes to
+// the new target, and the connection stays open.
+func TestSwitchIsPerRequestAndKeepsClientConnections(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+
+	rel, _ := get(t, c, "http://"+listen+"/")
+	require.Equal(t, "a", rel)
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err)
+	rel, reused := get(t, c, "http://"+listen+"/")
+	require.Equal(t, "b", rel)
+	require.True(t, reused, "the client's kept-alive connection was not closed by the switch")
+
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.ErrorIs(t, err, ErrNotFrom, "a switch from a target that is no longer current is refused")
+}
+
+// A request in flight at the switch finishes on the old target, and is
+// counted there until it ends.
+func TestInFlightRequestsDrainOnTheOldTarget(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	done := make(chan string)
+	go func() {
+		resp, err := http.Get("http://" + listen + "/slow")
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		resp.Body.Close()
+		done <- resp.Header.Get("X-Release")
+	}()
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.InFlight == 1 }, 5*time.Second, time.Millisecond)
+
+	st, err := p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err)
+	require.Equal(t, []DrainingState{{Upstream: a.addr(), InFlight: 1}}, st.Draining)
+	close(a.release)
+	require.Equal(t, "a", <-done)
+	require.Eventually(t, func() bool {
+		st, _ := p.Get("web")
+		return st.Draining[0].InFlight == 0
+	}, 5*time.Second, time.Millisecond, "the count ends with the request")
+}
+
+// A WebSocket opened before the switch stays open through it, and gets a
+// close frame, "going away", when its target is retired.
+func TestWebSocketSurvivesTheSwitchAndIsClosedProperlyAtRetire(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	ctx := context.Background()
+
+	ws, _, err := websocket.Dial(ctx, "ws://"+listen+"/ws", nil)
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	echo := func() (string, error) {
+		if err := ws.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+			return "", err
+		}
+		_, msg, err := ws.Read(ctx)
+		return string(msg), err
+	}
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.InFlight == 1 }, 5*time.Second, time.Millisecond, "an open WebSocket counts in flight")
+
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err)
+	msg, err := echo()
+	require.NoError(t, err)
+	require.Equal(t, "a: hi", msg, "the WebSocket still talks to the release it opened on")
+
+	_, err = p.Retire("web", a.addr())
+	require.NoError(t, err)
+	_, err = echo()
+	require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(err), "closed with 1001, not cut: %v", err)
+}
+
+// Streaming responses are passed on as they are written.
+func TestServerSentEventsAreNotBuffered(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	resp, err := http.Get("http://" + listen + "/sse")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "data: first\n", line)
+}
+
+// Large request bodies go through, streamed.
+func TestLargeBodies(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	const size = 64 << 20
+	resp, err := http.Post("http://"+listen+"/upload", "application/octet-stream", io.LimitReader(rand.Reader, size))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, fmt.Sprint(size), string(body))
+}
+
+// HTTP/2 without TLS from the front proxy.
+func TestH2C(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	resp, err := (&http.Client{Transport: tr}).Get("http://" + listen + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 2, resp.ProtoMajor)
+}
+
+// Pause holds new requests until resume; past the max wait they get 503.
+func TestPauseHoldsRequests(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	_, err = p.Pause("web", time.Minute)
+	require.NoError(t, err)
+	var answered atomic.Bool
+	done := make(chan int)
+	go func() {
+		resp, err := http.Get("http://" + listen + "/")
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		answered.Store(true)
+		done <- resp.StatusCode
+	}()
+	st, _ := p.Get("web")
+	require.True(t, st.Paused)
+	require.False(t, answered.Load())
+	_, err = p.Resume("web")
+	require.NoError(t, err)
+	require.Equal(t, 200, <-done)
+
+	_, err = p.Pause("web", 50*time.Millisecond)
+	require.NoError(t, err)
+	resp, err := http.Get("http://" + listen + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+// The state file brings services back; one bad entry does not wipe the others.
+func TestStateSurvivesABadEntry(t *testing.T) {
+	a := newBackend(t, "a")
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	good := freeAddr(t)
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": %q}, {"name": 42}, {"name": "api", "listen": "not an address", "upstream": "x"}]}`, good, a.addr())
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+
+	var saved []ServiceState
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s []ServiceState) { saved = s })
+	t.Cleanup(func() { _ = p.Delete("web") })
+	require.NoError(t, p.Restore(path))
+	require.Equal(t, []string{"web"}, names(p.List()))
+	require.Nil(t, saved, "restoring does not rewrite the file entry by entry")
+	rel, _ := get(t, http.DefaultClient, "http://"+good+"/")
+	require.Equal(t, "a", rel)
+
+	require.NoError(t, SaveState(path, p.List()))
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var f stateFile
+	require.NoError(t, json.Unmarshal(raw, &f))
+	require.Len(t, f.Services, 1)
+}
+
+func names(list []ServiceState) []string {
+	var out []string
+	for _, s := range list {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// After a new process takes over, the old one answers the next request on
+// each kept-alive connection with Connection: close, and ends when its
+// clients have left; it never closes a connection a client may reuse.
+func TestHandoverClosesNoIdleConnectionItself(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	c := &http.Client{Transport: tr}
+	get(t, c, "http://"+listen+"/")
+
+	handedOver := make(chan struct{})
+	go func() { p.Handover(context.Background()); close(handedOver) }()
+	resp, err := c.Get("http://" + listen + "/")
+	require.NoError(t, err, "the idle connection was still there to reuse")
+	resp.Body.Close()
+	require.True(t, resp.Close, "answered with Connection: close")
+	<-handedOver
+}
+
+func TestControlAPI(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	srv := httptest.NewServer(ControlHandler(p))
+	defer srv.Close()
+	do := func(method, path, body string) (int, string) {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, _ := do("GET", "/v1/services/web", "")
+	require.Equal(t, 404, code)
+	code, body := do("PUT", "/v1/services/web", fmt.Sprintf(`{"listen": %q, "upstream": %q}`, freeAddr(t), a.addr()))
+	require.Equal(t, 200, code, body)
+	code, body = do("POST", "/v1/services/web/switch", `{"from": "127.0.0.1:1", "to": "127.0.0.1:2"}`)
+	require.Equal(t, 409, code, body)
+	code, body = do("POST", "/v1/services/web/switch", `{"too": "x"}`)
+	require.Equal(t, 400, code, body)
+	require.Contains(t, body, "unknown field")
+	code, body = do("GET", "/v1/services", "")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"name":"web"`)
+}

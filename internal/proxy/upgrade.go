@@ -1,0 +1,69 @@
+package proxy
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// trackingWriter lets the target see the client connection a WebSocket
+// upgrade takes over, so that it can say goodbye properly at the drain
+// deadline. httputil.ReverseProxy reaches Hijack and Flush through
+// http.ResponseController, which uses Unwrap.
+type trackingWriter struct {
+	http.ResponseWriter
+	t         *target
+	websocket bool
+}
+
+func (w *trackingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *trackingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	uc := &upgradedConn{Conn: conn, t: w.t, websocket: w.websocket}
+	w.t.mu.Lock()
+	w.t.upgraded[uc] = struct{}{}
+	w.t.mu.Unlock()
+	return uc, rw, nil
+}
+
+// upgradedConn is a client connection after an upgrade. ReverseProxy closes
+// it when either side ends; when the target is being cut, a WebSocket
+// client first gets a close frame, 1001 "going away", so that it knows to
+// reconnect rather than seeing a broken connection.
+type upgradedConn struct {
+	net.Conn
+	t         *target
+	websocket bool
+	once      sync.Once
+}
+
+// closeGoingAway is an unmasked server close frame with status 1001.
+var closeGoingAway = []byte{0x88, 0x02, 0x03, 0xE9}
+
+func (c *upgradedConn) Close() error {
+	c.once.Do(func() {
+		if c.websocket && c.t.cutting.Load() {
+			_, _ = c.Conn.Write(closeGoingAway)
+		}
+		c.t.mu.Lock()
+		delete(c.t.upgraded, c)
+		c.t.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+func splitComma(s string) []string {
+	parts := strings.Split(s, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}
+
+func equalFold(a, b string) bool { return strings.EqualFold(a, b) }

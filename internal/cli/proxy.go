@@ -9,11 +9,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/proxy"
 )
 
 func newProxyCmd(c *common) *cobra.Command {
 	o := proxy.DaemonOptions{}
+	var socket string
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the always-on switch between the front proxy and the containers (see docs/proxy.md)",
@@ -24,6 +26,7 @@ same binary (an upgrade or restart without dropping anything).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = slog.New(slog.NewTextHandler(c.io.Err, nil))
+			o.Socket = socket
 			return proxy.RunDaemon(cmd.Context(), o)
 		},
 	}
@@ -31,14 +34,14 @@ same binary (an upgrade or restart without dropping anything).`,
 	f.StringVar(&o.StateFile, "state-file", proxy.DefaultStateFile, "services, kept across restarts")
 	f.StringVar(&o.PIDFile, "pid-file", "", "write the serving process's pid here (systemd PIDFile=)")
 	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxy.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
-	cmd.PersistentFlags().StringVar(&c.overrides.ProxySocket, "socket", proxy.DefaultSocket, "control socket")
+	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")
 	var maxWait time.Duration
 	pause := &cobra.Command{
 		Use:   "pause",
 		Short: "Hold the service's new requests (each for at most --max-wait) until resume, e.g. during a migration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyControl(cmd.Context(), c, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait) })
+			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait) })
 		},
 	}
 	pause.Flags().DurationVar(&maxWait, "max-wait", proxy.DefaultPauseWait, "a held request gets 503 after this long")
@@ -47,7 +50,7 @@ same binary (an upgrade or restart without dropping anything).`,
 		Short: "Release the requests a pause holds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyControl(cmd.Context(), c, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
+			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
 		},
 	}
 	status := &cobra.Command{
@@ -55,19 +58,19 @@ same binary (an upgrade or restart without dropping anything).`,
 		Short: "List the proxy's services, their targets and requests in flight",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyStatus(cmd.Context(), c)
+			return proxyStatus(cmd.Context(), c, socket)
 		},
 	}
 	cmd.AddCommand(pause, resume, status)
 	return cmd
 }
 
-func proxyControl(ctx context.Context, c *common, act func(*proxy.Client) (proxy.ServiceState, error)) error {
+func proxyControl(c *common, socket string, act func(*proxy.Client) (proxy.ServiceState, error)) error {
 	s, err := c.settings()
 	if err != nil {
 		return err
 	}
-	cl := proxy.NewControl(c.overrides.ProxySocket, s.Service.Name)
+	cl := proxy.NewControl(or(socket, s.HandoffProxy.Socket), s.Service.Name)
 	st, err := act(cl)
 	if err != nil {
 		return err
@@ -79,8 +82,20 @@ func proxyControl(ctx context.Context, c *common, act func(*proxy.Client) (proxy
 	return nil
 }
 
-func proxyStatus(ctx context.Context, c *common) error {
-	list, err := proxy.NewControl(c.overrides.ProxySocket, "").List(ctx)
+func or(s, def string) string {
+	if s != "" {
+		return s
+	}
+	return def
+}
+
+func proxyStatus(ctx context.Context, c *common, socket string) error {
+	if socket == "" {
+		if f, err := config.Load(c.file); err == nil {
+			socket = f.HandoffProxy.Socket
+		}
+	}
+	list, err := proxy.NewControl(socket, "").List(ctx)
 	if err != nil {
 		return err
 	}

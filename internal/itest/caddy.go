@@ -31,6 +31,7 @@ type CaddyOptions struct {
 	UnixAdmin   bool   // admin API on a unix socket instead of TCP
 	Binary      string // "" : CaddyBinary
 	ExtraGlobal string // more global options
+	ExtraProxy  string // more reverse_proxy options
 }
 
 // Caddy is a real Caddy process serving one site on loopback.
@@ -65,6 +66,7 @@ func StartCaddy(t testing.TB, o CaddyOptions) *Caddy {
 	if o.Plain {
 		proxyOpts = ""
 	}
+	proxyOpts += o.ExtraProxy
 	caddyfile := fmt.Sprintf(`{
 	admin %s
 	auto_https off

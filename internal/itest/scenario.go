@@ -27,11 +27,13 @@ type Scenario struct {
 	Caddy    *Caddy
 	UserPort int
 	Client   *http.Client
+	Proxy    *ProxyDaemon // with ScenarioOptions.HandoffProxy
 }
 
 // ScenarioOptions vary the setup.
 type ScenarioOptions struct {
-	Caddy CaddyOptions // Upstream is filled in
+	Caddy        CaddyOptions // Upstream is filled in
+	HandoffProxy bool         // deploy through `handoff proxy`, Caddy in front of it
 }
 
 // NewScenario sets everything up; all of it is removed when the test ends.
@@ -40,8 +42,17 @@ func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
 	s := &Scenario{T: t, Bin: Build(t), API: Docker(t), Dir: t.TempDir(), State: t.TempDir()}
 	s.Service = "it" + randomHex(4)
 	RemoveService(t, s.API, s.Service)
-	s.UserPort = UserContainer(t, s.API, s.Service+"-byhand", "RELEASE=v0")
-	o.Caddy.Upstream = "127.0.0.1:" + Itoa(s.UserPort)
+	if o.HandoffProxy {
+		s.Proxy = StartProxy(t, s.Bin)
+		o.Caddy.Upstream = "127.0.0.1:" + Itoa(FreePort(t)) // where the proxy will serve the service
+		s.Proxy.Listen = o.Caddy.Upstream
+		// As docs/proxy.md recommends: idle connections to the proxy end
+		// before its handover deadline (5s here).
+		o.Caddy.ExtraProxy = "\t\ttransport http {\n\t\t\tkeepalive 3s\n\t\t}\n"
+	} else {
+		s.UserPort = UserContainer(t, s.API, s.Service+"-byhand", "RELEASE=v0")
+		o.Caddy.Upstream = "127.0.0.1:" + Itoa(s.UserPort)
+	}
 	s.Caddy = StartCaddy(t, o.Caddy)
 	s.Client = &http.Client{Timeout: 30 * time.Second}
 	return s
@@ -71,6 +82,9 @@ func (s *Scenario) WriteConfig(c Config) {
 	caddyfile := "  caddyfile: " + s.Caddy.File + "\n"
 	if c.NoCaddyfile {
 		caddyfile = ""
+	}
+	if s.Proxy != nil {
+		caddyfile += fmt.Sprintf("proxy: handoff\nhandoff_proxy:\n  socket: %s\n  listen: %s\n", s.Proxy.Socket, s.Proxy.Listen)
 	}
 	health := fmt.Sprintf("health:\n  path: %s\n  interval: 100ms\n  successes: 2\n  start_timeout: %s\n", path, or(c.StartTimeout, "30s"))
 	if c.Health != "" {

@@ -8,14 +8,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // gate holds a paused service's new requests, each for a bounded time.
 type gate struct {
-	mu     sync.Mutex
-	open   chan struct{} // closed while requests flow
-	maxFor time.Duration
+	mu      sync.Mutex
+	open    chan struct{} // closed while requests flow
+	maxFor  time.Duration
+	waiting atomic.Int64 // requests held now
 }
 
 func newGate() *gate {
@@ -35,6 +37,8 @@ func (g *gate) wait(ctx context.Context) error {
 		return nil
 	default:
 	}
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
 	t := time.NewTimer(maxFor)
 	defer t.Stop()
 	select {

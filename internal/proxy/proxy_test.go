@@ -264,8 +264,7 @@ func TestPauseHoldsRequests(t *testing.T) {
 		answered.Store(true)
 		done <- resp.StatusCode
 	}()
-	st, _ := p.Get("web")
-	require.True(t, st.Paused)
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.Paused && st.Held == 1 }, 5*time.Second, time.Millisecond)
 	require.False(t, answered.Load())
 	_, err = p.Resume("web")
 	require.NoError(t, err)

@@ -83,6 +83,7 @@ type ServiceState struct {
 	InFlight int64           `json:"in_flight"`
 	Draining []DrainingState `json:"draining,omitempty"`
 	Paused   bool            `json:"paused,omitempty"`
+	Held     int64           `json:"held,omitempty"` // requests a pause holds now
 }
 
 // DrainingState is an old target still finishing requests.
@@ -255,7 +256,7 @@ func (p *Server) save() {
 
 func (s *service) state() ServiceState {
 	cur := s.current.Load()
-	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(), Paused: s.gate.paused()}
+	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(), Paused: s.gate.paused(), Held: s.gate.waiting.Load()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range s.draining {

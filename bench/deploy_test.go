@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,10 +32,11 @@ type settings struct {
 	AppGrace time.Duration // HANDOFF_BENCH_APP_GRACE: how long the app finishes requests after SIGTERM
 	Load     loadSettings
 	Strategy string // HANDOFF_BENCH_ONLY: run one strategy
+	Restarts int    // restarts of handoff proxy under load, after its deploys
 }
 
 func readSettings(t *testing.T) settings {
-	s := settings{Boot: 3 * time.Second, Out: "bench-results", Pause: 2 * time.Second,
+	s := settings{Boot: 3 * time.Second, Out: "bench-results", Pause: 2 * time.Second, Restarts: 3,
 		Load: loadSettings{GetRate: 300, PostRate: 100, Connections: 8, SlowLoops: 3, SlowFor: 2 * time.Second, StreamFor: 8 * time.Second}}
 	if v := os.Getenv("HANDOFF_BENCH_DEPLOYS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -86,11 +88,20 @@ func TestDeployUnderLoad(t *testing.T) {
 // runStrategy sets up a fresh Caddy and app, puts the load on, deploys
 // N times with steady state between, and measures.
 func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
-	s := itest.NewScenario(t, itest.ScenarioOptions{})
+	// The proxy's handover deadline is the drain deadline of its deploys:
+	// streams shorter than it must survive a restart too.
+	s := itest.NewScenario(t, itest.ScenarioOptions{HandoffProxy: st.viaProxy(), Handover: 15 * time.Second})
 	b := &bench{t: t, s: s, boot: set.Boot, grace: set.AppGrace, liveID: s.Service + "-byhand", livePod: s.UserPort}
-	maxDuration := time.Duration(set.Deploys)*(set.Boot+set.Pause+40*time.Second) + time.Minute
+	if st.viaProxy() {
+		b.handoff(0) // the first deploy creates the service in the proxy
+	}
+	maxDuration := time.Duration(set.Deploys)*(set.Boot+set.Pause+40*time.Second) + 2*time.Minute
 	load := startLoad(s.Caddy.URL, itest.SiteHost, set.Load, maxDuration)
 	time.Sleep(set.Pause)
+	var cpu0 time.Duration
+	if st.viaProxy() {
+		cpu0 = cpuTime(t, s.Proxy.PID())
+	}
 
 	var windows []window
 	for i := 1; i <= set.Deploys; i++ {
@@ -101,10 +112,28 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 		t.Logf("%s deploy %d: %s", st.Name, i, w.End.Sub(w.Start).Round(time.Millisecond))
 		time.Sleep(set.Pause)
 	}
+	var proxyCPU time.Duration
+	var proxyRSS int64
+	if st.viaProxy() {
+		proxyCPU, proxyRSS = cpuTime(t, s.Proxy.PID())-cpu0, peakRSS(t, s.Proxy.PID())
+		// The proxy's own restart, under the same load.
+		for range set.Restarts {
+			w := window{Start: time.Now(), Restart: true}
+			s.Proxy.Restart()
+			w.End = time.Now()
+			windows = append(windows, w)
+			t.Logf("%s: proxy restart: %s", st.Name, w.End.Sub(w.Start).Round(time.Millisecond))
+			time.Sleep(set.Pause)
+		}
+	}
 	results, events := load.stop()
 	res := measure(st, set, windows, results, events)
-	if st.Name == "handoff" {
+	if st.Name != "restart" && st.Name != "script" {
 		res.Drain = medianDrain(t, s)
+	}
+	if st.viaProxy() && res.Total.Sent > 0 {
+		res.ProxyCPUPerRequest = proxyCPU / time.Duration(res.Total.Sent)
+		res.ProxyPeakRSS = proxyRSS
 	}
 	return res
 }
@@ -124,6 +153,31 @@ func medianDrain(t *testing.T, s *itest.Scenario) time.Duration {
 		}
 	}
 	return percentiles(drains).P50
+}
+
+// cpuTime is the user+system CPU a process has used, from /proc.
+func cpuTime(t *testing.T, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	require.NoError(t, err)
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// peakRSS is a process's peak resident memory (VmHWM), in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 func machine() string {

@@ -9,8 +9,12 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
-// window is the time one deploy took, from its command to serving.
-type window struct{ Start, End time.Time }
+// window is the time one deploy took, from its command to serving (or
+// one restart of handoff proxy).
+type window struct {
+	Start, End time.Time
+	Restart    bool
+}
 
 func (w window) holds(t time.Time) bool { return !t.Before(w.Start) && !t.After(w.End) }
 
@@ -50,7 +54,11 @@ type strategyResult struct {
 	Switching latency        `json:"latency_in_deploys"`
 	Overhead  time.Duration  `json:"median_overhead_ns"`
 	Drain     time.Duration  `json:"median_drain_ns"` // of the overhead, waiting for requests in flight (handoff)
-	Errors    []string       `json:"error_samples"`
+	Restarts  []deployResult `json:"proxy_restarts,omitempty"`
+
+	ProxyCPUPerRequest time.Duration `json:"proxy_cpu_per_request_ns,omitempty"`
+	ProxyPeakRSS       int64         `json:"proxy_peak_rss_bytes,omitempty"`
+	Errors             []string      `json:"error_samples"`
 }
 
 type report struct {
@@ -63,15 +71,32 @@ type report struct {
 // measure sorts every result and stream into its deploy window (or steady
 // state) and counts.
 func measure(st strategy, set settings, windows []window, results []vegeta.Result, events []event) strategyResult {
-	r := strategyResult{Name: st.Name, Note: st.Note, Deploys: make([]deployResult, len(windows))}
+	r := strategyResult{Name: st.Name, Note: st.Note}
+	restarts := 0
+	for _, w := range windows {
+		if w.Restart {
+			restarts++
+		}
+	}
+	// Capacity up front: spans point into these slices.
+	r.Deploys = make([]deployResult, 0, len(windows)-restarts)
+	r.Restarts = make([]deployResult, 0, restarts)
+	spans := make([]*deployResult, len(windows))
 	for i, w := range windows {
-		r.Deploys[i].Took = w.End.Sub(w.Start)
-		r.Deploys[i].Overhead = r.Deploys[i].Took - set.Boot
+		d := deployResult{Took: w.End.Sub(w.Start)}
+		if w.Restart {
+			r.Restarts = append(r.Restarts, d)
+			spans[i] = &r.Restarts[len(r.Restarts)-1]
+			continue
+		}
+		d.Overhead = d.Took - set.Boot
+		r.Deploys = append(r.Deploys, d)
+		spans[i] = &r.Deploys[len(r.Deploys)-1]
 	}
 	at := func(t time.Time) *counts {
 		for i, w := range windows {
 			if w.holds(t) {
-				return &r.Deploys[i].Counts
+				return &spans[i].Counts
 			}
 		}
 		return nil
@@ -182,6 +207,18 @@ func (r report) markdown() string {
 			parts = append(parts, fmt.Sprintf("%d/%d/%d/%d/%d/%d", c.Status5xx, c.GetConnErr, c.PostConnErr, c.SlowCut, c.SSECut, c.WSCut))
 		}
 		fmt.Fprintf(&b, "- %s: %s\n", st.Name, strings.Join(parts, " "))
+	}
+	for _, st := range r.Strategies {
+		if len(st.Restarts) == 0 && st.ProxyPeakRSS == 0 {
+			continue
+		}
+		var parts []string
+		for _, d := range st.Restarts {
+			c := d.Counts
+			parts = append(parts, fmt.Sprintf("%d/%d/%d/%d/%d/%d in %s", c.Status5xx, c.GetConnErr, c.PostConnErr, c.SlowCut, c.SSECut, c.WSCut, d.Took.Round(time.Millisecond)))
+		}
+		fmt.Fprintf(&b, "- %s, restarts of handoff proxy itself under the same load: %s\n", st.Name, strings.Join(parts, " "))
+		fmt.Fprintf(&b, "- %s, the proxy's cost: %.1f µs of CPU per request, peak memory %.1f MiB\n", st.Name, float64(st.ProxyCPUPerRequest)/float64(time.Microsecond), float64(st.ProxyPeakRSS)/(1<<20))
 	}
 	b.WriteString("\nStrategies:\n\n")
 	for _, st := range r.Strategies {

@@ -37,7 +37,11 @@ var strategies = []strategy{
 	{"restart", "`docker stop` then `docker run` on the same port", (*bench).restart},
 	{"script", "blue/green by hand: run on another port, poll health with curl every 1 s, rewrite the Caddyfile, `caddy reload`, `docker stop` the old at once", (*bench).script},
 	{"handoff", "`handoff deploy`", (*bench).handoff},
+	{"handoff+proxy", "`handoff deploy` with `proxy: handoff`: Caddy → handoff proxy → app, Caddy never reloaded", (*bench).handoff},
 }
+
+// viaProxy says whether the strategy deploys through `handoff proxy`.
+func (st strategy) viaProxy() bool { return st.Name == "handoff+proxy" }
 
 func (b *bench) env(i int) []string {
 	return []string{"RELEASE=r" + itest.Itoa(i), "BOOT_DELAY=" + b.boot.String(), "DRAIN_GRACE=" + b.grace.String()}
@@ -77,7 +81,7 @@ func (b *bench) script(i int) {
 // handoff is the product.
 func (b *bench) handoff(i int) {
 	env := map[string]string{"BOOT_DELAY": b.boot.String(), "DRAIN_GRACE": b.grace.String()}
-	b.s.Deploy(itest.Config{Release: "r" + itest.Itoa(i), Env: env, DrainTimeout: "15s", StartTimeout: "2m"})
+	b.s.Deploy(itest.Config{Release: "r" + itest.Itoa(i), Env: env, DrainTimeout: "15s", StartTimeout: "2m", NoCaddyfile: b.s.Proxy != nil})
 }
 
 func (b *bench) name(i int) string { return b.s.Service + "-bench-" + itest.Itoa(i) }

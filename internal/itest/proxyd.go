@@ -24,7 +24,7 @@ type ProxyDaemon struct {
 // StartProxy runs `handoff proxy` with its files in a temporary directory
 // and waits until its control socket answers. Whatever process serves at
 // the end (a restart replaces it) is stopped when the test ends.
-func StartProxy(t testing.TB, bin string) *ProxyDaemon {
+func StartProxy(t testing.TB, bin string, handover time.Duration) *ProxyDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &ProxyDaemon{Socket: filepath.Join(dir, "proxy.sock"), PIDFile: filepath.Join(dir, "proxy.pid"), logPath: filepath.Join(dir, "proxy.log"), t: t}
@@ -35,7 +35,7 @@ func StartProxy(t testing.TB, bin string) *ProxyDaemon {
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "proxy", "--socket", d.Socket, "--state-file", filepath.Join(dir, "state.json"),
-		"--pid-file", d.PIDFile, "--handover-timeout", "5s")
+		"--pid-file", d.PIDFile, "--handover-timeout", handover.String())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

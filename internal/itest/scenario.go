@@ -32,8 +32,9 @@ type Scenario struct {
 
 // ScenarioOptions vary the setup.
 type ScenarioOptions struct {
-	Caddy        CaddyOptions // Upstream is filled in
-	HandoffProxy bool         // deploy through `handoff proxy`, Caddy in front of it
+	Caddy        CaddyOptions  // Upstream is filled in
+	HandoffProxy bool          // deploy through `handoff proxy`, Caddy in front of it
+	Handover     time.Duration // the proxy's --handover-timeout; default 5s
 }
 
 // NewScenario sets everything up; all of it is removed when the test ends.
@@ -43,11 +44,14 @@ func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
 	s.Service = "it" + randomHex(4)
 	RemoveService(t, s.API, s.Service)
 	if o.HandoffProxy {
-		s.Proxy = StartProxy(t, s.Bin)
+		if o.Handover == 0 {
+			o.Handover = 5 * time.Second
+		}
+		s.Proxy = StartProxy(t, s.Bin, o.Handover)
 		o.Caddy.Upstream = "127.0.0.1:" + Itoa(FreePort(t)) // where the proxy will serve the service
 		s.Proxy.Listen = o.Caddy.Upstream
 		// As docs/proxy.md recommends: idle connections to the proxy end
-		// before its handover deadline (5s here).
+		// before its handover deadline.
 		o.Caddy.ExtraProxy = "\t\ttransport http {\n\t\t\tkeepalive 3s\n\t\t}\n"
 	} else {
 		s.UserPort = UserContainer(t, s.API, s.Service+"-byhand", "RELEASE=v0")

@@ -41,6 +41,7 @@ func (p *Server) Handover(ctx context.Context) {
 		case <-ctx.Done():
 			p.log.Info("handover deadline: closing the connections left", "open", open)
 			for _, s := range services {
+				s.retireAll() // WebSockets get their close frame first
 				s.conns.closeAll()
 			}
 			return

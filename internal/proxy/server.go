@@ -254,6 +254,16 @@ func (p *Server) save() {
 	}
 }
 
+// retireAll ends everything still running on every target of s.
+func (s *service) retireAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.current.Load().retire()
+	for _, t := range s.draining {
+		t.retire()
+	}
+}
+
 func (s *service) state() ServiceState {
 	cur := s.current.Load()
 	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(), Paused: s.gate.paused(), Held: s.gate.waiting.Load()}

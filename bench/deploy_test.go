@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/itest"
@@ -99,6 +100,7 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	load := startLoad(s.Caddy.URL, itest.SiteHost, set.Load, maxDuration)
 	time.Sleep(set.Pause)
 	var cpu0 time.Duration
+	cpuStart := time.Now()
 	if st.viaProxy() {
 		cpu0 = cpuTime(t, s.Proxy.PID())
 	}
@@ -114,6 +116,7 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	}
 	var proxyCPU time.Duration
 	var proxyRSS int64
+	cpuEnd := time.Now()
 	if st.viaProxy() {
 		proxyCPU, proxyRSS = cpuTime(t, s.Proxy.PID())-cpu0, peakRSS(t, s.Proxy.PID())
 		// The proxy's own restart, under the same load.
@@ -131,8 +134,10 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	if st.Name != "restart" && st.Name != "script" {
 		res.Drain = medianDrain(t, s)
 	}
-	if st.viaProxy() && res.Total.Sent > 0 {
-		res.ProxyCPUPerRequest = proxyCPU / time.Duration(res.Total.Sent)
+	if sent := sentBetween(results, cpuStart, cpuEnd); st.viaProxy() && sent > 0 {
+		// CPU over the deploys, per request sent meanwhile (the restarts are
+		// other processes). Streams and health checks are in the CPU too.
+		res.ProxyCPUPerRequest = proxyCPU / time.Duration(sent)
 		res.ProxyPeakRSS = proxyRSS
 	}
 	return res
@@ -153,6 +158,16 @@ func medianDrain(t *testing.T, s *itest.Scenario) time.Duration {
 		}
 	}
 	return percentiles(drains).P50
+}
+
+func sentBetween(results []vegeta.Result, start, end time.Time) int {
+	n := 0
+	for _, r := range results {
+		if r.Timestamp.After(start) && r.Timestamp.Before(end) {
+			n++
+		}
+	}
+	return n
 }
 
 // cpuTime is the user+system CPU a process has used, from /proc.

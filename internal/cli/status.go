@@ -34,13 +34,13 @@ func statusRun(ctx context.Context, c *common) error {
 		return c.io.JSON(st)
 	}
 	out := c.io.Out
-	fmt.Fprintf(out, "service  %s\ncaddy    %s → %s\n", st.Service, st.Proxy, st.Upstream)
+	fmt.Fprintf(out, "service  %s\nproxy    %s → %s\n", st.Service, st.Proxy, st.Upstream)
 	if st.Live != nil {
 		fmt.Fprintf(out, "live     %s  image %s  up %s\n", st.Live.Name, st.Live.Image, st.Live.Uptime)
 		fmt.Fprintf(out, "health   %s\n", st.Check)
 	}
 	if st.Agree {
-		fmt.Fprintln(out, "agree    yes: Caddy points at the live container")
+		fmt.Fprintln(out, "agree    yes: the proxy points at the live container")
 	} else {
 		fmt.Fprintf(out, "agree    NO: %s\n", st.Problem)
 	}

@@ -48,7 +48,7 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	}
 	switch {
 	case v.live == nil:
-		st.Problem = "no container serves " + v.upstream + ", which Caddy points at"
+		st.Problem = "no container serves " + v.upstream + ", which the proxy points at"
 	case !v.live.Running:
 		st.Problem = v.live.Name + " is not running"
 	default:

@@ -14,7 +14,9 @@ const handoverPoll = 50 * time.Millisecond
 // race handoff exists to avoid. Each HTTP/1.1 connection answers its next
 // request with `Connection: close` and ends after it; an idle one is left to
 // the client's own idle timeout. (http.Server's SetKeepAlivesEnabled(false)
-// and Shutdown would close idle connections at once: they are not used.)
+// and Shutdown would close idle connections at once: they are not used on
+// the HTTP/1.1 server.) HTTP/2 connections get GOAWAY, which tells the
+// client which requests were taken, so it can retry the others safely.
 // What is still open when ctx ends is closed.
 func (p *Server) Handover(ctx context.Context) {
 	p.mu.Lock()
@@ -26,13 +28,16 @@ func (p *Server) Handover(ctx context.Context) {
 	for _, s := range services {
 		s.closing.Store(true)
 		_ = s.ln.Close() // our copy only: the new process holds the socket
+		go func() { _ = s.h2c.Shutdown(ctx) }()
 	}
 	tick := time.NewTicker(handoverPoll)
 	defer tick.Stop()
 	for {
+		// Upgraded connections (WebSockets) leave the connection count when
+		// hijacked; they still count in flight on their target.
 		open := 0
 		for _, s := range services {
-			open += s.conns.count()
+			open += s.conns.count() + int(s.inFlight())
 		}
 		if open == 0 {
 			return

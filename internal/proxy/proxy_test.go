@@ -21,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 )
 
 // backend is a real HTTP server standing for one release of an app.
@@ -358,4 +359,61 @@ func TestControlAPI(t *testing.T) {
 	code, body = do("GET", "/v1/services", "")
 	require.Equal(t, 200, code)
 	require.Contains(t, body, `"name":"web"`)
+}
+
+// A handover sends GOAWAY to HTTP/2 (h2c) connections from the front.
+func TestHandoverSendsGoAwayToH2C(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	conn, err := net.Dial("tcp", listen)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write(h2cPreface)
+	require.NoError(t, err)
+	fr := http2.NewFramer(conn, conn)
+	require.NoError(t, fr.WriteSettings())
+	require.Eventually(t, func() bool { return p.services["web"].conns.count() == 1 }, 5*time.Second, time.Millisecond)
+
+	go p.Handover(context.Background())
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		f, err := fr.ReadFrame()
+		require.NoError(t, err, "GOAWAY before the connection ends")
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			require.Equal(t, http2.ErrCodeNo, ga.ErrCode)
+			return
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			require.NoError(t, fr.WriteSettingsAck())
+		}
+	}
+}
+
+// A handover waits for open WebSockets too (they leave the connection count
+// when hijacked), and at its deadline sends them a close frame.
+func TestHandoverWaitsForWebSockets(t *testing.T) {
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	ctx := context.Background()
+	ws, _, err := websocket.Dial(ctx, "ws://"+listen+"/ws", nil)
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	require.NoError(t, ws.Write(ctx, websocket.MessageText, []byte("hi")))
+	_, _, err = ws.Read(ctx)
+	require.NoError(t, err)
+
+	hctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	p.Handover(hctx)
+	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "the open WebSocket kept the handover waiting")
+	_, _, err = ws.Read(ctx)
+	require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(err), "%v", err)
 }

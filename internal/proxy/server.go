@@ -52,7 +52,8 @@ type service struct {
 	name    string
 	listen  string
 	current atomic.Pointer[target]
-	http    *http.Server
+	http    *http.Server // HTTP/1.1 connections
+	h2c     *http.Server // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
 	ln      net.Listener
 	conns   *connTracker
 	closing atomic.Bool // handing over: every answer says Connection: close
@@ -114,15 +115,18 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 	}
 	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker()}
 	s.current.Store(newTarget(upstream))
-	s.http = newHTTPServer(s, s.conns)
+	s.http, s.h2c = newHTTPServer(s, s.conns, false), newHTTPServer(s, s.conns, true)
 	p.mu.Lock()
 	p.services[name] = s
 	p.mu.Unlock()
-	go func() {
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			p.log.Error("serve", "service", name, "err", err)
-		}
-	}()
+	split := newSplitListener(ln)
+	for srv, l := range map[*http.Server]net.Listener{s.http: split.h1, s.h2c: split.h2} {
+		go func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				p.log.Error("serve", "service", name, "err", err)
+			}
+		}()
+	}
 	p.log.Info("service added", "service", name, "listen", listen, "upstream", upstream)
 	p.save()
 	return s.state(), nil
@@ -209,6 +213,8 @@ func (p *Server) Delete(name string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	_ = s.ln.Close()
+	_ = s.h2c.Shutdown(ctx)
 	_ = s.http.Shutdown(ctx)
 	p.save()
 	return nil
@@ -254,6 +260,17 @@ func (p *Server) save() {
 	}
 }
 
+// inFlight counts the requests running on every target of s.
+func (s *service) inFlight() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.current.Load().inFlight.Load()
+	for _, t := range s.draining {
+		n += t.inFlight.Load()
+	}
+	return n
+}
+
 // retireAll ends everything still running on every target of s.
 func (s *service) retireAll() {
 	s.mu.Lock()
@@ -275,12 +292,12 @@ func (s *service) state() ServiceState {
 	return st
 }
 
-// newHTTPServer serves HTTP/1.1 and, from a front proxy that speaks it,
-// HTTP/2 without TLS (h2c).
-func newHTTPServer(h http.Handler, conns *connTracker) *http.Server {
+// newHTTPServer serves HTTP/1.1, or HTTP/2 without TLS (h2c, from a
+// front proxy that speaks it).
+func newHTTPServer(h http.Handler, conns *connTracker, h2c bool) *http.Server {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, ConnState: conns.track}
 	srv.Protocols = new(http.Protocols)
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
+	srv.Protocols.SetHTTP1(!h2c)
+	srv.Protocols.SetUnencryptedHTTP2(h2c)
 	return srv
 }

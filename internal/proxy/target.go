@@ -57,8 +57,10 @@ func newTarget(upstream string) *target {
 			pr.Out.Host = pr.In.Host // the app sees the Host the client asked for
 			pr.SetXForwarded()
 		},
-		Transport:     tr,
-		FlushInterval: -1, // stream every write: SSE and long polls must not wait in a buffer
+		// FlushInterval 0: a response of known length goes out in as few
+		// writes as possible; ReverseProxy itself flushes every write of SSE
+		// and of responses of unknown length (streams, long polls).
+		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				return // the client left, or the drain deadline cut it: nothing to answer

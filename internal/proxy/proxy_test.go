@@ -90,6 +90,17 @@ func newTestServer(t *testing.T) *Server {
 	return p
 }
 
+// serveOne has service "web" on a free address, sent to backend "a".
+func serveOne(t *testing.T) (*Server, *backend, string) {
+	t.Helper()
+	a := newBackend(t, "a")
+	p := newTestServer(t)
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	return p, a, listen
+}
+
 func freeAddr(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -113,16 +124,13 @@ func get(t *testing.T, c *http.Client, url string) (string, bool) {
 // After a switch the next request on the same client connection goes to
 // the new target, and the connection stays open.
 func TestSwitchIsPerRequestAndKeepsClientConnections(t *testing.T) {
-	a, b := newBackend(t, "a"), newBackend(t, "b")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, a, listen := serveOne(t)
+	b := newBackend(t, "b")
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 
 	rel, _ := get(t, c, "http://"+listen+"/")
 	require.Equal(t, "a", rel)
-	_, err = p.Switch("web", a.addr(), b.addr())
+	_, err := p.Switch("web", a.addr(), b.addr())
 	require.NoError(t, err)
 	rel, reused := get(t, c, "http://"+listen+"/")
 	require.Equal(t, "b", rel)
@@ -135,11 +143,8 @@ func TestSwitchIsPerRequestAndKeepsClientConnections(t *testing.T) {
 // A request in flight at the switch finishes on the old target, and is
 // counted there until it ends.
 func TestInFlightRequestsDrainOnTheOldTarget(t *testing.T) {
-	a, b := newBackend(t, "a"), newBackend(t, "b")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, a, listen := serveOne(t)
+	b := newBackend(t, "b")
 
 	done := make(chan string)
 	go func() {
@@ -167,11 +172,8 @@ func TestInFlightRequestsDrainOnTheOldTarget(t *testing.T) {
 // A WebSocket opened before the switch stays open through it, and gets a
 // close frame, "going away", when its target is retired.
 func TestWebSocketSurvivesTheSwitchAndIsClosedProperlyAtRetire(t *testing.T) {
-	a, b := newBackend(t, "a"), newBackend(t, "b")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, a, listen := serveOne(t)
+	b := newBackend(t, "b")
 	ctx := context.Background()
 
 	ws, _, err := websocket.Dial(ctx, "ws://"+listen+"/ws", nil)
@@ -200,11 +202,7 @@ func TestWebSocketSurvivesTheSwitchAndIsClosedProperlyAtRetire(t *testing.T) {
 
 // Streaming responses are passed on as they are written.
 func TestServerSentEventsAreNotBuffered(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	_, _, listen := serveOne(t)
 	resp, err := http.Get("http://" + listen + "/sse")
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -215,11 +213,7 @@ func TestServerSentEventsAreNotBuffered(t *testing.T) {
 
 // Large request bodies go through, streamed.
 func TestLargeBodies(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	_, _, listen := serveOne(t)
 	const size = 64 << 20
 	resp, err := http.Post("http://"+listen+"/upload", "application/octet-stream", io.LimitReader(rand.Reader, size))
 	require.NoError(t, err)
@@ -230,11 +224,7 @@ func TestLargeBodies(t *testing.T) {
 
 // HTTP/2 without TLS from the front proxy.
 func TestH2C(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	_, _, listen := serveOne(t)
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	resp, err := (&http.Client{Transport: tr}).Get("http://" + listen + "/")
@@ -245,13 +235,9 @@ func TestH2C(t *testing.T) {
 
 // Pause holds new requests until resume; past the max wait they get 503.
 func TestPauseHoldsRequests(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, _, listen := serveOne(t)
 
-	_, err = p.Pause("web", time.Minute)
+	_, err := p.Pause("web", time.Minute)
 	require.NoError(t, err)
 	var answered atomic.Bool
 	done := make(chan int)
@@ -316,11 +302,7 @@ func names(list []ServiceState) []string {
 // each kept-alive connection with Connection: close, and ends when its
 // clients have left; it never closes a connection a client may reuse.
 func TestHandoverClosesNoIdleConnectionItself(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, _, listen := serveOne(t)
 	tr := &http.Transport{MaxIdleConnsPerHost: 1}
 	c := &http.Client{Transport: tr}
 	get(t, c, "http://"+listen+"/")
@@ -363,11 +345,7 @@ func TestControlAPI(t *testing.T) {
 
 // A handover sends GOAWAY to HTTP/2 (h2c) connections from the front.
 func TestHandoverSendsGoAwayToH2C(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, _, listen := serveOne(t)
 
 	conn, err := net.Dial("tcp", listen)
 	require.NoError(t, err)
@@ -396,11 +374,7 @@ func TestHandoverSendsGoAwayToH2C(t *testing.T) {
 // A handover waits for open WebSockets too (they leave the connection count
 // when hijacked), and at its deadline sends them a close frame.
 func TestHandoverWaitsForWebSockets(t *testing.T) {
-	a := newBackend(t, "a")
-	p := newTestServer(t)
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, _, listen := serveOne(t)
 	ctx := context.Background()
 	ws, _, err := websocket.Dial(ctx, "ws://"+listen+"/ws", nil)
 	require.NoError(t, err)

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,10 +110,11 @@ func isWebSocket(r *http.Request) bool {
 	return headerHas(r.Header, "Connection", "upgrade") && headerHas(r.Header, "Upgrade", "websocket")
 }
 
+// headerHas says whether a comma-separated header holds token.
 func headerHas(h http.Header, key, token string) bool {
 	for _, v := range h.Values(key) {
-		for _, part := range splitComma(v) {
-			if equalFold(part, token) {
+		for part := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(part), token) {
 				return true
 			}
 		}

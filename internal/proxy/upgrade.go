@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 )
 
@@ -57,13 +56,3 @@ func (c *upgradedConn) Close() error {
 	})
 	return c.Conn.Close()
 }
-
-func splitComma(s string) []string {
-	parts := strings.Split(s, ",")
-	for i := range parts {
-		parts[i] = strings.TrimSpace(parts[i])
-	}
-	return parts
-}
-
-func equalFold(a, b string) bool { return strings.EqualFold(a, b) }

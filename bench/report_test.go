@@ -2,8 +2,10 @@ package bench
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"testing"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -31,6 +33,8 @@ type counts struct {
 	SSECut      int `json:"sse_cut"`
 	WSCut       int `json:"ws_cut"`
 	StreamsOK   int `json:"streams_ok"`
+	// ConnErrKinds splits connection errors by method and kind: "POST reset", "GET refused".
+	ConnErrKinds map[string]int `json:"conn_error_kinds,omitempty"`
 }
 
 type latency struct {
@@ -144,6 +148,12 @@ func measure(st strategy, set settings, windows []window, results []vegeta.Resul
 
 func (c *counts) addResult(res vegeta.Result) {
 	c.Sent++
+	if res.Code == 0 {
+		if c.ConnErrKinds == nil {
+			c.ConnErrKinds = map[string]int{}
+		}
+		c.ConnErrKinds[res.Method+" "+connErrKind(res.Error)]++
+	}
 	switch {
 	case res.Code == 0 && res.Method == "POST":
 		c.PostConnErr++
@@ -156,6 +166,21 @@ func (c *counts) addResult(res vegeta.Result) {
 	default:
 		c.OtherStatus++
 	}
+}
+
+// connErrKind names a vegeta error the way a user tells them apart.
+func connErrKind(err string) string {
+	switch {
+	case strings.Contains(err, "connection refused"):
+		return "refused"
+	case strings.Contains(err, "connection reset"):
+		return "reset"
+	case strings.HasSuffix(err, "EOF"):
+		return "EOF"
+	case strings.Contains(err, "timeout"), strings.Contains(err, "deadline exceeded"):
+		return "timeout"
+	}
+	return "other"
 }
 
 func (c *counts) addEvent(e event) {
@@ -199,7 +224,19 @@ func (r report) markdown() string {
 		fmt.Fprintf(&b, "| **%s** | %d | %d | %d | %d | %d / %d | %d | %d | %s | %s | %s | %s |\n", st.Name, t.Sent, t.Status5xx, t.GetConnErr, t.PostConnErr,
 			t.SlowCut, t.SlowCut+t.SlowOK, t.SSECut, t.WSCut, st.Steady, st.Switching, st.Overhead.Round(time.Millisecond), st.Drain.Round(time.Millisecond))
 	}
-	b.WriteString("\nPer deploy (5xx / GET conn / POST conn / slow cut / SSE cut / WS cut):\n\n")
+	b.WriteString("\nConnection errors by kind:")
+	for _, st := range r.Strategies {
+		kinds := slices.Sorted(maps.Keys(st.Total.ConnErrKinds))
+		var parts []string
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%d %s", st.Total.ConnErrKinds[k], k))
+		}
+		if len(parts) == 0 {
+			parts = []string{"none"}
+		}
+		fmt.Fprintf(&b, " %s: %s.", st.Name, strings.Join(parts, ", "))
+	}
+	b.WriteString("\n\nPer deploy (5xx / GET conn / POST conn / slow cut / SSE cut / WS cut):\n\n")
 	for _, st := range r.Strategies {
 		var parts []string
 		for _, d := range st.Deploys {
@@ -241,4 +278,19 @@ func (l latency) String() string {
 		}
 	}
 	return r(l.P50) + " / " + r(l.P99) + " / " + r(l.Max)
+}
+
+func TestConnErrKind(t *testing.T) {
+	cases := map[string]string{
+		`Post "http://127.0.0.1:1/echo": EOF`: "EOF",
+		`Post "http://127.0.0.1:1/echo": read tcp 127.0.0.1:2->127.0.0.1:1: read: connection reset by peer`: "reset",
+		`Get "http://127.0.0.1:1/": dial tcp 127.0.0.1:1: connect: connection refused`:                      "refused",
+		`Get "http://127.0.0.1:1/": context deadline exceeded (Client.Timeout exceeded)`:                    "timeout",
+		`something else`: "other",
+	}
+	for in, want := range cases {
+		if got := connErrKind(in); got != want {
+			t.Errorf("connErrKind(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -15,9 +15,10 @@ import (
 // gate holds a paused service's new requests, each for a bounded time.
 type gate struct {
 	mu      sync.Mutex
-	open    chan struct{} // closed while requests flow
+	open    chan struct{} // closed while requests flow; replaced by pause
 	maxFor  time.Duration
 	waiting atomic.Int64 // requests held now
+	held    atomic.Bool  // paused: read on every request without the lock
 }
 
 func newGate() *gate {
@@ -29,6 +30,9 @@ func newGate() *gate {
 var errPausedTooLong = errors.New("paused too long")
 
 func (g *gate) wait(ctx context.Context) error {
+	if !g.held.Load() {
+		return nil // the request path takes no lock while the service is not paused
+	}
 	g.mu.Lock()
 	open, maxFor := g.open, g.maxFor
 	g.mu.Unlock()
@@ -55,33 +59,22 @@ func (g *gate) pause(maxFor time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.maxFor = maxFor
-	select {
-	case <-g.open:
+	if !g.held.Load() {
 		g.open = make(chan struct{})
-	default: // already paused
+		g.held.Store(true)
 	}
 }
 
 func (g *gate) resume() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	select {
-	case <-g.open:
-	default:
+	if g.held.Load() {
+		g.held.Store(false)
 		close(g.open)
 	}
 }
 
-func (g *gate) paused() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	select {
-	case <-g.open:
-		return false
-	default:
-		return true
-	}
-}
+func (g *gate) paused() bool { return g.held.Load() }
 
 // connTracker knows each client connection's state, so that an old
 // process handing over to a new one can wait for its connections to end

@@ -135,12 +135,15 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 	rec.Switched = true
 
 	// From here on users are served by next: a failure below is reported, but
-	// never undoes the switch.
-	err = d.phase(rec, PhaseDrain, view.upstream, func() error {
-		return d.drain(ctx, svc, rec, view.upstream)
-	})
-	if err != nil {
-		return d.fail(ctx, rec, err)
+	// never undoes the switch. A first deploy through an empty proxy had no
+	// old upstream: nothing to drain.
+	if view.upstream != "" {
+		err = d.phase(rec, PhaseDrain, view.upstream, func() error {
+			return d.drain(ctx, svc, rec, view.upstream)
+		})
+		if err != nil {
+			return d.fail(ctx, rec, err)
+		}
 	}
 	err = d.phase(rec, PhaseRetire, view.liveName(), func() error {
 		return d.retire(ctx, svc, rec, view.live, next)

@@ -48,8 +48,10 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 // retire stops the old container (SIGTERM, then SIGKILL after the stop
 // timeout), keeps it for rollback, and removes releases beyond svc.Keep.
 func (d *Deployer) retire(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
-	if err := d.Proxy.Retire(ctx, rec.OldUpstream); err != nil {
-		return fmt.Errorf("end what still runs on %s: %w", rec.OldUpstream, err)
+	if rec.OldUpstream != "" {
+		if err := d.Proxy.Retire(ctx, rec.OldUpstream); err != nil {
+			return fmt.Errorf("end what still runs on %s: %w", rec.OldUpstream, err)
+		}
 	}
 	if old != nil {
 		if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {

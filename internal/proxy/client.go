@@ -149,9 +149,6 @@ func (c *Client) InFlight(ctx context.Context, upstream string) (deploy.InFlight
 
 // Retire ends what still runs on upstream, WebSockets with a close frame.
 func (c *Client) Retire(ctx context.Context, upstream string) error {
-	if upstream == "" {
-		return nil
-	}
 	return c.call(ctx, http.MethodPost, "/retire", map[string]string{"upstream": upstream}, nil)
 }
 

@@ -56,6 +56,20 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
+			// A SIGHUP soon after a restart would find the previous process
+			// still handing over; tableflip refuses to upgrade until it has
+			// exited, so wait for it rather than lose this restart.
+			wctx, cancel := context.WithTimeout(ctx, o.HandoverTimeout+30*time.Second)
+			err := upg.WaitForParent(wctx)
+			timedOut := wctx.Err() != nil
+			cancel()
+			if timedOut {
+				log.Error("SIGHUP ignored: the previous process has not exited", "err", err)
+				continue
+			}
+			if err != nil {
+				log.Warn("the previous process ended badly", "err", err)
+			}
 			log.Info("SIGHUP: starting a new process to take over")
 			if err := upg.Upgrade(); err != nil {
 				log.Error("upgrade failed; this process goes on serving", "err", err)

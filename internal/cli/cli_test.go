@@ -74,3 +74,15 @@ func TestHealthFailurePrintsTheLogs(t *testing.T) {
 	printError(&IO{Err: &errb}, fmt.Errorf("wrapped: %w", &deploy.HealthError{Container: "web-2", Reason: "exited with code 3 while starting", Logs: "boom\n"}))
 	require.Equal(t, "handoff: wrapped: web-2: exited with code 3 while starting\nlast log lines of web-2:\nboom\n", errb.String())
 }
+
+// Every command checks the service name first, before Docker or Caddy is
+// reached and before any file under the state directory is touched.
+func TestEveryCommandChecksTheServiceNameFirst(t *testing.T) {
+	t.Setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+	dir := t.TempDir()
+	for _, cmd := range []string{"deploy", "rollback", "status", "history"} {
+		_, stderr, code := run(t, cmd, "--service", "../../x", "--state-dir", dir, "--caddy-route", "a.test")
+		require.Equal(t, ExitUsage, code, "%s: %s", cmd, stderr)
+		require.Contains(t, stderr, `service name "../../x"`, cmd)
+	}
+}

@@ -1,8 +1,10 @@
 package config
 
 import (
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,4 +142,100 @@ func FuzzParse(f *testing.F) {
 			_, _ = Resolve(file, Overrides{})
 		}
 	})
+}
+
+// Env files are read as Docker's --env-file reads them: every value is
+// literal, so a secret with a $ reaches the app whole, and nothing of it is
+// printed.
+func TestEnvFileValuesAreLiteralAndNeverPrinted(t *testing.T) {
+	dir := t.TempDir()
+	env := "# secrets\nDB_PASSWORD=Xy7$k9Lq_secret\nQUOTED=\"kept as written\"\nSPACED=  a b  \nFROM_HOST\nEMPTY=\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "app.env"), []byte(env), 0o644))
+	t.Setenv("FROM_HOST", "host-value")
+	f := File{Service: "web", EnvFile: Words{"app.env"}, path: filepath.Join(dir, "handoff.yml")}
+
+	var s Settings
+	printed := captureOutput(t, func() {
+		var err error
+		s, err = Resolve(f, Overrides{})
+		require.NoError(t, err)
+	})
+	require.Equal(t, []string{"DB_PASSWORD=Xy7$k9Lq_secret", "EMPTY=", "FROM_HOST=host-value", `QUOTED="kept as written"`, "SPACED=  a b  "}, s.Service.Env)
+	require.Empty(t, printed, "reading env files prints nothing")
+}
+
+// captureOutput runs fn with the process's file descriptors 1 and 2
+// captured, so that whatever a library prints, by any logger, is seen.
+func captureOutput(t *testing.T, fn func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	saved := [2]int{}
+	for i, fd := range []int{1, 2} {
+		saved[i], err = syscall.Dup(fd)
+		require.NoError(t, err)
+		require.NoError(t, syscall.Dup2(int(w.Fd()), fd))
+	}
+	done := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		done <- string(b)
+	}()
+	defer func() {
+		for i, fd := range []int{1, 2} {
+			_ = syscall.Dup2(saved[i], fd)
+			_ = syscall.Close(saved[i])
+		}
+	}()
+	fn()
+	for i, fd := range []int{1, 2} {
+		require.NoError(t, syscall.Dup2(saved[i], fd))
+	}
+	w.Close()
+	return <-done
+}
+
+// Every command checks the service name before it touches anything: it
+// names containers and files under the state directory.
+func TestServiceNameIsCheckedByResolve(t *testing.T) {
+	for _, name := range []string{"../../x", "a/b", ".hidden", "-web"} {
+		_, err := Resolve(File{}, Overrides{Service: name})
+		require.ErrorIs(t, err, deploy.ErrConfig, name)
+		require.ErrorContains(t, err, "service name")
+	}
+}
+
+func TestNegativeDurationFlagsAreRefused(t *testing.T) {
+	_, err := Resolve(File{Service: "web"}, Overrides{DrainTimeout: -time.Second})
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "--drain-timeout -1s")
+}
+
+// Aliases, merge keys and extra documents cannot smuggle keys past the check.
+func TestYAMLAliasesMergeKeysAndDocumentsAreChecked(t *testing.T) {
+	cases := map[string]struct{ yml, want string }{
+		"alias":       {"service: web\nhealth: &h\n  interval: 1s\ncaddy: *h\n", `unknown key "interval" in caddy`},
+		"merge":       {"service: web\nhealth:\n  <<: {intervall: 1s}\n", `unknown key "intervall" in health; did you mean "interval"?`},
+		"merge alias": {"service: web\nbase: &b {intervall: 1s}\n", `unknown key "base"`},
+		"two docs":    {"service: web\n---\nimage: x\n", "handoff.yml:2: a second YAML document (after `---`)"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("handoff.yml", []byte(c.yml))
+			require.ErrorIs(t, err, deploy.ErrConfig)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
+	f, err := Parse("handoff.yml", []byte("service: web\nhealth: &h\n  interval: 2s\n  <<: {timeout: 1s}\n"))
+	require.NoError(t, err, "a merge of known keys is fine")
+	require.Equal(t, Duration(time.Second), f.Health.Timeout)
+}
+
+func TestEnvFileErrorsDoNotQuoteTheFile(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "bad.env"), []byte("OK=1\n=topsecret\n"), 0o644))
+	_, err := Resolve(File{Service: "web", EnvFile: Words{"bad.env"}, path: filepath.Join(dir, "handoff.yml")}, Overrides{})
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "a line starts with '='")
+	require.NotContains(t, err.Error(), "topsecret")
 }

@@ -169,6 +169,10 @@ func Parse(name string, data []byte) (File, error) {
 		}
 		return f, fileError(name, 0, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	var second yaml.Node
+	if err := dec.Decode(&second); err == nil && len(second.Content) > 0 {
+		return f, fileError(name, second.Line, "a second YAML document (after `---`): handoff.yml holds one; remove the `---` or split the file")
+	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]

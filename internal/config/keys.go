@@ -33,15 +33,25 @@ var fileSchema = schema{
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records
-// each key's line for later messages.
+// each key's line for later messages. Aliases and merge keys (`<<`) are
+// followed, so that they cannot carry a key past the check.
 func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) error {
+	n = resolveAlias(n)
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
+		k, v := n.Content[i], resolveAlias(n.Content[i+1])
+		if k.Value == "<<" && k.Tag == "!!merge" {
+			if err := checkMerge(v, s, prefix, lines); err != nil {
+				return err
+			}
+			continue
+		}
 		sub, known := s[k.Value]
 		if !known {
 			return &lineError{line: k.Line, msg: unknownKey(k.Value, prefix, s)}
 		}
-		lines[prefix+k.Value] = k.Line
+		if _, seen := lines[prefix+k.Value]; !seen {
+			lines[prefix+k.Value] = k.Line
+		}
 		if len(sub) > 0 && v.Kind == yaml.MappingNode {
 			if err := checkKeys(v, sub, prefix+k.Value+".", lines); err != nil {
 				return err
@@ -49,6 +59,26 @@ func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) erro
 		}
 	}
 	return nil
+}
+
+// checkMerge checks what a merge key brings in: a mapping or a list of them.
+func checkMerge(v *yaml.Node, s schema, prefix string, lines map[string]int) error {
+	if v.Kind == yaml.SequenceNode {
+		for _, m := range v.Content {
+			if err := checkKeys(m, s, prefix, lines); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return checkKeys(v, s, prefix, lines)
+}
+
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 func unknownKey(key, prefix string, s schema) string {

@@ -1,15 +1,18 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/compose-spec/compose-go/v2/dotenv"
+	"github.com/docker/cli/pkg/kvfile"
 	"github.com/docker/go-units"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
@@ -69,8 +72,14 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	if o.Port != 0 {
 		svc.Port = o.Port
 	}
+	if o.DrainTimeout < 0 {
+		return Settings{}, fmt.Errorf("%w: --drain-timeout %s: a duration cannot be negative", deploy.ErrConfig, o.DrainTimeout)
+	}
 	if o.DrainTimeout != 0 {
 		svc.DrainTimeout = o.DrainTimeout
+	}
+	if err := deploy.CheckName(svc.Name); err != nil {
+		return Settings{}, err
 	}
 	if f.Keep != nil {
 		if *f.Keep < 1 {
@@ -128,9 +137,6 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	if o.Caddyfile == "" && cad.Caddyfile != "" {
 		cad.Caddyfile = f.relative(cad.Caddyfile)
 	}
-	if svc.Name == "" {
-		return Settings{}, fmt.Errorf("%w: no service name: set `service:` in handoff.yml or pass --service", deploy.ErrConfig)
-	}
 	proxy := pick(o.Proxy, pick(f.Proxy, ProxyCaddy))
 	if proxy != ProxyCaddy && proxy != ProxyHandoff {
 		return Settings{}, f.at("proxy", fmt.Sprintf("proxy %q: use caddy or handoff", proxy))
@@ -139,16 +145,22 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	return Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp}, nil
 }
 
-// env reads env_file entries in order, then env, which wins.
+// env reads env_file entries in order, then env, which wins. An env file
+// is read exactly as `docker run --env-file` reads it: values are literal
+// (no substitution, quotes kept), a name alone takes handoff's own
+// environment variable. No value is ever printed, not even in an error.
 func (f File) env() ([]string, error) {
 	vars := map[string]string{}
 	for _, name := range f.EnvFile {
 		path := f.relative(name)
-		got, err := dotenv.Read(path)
+		lines, err := kvfile.Parse(path, os.LookupEnv)
 		if err != nil {
-			return nil, f.at("env_file", fmt.Sprintf("env_file %s: %v", path, err))
+			return nil, f.at("env_file", fmt.Sprintf("env_file %s: %s", path, envFileProblem(err)))
 		}
-		maps.Copy(vars, got)
+		for _, line := range lines {
+			k, v, _ := strings.Cut(line, "=")
+			vars[k] = v
+		}
 	}
 	maps.Copy(vars, f.Env)
 	keys := slices.Sorted(maps.Keys(vars))
@@ -157,6 +169,24 @@ func (f File) env() ([]string, error) {
 		out = append(out, k+"="+vars[k])
 	}
 	return out, nil
+}
+
+// envFileProblem says what is wrong with an env file without repeating its
+// content: kvfile's own messages quote the offending line, which may hold a secret.
+func envFileProblem(err error) string {
+	var pe *fs.PathError
+	switch msg := err.Error(); {
+	case errors.As(err, &pe):
+		return pe.Err.Error()
+	case strings.Contains(msg, "no variable name"):
+		return "a line starts with '=' (no variable name); write KEY=VALUE"
+	case strings.Contains(msg, "contains whitespaces"):
+		return "a variable name contains white space; write KEY=VALUE"
+	case strings.Contains(msg, "invalid utf8"):
+		return "it is not valid UTF-8"
+	default:
+		return "it cannot be read as KEY=VALUE lines"
+	}
 }
 
 func (f File) health(o Overrides) (deploy.HealthCheck, error) {

@@ -115,10 +115,8 @@ func (s Service) WithDefaults() Service {
 // Validate reports the first setting that cannot work.
 func (s Service) Validate() error {
 	switch {
-	case s.Name == "":
-		return fmt.Errorf("%w: no service name: set `service:` in handoff.yml or pass --service", ErrConfig)
-	case !validName(s.Name):
-		return fmt.Errorf("%w: service name %q: use letters, digits, '-' and '_' (it names containers)", ErrConfig, s.Name)
+	case CheckName(s.Name) != nil:
+		return CheckName(s.Name)
 	case s.Image == "" && s.Build == nil:
 		return fmt.Errorf("%w: no image for service %s: set `image:` or `build:` in handoff.yml, or pass --image", ErrConfig, s.Name)
 	case s.Port < 0 || s.Port > 65535:
@@ -129,6 +127,20 @@ func (s Service) Validate() error {
 		return fmt.Errorf("%w: health status range %d-%d is empty", ErrConfig, s.Health.StatusMin, s.Health.StatusMax)
 	case s.Keep < 0:
 		return fmt.Errorf("%w: keep %d: must be 0 or more", ErrConfig, s.Keep)
+	case s.DrainTimeout < 0 || s.StopTimeout < 0 || s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.StartTimeout < 0:
+		return fmt.Errorf("%w: a negative duration in the settings of %s", ErrConfig, s.Name)
+	}
+	return nil
+}
+
+// CheckName refuses a service name that could not name a container, or
+// would reach outside handoff's state directory.
+func CheckName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: no service name: set `service:` in handoff.yml or pass --service", ErrConfig)
+	}
+	if !validName(name) {
+		return fmt.Errorf("%w: service name %q: start with a letter or digit, then use letters, digits, '-', '_' and '.' (it names containers and files)", ErrConfig, name)
 	}
 	return nil
 }

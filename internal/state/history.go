@@ -44,13 +44,22 @@ func DefaultDir() string {
 	return filepath.Join(os.TempDir(), "handoff")
 }
 
-func (s Store) path(service string) string {
-	return filepath.Join(s.Dir, service+".history.json")
+// path is the service's history file. The name is checked again here, so
+// that no caller can make it reach outside Dir.
+func (s Store) path(service string) (string, error) {
+	if err := deploy.CheckName(service); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.Dir, service+".history.json"), nil
 }
 
 // List returns the service's records, newest first. A missing file is an empty history.
 func (s Store) List(service string) ([]deploy.Record, error) {
-	data, err := os.ReadFile(s.path(service))
+	path, err := s.path(service)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -59,7 +68,7 @@ func (s Store) List(service string) ([]deploy.Record, error) {
 	}
 	var recs []deploy.Record
 	if err := json.Unmarshal(data, &recs); err != nil {
-		return nil, fmt.Errorf("read history %s: %w (move the file aside to start a new history)", s.path(service), err)
+		return nil, fmt.Errorf("read history %s: %w (move the file aside to start a new history)", path, err)
 	}
 	return recs, nil
 }
@@ -83,5 +92,9 @@ func (s Store) Save(rec *deploy.Record) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(s.path(rec.Service), data, 0o644)
+	path, err := s.path(rec.Service)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, data, 0o644)
 }

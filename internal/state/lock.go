@@ -24,6 +24,9 @@ const lockRetry = 200 * time.Millisecond
 
 // Lock takes the service's lock or says who holds it.
 func (l Locker) Lock(ctx context.Context, service string) (func(), error) {
+	if err := deploy.CheckName(service); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}

@@ -60,3 +60,12 @@ func TestLockIsExclusiveAndNamesItsHolder(t *testing.T) {
 	require.NoError(t, err, "--wait waits for the holder")
 	unlock2()
 }
+
+func TestNamesThatLeaveTheStateDirAreRefused(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	require.ErrorIs(t, s.Save(&deploy.Record{ID: "a", Service: "../x"}), deploy.ErrConfig)
+	_, err := s.List("a/b")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	_, err = Locker{Dir: s.Dir}.Lock(context.Background(), "../x")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+}

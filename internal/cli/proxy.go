@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 func newProxyCmd(c *common) *cobra.Command {
 	o := proxy.DaemonOptions{}
 	var socket string
+	var trustedProxies []string
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the always-on switch between the front proxy and the containers (see docs/proxy.md)",
@@ -25,8 +28,12 @@ client connection is closed. SIGHUP hands its sockets to a new process of the
 same binary (an upgrade or restart without dropping anything).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			trusted, err := parsePrefixes(trustedProxies)
+			if err != nil {
+				return err
+			}
 			o.Log = slog.New(slog.NewTextHandler(c.io.Err, nil))
-			o.Socket = socket
+			o.Socket, o.Trusted = socket, trusted
 			return proxy.RunDaemon(cmd.Context(), o)
 		},
 	}
@@ -34,6 +41,7 @@ same binary (an upgrade or restart without dropping anything).`,
 	f.StringVar(&o.StateFile, "state-file", proxy.DefaultStateFile, "services, kept across restarts")
 	f.StringVar(&o.PIDFile, "pid-file", "", "write the serving process's pid here (systemd PIDFile=)")
 	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxy.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
+	f.StringSliceVar(&trustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1/128"}, "front proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host are kept and appended to; \"none\" trusts nobody")
 	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")
 	var maxWait time.Duration
 	pause := &cobra.Command{
@@ -80,6 +88,27 @@ func proxyControl(c *common, socket string, act func(*proxy.Client) (proxy.Servi
 	}
 	fmt.Fprintf(c.io.Out, "%s: %s → %s, %d in flight, paused: %v\n", st.Name, st.Listen, st.Upstream, st.InFlight, st.Paused)
 	return nil
+}
+
+// parsePrefixes reads --trusted-proxies: addresses or CIDR prefixes.
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	out := []netip.Prefix{}
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" || s == "none" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --trusted-proxies %q: want an IP address or a CIDR prefix, like 127.0.0.1 or 10.0.0.0/8", errUsage, s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 func or(s, def string) string {

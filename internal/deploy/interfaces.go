@@ -53,7 +53,8 @@ type Runtime interface {
 // InFlight is what the proxy says about requests still running on an upstream.
 type InFlight struct {
 	Requests int
-	Reported bool // false: this proxy cannot tell (Caddy before 2.11.2)
+	Reported bool   // false: this proxy cannot tell (Caddy before 2.11.2)
+	Note     string // why requests are counted that cannot be seen, for the record
 }
 
 // Proxy switches the service's route between upstreams. internal/caddy implements it.

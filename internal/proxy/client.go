@@ -144,6 +144,11 @@ func (c *Client) InFlight(ctx context.Context, upstream string) (deploy.InFlight
 			in.Requests += int(d.InFlight)
 		}
 	}
+	if st.HandoverPending && in.Requests == 0 {
+		// A restarted proxy's previous process may still run requests on
+		// upstream, and only its exit tells: count that as one.
+		in.Requests, in.Note = 1, "handoff proxy's previous process (a restart) is still finishing its requests"
+	}
 	return in, nil
 }
 
@@ -156,6 +161,9 @@ func (c *Client) Retire(ctx context.Context, upstream string) error {
 func (c *Client) Advice(context.Context, string) ([]string, error) { return nil, nil }
 
 var errNotThere = errors.New("service not in the proxy")
+
+// restartRetry is how long a change is tried again while the proxy restarts.
+const restartRetry = 15 * time.Second
 
 func (c *Client) get(ctx context.Context) (ServiceState, error) {
 	var st ServiceState
@@ -177,23 +185,42 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://proxy"+path, rd)
-	if err != nil {
-		return err
+	var bodyBytes []byte
+	if rd != nil {
+		bodyBytes, _ = io.ReadAll(rd)
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: handoff proxy at %s: %v (is `handoff proxy` running? see docs/proxy.md)", deploy.ErrProxyUnreached, c.socket, unwrapURL(err))
+	var resp *http.Response
+	var data []byte
+	// A restarting proxy answers changes with 503 until the new process
+	// takes them: try again for a while.
+	for wait := restartRetry; ; {
+		req, err := http.NewRequestWithContext(ctx, method, "http://proxy"+path, bytes.NewReader(bodyBytes))
+		if err != nil {
+			return err
+		}
+		resp, err = c.http.Do(req)
+		if err != nil {
+			return fmt.Errorf("%w: handoff proxy at %s: %v (is `handoff proxy` running? see docs/proxy.md)", deploy.ErrProxyUnreached, c.socket, unwrapURL(err))
+		}
+		data, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || wait <= 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		wait -= 100 * time.Millisecond
 	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
 		return errNotThere
 	case resp.StatusCode == http.StatusConflict:
 		return fmt.Errorf("%w: %s", deploy.ErrConflict, message(data))
 	case resp.StatusCode/100 != 2:
-		return fmt.Errorf("%w: handoff proxy %s %s: %d %s", deploy.ErrProxy, method, req.URL.Path, resp.StatusCode, message(data))
+		return fmt.Errorf("%w: handoff proxy %s %s: %d %s", deploy.ErrProxy, method, path, resp.StatusCode, message(data))
 	}
 	if out != nil {
 		return json.Unmarshal(data, out)

@@ -7,7 +7,10 @@ import (
 	"time"
 )
 
-// ControlHandler is the control API, served on a unix socket (mode 0600):
+// ControlHandler is the control API, served on a unix socket (mode 0600).
+// A change is written to the state file before it is applied; when that
+// fails the call answers 500 and nothing changed. While a restart hands
+// over, changes answer 503 (try again: the new process takes them).
 //
 //	GET    /v1/services                 every service
 //	GET    /v1/services/{name}          one service, with in-flight counts
@@ -104,6 +107,8 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = http.StatusConflict
 		case errors.Is(err, ErrBadInput):
 			status = http.StatusBadRequest
+		case errors.Is(err, ErrRestarting):
+			status = http.StatusServiceUnavailable
 		}
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,10 +26,11 @@ const (
 
 // DaemonOptions configure `handoff proxy`.
 type DaemonOptions struct {
-	Socket          string        // control socket, mode 0600
-	StateFile       string        // services, restored at start
-	PIDFile         string        // for systemd's PIDFile= and ExecReload=kill -HUP
-	HandoverTimeout time.Duration // how long an old process waits for its connections after an upgrade
+	Socket          string         // control socket, mode 0600
+	StateFile       string         // services, restored at start
+	PIDFile         string         // for systemd's PIDFile= and ExecReload=kill -HUP
+	HandoverTimeout time.Duration  // how long an old process waits for its connections after an upgrade
+	Trusted         []netip.Prefix // front proxies whose X-Forwarded-* headers are kept (DefaultTrusted)
 	Log             *slog.Logger
 }
 
@@ -45,12 +48,19 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if o.HandoverTimeout == 0 {
 		o.HandoverTimeout = DefaultHandoverTimeout
 	}
+	if o.Trusted == nil {
+		o.Trusted = DefaultTrusted
+	}
 	log := o.Log
 	upg, err := tableflip.New(tableflip.Options{PIDFile: o.PIDFile})
 	if err != nil {
 		return fmt.Errorf("handoff proxy: %w", err)
 	}
 	defer upg.Stop()
+	srv := NewServer(upg.Listen, log, Options{
+		Save:    func(st []ServiceState) error { return SaveState(o.StateFile, st) },
+		Trusted: o.Trusted,
+	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -71,17 +81,26 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 				log.Warn("the previous process ended badly", "err", err)
 			}
 			log.Info("SIGHUP: starting a new process to take over")
+			// The new process reads the state file as it starts: no change
+			// may be made here from now on, or it would be lost.
+			srv.Freeze()
 			if err := upg.Upgrade(); err != nil {
+				srv.Thaw()
 				log.Error("upgrade failed; this process goes on serving", "err", err)
 			}
 		}
 	}()
 
-	srv := NewServer(upg.Listen, log, func(st []ServiceState) {
-		if err := SaveState(o.StateFile, st); err != nil {
-			log.Error("save state", "file", o.StateFile, "err", err)
-		}
-	})
+	if upg.HasParent() {
+		// The previous process still finishes the requests it took; until
+		// it exits, a drain cannot be judged from this process's counts.
+		srv.SetHandoverPending(true)
+		go func() {
+			_ = upg.WaitForParent(ctx)
+			srv.SetHandoverPending(false)
+			log.Info("the previous process has exited")
+		}()
+	}
 	if err := srv.Restore(o.StateFile); err != nil {
 		return err
 	}
@@ -123,20 +142,59 @@ func listenControl(upg *tableflip.Upgrader, path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("another handoff proxy answers on %s: stop it, or restart it with SIGHUP (systemctl reload handoff-proxy)", path)
+	if err := clearStaleSocket(path); err != nil {
+		return nil, err
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("control socket: remove stale %s: %w", path, err)
-	}
-	ln, err := upg.Fds.Listen("unix", path)
+	ln, err := upg.Fds.ListenWithCallback("unix", path, listenPrivate)
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
 	return ln, nil
+}
+
+// clearStaleSocket removes a socket left by a process that is gone. It
+// refuses anything else at path: a live proxy, or a file that is not a
+// socket (a typo in --socket must not delete a file).
+func clearStaleSocket(path string) error {
+	info, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if info.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("control socket %s: something that is not a socket is there (%s); remove it yourself, or choose another --socket", path, describeMode(info.Mode()))
+	}
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return fmt.Errorf("another handoff proxy answers on %s: stop it, or restart it with SIGHUP (systemctl reload handoff-proxy)", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("control socket: remove stale %s: %w", path, err)
+	}
+	return nil
+}
+
+// listenPrivate creates a unix socket that is mode 0600 from the moment it
+// exists: a chmod after the listen would leave a moment when anyone could
+// connect and switch traffic.
+func listenPrivate(network, path string) (net.Listener, error) {
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen(network, path)
+	syscall.Umask(old)
+	return ln, err
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	default:
+		return m.Type().String()
+	}
 }

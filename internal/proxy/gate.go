@@ -27,7 +27,10 @@ func newGate() *gate {
 	return g
 }
 
-var errPausedTooLong = errors.New("paused too long")
+var (
+	errPausedTooLong = errors.New("held for the pause's whole max wait")
+	errTooManyHeld   = errors.New("too many requests held already")
+)
 
 func (g *gate) wait(ctx context.Context) error {
 	if !g.held.Load() {
@@ -41,7 +44,10 @@ func (g *gate) wait(ctx context.Context) error {
 		return nil
 	default:
 	}
-	g.waiting.Add(1)
+	if g.waiting.Add(1) > MaxHeld {
+		g.waiting.Add(-1)
+		return errTooManyHeld
+	}
 	defer g.waiting.Add(-1)
 	t := time.NewTimer(maxFor)
 	defer t.Stop()
@@ -74,7 +80,12 @@ func (g *gate) resume() {
 	}
 }
 
-func (g *gate) paused() bool { return g.held.Load() }
+// state says whether the gate holds requests, and for how long each.
+func (g *gate) state() (bool, time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held.Load(), g.maxFor
+}
 
 // connTracker knows each client connection's state, so that an old
 // process handing over to a new one can wait for its connections to end

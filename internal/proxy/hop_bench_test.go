@@ -21,7 +21,7 @@ func BenchmarkHop(b *testing.B) {
 	}))
 	defer app.Close()
 
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -81,7 +81,7 @@ func newBackend(t *testing.T, name string) *backend {
 func (b *backend) addr() string { return strings.TrimPrefix(b.URL, "http://") }
 
 func newTestServer(t *testing.T) *Server {
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	t.Cleanup(func() {
 		for _, s := range p.List() {
 			_ = p.Delete(s.Name)
@@ -274,7 +274,7 @@ func TestStateSurvivesABadEntry(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
 
 	var saved []ServiceState
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s []ServiceState) { saved = s })
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(s []ServiceState) error { saved = s; return nil }})
 	t.Cleanup(func() { _ = p.Delete("web") })
 	require.NoError(t, p.Restore(path))
 	require.Equal(t, []string{"web"}, names(p.List()))

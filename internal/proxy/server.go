@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,36 +16,61 @@ import (
 
 // Errors the control API maps to statuses.
 var (
-	ErrNoService = errors.New("no such service")
-	ErrNotFrom   = errors.New("the service's target is not the one named")
-	ErrBadInput  = errors.New("bad request")
+	ErrNoService  = errors.New("no such service")
+	ErrNotFrom    = errors.New("the service's target is not the one named")
+	ErrBadInput   = errors.New("bad request")
+	ErrNotSaved   = errors.New("the state file could not be written; nothing was changed")
+	ErrRestarting = errors.New("handoff proxy is restarting; try again in a moment")
 )
 
-// DefaultPauseWait bounds how long a paused service holds a request.
-const DefaultPauseWait = 30 * time.Second
+// Bounds of a pause: how long one request may be held, and how many.
+const (
+	DefaultPauseWait = 30 * time.Second
+	MaxPauseWait     = 5 * time.Minute
+	MaxHeld          = 10000
+)
 
 // Listen opens a listening socket; tableflip's Upgrader.Listen in the
 // daemon (so sockets survive a restart), net.Listen in tests.
 type Listen func(network, addr string) (net.Listener, error)
+
+// Options configure a Server.
+type Options struct {
+	// Save keeps the services across restarts (the state file). It is
+	// called with the state a change will lead to, before the change is
+	// applied; when it fails, the change is not made. nil: nothing is kept.
+	Save func([]ServiceState) error
+	// Trusted are the addresses of front proxies whose X-Forwarded-*
+	// headers are kept and appended to; from anyone else they are replaced.
+	Trusted []netip.Prefix
+}
+
+// DefaultTrusted is loopback: the front proxy on the same host.
+var DefaultTrusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // Server is the switch: one listener per service, each request sent to the
 // service's current target.
 type Server struct {
 	listen Listen
 	log    *slog.Logger
-	onSave func([]ServiceState) // called with every change, to keep the state file
+	opts   Options
 
-	mu        sync.Mutex
-	services  map[string]*service
-	restoring bool // no saving while the state file is being read back
+	// change lets one change at a time be saved and then applied, so the
+	// state file always holds the latest state.
+	change sync.Mutex
+	// frozen: a new process is taking over; changes must go to it.
+	frozen atomic.Bool
+	// handoverPending: this is the new process and the previous one is
+	// still finishing requests, which this one cannot count.
+	handoverPending atomic.Bool
+
+	mu       sync.Mutex
+	services map[string]*service
 }
 
 // NewServer makes an empty switch.
-func NewServer(listen Listen, log *slog.Logger, onSave func([]ServiceState)) *Server {
-	if onSave == nil {
-		onSave = func([]ServiceState) {}
-	}
-	return &Server{listen: listen, log: log, onSave: onSave, services: map[string]*service{}}
+func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
+	return &Server{listen: listen, log: log, opts: opts, services: map[string]*service{}}
 }
 
 // service is one app behind one stable address.
@@ -57,23 +83,51 @@ type service struct {
 	ln      net.Listener
 	conns   *connTracker
 	closing atomic.Bool // handing over: every answer says Connection: close
+	log     *slog.Logger
+	trusted []netip.Prefix
 
 	mu       sync.Mutex
 	draining []*target
 	gate     *gate
 }
 
+// acquireHook, when set by a test, runs between reading the current target
+// and counting a request on it: the window a switch must not slip through.
+var acquireHook func()
+
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.closing.Load() {
 		w.Header().Set("Connection", "close")
 	}
 	if err := s.gate.wait(r.Context()); err != nil {
-		http.Error(w, "service paused for too long", http.StatusServiceUnavailable)
+		if r.Context().Err() == nil {
+			s.log.Warn("503: request held by a pause", "service", s.name, "method", r.Method, "uri", r.RequestURI, "err", err)
+			http.Error(w, "503 Service Unavailable: "+s.name+" is paused ("+err.Error()+"); try again shortly", http.StatusServiceUnavailable)
+		}
 		return
 	}
-	// The target is read per request: after a switch, the next request on
-	// an existing client connection goes to the new target.
-	s.current.Load().serve(w, r)
+	t := s.acquire()
+	defer t.done()
+	t.serve(w, r)
+}
+
+// acquire counts a request in flight on the current target, then checks
+// that the target was not switched away meanwhile. A deploy that saw the
+// switch and then nothing in flight on the old target stops its container:
+// no request may reach that target after it looked. Counting first makes
+// that so; a request that lost the race counts itself on the new target.
+func (s *service) acquire() *target {
+	for {
+		t := s.current.Load()
+		if acquireHook != nil {
+			acquireHook()
+		}
+		t.inFlight.Add(1)
+		if !t.draining.Load() {
+			return t
+		}
+		t.done()
+	}
 }
 
 // ServiceState is a service as the control API and the state file show it.
@@ -84,7 +138,11 @@ type ServiceState struct {
 	InFlight int64           `json:"in_flight"`
 	Draining []DrainingState `json:"draining,omitempty"`
 	Paused   bool            `json:"paused,omitempty"`
-	Held     int64           `json:"held,omitempty"` // requests a pause holds now
+	MaxWait  Duration        `json:"pause_max_wait,omitempty"` // how long a paused request may be held
+	Held     int64           `json:"held,omitempty"`           // requests a pause holds now
+	// HandoverPending: a restart's previous process is still finishing
+	// requests this one cannot count; a drain must wait for it.
+	HandoverPending bool `json:"handover_pending,omitempty"`
 }
 
 // DrainingState is an old target still finishing requests.
@@ -99,67 +157,102 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 	if name == "" || listen == "" || upstream == "" {
 		return ServiceState{}, fmt.Errorf("%w: a service needs a name, a listen address and an upstream", ErrBadInput)
 	}
-	p.mu.Lock()
-	if s, ok := p.services[name]; ok {
-		p.mu.Unlock()
+	unlock, err := p.begin()
+	if err != nil {
+		return ServiceState{}, err
+	}
+	defer unlock()
+	if s, err := p.get(name); err == nil {
 		if s.listen != listen {
 			return ServiceState{}, fmt.Errorf("%w: service %s listens on %s; delete it first to move it to %s", ErrBadInput, name, s.listen, listen)
 		}
-		return s.state(), nil
+		return p.state(s), nil
 	}
-	p.mu.Unlock()
+	s, err := p.open(name, listen, upstream)
+	if err != nil {
+		return ServiceState{}, err
+	}
+	err = p.save(func(list []ServiceState) []ServiceState {
+		return append(list, ServiceState{Name: name, Listen: listen, Upstream: upstream})
+	})
+	if err != nil {
+		s.ln.Close()
+		return ServiceState{}, err
+	}
+	p.serve(s)
+	return p.state(s), nil
+}
 
+// open listens for a new service; serve then adds it and starts serving.
+func (p *Server) open(name, listen, upstream string) (*service, error) {
 	ln, err := p.listen("tcp", listen)
 	if err != nil {
-		return ServiceState{}, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
+		return nil, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
 	}
-	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker()}
-	s.current.Store(newTarget(upstream))
+	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted}
+	s.current.Store(s.newTarget(upstream))
 	s.http, s.h2c = newHTTPServer(s, s.conns, false), newHTTPServer(s, s.conns, true)
+	return s, nil
+}
+
+func (p *Server) serve(s *service) {
 	p.mu.Lock()
-	p.services[name] = s
+	p.services[s.name] = s
 	p.mu.Unlock()
-	split := newSplitListener(ln)
+	split := newSplitListener(s.ln)
 	for srv, l := range map[*http.Server]net.Listener{s.http: split.h1, s.h2c: split.h2} {
 		go func() {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-				p.log.Error("serve", "service", name, "err", err)
+				p.log.Error("serve", "service", s.name, "err", err)
 			}
 		}()
 	}
-	p.log.Info("service added", "service", name, "listen", listen, "upstream", upstream)
-	p.save()
-	return s.state(), nil
+	p.log.Info("service added", "service", s.name, "listen", s.listen, "upstream", s.current.Load().upstream)
 }
 
 // Switch points the service at to, if it points at from now. Requests
 // already running stay on from until they end; the next ones go to to.
+// The state file has the new target before any request goes to it.
 func (p *Server) Switch(name, from, to string) (ServiceState, error) {
+	unlock, err := p.begin()
+	if err != nil {
+		return ServiceState{}, err
+	}
+	defer unlock()
 	s, err := p.get(name)
 	if err != nil {
 		return ServiceState{}, err
 	}
-	s.mu.Lock()
 	old := s.current.Load()
 	if from != "" && old.upstream != from {
-		s.mu.Unlock()
 		return ServiceState{}, fmt.Errorf("%w: %s points at %s, not %s", ErrNotFrom, name, old.upstream, from)
 	}
 	if old.upstream != to {
-		s.current.Store(newTarget(to))
+		err := p.save(func(list []ServiceState) []ServiceState {
+			for i := range list {
+				if list[i].Name == name {
+					list[i].Upstream = to
+				}
+			}
+			return list
+		})
+		if err != nil {
+			return ServiceState{}, err
+		}
+		s.mu.Lock()
+		s.current.Store(s.newTarget(to))
 		old.drain()
 		// Targets already drained out have nothing left to track.
 		s.draining = slices.DeleteFunc(s.draining, func(t *target) bool { return t.inFlight.Load() == 0 })
 		s.draining = append(s.draining, old)
+		s.mu.Unlock()
+		p.log.Info("switched", "service", name, "from", old.upstream, "to", to)
 	}
-	s.mu.Unlock()
-	p.log.Info("switched", "service", name, "from", old.upstream, "to", to)
-	p.save()
-	return s.state(), nil
+	return p.state(s), nil
 }
 
 // Retire ends what still runs on a drained-out upstream (at the deploy's
-// drain deadline) and forgets it.
+// drain deadline) and forgets it. It changes nothing that is saved.
 func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 	s, err := p.get(name)
 	if err != nil {
@@ -169,6 +262,7 @@ func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 	var keep []*target
 	for _, t := range s.draining {
 		if t.upstream == upstream {
+			p.log.Info("retired", "service", name, "upstream", upstream, "cut_in_flight", t.inFlight.Load())
 			t.retire()
 			continue
 		}
@@ -176,47 +270,83 @@ func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 	}
 	s.draining = keep
 	s.mu.Unlock()
-	return s.state(), nil
+	return p.state(s), nil
 }
 
-// Pause holds the service's new requests until Resume, each for at most wait.
+// Pause holds the service's new requests until Resume, each for at most
+// wait (default DefaultPauseWait, at most MaxPauseWait). A pause is saved:
+// it holds across a restart of the proxy.
 func (p *Server) Pause(name string, wait time.Duration) (ServiceState, error) {
-	s, err := p.get(name)
-	if err != nil {
-		return ServiceState{}, err
-	}
 	if wait <= 0 {
 		wait = DefaultPauseWait
 	}
-	s.gate.pause(wait)
-	return s.state(), nil
+	if wait > MaxPauseWait {
+		return ServiceState{}, fmt.Errorf("%w: max_wait %s: a request may be held at most %s", ErrBadInput, wait, MaxPauseWait)
+	}
+	return p.setPause(name, true, wait)
 }
 
 // Resume releases the held requests.
 func (p *Server) Resume(name string) (ServiceState, error) {
+	return p.setPause(name, false, 0)
+}
+
+func (p *Server) setPause(name string, paused bool, wait time.Duration) (ServiceState, error) {
+	unlock, err := p.begin()
+	if err != nil {
+		return ServiceState{}, err
+	}
+	defer unlock()
 	s, err := p.get(name)
 	if err != nil {
 		return ServiceState{}, err
 	}
-	s.gate.resume()
-	return s.state(), nil
+	err = p.save(func(list []ServiceState) []ServiceState {
+		for i := range list {
+			if list[i].Name == name {
+				list[i].Paused, list[i].MaxWait = paused, Duration(wait)
+			}
+		}
+		return list
+	})
+	if err != nil {
+		return ServiceState{}, err
+	}
+	if paused {
+		s.gate.pause(wait)
+	} else {
+		s.gate.resume()
+	}
+	p.log.Info("pause", "service", name, "paused", paused, "max_wait", wait)
+	return p.state(s), nil
 }
 
 // Delete stops listening for the service.
 func (p *Server) Delete(name string) error {
+	unlock, err := p.begin()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s, err := p.get(name)
+	if err != nil {
+		return err
+	}
+	err = p.save(func(list []ServiceState) []ServiceState {
+		return slices.DeleteFunc(list, func(st ServiceState) bool { return st.Name == name })
+	})
+	if err != nil {
+		return err
+	}
 	p.mu.Lock()
-	s, ok := p.services[name]
 	delete(p.services, name)
 	p.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrNoService, name)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = s.ln.Close()
 	_ = s.h2c.Shutdown(ctx)
 	_ = s.http.Shutdown(ctx)
-	p.save()
+	p.log.Info("service deleted", "service", name)
 	return nil
 }
 
@@ -226,19 +356,66 @@ func (p *Server) Get(name string) (ServiceState, error) {
 	if err != nil {
 		return ServiceState{}, err
 	}
-	return s.state(), nil
+	return p.state(s), nil
 }
 
 // List returns every service's state, by name.
 func (p *Server) List() []ServiceState {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]ServiceState, 0, len(p.services))
+	all := make([]*service, 0, len(p.services))
 	for _, s := range p.services {
-		out = append(out, s.state())
+		all = append(all, s)
+	}
+	p.mu.Unlock()
+	out := make([]ServiceState, 0, len(all))
+	for _, s := range all {
+		out = append(out, p.state(s))
 	}
 	sortStates(out)
 	return out
+}
+
+// Freeze makes every change fail with ErrRestarting while a new process
+// takes over (it reads the state file as it is now); Thaw undoes it when
+// the restart did not happen.
+func (p *Server) Freeze() {
+	p.change.Lock()
+	p.frozen.Store(true)
+	p.change.Unlock()
+}
+
+// Thaw lets changes be made again.
+func (p *Server) Thaw() { p.frozen.Store(false) }
+
+// SetHandoverPending says whether a previous process still finishes
+// requests (see ServiceState.HandoverPending).
+func (p *Server) SetHandoverPending(pending bool) { p.handoverPending.Store(pending) }
+
+// begin starts a change: one at a time, and none while frozen.
+func (p *Server) begin() (unlock func(), err error) {
+	p.change.Lock()
+	if p.frozen.Load() {
+		p.change.Unlock()
+		return nil, ErrRestarting
+	}
+	return p.change.Unlock, nil
+}
+
+// save writes the state the services will have after a change, computed
+// by next from the saved part of the current state. Callers hold p.change.
+func (p *Server) save(next func([]ServiceState) []ServiceState) error {
+	if p.opts.Save == nil {
+		return nil
+	}
+	list := p.List()
+	for i, st := range list {
+		list[i] = ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Paused: st.Paused, MaxWait: st.MaxWait}
+	}
+	if err := p.opts.Save(next(list)); err != nil {
+		p.log.Error("save state: the change is refused", "err", err)
+		return fmt.Errorf("%w (%v)", ErrNotSaved, err)
+	}
+	return nil
 }
 
 func (p *Server) get(name string) (*service, error) {
@@ -249,15 +426,6 @@ func (p *Server) get(name string) (*service, error) {
 		return nil, fmt.Errorf("%w: %s", ErrNoService, name)
 	}
 	return s, nil
-}
-
-func (p *Server) save() {
-	p.mu.Lock()
-	restoring := p.restoring
-	p.mu.Unlock()
-	if !restoring {
-		p.onSave(p.List())
-	}
 }
 
 // inFlight counts the requests running on every target of s.
@@ -281,9 +449,14 @@ func (s *service) retireAll() {
 	}
 }
 
-func (s *service) state() ServiceState {
+func (p *Server) state(s *service) ServiceState {
 	cur := s.current.Load()
-	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(), Paused: s.gate.paused(), Held: s.gate.waiting.Load()}
+	paused, maxWait := s.gate.state()
+	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
+		Paused: paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load()}
+	if paused {
+		st.MaxWait = Duration(maxWait)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range s.draining {

@@ -20,11 +20,12 @@ type stateFile struct {
 	Services []json.RawMessage `json:"services"`
 }
 
-// SaveState writes the services atomically.
+// SaveState writes the services atomically: what each listens on, where
+// it sends, and whether it is paused.
 func SaveState(path string, services []ServiceState) error {
-	var f stateFile
+	f := stateFile{Services: []json.RawMessage{}}
 	for _, s := range services {
-		raw, err := json.Marshal(ServiceState{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream})
+		raw, err := json.Marshal(ServiceState{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait})
 		if err != nil {
 			return err
 		}
@@ -37,10 +38,10 @@ func SaveState(path string, services []ServiceState) error {
 	return atomicfile.Write(path, data, 0o600)
 }
 
-// Restore puts back the services of the state file. A bad entry, or one
-// that cannot listen, is logged and skipped; the others are served.
-// A target that does not answer a TCP connect is served all the same (the
-// app may be starting) and logged.
+// Restore puts back the services of the state file, paused ones paused.
+// A bad entry, or one that cannot listen, is logged and skipped; the
+// others are served. A target that does not answer a TCP connect is served
+// all the same (the app may be starting) and logged.
 func (p *Server) Restore(path string) error {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -53,26 +54,52 @@ func (p *Server) Restore(path string) error {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return fmt.Errorf("read state %s: %w (move it aside to start empty)", path, err)
 	}
-	p.mu.Lock()
-	p.restoring = true
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.restoring = false
-		p.mu.Unlock()
-	}()
 	for i, raw := range f.Services {
-		var s ServiceState
-		if err := json.Unmarshal(raw, &s); err != nil {
+		var st ServiceState
+		if err := json.Unmarshal(raw, &st); err != nil || st.Name == "" || st.Listen == "" || st.Upstream == "" {
 			p.log.Error("state: skipping a bad entry", "index", i, "err", err)
 			continue
 		}
-		if _, err := p.Put(s.Name, s.Listen, s.Upstream); err != nil {
-			p.log.Error("state: skipping a service", "service", s.Name, "err", err)
+		if _, err := p.get(st.Name); err == nil {
+			p.log.Error("state: skipping a second entry", "service", st.Name)
 			continue
 		}
-		checkUpstream(p.log, s)
+		s, err := p.open(st.Name, st.Listen, st.Upstream)
+		if err != nil {
+			p.log.Error("state: skipping a service", "service", st.Name, "err", err)
+			continue
+		}
+		if st.Paused {
+			wait := min(time.Duration(st.MaxWait), MaxPauseWait)
+			if wait <= 0 {
+				wait = DefaultPauseWait
+			}
+			s.gate.pause(wait)
+			p.log.Warn("state: restored paused, as it was; `handoff proxy resume` releases it", "service", st.Name, "max_wait", wait)
+		}
+		p.serve(s)
+		checkUpstream(p.log, st)
 	}
+	return nil
+}
+
+// Duration is a time.Duration written as text ("30s") in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes "30s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads "30s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
 	return nil
 }
 

@@ -12,9 +12,11 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -42,7 +44,10 @@ type target struct {
 	upgraded map[*upgradedConn]struct{}
 }
 
-func newTarget(upstream string) *target {
+// newTarget makes the target for upstream: its own connection pool, and a
+// reverse proxy that forwards as the service's trust settings say and
+// logs every upstream error it answers for.
+func (s *service) newTarget(upstream string) *target {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -56,7 +61,7 @@ func newTarget(upstream string) *target {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
 			pr.Out.Host = pr.In.Host // the app sees the Host the client asked for
-			pr.SetXForwarded()
+			forward(pr, trusts(s.trusted, pr.In.RemoteAddr))
 		},
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
@@ -64,18 +69,65 @@ func newTarget(upstream string) *target {
 		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
-				return // the client left, or the drain deadline cut it: nothing to answer
+				// The client left, or the drain deadline cut the request:
+				// nothing to answer, but say which.
+				why := "the client left"
+				if t.cutting.Load() {
+					why = "cut at the drain deadline"
+				}
+				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", why)
+				return
 			}
+			s.log.Error("502: upstream error", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "client", r.RemoteAddr, "err", err)
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusBadGateway)
+			_, _ = fmt.Fprintf(w, "502 Bad Gateway: the app behind service %s did not answer (handoff proxy)\n", s.name)
 		},
 	}
 	return t
 }
 
-// serve proxies one request on t, counting it in flight until it ends.
+// forward sets the X-Forwarded-* headers the app sees. From a trusted front
+// proxy the client it names is kept and the front added to the chain, and
+// the scheme and host it saw are kept (an app behind TLS must see https);
+// from anyone else those headers are replaced.
+func forward(pr *httputil.ProxyRequest, trusted bool) {
+	if !trusted {
+		pr.SetXForwarded()
+		return
+	}
+	if v := pr.In.Header["X-Forwarded-For"]; len(v) > 0 {
+		pr.Out.Header["X-Forwarded-For"] = v
+	}
+	pr.SetXForwarded() // appends the front's address
+	for _, h := range []string{"X-Forwarded-Proto", "X-Forwarded-Host"} {
+		if v := pr.In.Header.Get(h); v != "" {
+			pr.Out.Header.Set(h, v)
+		}
+	}
+}
+
+// trusts says whether remoteAddr is in one of the trusted prefixes.
+func trusts(trusted []netip.Prefix, remoteAddr string) bool {
+	if len(trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// serve proxies one request on t; the caller counted it in flight
+// (service.acquire) and ends the count.
 func (t *target) serve(w http.ResponseWriter, r *http.Request) {
-	t.inFlight.Add(1)
-	defer t.done()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(t.cut, cancel)

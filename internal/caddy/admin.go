@@ -91,7 +91,11 @@ func (a *admin) call(ctx context.Context, method, path string, body any, header 
 		return nil, &apiError{method: method, path: path, status: resp.StatusCode, msg: caddyMessage(data)}
 	}
 	if out != nil && len(bytes.TrimSpace(data)) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
+		// Numbers stay as Caddy wrote them: a config read and written back
+		// must not turn an int64 into a rounded float.
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		if err := dec.Decode(out); err != nil {
 			return nil, fmt.Errorf("%s %s: decode Caddy's answer: %w", method, path, err)
 		}
 	}

@@ -7,12 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/handoff-dev/handoff/internal/atomicfile"
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
@@ -20,7 +19,7 @@ import (
 type Proxy struct {
 	admin     *admin
 	route     Route
-	caddyfile string // "" : do not keep a Caddyfile in step
+	caddyfile *caddyfile // nil: do not keep a Caddyfile in step
 
 	mu            sync.Mutex
 	tracksDrained bool // Caddy lists removed upstreams until they drain (2.11.2+)
@@ -29,10 +28,14 @@ type Proxy struct {
 
 var _ deploy.Proxy = (*Proxy)(nil)
 
+// switchAttempts bounds how often a switch is tried again when Caddy's
+// config changed elsewhere meanwhile (another service's deploy, say).
+const switchAttempts = 5
+
 // New returns the Proxy for route through the admin API at address
 // (http://host:port, host:port or unix:/path). caddyfile, when set, is kept
-// in step with every switch.
-func New(address string, route string, caddyfile string) (*Proxy, error) {
+// in step with every switch; its previous version is kept under stateDir.
+func New(address, route, caddyfilePath, stateDir string) (*Proxy, error) {
 	if route == "" {
 		return nil, fmt.Errorf("%w: no Caddy route: set caddy.route in handoff.yml or pass --caddy-route (the site host, or the upstream Caddy proxies to today, like localhost:8000)", deploy.ErrConfig)
 	}
@@ -40,7 +43,11 @@ func New(address string, route string, caddyfile string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Proxy{admin: a, route: Route(route), caddyfile: caddyfile}, nil
+	p := &Proxy{admin: a, route: Route(route)}
+	if caddyfilePath != "" {
+		p.caddyfile = &caddyfile{path: caddyfilePath, backups: backupDir(stateDir)}
+	}
+	return p, nil
 }
 
 // Describe names the Caddy and route for messages.
@@ -58,128 +65,239 @@ func (p *Proxy) config(ctx context.Context) (map[string]any, string, error) {
 	return cfg, h.Get("Etag"), nil
 }
 
-// Upstream returns the route's current upstream.
-func (p *Proxy) Upstream(ctx context.Context, known []string) (string, error) {
-	cfg, _, err := p.config(ctx)
+// handlers reads the config and finds the route's handlers in it; this is
+// how every command finds the route.
+func (p *Proxy) handlers(ctx context.Context, known []string) (all, route []proxyHandler, etag string, err error) {
+	cfg, etag, err := p.config(ctx)
 	if err != nil {
-		return "", err
+		return nil, nil, "", err
 	}
-	h, err := selectHandler(findProxies(cfg), p.route, known)
-	if err != nil {
-		return "", err
-	}
-	return h.dials[0], nil
+	all = findProxies(cfg)
+	route, err = selectHandlers(all, p.route, known)
+	return all, route, etag, err
 }
 
-// Preflight refuses, before anything starts, a switch the Caddyfile could
-// not follow.
-func (p *Proxy) Preflight(_ context.Context, upstream string) error {
-	if p.caddyfile == "" {
-		return nil
+// Upstream returns the route's current upstream.
+func (p *Proxy) Upstream(ctx context.Context, known []string) (string, error) {
+	_, hs, _, err := p.handlers(ctx, known)
+	if err != nil {
+		return "", err
 	}
-	_, _, err := p.planCaddyfile(upstream, upstream)
-	return err
+	return hs[0].dials[0], nil
+}
+
+// PointsAt names every reverse_proxy of Caddy that dials upstream.
+func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {
+	cfg, _, err := p.config(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, h := range dialing(findProxies(cfg), upstream) {
+		out = append(out, "Caddy's "+h.describe())
+	}
+	return out, nil
+}
+
+// Preflight refuses, before anything starts, a switch that would strand
+// another site or that the Caddyfile could not follow. A Caddyfile that an
+// interrupted switch left naming an earlier release of the service (one of
+// known) is brought in step with Caddy first, and said so.
+func (p *Proxy) Preflight(ctx context.Context, upstream string, known []string) ([]string, error) {
+	if upstream == "" {
+		return nil, nil
+	}
+	all, hs, _, err := p.handlers(ctx, known)
+	if err != nil {
+		return nil, err
+	}
+	if others := p.sharing(all, hs, upstream); len(others) > 0 {
+		return nil, fmt.Errorf("%w: %s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. Set caddy.route to %s to switch every site that uses it together, or give each site its own service",
+			deploy.ErrConfig, upstream, strings.Join(others, ", "), p.route, upstream)
+	}
+	if p.caddyfile == nil {
+		return nil, nil
+	}
+	if err := p.caddyfile.check(); err != nil {
+		return nil, err
+	}
+	if _, err := p.caddyfile.plan(p.host(), upstream, upstream); err == nil {
+		return nil, nil
+	}
+	// The file does not name what Caddy serves: behind by one interrupted
+	// switch of this service, or changed by someone.
+	unlock, err := p.caddyfile.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	for _, old := range known {
+		if deploy.SameUpstream(old, upstream) {
+			continue
+		}
+		if _, err := p.caddyfile.plan(p.host(), old, upstream); err != nil {
+			continue
+		}
+		if err := p.caddyfile.replace(p.host(), old, upstream); err != nil {
+			return nil, fmt.Errorf("%w: bring the Caddyfile in step: %v", deploy.ErrProxy, err)
+		}
+		return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, old, upstream)}, nil
+	}
+	_, err = p.caddyfile.plan(p.host(), upstream, upstream)
+	return nil, err
+}
+
+// sharing names the handlers outside the route that dial upstream too.
+func (p *Proxy) sharing(all, route []proxyHandler, upstream string) []string {
+	var out []string
+	for _, h := range dialing(all, upstream) {
+		if !slices.ContainsFunc(route, func(r proxyHandler) bool { return r.path == h.path }) {
+			out = append(out, h.describe())
+		}
+	}
+	return out
+}
+
+// host is the site whose blocks the Caddyfile rewrite may touch; "" when
+// the route is an upstream (every block that names it).
+func (p *Proxy) host() string {
+	if p.route.byUpstream() {
+		return ""
+	}
+	return string(p.route)
 }
 
 // Switch points the route from one upstream to the other in one admin call
 // (one Caddy reload), guarded by the config's Etag, reads it back, and
-// writes the Caddyfile. The Caddyfile is checked before Caddy is touched.
+// writes the Caddyfile. The Caddyfile is locked and checked before Caddy is
+// touched. A route already at to is a switch whose answer was lost: only
+// the Caddyfile may be left to do.
 func (p *Proxy) Switch(ctx context.Context, from, to string) error {
-	cfg, etag, err := p.config(ctx)
-	if err != nil {
-		return err
-	}
-	h, err := selectHandler(findProxies(cfg), p.route, []string{from})
-	if err != nil {
-		return err
-	}
-	if !deploy.SameUpstream(h.dials[0], from) {
-		return fmt.Errorf("%w: Caddy now points %s at %s, not %s; run the deploy again", deploy.ErrConflict, p.route, h.dials[0], from)
-	}
-	from = h.dials[0] // as Caddy spells it, which is how the Caddyfile spells it
-
-	var newFile []byte
-	var perm os.FileMode
-	if p.caddyfile != "" {
-		newFile, perm, err = p.planCaddyfile(from, to)
+	if p.caddyfile != nil {
+		unlock, err := p.caddyfile.lock(ctx)
 		if err != nil {
 			return err
 		}
+		defer unlock()
 	}
-
-	if err := p.patchUpstream(ctx, h, to, etag); err != nil {
-		return err
-	}
-
-	if p.caddyfile != "" {
-		if err := p.writeCaddyfile(newFile, perm); err != nil {
-			// Caddy and the file must not disagree: put Caddy back.
-			if rerr := p.patchUpstream(context.WithoutCancel(ctx), h, from, ""); rerr != nil {
-				return fmt.Errorf("%w: wrote Caddy but not the Caddyfile (%v), and could not switch Caddy back (%v): Caddy serves %s, the file says %s", deploy.ErrProxy, err, rerr, to, from)
-			}
-			return fmt.Errorf("%w: write the Caddyfile %s: %v; Caddy switched back to %s", deploy.ErrProxy, p.caddyfile, err, from)
+	for attempt := 1; ; attempt++ {
+		_, hs, etag, err := p.handlers(ctx, []string{from, to})
+		if err != nil {
+			return err
 		}
+		now := hs[0].dials[0] // as Caddy spells it, which is how the Caddyfile spells it
+		if deploy.SameUpstream(now, to) {
+			return p.follow(from, now)
+		}
+		if !deploy.SameUpstream(now, from) {
+			return fmt.Errorf("%w: Caddy now points %s at %s, not %s; run the deploy again", deploy.ErrConflict, p.route, now, from)
+		}
+		if p.caddyfile != nil {
+			if _, err := p.caddyfile.plan(p.host(), now, now); err != nil {
+				return err
+			}
+		}
+		err = p.patchUpstream(ctx, hs, to, etag)
+		if errors.Is(err, errChanged) && attempt < switchAttempts {
+			continue // something else changed Caddy's config: look again
+		}
+		if err != nil {
+			return err
+		}
+		if err := p.follow(now, to); err != nil {
+			// Caddy and the file must not disagree: put Caddy back.
+			if rerr := p.patchUpstream(context.WithoutCancel(ctx), hs, now, ""); rerr != nil {
+				return fmt.Errorf("%w: switched Caddy but could not write the Caddyfile (%v), and could not switch Caddy back (%v): Caddy serves %s, the file says %s", deploy.ErrProxy, err, rerr, to, now)
+			}
+			return fmt.Errorf("%w: write the Caddyfile %s: %v; Caddy switched back to %s", deploy.ErrProxy, p.caddyfile.path, err, now)
+		}
+		return nil
 	}
-	return nil
 }
 
-// patchUpstream replaces the handler's upstreams with [to] and reads them
-// back. PATCH, because a POST on an array appends.
-func (p *Proxy) patchUpstream(ctx context.Context, h proxyHandler, to, etag string) error {
-	path := h.path + "/upstreams"
+// follow makes the Caddyfile say what Caddy now serves.
+func (p *Proxy) follow(from, to string) error {
+	if p.caddyfile == nil || from == to {
+		return nil
+	}
+	return p.caddyfile.replace(p.host(), from, to)
+}
+
+// errChanged: the config's Etag no longer matched (412); not our route's doing.
+var errChanged = errors.New("Caddy's config changed meanwhile")
+
+// patchUpstream replaces the handlers' upstreams with [to] in one change,
+// and reads each back. One handler: PATCH its upstreams (a POST on an
+// array would append). Several: PATCH the servers they live in, so that
+// every site moves in the same reload.
+func (p *Proxy) patchUpstream(ctx context.Context, hs []proxyHandler, to, etag string) error {
 	header := http.Header{}
 	if etag != "" {
 		header.Set("If-Match", etag)
 	}
-	body := []map[string]string{{"dial": to}}
+	path, body := hs[0].path+"/upstreams", any([]map[string]string{{"dial": to}})
+	if len(hs) > 1 {
+		var err error
+		if path, body, err = p.serversWith(ctx, hs, to); err != nil {
+			return err
+		}
+	}
 	if _, err := p.admin.call(ctx, http.MethodPatch, path, body, header, nil); err != nil {
-		if errors.Is(err, deploy.ErrConflict) || errors.Is(err, deploy.ErrProxyUnreached) {
+		switch {
+		case errors.Is(err, deploy.ErrConflict):
+			return fmt.Errorf("%w: %w", errChanged, err)
+		case errors.Is(err, deploy.ErrProxyUnreached):
 			return err
 		}
 		return fmt.Errorf("%w: %v", deploy.ErrProxy, err)
 	}
-	var got []map[string]any
-	if _, err := p.admin.call(ctx, http.MethodGet, path, nil, nil, &got); err != nil {
-		return fmt.Errorf("%w: read back %s: %v", deploy.ErrProxy, path, err)
-	}
-	if len(got) != 1 || got[0]["dial"] != to {
-		return fmt.Errorf("%w: Caddy took the change but reads back %v at %s, not %s", deploy.ErrProxy, got, path, to)
+	for _, h := range hs {
+		var got []map[string]any
+		if _, err := p.admin.call(ctx, http.MethodGet, h.path+"/upstreams", nil, nil, &got); err != nil {
+			return fmt.Errorf("%w: read back %s: %v", deploy.ErrProxy, h.path, err)
+		}
+		if len(got) != 1 || got[0]["dial"] != to {
+			return fmt.Errorf("%w: Caddy took the change but reads back %v at %s, not %s", deploy.ErrProxy, got, h.path, to)
+		}
 	}
 	return nil
 }
 
-// planCaddyfile computes the file with the new upstream, or refuses.
-func (p *Proxy) planCaddyfile(from, to string) ([]byte, os.FileMode, error) {
-	info, err := os.Stat(p.caddyfile)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w: Caddyfile: %v (fix --caddyfile, or leave it out)", deploy.ErrConfig, err)
+// serversWith is Caddy's servers object with the handlers' upstreams set to to.
+func (p *Proxy) serversWith(ctx context.Context, hs []proxyHandler, to string) (string, any, error) {
+	const servers = "/config/apps/http/servers"
+	var cfg map[string]any
+	if _, err := p.admin.call(ctx, http.MethodGet, servers, nil, nil, &cfg); err != nil {
+		return "", nil, err
 	}
-	src, err := os.ReadFile(p.caddyfile)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w: Caddyfile: %v", deploy.ErrConfig, err)
+	for _, h := range hs {
+		rel := strings.TrimPrefix(h.path, servers+"/")
+		handler, ok := at(cfg, strings.Split(rel, "/")).(map[string]any)
+		if !ok {
+			return "", nil, fmt.Errorf("%w: %s moved in Caddy's config; run the deploy again", deploy.ErrConflict, h.path)
+		}
+		handler["upstreams"] = []any{map[string]any{"dial": to}}
 	}
-	host := ""
-	if !p.route.byUpstream() {
-		host = string(p.route)
-	}
-	out, n := rewriteUpstream(string(src), host, from, to)
-	if n == 0 {
-		return nil, 0, fmt.Errorf("%w: %v", deploy.ErrProxy, errNotInCaddyfile(p.caddyfile, host, from))
-	}
-	return []byte(out), info.Mode().Perm(), nil
+	return servers, cfg, nil
 }
 
-// writeCaddyfile keeps the previous file as <path>.handoff-previous and
-// writes the new one atomically.
-func (p *Proxy) writeCaddyfile(data []byte, perm os.FileMode) error {
-	old, err := os.ReadFile(p.caddyfile)
-	if err != nil {
-		return err
+// at walks a decoded JSON value along a path of keys and array indices.
+func at(v any, path []string) any {
+	for _, k := range path {
+		switch t := v.(type) {
+		case map[string]any:
+			v = t[k]
+		case []any:
+			i, err := strconv.Atoi(k)
+			if err != nil || i < 0 || i >= len(t) {
+				return nil
+			}
+			v = t[i]
+		default:
+			return nil
+		}
 	}
-	if err := atomicfile.Write(p.caddyfile+".handoff-previous", old, perm); err != nil {
-		return err
-	}
-	return atomicfile.Write(p.caddyfile, data, perm)
+	return v
 }
 
 // InFlight reports the requests still running on upstream. Caddy 2.11.2
@@ -279,19 +397,17 @@ func versionBefore(v string, major, minor, patch int) bool {
 func (p *Proxy) Retire(context.Context, string) error { return nil }
 
 // Advice lists the Caddy settings a deploy without failures needs that the
-// route's reverse_proxy lacks.
+// route's reverse_proxy lacks, and a Caddyfile out of step.
 func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
-	cfg, _, err := p.config(ctx)
+	_, hs, _, err := p.handlers(ctx, []string{upstream})
 	if err != nil {
 		return nil, err
 	}
-	h, err := selectHandler(findProxies(cfg), p.route, []string{upstream})
-	if err != nil {
-		return nil, err
-	}
-	advice := advise(h.handler, p.admin.address)
-	if err := p.Preflight(ctx, h.dials[0]); err != nil {
-		advice = append(advice, "out of step: "+err.Error())
+	advice := advise(hs[0].handler, p.admin.address)
+	if p.caddyfile != nil {
+		if _, err := p.caddyfile.plan(p.host(), hs[0].dials[0], hs[0].dials[0]); err != nil {
+			advice = append(advice, "out of step: "+err.Error())
+		}
 	}
 	return advice, nil
 }

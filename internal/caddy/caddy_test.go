@@ -34,30 +34,43 @@ func TestFindProxiesWalksSubroutes(t *testing.T) {
 	require.Equal(t, "/config/apps/http/servers/srv0/routes/1/handle/0/routes/1/handle/0", hs[1].path)
 }
 
-func TestSelectHandler(t *testing.T) {
+func TestSelectHandlers(t *testing.T) {
 	hs := proxies(t)
-	h, err := selectHandler(hs, "api.example.com", nil)
+	h, err := selectHandlers(hs, "api.example.com", nil)
 	require.NoError(t, err)
-	require.Equal(t, "localhost:8000", h.dials[0])
+	require.Equal(t, "localhost:8000", h[0].dials[0])
 
-	h, err = selectHandler(hs, "API.example.com", nil)
+	_, err = selectHandlers(hs, "API.example.com", nil)
 	require.NoError(t, err, "host names are case-insensitive")
 
-	h, err = selectHandler(hs, "127.0.0.1:8000", nil)
+	h, err = selectHandlers(hs, "127.0.0.1:8000", nil)
 	require.NoError(t, err, "by upstream, loopback spellings are one")
-	require.Equal(t, []string{"api.example.com"}, h.hosts)
+	require.Equal(t, []string{"api.example.com"}, h[0].hosts)
 
 	// After the first deploy the upstream is the container's; the route is found through known.
 	hs[0].dials = []string{"127.0.0.1:32768"}
-	_, err = selectHandler(hs, "localhost:8000", []string{"127.0.0.1:32768"})
+	_, err = selectHandlers(hs, "localhost:8000", []string{"127.0.0.1:32768"})
 	require.NoError(t, err)
 
-	_, err = selectHandler(hs, "nope.example.com", nil)
+	_, err = selectHandlers(hs, "nope.example.com", nil)
 	require.ErrorIs(t, err, deploy.ErrNoRoute)
 	require.ErrorContains(t, err, "it has: api.example.com → 127.0.0.1:32768; www.example.com,example.com → localhost:3000,localhost:3001")
 
-	_, err = selectHandler(hs, "example.com", nil)
+	_, err = selectHandlers(hs, "example.com", nil)
 	require.ErrorContains(t, err, "has 2 upstreams")
+}
+
+// A route named by its upstream is every site that dials it: they move together.
+func TestRouteByUpstreamTakesEverySiteThatDialsIt(t *testing.T) {
+	hs := proxies(t)
+	hs[1].dials = []string{"127.0.0.1:8000"}
+	found, err := selectHandlers(hs, "localhost:8000", nil)
+	require.NoError(t, err)
+	require.Len(t, found, 2)
+
+	hs[1].dials = []string{"127.0.0.1:9000"}
+	_, err = selectHandlers(hs, "localhost:8000", []string{"127.0.0.1:9000"})
+	require.ErrorContains(t, err, "point at different upstreams")
 }
 
 func TestAdvice(t *testing.T) {
@@ -70,7 +83,7 @@ func TestAdvice(t *testing.T) {
 	require.Contains(t, got[2], "unix")
 }
 
-const caddyfile = `{
+const sampleCaddyfile = `{
 	admin unix//run/caddy/admin.sock # localhost:8000 in a comment stays
 }
 
@@ -87,22 +100,22 @@ www.example.com, example.com {
 `
 
 func TestRewriteUpstreamInHostsBlockOnly(t *testing.T) {
-	out, n := rewriteUpstream(caddyfile, "api.example.com", "localhost:8000", "127.0.0.1:32768")
+	out, n := rewriteUpstream(sampleCaddyfile, "api.example.com", "localhost:8000", "127.0.0.1:32768")
 	require.Equal(t, 1, n)
 	require.Contains(t, out, "api.example.com {\n\treverse_proxy 127.0.0.1:32768 {\n")
 	require.Contains(t, out, "reverse_proxy http://localhost:8000\n", "another site is not touched")
 	require.Contains(t, out, "# localhost:8000 in a comment stays")
 
-	out, n = rewriteUpstream(caddyfile, "example.com", "localhost:8000", "127.0.0.1:1")
+	out, n = rewriteUpstream(sampleCaddyfile, "example.com", "localhost:8000", "127.0.0.1:1")
 	require.Equal(t, 1, n)
 	require.Contains(t, out, "reverse_proxy http://127.0.0.1:1\n\t# localhost:8000\n", "the scheme is kept, comments are not code")
 
-	out, n = rewriteUpstream(caddyfile, "", "localhost:8000", "127.0.0.1:2")
+	out, n = rewriteUpstream(sampleCaddyfile, "", "localhost:8000", "127.0.0.1:2")
 	require.Equal(t, 2, n, "by upstream: every site")
 	_, n = rewriteUpstream(out, "", "localhost:8000", "x")
 	require.Zero(t, n)
 
-	_, n = rewriteUpstream(caddyfile, "api.example.com", "localhost:800", "x")
+	_, n = rewriteUpstream(sampleCaddyfile, "api.example.com", "localhost:800", "x")
 	require.Zero(t, n, "only whole tokens")
 }
 
@@ -116,8 +129,8 @@ func TestVersionBefore(t *testing.T) {
 }
 
 func TestNewRefusesHTTPSAndEmptyRoute(t *testing.T) {
-	_, err := New("https://localhost:2019", "a", "")
+	_, err := New("https://localhost:2019", "a", "", "")
 	require.ErrorIs(t, err, deploy.ErrConfig)
-	_, err = New("", "", "")
+	_, err = New("", "", "", "")
 	require.ErrorIs(t, err, deploy.ErrConfig)
 }

@@ -106,27 +106,53 @@ func (r Route) byUpstream() bool {
 	return err == nil && port != ""
 }
 
-// selectHandler picks the one handler the route names. known are the
+// selectHandlers picks the handlers the route names. known are the
 // upstreams of the service's own containers: after the first deploy the
 // route's upstream is one of them, no longer the address the user gave.
-func selectHandler(all []proxyHandler, route Route, known []string) (proxyHandler, error) {
+// A site host names its one reverse_proxy; an upstream names every
+// reverse_proxy that dials it, switched together. They must agree on one
+// upstream.
+func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHandler, error) {
 	var found []proxyHandler
 	for _, h := range all {
 		if route.matches(h, known) {
 			found = append(found, h)
 		}
 	}
-	switch len(found) {
-	case 1:
-		if len(found[0].dials) != 1 {
-			return proxyHandler{}, fmt.Errorf("%w: the reverse_proxy for %s has %d upstreams (%s); handoff switches a route with exactly one", deploy.ErrNoRoute, route, len(found[0].dials), strings.Join(found[0].dials, ", "))
-		}
-		return found[0], nil
-	case 0:
-		return proxyHandler{}, fmt.Errorf("%w: no reverse_proxy for %s in Caddy's config (it has: %s); set --caddy-route to a site host or the current upstream", deploy.ErrNoRoute, route, summary(all))
-	default:
-		return proxyHandler{}, fmt.Errorf("%w: %d reverse_proxy handlers match %s (%s); name the site host with --caddy-route", deploy.ErrNoRoute, len(found), route, summary(found))
+	if len(found) == 0 {
+		return nil, fmt.Errorf("%w: no reverse_proxy for %s in Caddy's config (it has: %s); set --caddy-route to a site host or the current upstream", deploy.ErrNoRoute, route, summary(all))
 	}
+	if len(found) > 1 && !route.byUpstream() {
+		return nil, fmt.Errorf("%w: %d reverse_proxy handlers match %s (%s); handoff switches a site with one", deploy.ErrNoRoute, len(found), route, summary(found))
+	}
+	for _, h := range found {
+		if len(h.dials) != 1 {
+			return nil, fmt.Errorf("%w: the reverse_proxy for %s has %d upstreams (%s); handoff switches a route with exactly one", deploy.ErrNoRoute, route, len(h.dials), strings.Join(h.dials, ", "))
+		}
+		if !deploy.SameUpstream(h.dials[0], found[0].dials[0]) {
+			return nil, fmt.Errorf("%w: the reverse_proxy handlers for %s point at different upstreams (%s); point them at one, or name a site host with --caddy-route", deploy.ErrNoRoute, route, summary(found))
+		}
+	}
+	return found, nil
+}
+
+// dialing lists the handlers of all that send traffic to upstream.
+func dialing(all []proxyHandler, upstream string) []proxyHandler {
+	var out []proxyHandler
+	for _, h := range all {
+		if slices.ContainsFunc(h.dials, func(d string) bool { return deploy.SameUpstream(d, upstream) }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// describe names a handler for messages: the sites that lead to it.
+func (h proxyHandler) describe() string {
+	if len(h.hosts) == 0 {
+		return "the reverse_proxy for any host at " + h.path
+	}
+	return "site " + strings.Join(h.hosts, ",")
 }
 
 func (r Route) matches(h proxyHandler, known []string) bool {

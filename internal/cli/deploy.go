@@ -131,10 +131,20 @@ func (c *common) finish(rec *deploy.Record, report *verify.Report, err error) er
 	if err != nil || c.json {
 		return err
 	}
+	if rec.Kind == deploy.KindRepair {
+		if rec.Phase == "" {
+			fmt.Fprintf(c.io.Out, "nothing to repair: %s serves\n", rec.To)
+		} else {
+			fmt.Fprintf(c.io.Out, "repaired: %s serves at %s\n", rec.To, rec.NewUpstream)
+		}
+		return nil
+	}
 	verb := map[string]string{deploy.KindDeploy: "deployed", deploy.KindRollback: "rolled back to"}[rec.Kind]
 	fmt.Fprintf(c.io.Out, "%s %s (%s) in %s", verb, rec.To, rec.Image, rec.Took().Round(time.Millisecond))
-	if rec.From != "" {
+	if rec.FromStopped {
 		fmt.Fprintf(c.io.Out, "; %s stopped and kept for rollback", rec.From)
+	} else if rec.From != "" {
+		fmt.Fprintf(c.io.Out, "; %s left running (see the notes above)", rec.From)
 	}
 	fmt.Fprintln(c.io.Out)
 	return nil

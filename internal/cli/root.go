@@ -67,7 +67,7 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
 
-	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newStatusCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c))
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c))
 	return root
 }
 
@@ -93,12 +93,16 @@ func (c *common) open(ctx context.Context) (config.Settings, *deploy.Deployer, f
 
 // connect wires the procedure to the real Docker engine and Caddy.
 func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deployer, func(), error) {
+	dir := c.stateDir
+	if dir == "" {
+		dir = state.DefaultDir()
+	}
 	var switcher deploy.Proxy
 	var err error
 	if s.Proxy == config.ProxyHandoff {
 		switcher, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
 	} else {
-		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile)
+		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile, dir)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -106,10 +110,6 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 	rt, err := docker.New(ctx)
 	if err != nil {
 		return nil, nil, err
-	}
-	dir := c.stateDir
-	if dir == "" {
-		dir = state.DefaultDir()
 	}
 	d := &deploy.Deployer{
 		Runtime: rt,

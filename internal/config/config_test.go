@@ -22,6 +22,7 @@ env:
 env_file: app.env
 volumes: ["data:/data", "./static:/static:ro"]
 restart: unless-stopped
+host_ports: 20000-20999
 resources: {memory: 512m, cpus: 1.5}
 health:
   path: /up
@@ -53,6 +54,7 @@ func TestResolveFullFile(t *testing.T) {
 	require.Equal(t, []string{"MODE=prod", "SECRET=s3"}, svc.Env, "env wins over env_file")
 	require.Equal(t, []string{"data:/data", filepath.Join(dir, "static") + ":/static:ro"}, svc.Volumes)
 	require.Equal(t, int64(512<<20), svc.Memory)
+	require.Equal(t, deploy.PortRange{Low: 20000, High: 20999}, svc.HostPorts)
 	require.Equal(t, deploy.HealthCheck{Kind: deploy.HealthHTTP, Path: "/up", Host: "api.example.com", StatusMin: 200, StatusMax: 399,
 		Interval: 500 * time.Millisecond, Successes: 3, StartTimeout: 5 * time.Minute}, svc.Health)
 	require.Equal(t, 45*time.Second, svc.DrainTimeout)
@@ -100,6 +102,7 @@ func TestImpossibleValuesAreRefused(t *testing.T) {
 		"interval":  {"service: web\nhealth:\n  interval: 1m\n  start_timeout: 10s\n", "handoff.yml:3: interval 1m0s is longer than start_timeout"},
 		"env_file":  {"service: web\nenv_file: nope.env\n", "handoff.yml:2: env_file nope.env"},
 		"noservice": {"image: x\n", "no service name"},
+		"hostports": {"service: web\nhost_ports: 30000-20000\n", `handoff.yml:2: host_ports "30000-20000"`},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

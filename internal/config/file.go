@@ -36,6 +36,7 @@ type File struct {
 	Network      string            `yaml:"network"`
 	Labels       map[string]string `yaml:"labels"`
 	Restart      string            `yaml:"restart"`
+	HostPorts    string            `yaml:"host_ports"` // "20000-20999": where releases are published on 127.0.0.1
 	Resources    Resources         `yaml:"resources"`
 	Health       Health            `yaml:"health"`
 	DrainTimeout Duration          `yaml:"drain_timeout"`

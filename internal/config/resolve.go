@@ -103,6 +103,13 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	if r := f.Restart; r != "" && !slices.Contains([]string{"no", "always", "unless-stopped", "on-failure"}, r) {
 		return Settings{}, f.at("restart", fmt.Sprintf("restart %q: use no, always, unless-stopped or on-failure", r))
 	}
+	if f.HostPorts != "" {
+		lo, hi, err := parsePortRange(f.HostPorts)
+		if err != nil {
+			return Settings{}, f.at("host_ports", err.Error())
+		}
+		svc.HostPorts = deploy.PortRange{Low: lo, High: hi}
+	}
 	if f.Build != nil {
 		b := *f.Build
 		if b.Context == "" {
@@ -235,6 +242,26 @@ func (f File) health(o Overrides) (deploy.HealthCheck, error) {
 		return h, f.at("health.interval", fmt.Sprintf("interval %s is longer than start_timeout %s: not one check would run", h.Interval, h.StartTimeout))
 	}
 	return h, nil
+}
+
+// parsePortRange reads "20000-20999" (or one port, "20000").
+func parsePortRange(s string) (int, int, error) {
+	bad := fmt.Errorf("host_ports %q: write a range of TCP ports, like 20000-20999", s)
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := strconv.Atoi(strings.TrimSpace(lo))
+	if err != nil {
+		return 0, 0, bad
+	}
+	b := a
+	if isRange {
+		if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
+			return 0, 0, bad
+		}
+	}
+	if a < 1 || b > 65535 || a > b {
+		return 0, 0, bad
+	}
+	return a, b, nil
 }
 
 // parseStatus reads "2xx", "200" or "200-399".

@@ -18,6 +18,7 @@ var (
 	ErrNothingToRoll  = errors.New("no earlier release to roll back to")
 	ErrConflict       = errors.New("proxy config changed concurrently")
 	ErrProxyUnreached = errors.New("proxy admin API unreachable")
+	ErrUnclear        = errors.New("could not tell whether the proxy switched")
 )
 
 // HealthError says why a new container was refused, with its last log lines.

@@ -94,15 +94,21 @@ func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID s
 	return f.healthy(*c), nil
 }
 
-func (f *fakeRuntime) Start(_ context.Context, id string) (Container, error) {
+// Start keeps a release's address, as a pinned host port does.
+func (f *fakeRuntime) Start(_ context.Context, id string, _ string) (Container, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.find(id)
-	f.nextPort++
-	c.Running, c.Upstream = true, fmt.Sprintf("127.0.0.1:%d", f.nextPort)
+	if c.Upstream == "" {
+		f.nextPort++
+		c.Upstream = fmt.Sprintf("127.0.0.1:%d", f.nextPort)
+	}
+	c.Running = true
 	f.record("start " + c.Name)
 	return f.healthy(*c), nil
 }
+
+func (f *fakeRuntime) Watch(context.Context, string) <-chan string { return nil }
 
 func (f *fakeRuntime) Inspect(_ context.Context, id string) (Container, error) {
 	f.mu.Lock()
@@ -136,23 +142,51 @@ func (f *fakeRuntime) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-// fakeProxy is a route with one upstream.
+// fakeProxy is a route with one upstream, beside other routes of the same
+// proxy that the deploy must not disturb.
 type fakeProxy struct {
 	upstream     string
+	others       map[string]string // other routes: name → upstream
 	switchErr    error
+	applyAnyway  bool  // the switch takes although it reports switchErr (a lost reply)
+	readBackErr  error // Upstream fails after a failed switch
 	preflightErr error
 	inFlight     []InFlight // answers in turn; the last one repeats
 	switches     []string
 	retired      []string
+
+	switchesTried []string
+	onSwitch      func() // runs as a switch is tried (a Ctrl-C at that moment)
 }
 
-func (p *fakeProxy) Upstream(context.Context, []string) (string, error) { return p.upstream, nil }
+func (p *fakeProxy) Upstream(context.Context, []string) (string, error) {
+	if p.readBackErr != nil && len(p.switchesTried) > 0 {
+		return "", p.readBackErr
+	}
+	return p.upstream, nil
+}
 
-func (p *fakeProxy) Preflight(context.Context, string) error { return p.preflightErr }
+func (p *fakeProxy) Preflight(context.Context, string, []string) ([]string, error) {
+	return nil, p.preflightErr
+}
 
 func (p *fakeProxy) Switch(_ context.Context, from, to string) error {
+	p.switchesTried = append(p.switchesTried, from+" → "+to)
+	if p.onSwitch != nil {
+		p.onSwitch()
+		p.onSwitch = nil
+	}
+	if p.upstream == to && p.switchErr == nil {
+		return nil // already there: finishing a switch that took
+	}
 	if p.switchErr != nil {
-		return p.switchErr
+		err := p.switchErr
+		if p.applyAnyway {
+			p.switches = append(p.switches, from+" → "+to)
+			p.upstream = to
+			p.switchErr = nil // the next call (finishing) works
+		}
+		return err
 	}
 	if from != p.upstream {
 		return ErrConflict
@@ -160,6 +194,22 @@ func (p *fakeProxy) Switch(_ context.Context, from, to string) error {
 	p.switches = append(p.switches, from+" → "+to)
 	p.upstream = to
 	return nil
+}
+
+func (p *fakeProxy) PointsAt(_ context.Context, upstream string) ([]string, error) {
+	if p.readBackErr != nil && len(p.switchesTried) > 0 {
+		return nil, p.readBackErr
+	}
+	var out []string
+	if p.upstream == upstream {
+		out = append(out, "the service's route")
+	}
+	for name, u := range p.others {
+		if u == upstream {
+			out = append(out, name)
+		}
+	}
+	return out, nil
 }
 
 func (p *fakeProxy) InFlight(context.Context, string) (InFlight, error) {
@@ -183,12 +233,20 @@ func (p *fakeProxy) Describe() string                                 { return "
 
 // memHistory keeps records in memory, newest first.
 type memHistory struct {
-	recs []Record
+	recs     []Record
+	failFrom string // from this phase on, saves fail (a full disk)
+	failing  bool
 	// saves counts Save calls per phase, to prove a phase was recorded before it acted.
 	phasesSaved []string
 }
 
 func (h *memHistory) Save(rec *Record) error {
+	if h.failFrom != "" && rec.Phase == h.failFrom {
+		h.failing = true
+	}
+	if h.failing {
+		return errors.New("no space left on device")
+	}
 	h.phasesSaved = append(h.phasesSaved, rec.Phase+":"+rec.Outcome)
 	for i := range h.recs {
 		if h.recs[i].ID == rec.ID {

@@ -24,6 +24,9 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.StartTimeout)
 	defer cancel()
+	// Docker's events say at once when the container dies or restarts;
+	// the checks themselves run at the interval.
+	events := d.Runtime.Watch(ctx, c.ID)
 
 	passes, last := 0, "no check finished yet"
 	tick := time.NewTicker(h.Interval)
@@ -50,15 +53,43 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 				}
 			}
 		}
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if err := waitNext(ctx, events, tick.C, kind); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
 				return &HealthError{Container: c.Name, Reason: fmt.Sprintf("not healthy after %s (health.start_timeout); last check: %s", h.StartTimeout, last)}
 			}
-			return ctx.Err()
-		case <-tick.C:
+			return err
 		}
 	}
+}
+
+// waitNext waits for the next check: the interval's tick, or at once when
+// Docker reports a change worth a look.
+func waitNext(ctx context.Context, events <-chan string, tick <-chan time.Time, kind HealthKind) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the stream ended: the interval's checks go on
+			} else if stateChange(ev, kind) {
+				return nil
+			}
+		case <-tick:
+			return nil
+		}
+	}
+}
+
+// stateChange says whether a Docker event is worth a look before the next
+// interval: the container may have stopped, or (for a Docker health check)
+// Docker has a verdict.
+func stateChange(action string, kind HealthKind) bool {
+	switch action {
+	case "die", "oom", "kill", "restart", "stop":
+		return true
+	}
+	return kind == HealthDocker && strings.HasPrefix(action, "health_status")
 }
 
 // effectiveKind resolves HealthAuto: the image's own HEALTHCHECK when it has

@@ -40,12 +40,19 @@ type Runtime interface {
 	Build(ctx context.Context, spec BuildSpec, tag string, out io.Writer) error
 	// ImageID resolves a reference to the local image's ID; ErrImageNotFound if absent.
 	ImageID(ctx context.Context, ref string) (string, error)
-	// Run creates and starts release of svc from imageID, published on loopback only.
+	// Run creates and starts release of svc from imageID, published on
+	// loopback only, on a host port it keeps for its whole life.
 	Run(ctx context.Context, svc Service, release int, imageID string) (Container, error)
-	Start(ctx context.Context, id string) (Container, error)
+	// Start starts a stopped container with restart policy restart.
+	Start(ctx context.Context, id string, restart string) (Container, error)
+	// Watch reports the container's state changes (die, restart, oom,
+	// health_status...) as they happen, until ctx ends; nil if it cannot.
+	Watch(ctx context.Context, id string) <-chan string
 	Inspect(ctx context.Context, id string) (Container, error)
 	Exec(ctx context.Context, id string, cmd []string) (exitCode int, output string, err error)
 	Logs(ctx context.Context, id string, lines int) (string, error)
+	// Stop stops a container (SIGTERM, SIGKILL after timeout) so that it
+	// stays stopped: no restart policy brings it back at a dockerd restart.
 	Stop(ctx context.Context, id string, timeout time.Duration) error
 	Remove(ctx context.Context, id string) error
 }
@@ -57,16 +64,25 @@ type InFlight struct {
 	Note     string // why requests are counted that cannot be seen, for the record
 }
 
-// Proxy switches the service's route between upstreams. internal/caddy implements it.
+// Proxy switches the service's route between upstreams. internal/caddy
+// implements it for Caddy, internal/proxy for `handoff proxy`.
 type Proxy interface {
 	// Upstream returns the route's current upstream; known lists the upstreams
 	// of the service's containers, for routes found by upstream.
 	Upstream(ctx context.Context, known []string) (string, error)
 	// Preflight checks, before anything is started, that a switch away from
-	// upstream could be made and kept (a Caddyfile in step, say).
-	Preflight(ctx context.Context, upstream string) error
-	// Switch points the route from one upstream to the other, atomically, and verifies it.
+	// upstream could be made and kept. It may bring the proxy's own files in
+	// step with what it serves (a Caddyfile an interrupted switch left
+	// behind: it names one of known); it returns what it did, for the record.
+	Preflight(ctx context.Context, upstream string, known []string) ([]string, error)
+	// Switch points the route from one upstream to the other, atomically,
+	// and verifies it. When the route already points at to, it finishes
+	// what a switch whose answer was lost left undone, and succeeds.
 	Switch(ctx context.Context, from, to string) error
+	// PointsAt names every route of this proxy that sends traffic to
+	// upstream now, the service's own included: what points at a container
+	// must never be stopped or removed under it.
+	PointsAt(ctx context.Context, upstream string) ([]string, error)
 	// InFlight reports the requests still running on upstream.
 	InFlight(ctx context.Context, upstream string) (InFlight, error)
 	// Retire ends what still runs on a drained upstream before its container

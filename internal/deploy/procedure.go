@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -42,6 +43,7 @@ func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
 	}
+	view.adoptExpected(rec)
 
 	var imageID string
 	err = d.phase(rec, PhaseImage, svc.Image, func() error {
@@ -89,6 +91,7 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
 	}
+	view.adoptExpected(rec)
 	target, err := d.rollbackTarget(ctx, svc, view, to)
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
@@ -97,7 +100,7 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 
 	var next Container
 	err = d.phase(rec, PhaseStart, target.Name, func() error {
-		next, err = d.Runtime.Start(ctx, target.ID)
+		next, err = d.Runtime.Start(ctx, target.ID, svc.Restart)
 		return err
 	})
 	if err != nil {
@@ -121,23 +124,30 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 		if errors.As(err, &he) {
 			he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), next.ID, DefaultLogLines)
 		}
-		abandon(ctx, next)
+		d.unlessUsed(ctx, rec, next, abandon)
 		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
 
 	err = d.phase(rec, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
-		return d.Proxy.Switch(ctx, view.upstream, next.Upstream)
+		return d.switchTo(ctx, rec, view, next)
 	})
-	if err != nil {
-		abandon(ctx, next)
+	if err != nil && !rec.Switched {
+		d.unlessUsed(ctx, rec, next, abandon)
+		if errors.Is(err, ErrUnclear) {
+			return d.fail(ctx, rec, err)
+		}
 		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
-	rec.Switched = true
+	if err != nil {
+		// Switched, but interrupted or not finished: nothing is undone; the
+		// next deploy drains and stops what is left.
+		return d.fail(ctx, rec, fmt.Errorf("%w; %s serves now, %s is left running (the next deploy drains and stops it)", err, next.Name, view.liveName()))
+	}
 
 	// From here on users are served by next: a failure below is reported, but
 	// never undoes the switch. A first deploy through an empty proxy had no
 	// old upstream: nothing to drain.
-	if view.upstream != "" {
+	if view.upstream != "" && !SameUpstream(view.upstream, next.Upstream) {
 		err = d.phase(rec, PhaseDrain, view.upstream, func() error {
 			return d.drain(ctx, svc, rec, view.upstream)
 		})
@@ -154,9 +164,65 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 	return d.succeed(rec)
 }
 
+// switchTo points the proxy at next. An error does not say whether the
+// change was made (the reply may be lost after Caddy applied it, the read
+// back may fail, the user may press Ctrl-C): the proxy is read again, and
+// what it points at now decides, never the error.
+func (d *Deployer) switchTo(ctx context.Context, rec *Record, v *view, next Container) error {
+	err := d.Proxy.Switch(ctx, v.upstream, next.Upstream)
+	if err == nil {
+		rec.Switched = true
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	now, rerr := d.Proxy.Upstream(rctx, v.known(next))
+	switch {
+	case rerr != nil:
+		return fmt.Errorf("%w: %v; reading %s back failed too (%v), so it may point at %s or at %s: both are left running; see `handoff status`, then run `handoff repair`",
+			ErrUnclear, err, d.Proxy.Describe(), rerr, v.liveName(), next.Name)
+	case !SameUpstream(now, next.Upstream):
+		return err // not applied: the proxy still points elsewhere
+	}
+	d.note(rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), next.Upstream))
+	rec.Switched = true
+	if ferr := d.Proxy.Switch(rctx, v.upstream, next.Upstream); ferr != nil {
+		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, next.Upstream, ferr)
+	}
+	return ctx.Err() // interrupted: stop here; what is left is the next deploy's to drain
+}
+
 // leftAsIs says what production looks like after a failure before the switch.
 func (d *Deployer) leftAsIs(view *view, next Container) string {
 	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
+}
+
+// unlessUsed undoes c (abandon) unless a route of the proxy points at it,
+// or the proxy cannot say: a container is never stopped or removed under a
+// proxy that may send it traffic.
+func (d *Deployer) unlessUsed(ctx context.Context, rec *Record, c Container, undo func(context.Context, Container)) {
+	if why := d.inUse(ctx, c); why != "" {
+		d.note(rec, fmt.Sprintf("%s left running: %s", c.Name, why))
+		return
+	}
+	undo(ctx, c)
+}
+
+// inUse says why c must not be stopped or removed, or "".
+func (d *Deployer) inUse(ctx context.Context, c Container) string {
+	if c.Upstream == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	routes, err := d.Proxy.PointsAt(ctx, c.Upstream)
+	if err != nil {
+		return fmt.Sprintf("cannot tell whether %s still points at %s (%v)", d.Proxy.Describe(), c.Upstream, err)
+	}
+	if len(routes) > 0 {
+		return fmt.Sprintf("%s is still the upstream of %s", c.Upstream, strings.Join(routes, "; "))
+	}
+	return ""
 }
 
 // discard removes a new container that will never serve.
@@ -188,13 +254,19 @@ func (d *Deployer) image(ctx context.Context, svc Service) (string, error) {
 	return d.Runtime.ImageID(ctx, svc.Image)
 }
 
-// phase records that a phase is about to act, runs it, and records how it went.
+// phase records that a phase is about to act, runs it, and records how it
+// went. Before the switch a phase that cannot be recorded does not act
+// (nothing users see has changed); after it, the procedure goes on to
+// leave production consistent, and says the history is behind.
 func (d *Deployer) phase(rec *Record, name, detail string, act func() error) error {
 	start := d.now()
 	rec.Phase = name
 	rec.Phases = append(rec.Phases, PhaseRecord{Name: name, Started: start})
 	if err := d.History.Save(rec); err != nil {
-		return fmt.Errorf("record phase %s before acting: %w", name, err)
+		if !rec.Switched {
+			return fmt.Errorf("record phase %s before acting: %w (nothing was changed for it)", name, err)
+		}
+		d.note(rec, fmt.Sprintf("could not record phase %s in the history (%v); going on, since the switch is made", name, err))
 	}
 	d.Report.PhaseStart(name, detail)
 	err := act()

@@ -9,6 +9,7 @@ import (
 const (
 	KindDeploy   = "deploy"
 	KindRollback = "rollback"
+	KindRepair   = "repair"
 )
 
 // Outcomes of a Record.
@@ -50,6 +51,7 @@ type Record struct {
 	OldUpstream string        `json:"old_upstream,omitempty"`
 	NewUpstream string        `json:"new_upstream,omitempty"`
 	Switched    bool          `json:"switched"`
+	FromStopped bool          `json:"from_stopped,omitempty"` // the old release was stopped (kept for rollback)
 	Phases      []PhaseRecord `json:"phases"`
 	Notes       []string      `json:"notes,omitempty"`
 	PID         int           `json:"pid"`

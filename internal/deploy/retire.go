@@ -17,10 +17,15 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 	defer deadline.Stop()
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
+	noted := ""
 	for {
 		in, err := d.Proxy.InFlight(ctx, upstream)
 		if err != nil {
 			return fmt.Errorf("drain %s: %w", upstream, err)
+		}
+		if in.Note != "" && in.Note != noted {
+			d.note(rec, "drain: "+in.Note)
+			noted = in.Note
 		}
 		if !in.Reported {
 			d.note(rec, fmt.Sprintf("%s does not report requests in flight to a removed upstream (Caddy 2.11.2 and later do); waiting the whole drain timeout, %s", d.Proxy.Describe(), svc.DrainTimeout))
@@ -53,9 +58,13 @@ func (d *Deployer) retire(ctx context.Context, svc Service, rec *Record, old *Co
 			return fmt.Errorf("end what still runs on %s: %w", rec.OldUpstream, err)
 		}
 	}
-	if old != nil {
-		if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {
+	if old != nil && !SameUpstream(old.Upstream, live.Upstream) {
+		if why := d.inUse(ctx, *old); why != "" {
+			d.note(rec, fmt.Sprintf("not stopping %s: %s; stop it yourself once nothing uses it (`docker stop %s`)", old.Name, why, old.Name))
+		} else if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {
 			return fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", old.Name, err, old.Name)
+		} else {
+			rec.FromStopped = true
 		}
 	}
 	releases, err := d.Runtime.Releases(ctx, svc.Name)

@@ -22,6 +22,9 @@ const (
 	DefaultHealthSuccesses    = 2
 	DefaultHealthStartTimeout = 2 * time.Minute
 	DefaultLogLines           = 50
+	// DefaultRestart brings the live release back after a crash, a dockerd
+	// restart or a reboot, on the same address; stopped releases stay stopped.
+	DefaultRestart = "unless-stopped"
 )
 
 // Service is everything handoff needs to run one release of an app.
@@ -35,15 +38,21 @@ type Service struct {
 	Volumes []string   // docker -v syntax: "name:/data", "/host:/app:ro"
 	Network string     // extra network to attach to ("" : Docker's default bridge)
 	Labels  map[string]string
-	Restart string // Docker restart policy name ("" : no)
-	Memory  int64  // bytes, 0: no limit
-	CPUs    float64
+	Restart string // Docker restart policy of the live release (default unless-stopped)
+	// HostPorts is where release ports are published on 127.0.0.1; zero:
+	// a free port the kernel offers. Either way a release keeps its port.
+	HostPorts PortRange
+	Memory    int64 // bytes, 0: no limit
+	CPUs      float64
 
 	Health       HealthCheck
 	DrainTimeout time.Duration
 	StopTimeout  time.Duration
 	Keep         int // stopped releases kept for rollback
 }
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct{ Low, High int }
 
 // BuildSpec is what `docker build` is run with.
 type BuildSpec struct {
@@ -89,6 +98,9 @@ func (s Service) WithDefaults() Service {
 	}
 	if s.Keep == 0 {
 		s.Keep = DefaultKeep
+	}
+	if s.Restart == "" {
+		s.Restart = DefaultRestart
 	}
 	h := &s.Health
 	if h.Path == "" {

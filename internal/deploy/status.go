@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -47,8 +48,12 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		st.Releases = append(st.Releases, d.release(c, now))
 	}
 	switch {
+	case v.live == nil && v.expected != nil:
+		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair`", d.Proxy.Describe(), v.upstream, v.expected.Name, v.expected.whereNow())
+	case v.live == nil && v.upstream == "":
+		st.Problem = "nothing deployed yet through " + d.Proxy.Describe()
 	case v.live == nil:
-		st.Problem = "no container serves " + v.upstream + ", which the proxy points at"
+		st.Problem = "no container serves " + v.upstream + ", which the proxy points at; deploy a release (`handoff deploy`)"
 	case !v.live.Running:
 		st.Problem = v.live.Name + " is not running"
 	default:
@@ -64,9 +69,26 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	}
 	if len(v.history) > 0 {
 		st.LastEvent = &v.history[0]
+		if why := d.interrupted(ctx, st.LastEvent); why != "" && st.Agree {
+			st.Problem = why
+		}
 	}
 	st.Advice, err = d.Proxy.Advice(ctx, v.upstream)
 	return st, err
+}
+
+// interrupted says whether the newest record is of a procedure that was
+// killed (it says running, but nobody holds the service's lock), or runs now.
+func (d *Deployer) interrupted(ctx context.Context, rec *Record) string {
+	if rec.Outcome != OutcomeRunning {
+		return ""
+	}
+	unlock, err := d.Locker.Lock(ctx, rec.Service)
+	if err != nil {
+		return fmt.Sprintf("a %s is running now (pid %d, phase %s)", rec.Kind, rec.PID, rec.Phase)
+	}
+	unlock()
+	return fmt.Sprintf("the %s %s was interrupted in phase %s (pid %d is gone); `handoff repair` or the next deploy repairs what it left", rec.Kind, rec.ID, rec.Phase, rec.PID)
 }
 
 func (d *Deployer) release(c Container, now time.Time) Release {

@@ -12,7 +12,11 @@ import (
 type view struct {
 	releases []Container // newest first
 	upstream string      // the route's current upstream
-	live     *Container  // the container serving upstream; nil if none found
+	live     *Container  // the running container serving upstream; nil if none found
+	// expected is, when no container serves upstream, the release the
+	// history last put in service, as it is now: stopped, or listening
+	// elsewhere (a release made before handoff pinned host ports).
+	expected *Container
 	history  []Record
 }
 
@@ -26,6 +30,8 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 	switch {
 	case v.upstream == "":
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
+	case v.live == nil && v.expected != nil:
+		d.note(rec, fmt.Sprintf("%s points at %s, where no container answers; %s, the release in service, %s", d.Proxy.Describe(), v.upstream, v.expected.Name, v.expected.whereNow()))
 	case v.live == nil:
 		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.upstream))
 	default:
@@ -35,8 +41,12 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 		}
 	}
 	rec.OldUpstream = v.upstream
-	if err := d.Proxy.Preflight(ctx, v.upstream); err != nil {
+	notes, err := d.Proxy.Preflight(ctx, v.upstream, v.known(Container{}))
+	if err != nil {
 		return nil, err
+	}
+	for _, n := range notes {
+		d.note(rec, n)
 	}
 	if err := d.recover(ctx, svc, rec, v); err != nil {
 		return nil, err
@@ -54,17 +64,12 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	var known []string
-	for _, c := range releases {
-		if c.Upstream != "" {
-			known = append(known, c.Upstream)
-		}
-	}
-	upstream, err := d.Proxy.Upstream(ctx, known)
+	v := &view{releases: releases, history: history}
+	upstream, err := d.Proxy.Upstream(ctx, v.known(Container{}))
 	if err != nil {
 		return nil, err
 	}
-	v := &view{releases: releases, upstream: upstream, history: history}
+	v.upstream = upstream
 	for i := range releases {
 		if releases[i].Running && SameUpstream(releases[i].Upstream, upstream) {
 			v.live = &releases[i]
@@ -75,16 +80,55 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 		return v, nil
 	}
 	v.live, err = d.Runtime.Serving(ctx, upstream)
-	if err != nil {
-		return nil, err
+	if err != nil || v.live != nil {
+		return v, err
 	}
+	v.expected = v.lastSwitched()
 	return v, nil
+}
+
+// known lists the upstreams of the service's containers (and of extra,
+// when it has one): after the first deploy the route points at one of them.
+func (v *view) known(extra Container) []string {
+	var out []string
+	for _, c := range append(slices.Clone(v.releases), extra) {
+		if c.Upstream != "" {
+			out = append(out, c.Upstream)
+		}
+	}
+	return out
+}
+
+// lastSwitched is the release the newest switch put in service, if its
+// container still exists.
+func (v *view) lastSwitched() *Container {
+	for _, r := range v.history {
+		if !r.Switched {
+			continue
+		}
+		for i := range v.releases {
+			if v.releases[i].Name == r.To {
+				return &v.releases[i]
+			}
+		}
+		return nil
+	}
+	return nil
+}
+
+// whereNow says how a release the proxy lost track of is now.
+func (c *Container) whereNow() string {
+	if !c.Running {
+		return "is not running"
+	}
+	return "now listens on " + c.Upstream
 }
 
 // recover finishes what an interrupted procedure left: records still marked
 // running become interrupted (we hold the lock, so nobody is running them),
 // containers that never went live are removed, and older ones still running
-// after a switch are stopped.
+// after a switch are drained and stopped. Nothing a route of the proxy
+// points at is touched, nor the release the history put in service.
 func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *view) error {
 	for i := range v.history {
 		h := &v.history[i]
@@ -97,10 +141,16 @@ func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *vie
 		}
 		d.note(rec, fmt.Sprintf("an earlier %s (%s) was interrupted in phase %s; repairing", h.Kind, h.ID, h.Phase))
 	}
+	changed := false
 	for _, c := range v.releases {
-		if !c.Running || (v.live != nil && c.ID == v.live.ID) {
+		if !c.Running || (v.live != nil && c.ID == v.live.ID) || (v.expected != nil && c.ID == v.expected.ID) {
 			continue
 		}
+		if why := d.inUse(ctx, c); why != "" {
+			d.note(rec, fmt.Sprintf("leaving %s running: %s", c.Name, why))
+			continue
+		}
+		changed = true
 		if v.neverServed(c) && (v.live == nil || c.Release > v.live.Release) {
 			d.note(rec, fmt.Sprintf("removing %s: left running by an interrupted deploy, never in service", c.Name))
 			if err := d.Runtime.Remove(ctx, c.ID); err != nil {
@@ -108,10 +158,16 @@ func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *vie
 			}
 			continue
 		}
-		d.note(rec, fmt.Sprintf("stopping %s: an earlier release left running", c.Name))
+		d.note(rec, fmt.Sprintf("stopping %s: an earlier release left running after its switch", c.Name))
+		if err := d.drainLeftover(ctx, svc, rec, c.Upstream); err != nil {
+			return err
+		}
 		if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
 			return fmt.Errorf("stop leftover %s: %w", c.Name, err)
 		}
+	}
+	if !changed {
+		return nil
 	}
 	// What we removed or stopped is no longer in the view.
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
@@ -119,7 +175,42 @@ func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *vie
 		return err
 	}
 	v.releases = releases
+	v.live, v.expected = v.find(v.live), v.find(v.expected)
 	return nil
+}
+
+// find is c as the view's releases have it now (the view's pointers go
+// stale when the releases are read again).
+func (v *view) find(c *Container) *Container {
+	if c == nil {
+		return nil
+	}
+	for i := range v.releases {
+		if v.releases[i].ID == c.ID {
+			return &v.releases[i]
+		}
+	}
+	return c // adopted: not among the releases
+}
+
+// drainLeftover waits for what may still run on a leftover's upstream, when
+// the proxy can tell; blind waits are for the upstream a switch just left.
+func (d *Deployer) drainLeftover(ctx context.Context, svc Service, rec *Record, upstream string) error {
+	in, err := d.Proxy.InFlight(ctx, upstream)
+	if err != nil || !in.Reported || in.Requests == 0 {
+		return nil
+	}
+	return d.drain(ctx, svc, rec, upstream)
+}
+
+// adoptExpected makes the release in service the live one when the proxy
+// lost track of it (it stopped, or came back on another port): a deploy or
+// rollback then replaces it as it would the live release.
+func (v *view) adoptExpected(rec *Record) {
+	if v.live == nil && v.expected != nil && v.expected.Running {
+		v.live = v.expected
+		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+	}
 }
 
 // neverServed says whether no record shows c's release switched into service.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -34,6 +35,10 @@ const (
 	LabelImageID = "handoff.image-id"
 	LabelPort    = "handoff.port"
 )
+
+// startAttempts bounds how often Run picks another host port when the one
+// it picked was taken between the pick and the start.
+const startAttempts = 5
 
 // Runtime is the deploy.Runtime on a Docker engine.
 type Runtime struct {
@@ -83,8 +88,9 @@ func (r *Runtime) Releases(ctx context.Context, service string) ([]deploy.Contai
 	return out, nil
 }
 
-// Serving finds the running container that publishes upstream's port on
-// the host, for adopting the container a user started by hand.
+// Serving finds the running container that publishes upstream on the
+// host, for adopting the container a user started by hand. The binding must
+// be the upstream's own address (or all addresses), not just its port.
 func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Container, error) {
 	host, portStr, err := net.SplitHostPort(upstream)
 	if err != nil {
@@ -103,7 +109,7 @@ func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Contain
 	}
 	for _, s := range list.Items {
 		for _, p := range s.Ports {
-			if int(p.PublicPort) != port || p.Type != "tcp" {
+			if int(p.PublicPort) != port || p.Type != "tcp" || !reaches(p.IP, host) {
 				continue
 			}
 			c, err := r.Inspect(ctx, s.ID)
@@ -119,6 +125,19 @@ func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Contain
 		}
 	}
 	return nil, nil
+}
+
+// reaches says whether a port bound on ip answers a dial to host: bound on
+// that very address, or on every address. "localhost" is any loopback.
+func reaches(ip netip.Addr, host string) bool {
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return true
+	}
+	if host == "localhost" {
+		return ip.IsLoopback()
+	}
+	want, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap() == want.Unmap()
 }
 
 // Build runs the docker CLI, so that BuildKit, buildx and the user's
@@ -163,13 +182,44 @@ func (r *Runtime) ImageID(ctx context.Context, ref string) (string, error) {
 	return img.ID, nil
 }
 
-// Run creates release of svc and starts it, its port published on
-// 127.0.0.1 at a port Docker picks, so nothing reaches it but through the proxy.
+// Run creates release of svc from imageID and starts it, published on
+// 127.0.0.1 only, so nothing reaches it but through the proxy. Its host
+// port is picked once, here, and written into the container: Docker keeps
+// it across every restart of the container, of dockerd and of the machine,
+// so the proxy's upstream stays right for the release's whole life. The
+// container is created from the image ID, so a tag moved meanwhile cannot
+// make it run another image.
 func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imageID string) (deploy.Container, error) {
 	name := fmt.Sprintf("%s-%d", svc.Name, release)
+	tried := map[int]bool{}
+	for attempt := 1; ; attempt++ {
+		hostPort, err := r.pickPort(ctx, svc.HostPorts, tried)
+		if err != nil {
+			return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
+		}
+		tried[hostPort] = true
+		c, err := r.create(ctx, svc, name, release, imageID, hostPort)
+		if err != nil {
+			return deploy.Container{}, err
+		}
+		started, err := r.Start(ctx, c, svc.Restart)
+		if err == nil {
+			return started, nil
+		}
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, _ = r.api.ContainerRemove(rmCtx, c, client.ContainerRemoveOptions{Force: true})
+		cancel()
+		if portTaken(err) && attempt < startAttempts {
+			continue // taken since we looked: pick another
+		}
+		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
+	}
+}
+
+func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, release int, imageID string, hostPort int) (string, error) {
 	port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
 	if err != nil {
-		return deploy.Container{}, err
+		return "", err
 	}
 	labels := map[string]string{}
 	for k, v := range svc.Labels {
@@ -183,19 +233,17 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imag
 	stopSeconds := int(svc.StopTimeout.Seconds())
 
 	cfg := &container.Config{
-		Image:        svc.Image,
+		Image:        imageID,
 		Cmd:          svc.Command,
 		Env:          svc.Env,
 		Labels:       labels,
 		ExposedPorts: network.PortSet{port: {}},
 		StopTimeout:  &stopSeconds,
 	}
-	if svc.Image == "" {
-		cfg.Image = imageID
-	}
+	binding := network.PortBinding{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(hostPort)}
 	host := &container.HostConfig{
 		Binds:         svc.Volumes,
-		PortBindings:  network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}},
+		PortBindings:  network.PortMap{port: {binding}},
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
 		Resources: container.Resources{
 			Memory:   svc.Memory,
@@ -207,27 +255,147 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imag
 	}
 	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host})
 	if cerrdefs.IsConflict(err) {
-		return deploy.Container{}, fmt.Errorf("create %s: a container of that name exists; remove it with `docker rm -f %s`", name, name)
+		return "", fmt.Errorf("create %s: a container of that name exists and handoff did not expect it; rename or remove it (`docker rm -f %s`) and deploy again", name, name)
 	}
 	if err != nil {
-		return deploy.Container{}, fmt.Errorf("create %s: %w", name, err)
+		return "", fmt.Errorf("create %s: %w", name, err)
 	}
-	c, err := r.Start(ctx, created.ID)
-	if err != nil {
-		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		_, _ = r.api.ContainerRemove(rmCtx, created.ID, client.ContainerRemoveOptions{Force: true})
-		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
-	}
-	return c, nil
+	return created.ID, nil
 }
 
-// Start starts a stopped container; Docker may give it a new host port.
-func (r *Runtime) Start(ctx context.Context, id string) (deploy.Container, error) {
+// pickPort picks a loopback host port for a new release: free now, and
+// held by no container, running or not (a stopped release keeps its port
+// for a rollback). From ports when set, else one the kernel offers, as
+// Docker itself would pick.
+func (r *Runtime) pickPort(ctx context.Context, ports deploy.PortRange, tried map[int]bool) (int, error) {
+	held, err := r.heldPorts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	usable := func(p int) bool { return !tried[p] && !held[p] && free(p) }
+	if ports.Low == 0 {
+		for range 50 {
+			p, err := kernelPort()
+			if err != nil {
+				return 0, err
+			}
+			if usable(p) {
+				return p, nil
+			}
+		}
+		return 0, errors.New("no free loopback port found")
+	}
+	n := ports.High - ports.Low + 1
+	start := rand.IntN(n) // spread concurrent deploys over the range
+	for i := range n {
+		if p := ports.Low + (start+i)%n; usable(p) {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free host port in %d-%d (host_ports): every port there is in use or held by a container; widen the range or remove old containers", ports.Low, ports.High)
+}
+
+// heldPorts lists the host ports every container on this engine publishes
+// or will publish when it starts again.
+func (r *Runtime) heldPorts(ctx context.Context) (map[int]bool, error) {
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	held := map[int]bool{}
+	for _, s := range list.Items {
+		for _, p := range s.Ports {
+			held[int(p.PublicPort)] = true
+		}
+		if s.State == container.StateRunning {
+			continue
+		}
+		res, err := r.api.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
+		if err != nil || res.Container.HostConfig == nil {
+			continue // removed while we looked
+		}
+		for _, bindings := range res.Container.HostConfig.PortBindings {
+			for _, b := range bindings {
+				if n, err := strconv.Atoi(b.HostPort); err == nil {
+					held[n] = true
+				}
+			}
+		}
+	}
+	return held, nil
+}
+
+func kernelPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func free(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// portTaken says whether a start failed because the host port is in use.
+func portTaken(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use")
+}
+
+// Start starts a container with restart policy restart ("" : as it is).
+// A release handoff made keeps its host port; a container started by hand
+// with a port Docker picked may come back on another one.
+func (r *Runtime) Start(ctx context.Context, id string, restart string) (deploy.Container, error) {
+	if restart != "" {
+		if err := r.setRestart(ctx, id, restart); err != nil {
+			return deploy.Container{}, err
+		}
+	}
 	if _, err := r.api.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		return deploy.Container{}, err
 	}
 	return r.Inspect(ctx, id)
+}
+
+func (r *Runtime) setRestart(ctx context.Context, id, policy string) error {
+	rp := container.RestartPolicy{Name: container.RestartPolicyMode(policy)}
+	if _, err := r.api.ContainerUpdate(ctx, id, client.ContainerUpdateOptions{RestartPolicy: &rp}); err != nil {
+		return fmt.Errorf("set the restart policy of %s to %s: %w", id, policy, err)
+	}
+	return nil
+}
+
+// Watch reports the container's state changes as Docker sees them (die,
+// oom, restart, start, health_status), so that a crash is seen at once.
+func (r *Runtime) Watch(ctx context.Context, id string) <-chan string {
+	res := r.api.Events(ctx, client.EventsListOptions{
+		Filters: make(client.Filters).Add("type", "container").Add("container", id),
+	})
+	out := make(chan string, 16)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case m := <-res.Messages:
+				select {
+				case out <- string(m.Action):
+				default: // the watcher is behind; it re-inspects anyway
+				}
+			case <-res.Err:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // Inspect reads a container's state.
@@ -273,8 +441,14 @@ func (r *Runtime) Logs(ctx context.Context, id string, lines int) (string, error
 	return out.String(), err
 }
 
-// Stop sends SIGTERM (or the image's STOPSIGNAL) and SIGKILL after timeout.
+// Stop sends SIGTERM (or the image's STOPSIGNAL) and SIGKILL after
+// timeout. It first sets the restart policy to no: a stopped release with
+// `always` would otherwise come back at the next dockerd restart or boot,
+// beside the live one. Start puts the service's policy back.
 func (r *Runtime) Stop(ctx context.Context, id string, timeout time.Duration) error {
+	if err := r.setRestart(ctx, id, string(container.RestartPolicyDisabled)); err != nil {
+		return err
+	}
 	secs := int(timeout.Seconds())
 	_, err := r.api.ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &secs})
 	return err
@@ -298,6 +472,9 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 	}
 	if in.Config != nil {
 		c.Image = in.Config.Image
+		if ref := in.Config.Labels[LabelImage]; ref != "" {
+			c.Image = ref // created from the image ID; the label has the name
+		}
 		c.Service = in.Config.Labels[LabelService]
 		c.Release, _ = strconv.Atoi(in.Config.Labels[LabelRelease])
 		c.Port, _ = strconv.Atoi(in.Config.Labels[LabelPort])
@@ -316,8 +493,12 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 			}
 		}
 	}
-	if in.NetworkSettings != nil {
+	if in.NetworkSettings != nil && c.Running {
 		c.Port, c.Upstream = published(in.NetworkSettings.Ports, c.Port)
+	}
+	if c.Upstream == "" && in.HostConfig != nil {
+		// Not running: where it will listen when started, if its port is pinned.
+		c.Upstream = pinned(in.HostConfig.PortBindings, c.Port)
 	}
 	return c
 }
@@ -366,6 +547,25 @@ func published(ports network.PortMap, port int) (int, string) {
 		}
 	}
 	return port, ""
+}
+
+// pinned is the address a container's port is bound to at every start, or
+// "" when Docker picks a new host port each time.
+func pinned(bindings network.PortMap, port int) string {
+	if port == 0 {
+		return ""
+	}
+	for p, list := range bindings {
+		if p.Proto() != network.TCP || int(p.Num()) != port {
+			continue
+		}
+		for _, b := range list {
+			if b.HostPort != "" && b.HostPort != "0" {
+				return net.JoinHostPort(hostIP(b.HostIP), b.HostPort)
+			}
+		}
+	}
+	return ""
 }
 
 func hostIP(a netip.Addr) string {

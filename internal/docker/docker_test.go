@@ -39,3 +39,25 @@ func TestPublished(t *testing.T) {
 	_, up = published(ports, 7000)
 	require.Empty(t, up)
 }
+
+// Adoption matches the exact published address, not only the port.
+func TestReaches(t *testing.T) {
+	any4, lo, other := netip.MustParseAddr("0.0.0.0"), netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.168.1.5")
+	require.True(t, reaches(any4, "127.0.0.1"))
+	require.True(t, reaches(netip.Addr{}, "127.0.0.1"))
+	require.True(t, reaches(lo, "127.0.0.1"))
+	require.True(t, reaches(lo, "localhost"))
+	require.True(t, reaches(netip.IPv6Loopback(), "localhost"))
+	require.False(t, reaches(other, "127.0.0.1"), "published on another address: not what Caddy dials")
+	require.False(t, reaches(netip.MustParseAddr("127.0.0.2"), "127.0.0.1"))
+	require.False(t, reaches(netip.IPv6Loopback(), "127.0.0.1"))
+}
+
+// A stopped release's address is known from its pinned binding.
+func TestPinned(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	b := network.PortMap{network.MustParsePort("8000/tcp"): {{HostIP: lo, HostPort: "41234"}}}
+	require.Equal(t, "127.0.0.1:41234", pinned(b, 8000))
+	require.Empty(t, pinned(network.PortMap{network.MustParsePort("8000/tcp"): {{HostIP: lo}}}, 8000), "Docker picks anew each start")
+	require.Empty(t, pinned(b, 9000))
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/handoff-dev/handoff/internal/caddy"
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
@@ -34,8 +35,10 @@ func TestDeployAdoptSwitchAndRollback(t *testing.T) {
 	require.NotNil(t, live)
 	require.Contains(t, string(file), "reverse_proxy "+live.Upstream+" {", "Caddyfile follows the switch")
 	require.True(t, strings.HasPrefix(live.Upstream, "127.0.0.1:"), "published on loopback only: %s", live.Upstream)
-	prev, err := os.ReadFile(s.Caddy.File + ".handoff-previous")
-	require.NoError(t, err)
+	prev, err := os.ReadFile(caddy.BackupPath(s.State, s.Caddy.File))
+	require.NoError(t, err, "the previous Caddyfile is kept in the state directory")
+	_, err = os.Stat(s.Caddy.File + ".handoff-previous")
+	require.ErrorIs(t, err, os.ErrNotExist, "nothing beside the Caddyfile, where an import glob would read it")
 	require.Contains(t, string(prev), "127.0.0.1:"+Itoa(s.UserPort))
 
 	s.Deploy(Config{Release: "v2"})

@@ -100,7 +100,10 @@ func TestBuildThenDeploy(t *testing.T) {
 	require.Equal(t, "b1", s.Serving())
 	res, err := s.API.ContainerInspect(t.Context(), s.Service+"-1", clientInspect)
 	require.NoError(t, err)
-	require.Equal(t, tag, res.Container.Config.Image)
+	img, err := s.API.ImageInspect(t.Context(), tag)
+	require.NoError(t, err)
+	require.Equal(t, img.ID, res.Container.Config.Image, "created from the image ID, so a moved tag cannot change what runs")
+	require.Equal(t, tag, res.Container.Config.Labels["handoff.image"])
 	require.Equal(t, "from-handoff", res.Container.Config.Labels["note"], "the build arg reached docker build")
 
 	s.WriteConfig(Config{Release: "b2", Image: tag, Extra: "build: app/nope\n"})

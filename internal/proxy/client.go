@@ -97,18 +97,33 @@ func (c *Client) Upstream(ctx context.Context, _ []string) (string, error) {
 
 // Preflight checks that the proxy answers and serves the service where the
 // file says.
-func (c *Client) Preflight(ctx context.Context, _ string) error {
+func (c *Client) Preflight(ctx context.Context, _ string, _ []string) ([]string, error) {
 	st, err := c.get(ctx)
 	if errors.Is(err, errNotThere) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if st.Listen != c.listen {
-		return fmt.Errorf("%w: handoff proxy serves %s on %s, not %s; delete it there first (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s)", deploy.ErrConfig, c.service, st.Listen, c.listen, c.socket, c.service)
+		return nil, fmt.Errorf("%w: handoff proxy serves %s on %s, not %s; delete it there first (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s)", deploy.ErrConfig, c.service, st.Listen, c.listen, c.socket, c.service)
 	}
-	return nil
+	return nil, nil
+}
+
+// PointsAt names the proxy's services whose current target is upstream.
+func (c *Client) PointsAt(ctx context.Context, upstream string) ([]string, error) {
+	list, err := c.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, st := range list {
+		if deploy.SameUpstream(st.Upstream, upstream) {
+			out = append(out, fmt.Sprintf("handoff proxy service %s (%s)", st.Name, st.Listen))
+		}
+	}
+	return out, nil
 }
 
 // Switch points the service at to; on its first deploy it creates it.

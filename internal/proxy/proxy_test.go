@@ -136,8 +136,10 @@ func TestSwitchIsPerRequestAndKeepsClientConnections(t *testing.T) {
 	require.Equal(t, "b", rel)
 	require.True(t, reused, "the client's kept-alive connection was not closed by the switch")
 
-	_, err = p.Switch("web", a.addr(), b.addr())
+	_, err = p.Switch("web", a.addr(), "127.0.0.1:3")
 	require.ErrorIs(t, err, ErrNotFrom, "a switch from a target that is no longer current is refused")
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err, "a switch repeated (its answer was lost) finds it done")
 }
 
 // A request in flight at the switch finishes on the old target, and is

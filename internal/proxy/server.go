@@ -224,10 +224,13 @@ func (p *Server) Switch(name, from, to string) (ServiceState, error) {
 		return ServiceState{}, err
 	}
 	old := s.current.Load()
+	if old.upstream == to {
+		return p.state(s), nil // already there: a repeated switch whose answer was lost
+	}
 	if from != "" && old.upstream != from {
 		return ServiceState{}, fmt.Errorf("%w: %s points at %s, not %s", ErrNotFrom, name, old.upstream, from)
 	}
-	if old.upstream != to {
+	{
 		err := p.save(func(list []ServiceState) []ServiceState {
 			for i := range list {
 				if list[i].Name == name {

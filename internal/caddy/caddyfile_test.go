@@ -1,0 +1,141 @@
+package caddy
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+const twoServices = `api.example.com {
+	reverse_proxy 127.0.0.1:1001
+}
+
+web.example.com {
+	reverse_proxy 127.0.0.1:2001
+}
+`
+
+// Two services sharing one Caddyfile switch at the same time, many times:
+// each keeps the other's switch.
+func TestConcurrentWritersOfOneCaddyfileKeepEachOthersChanges(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	require.NoError(t, os.WriteFile(path, []byte(twoServices), 0o644))
+	state := t.TempDir()
+	api := caddyfile{path: path, backups: backupDir(state)}
+	web := caddyfile{path: path, backups: backupDir(state)}
+	for round := 1; round <= 50; round++ {
+		var wg sync.WaitGroup
+		for _, c := range []struct {
+			f    caddyfile
+			host string
+			base int
+		}{{api, "api.example.com", 1000}, {web, "web.example.com", 2000}} {
+			wg.Go(func() {
+				unlock, err := c.f.lock(context.Background())
+				require.NoError(t, err)
+				defer unlock()
+				from, to := addr(c.base+round), addr(c.base+round+1)
+				_, err = c.f.plan(c.host, from, from)
+				require.NoError(t, err)
+				require.NoError(t, c.f.replace(c.host, from, to))
+			})
+		}
+		wg.Wait()
+		got, _ := os.ReadFile(path)
+		require.Contains(t, string(got), "reverse_proxy "+addr(1000+round+1), "round %d", round)
+		require.Contains(t, string(got), "reverse_proxy "+addr(2000+round+1), "round %d", round)
+	}
+}
+
+func addr(port int) string { return "127.0.0.1:" + itoa(port) }
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; n > 0; n /= 10 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+	}
+	return string(b)
+}
+
+// A person's edit made while a switch runs is kept; if the edit removed the
+// very upstream being switched, the switch refuses rather than overwrite it.
+func TestAnEditMadeMeanwhileIsKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	require.NoError(t, os.WriteFile(path, []byte(twoServices), 0o644))
+	f := caddyfile{path: path}
+	_, err := f.plan("api.example.com", addr(1001), addr(1001))
+	require.NoError(t, err)
+
+	edited := strings.Replace(twoServices, "web.example.com {", "# added by hand\nweb.example.com {", 1)
+	require.NoError(t, os.WriteFile(path, []byte(edited), 0o644))
+	require.NoError(t, f.replace("api.example.com", addr(1001), addr(1002)))
+	got, _ := os.ReadFile(path)
+	require.Contains(t, string(got), "# added by hand")
+	require.Contains(t, string(got), "reverse_proxy "+addr(1002))
+
+	require.NoError(t, os.WriteFile(path, []byte(strings.ReplaceAll(string(got), addr(1002), "127.0.0.1:7777")), 0o644))
+	err = f.replace("api.example.com", addr(1002), addr(1003))
+	require.ErrorContains(t, err, "does not overwrite a change it did not make")
+	got, _ = os.ReadFile(path)
+	require.Contains(t, string(got), "127.0.0.1:7777", "the edit stands")
+}
+
+// A symlinked Caddyfile stays a symlink (its target is written), keeps its
+// mode, owner and group, and its backup is kept in handoff's state
+// directory, not beside it where `import sites/*` would read it.
+func TestCaddyfileWriteKeepsLinkModeOwnerAndBacksUpElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	sites := filepath.Join(dir, "sites")
+	require.NoError(t, os.MkdirAll(sites, 0o755))
+	real := filepath.Join(sites, "api.caddy")
+	require.NoError(t, os.WriteFile(real, []byte(twoServices), 0o640))
+	uid, gid := os.Geteuid(), os.Getegid()
+	if uid == 0 {
+		uid, gid = 4242, 4343
+		require.NoError(t, os.Chown(real, uid, gid))
+	}
+	link := filepath.Join(dir, "Caddyfile")
+	require.NoError(t, os.Symlink(real, link))
+	state := t.TempDir()
+	f := caddyfile{path: link, backups: backupDir(state)}
+	require.NoError(t, f.check())
+
+	require.NoError(t, f.replace("api.example.com", addr(1001), addr(1002)))
+	info, err := os.Lstat(link)
+	require.NoError(t, err)
+	require.NotZero(t, info.Mode()&os.ModeSymlink, "the link is still a link")
+	info, err = os.Stat(real)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o640), info.Mode().Perm())
+	st := info.Sys().(*syscall.Stat_t)
+	require.Equal(t, [2]int{uid, gid}, [2]int{int(st.Uid), int(st.Gid)})
+	got, _ := os.ReadFile(real)
+	require.Contains(t, string(got), addr(1002))
+
+	entries, _ := os.ReadDir(sites)
+	require.Len(t, entries, 1, "nothing beside the file: %v", entries)
+	prev, err := os.ReadFile(BackupPath(state, real))
+	require.NoError(t, err)
+	require.Equal(t, twoServices, string(prev))
+}
+
+// A Caddyfile handoff could not write is refused before anything starts.
+func TestCaddyfileThatCannotBeWrittenIsRefusedUpFront(t *testing.T) {
+	// /proc refuses new files even to root, like a read-only mount would.
+	err := caddyfile{path: "/proc/version"}.check()
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "cannot write the Caddyfile's directory /proc")
+	require.ErrorContains(t, err, "nothing was changed")
+}

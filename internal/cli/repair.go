@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+)
+
+func newRepairCmd(c *common) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "repair",
+		Short: "Put the proxy and the live release back in step (after a restart moved or stopped it), and finish what an interrupted deploy left",
+		Long: `repair finishes what an interrupted deploy left (a new container that never
+served is removed, an old one still running after its switch is drained and
+stopped), starts the release in service again if it stopped, and points the
+proxy at it when it listens somewhere else. When the proxy already points at a
+running release it changes nothing. handoff status says when it is needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return repairRun(cmd.Context(), c)
+		},
+	}
+	cmd.Flags().DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
+	return cmd
+}
+
+func repairRun(ctx context.Context, c *common) error {
+	s, d, done, err := c.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	rec, err := d.Repair(ctx, s.Service)
+	return c.finish(rec, nil, err)
+}

@@ -8,6 +8,10 @@
 //	HEALTH_STATUS  status /health answers (200); /health?redirect=1 redirects
 //	CRASH_AFTER    exit 3 this long after start ("0s": at once)
 //	DRAIN_GRACE    how long SIGTERM waits for requests in flight (30s)
+//	STOP_DELAY     after SIGTERM, wait this long before stopping (a slow shutdown)
+//	READY_DELAY    / answers 503 for this long after listening, while /health
+//	               already answers 200 (a health endpoint that lies)
+//	HEALTH_HANG    /health never answers when set
 //
 // Endpoints: / and /health; /slow?d=2s answers after d; /echo answers with
 // the request body; /sse streams an event every 100ms for d; /ws is a
@@ -51,12 +55,21 @@ func main() {
 	time.Sleep(duration("BOOT_DELAY", 0))
 
 	status, _ := strconv.Atoi(env("HEALTH_STATUS", "200"))
+	readyAt := time.Now().Add(duration("READY_DELAY", 0))
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Release", release)
+		if time.Now().Before(readyAt) {
+			http.Error(w, "warming up", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintf(w, "hello from %s\n", release)
 	})
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if os.Getenv("HEALTH_HANG") != "" {
+			<-r.Context().Done()
+			return
+		}
 		if r.URL.Query().Get("redirect") != "" {
 			http.Redirect(w, r, "/login", http.StatusFound)
 			return
@@ -131,6 +144,10 @@ func main() {
 	go func() {
 		defer close(drained)
 		sig := <-stop
+		if d := duration("STOP_DELAY", 0); d > 0 {
+			log.Printf("got %s; stopping in %s", sig, d)
+			time.Sleep(d)
+		}
 		log.Printf("got %s; finishing requests in flight", sig)
 		ctx, cancel := context.WithTimeout(context.Background(), duration("DRAIN_GRACE", 30*time.Second))
 		defer cancel()

@@ -24,6 +24,7 @@ func TestExitCodes(t *testing.T) {
 		{fmt.Errorf("%w: refused", deploy.ErrProxyUnreached), ExitProxy},
 		{deploy.ErrNoRoute, ExitProxy},
 		{deploy.ErrConflict, ExitProxy},
+		{fmt.Errorf("%w: lost", deploy.ErrUnclear), ExitProxy},
 		{fmt.Errorf("%w: app:v2", deploy.ErrImageNotFound), ExitImage},
 		{fmt.Errorf("%w: 3 failed", errVerifyFailed), ExitVerify},
 		{fmt.Errorf("wait: %w", context.Canceled), ExitInterrupted},

@@ -15,7 +15,7 @@ const (
 	ExitUsage       = 2 // bad flags or handoff.yml
 	ExitUnhealthy   = 3 // the new container failed; the old one still serves
 	ExitLocked      = 4 // another handoff of the service is running
-	ExitProxy       = 5 // Caddy unreachable, route not found, or changed meanwhile
+	ExitProxy       = 5 // Caddy unreachable, route not found, changed meanwhile, or a switch's outcome unknown
 	ExitImage       = 6 // the image is missing
 	ExitVerify      = 7 // deployed, but --verify=strict saw failed requests
 	ExitInterrupted = 130
@@ -35,7 +35,7 @@ func ExitCode(err error) int {
 	case errors.Is(err, deploy.ErrLocked):
 		return ExitLocked
 	case errors.Is(err, deploy.ErrProxyUnreached), errors.Is(err, deploy.ErrNoRoute),
-		errors.Is(err, deploy.ErrConflict), errors.Is(err, deploy.ErrProxy):
+		errors.Is(err, deploy.ErrConflict), errors.Is(err, deploy.ErrProxy), errors.Is(err, deploy.ErrUnclear):
 		return ExitProxy
 	case errors.Is(err, deploy.ErrImageNotFound):
 		return ExitImage

@@ -32,6 +32,13 @@ type CaddyOptions struct {
 	Binary      string // "" : CaddyBinary
 	ExtraGlobal string // more global options
 	ExtraProxy  string // more reverse_proxy options
+	Sites       []Site // more sites on the same port
+}
+
+// Site is another site of the test Caddy.
+type Site struct {
+	Host     string // matched on the Host header
+	Upstream string
 }
 
 // Caddy is a real Caddy process serving one site on loopback.
@@ -41,7 +48,11 @@ type Caddy struct {
 	File  string // its Caddyfile
 	URL   string // http://Addr
 	logs  *syncBuffer
+	bin   string
+	dir   string
 	cmd   *exec.Cmd
+	done  chan struct{} // closed when the current process has exited
+	t     testing.TB
 }
 
 // StartCaddy writes a Caddyfile, starts Caddy on it and waits until both
@@ -54,7 +65,7 @@ func StartCaddy(t testing.TB, o CaddyOptions) *Caddy {
 	}
 	dir := t.TempDir()
 	port := FreePort(t)
-	c := &Caddy{Addr: "127.0.0.1:" + Itoa(port), File: filepath.Join(dir, "Caddyfile"), logs: &syncBuffer{}}
+	c := &Caddy{Addr: "127.0.0.1:" + Itoa(port), File: filepath.Join(dir, "Caddyfile"), logs: &syncBuffer{}, bin: bin, dir: dir, t: t}
 	c.URL = "http://" + c.Addr
 	adminListen := "127.0.0.1:" + Itoa(FreePort(t))
 	c.Admin = adminListen
@@ -81,35 +92,40 @@ http://%s:%d, http://127.0.0.1:%d {
 %s	}
 }
 `, adminListen, o.ExtraGlobal, SiteHost, port, port, o.Upstream, proxyOpts)
+	for _, site := range o.Sites {
+		caddyfile += fmt.Sprintf("\nhttp://%s:%d {\n\tbind 127.0.0.1\n\treverse_proxy %s {\n%s\t}\n}\n", site.Host, port, site.Upstream, proxyOpts)
+	}
 	if err := os.WriteFile(c.File, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(bin, "run", "--config", c.File, "--adapter", "caddyfile")
-	c.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
-	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("start caddy: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(exited) }()
+	c.start()
 	t.Cleanup(func() {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = c.cmd.Process.Kill()
-			<-exited
-		}
+		c.stop()
 		if t.Failed() {
 			t.Logf("caddy log:\n%s", lastLines(c.logs.String(), 40))
 		}
 	})
+	return c
+}
+
+// start runs Caddy on its Caddyfile and waits until the admin API answers.
+func (c *Caddy) start() {
+	c.t.Helper()
+	c.cmd = exec.Command(c.bin, "run", "--config", c.File, "--adapter", "caddyfile")
+	c.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir, "HOME="+c.dir)
+	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatalf("start caddy: %v", err)
+	}
+	done := make(chan struct{})
+	c.done = done
+	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(done) }(c.cmd)
 	admin := c.AdminClient()
-	WaitFor(t, 20*time.Second, "caddy admin API", func() bool {
+	WaitFor(c.t, 20*time.Second, "caddy admin API", func() bool {
 		select {
-		case <-exited:
-			t.Fatalf("caddy exited at start:\n%s", c.logs.String())
+		case <-done:
+			c.t.Fatalf("caddy exited at start:\n%s", c.logs.String())
 		default:
 		}
 		resp, err := admin.Get(c.AdminURL() + "/config/")
@@ -119,7 +135,25 @@ http://%s:%d, http://127.0.0.1:%d {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return c
+}
+
+// stop ends the current Caddy process (SIGTERM, SIGKILL after 10 s).
+func (c *Caddy) stop() {
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// Restart stops Caddy and starts it again from its Caddyfile, as
+// `systemctl restart caddy` would: what only the admin API had is gone.
+func (c *Caddy) Restart() {
+	c.t.Helper()
+	c.stop()
+	c.start()
 }
 
 // AdminURL is the base URL to reach the admin API with AdminClient.

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // LoadOptions shape a steady load through Caddy. Every loop is bounded by
@@ -19,6 +21,8 @@ type LoadOptions struct {
 	Posts       int           // keep-alive HTTP/1.1 POST loops: never retried by the client
 	Slow        int           // loops of slow requests, each SlowFor long
 	SlowFor     time.Duration // default 1s
+	WebSockets  int           // loops holding a WebSocket open for WSFor, then closing it
+	WSFor       time.Duration // default 1s
 	Pause       time.Duration // between two requests of one loop; default 2ms
 	MaxDuration time.Duration // default 10m
 }
@@ -34,20 +38,30 @@ type LoadStats struct {
 	PostOK      int            // POST loops, counted apart: see Failures
 	Post5xx     int            //
 	PostConnErr int            // non-retried POSTs cut by Caddy's reload closing idle connections
+	WSOK        int            // WebSockets held their whole time and closed normally
+	WSGoingAway int            // WebSockets closed by the server with 1001 (going away): a proper goodbye
+	WSCut       int            // WebSockets that failed to open or broke
 	Releases    map[string]int // which release answered
-	Errors      []string       // a sample of error texts
+	Errors      []string       // the first failures, with their times: what and when
+	LongestGap  time.Duration  // the longest time without a 2xx GET (or h2) answer
+	lastOK      time.Time
 }
 
 // Failures counts every failure a retrying client or a user would see;
 // connection errors of non-retrying POSTs are reported apart (PostConnErr),
 // since they come from Caddy's reload, not from handoff.
 func (s LoadStats) Failures() int {
-	return s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowCut + s.Post5xx
+	return s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowCut + s.Post5xx + s.WSCut
+}
+
+// Requests counts every request and WebSocket the load made.
+func (s LoadStats) Requests() int {
+	return s.OK + s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowOK + s.SlowCut + s.PostOK + s.Post5xx + s.PostConnErr + s.WSOK + s.WSGoingAway + s.WSCut
 }
 
 func (s LoadStats) String() string {
-	return fmt.Sprintf("ok=%d 5xx=%d other=%d conn_errors=%d slow_ok=%d slow_cut=%d post_ok=%d post_5xx=%d post_conn_errors=%d releases=%v errors=%q",
-		s.OK, s.Status5xx, s.OtherStatus, s.ConnErrors, s.SlowOK, s.SlowCut, s.PostOK, s.Post5xx, s.PostConnErr, s.Releases, s.Errors)
+	return fmt.Sprintf("ok=%d 5xx=%d other=%d conn_errors=%d slow_ok=%d slow_cut=%d post_ok=%d post_5xx=%d post_conn_errors=%d ws_ok=%d ws_going_away=%d ws_cut=%d longest_gap=%s releases=%v errors=%q",
+		s.OK, s.Status5xx, s.OtherStatus, s.ConnErrors, s.SlowOK, s.SlowCut, s.PostOK, s.Post5xx, s.PostConnErr, s.WSOK, s.WSGoingAway, s.WSCut, s.LongestGap.Round(time.Millisecond), s.Releases, s.Errors)
 }
 
 // Load is a running load; Stop ends it and returns the counts.
@@ -67,11 +81,14 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 	if o.Pause == 0 {
 		o.Pause = 2 * time.Millisecond
 	}
+	if o.WSFor == 0 {
+		o.WSFor = time.Second
+	}
 	if o.MaxDuration == 0 {
 		o.MaxDuration = 10 * time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.MaxDuration)
-	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}}}
+	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, lastOK: time.Now()}}
 	t.Cleanup(func() { l.Stop() })
 
 	h1 := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
@@ -88,7 +105,56 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 			go l.loop(ctx, &http.Client{Transport: lp.tr, Timeout: 60 * time.Second}, lp.kind, url, host, o)
 		}
 	}
+	for range o.WebSockets {
+		l.wg.Add(1)
+		go l.wsLoop(ctx, strings.Replace(url, "http://", "ws://", 1)+"/ws", host, o)
+	}
 	return l
+}
+
+// wsLoop opens a WebSocket, reads the app's messages for WSFor, and closes
+// it normally; a WebSocket that breaks before is cut, one the server
+// closes with 1001 was told goodbye properly.
+func (l *Load) wsLoop(ctx context.Context, url, host string, o LoadOptions) {
+	defer l.wg.Done()
+	for ctx.Err() == nil {
+		err := holdWebSocket(url, host, o.WSFor)
+		l.mu.Lock()
+		switch {
+		case err == nil:
+			l.stats.WSOK++
+		case websocket.CloseStatus(err) == websocket.StatusGoingAway:
+			l.stats.WSGoingAway++
+		default:
+			l.stats.WSCut++
+			l.failed("ws", err.Error())
+		}
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.Pause):
+		}
+	}
+}
+
+func holdWebSocket(url, host string, hold time.Duration) error {
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{Host: host})
+	if err != nil {
+		return err
+	}
+	defer ws.CloseNow()
+	end := time.Now().Add(hold)
+	for time.Now().Before(end) {
+		rctx, cancel := context.WithDeadline(context.Background(), end.Add(5*time.Second))
+		_, _, err := ws.Read(rctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return ws.Close(websocket.StatusNormalClosure, "done")
 }
 
 func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string, o LoadOptions) {
@@ -127,11 +193,19 @@ func (l *Load) count(kind string, code int, release string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := &l.stats
-	if err != nil && len(s.Errors) < 10 {
-		s.Errors = append(s.Errors, kind+": "+err.Error())
+	switch {
+	case err != nil:
+		l.failed(kind, err.Error())
+	case code/100 != 2:
+		l.failed(kind, fmt.Sprintf("status %d from release %q", code, release))
 	}
 	if code/100 == 2 {
 		s.Releases[release]++
+		if kind == "get" || kind == "h2" {
+			now := time.Now()
+			s.LongestGap = max(s.LongestGap, now.Sub(s.lastOK))
+			s.lastOK = now
+		}
 	}
 	switch {
 	case kind == "post" && err != nil:
@@ -152,6 +226,14 @@ func (l *Load) count(kind string, code int, release string, err error) {
 		s.Status5xx++
 	default:
 		s.OtherStatus++
+	}
+}
+
+// failed keeps the first failures with their times, so that every one a
+// test reports can be matched with the proxy's and handoff's logs.
+func (l *Load) failed(kind, what string) {
+	if len(l.stats.Errors) < 10 {
+		l.stats.Errors = append(l.stats.Errors, time.Now().UTC().Format("15:04:05.000")+" "+kind+": "+what)
 	}
 }
 

@@ -40,6 +40,13 @@ type ScenarioOptions struct {
 // NewScenario sets everything up; all of it is removed when the test ends.
 func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
 	t.Helper()
+	return NewScenarioWith(t, o, 0)
+}
+
+// NewScenarioWith is NewScenario with the app already running by hand on
+// userPort (0: one is started), and Caddy pointed as o says.
+func NewScenarioWith(t testing.TB, o ScenarioOptions, userPort int) *Scenario {
+	t.Helper()
 	s := &Scenario{T: t, Bin: Build(t), API: Docker(t), Dir: t.TempDir(), State: t.TempDir()}
 	s.Service = "it" + randomHex(4)
 	RemoveService(t, s.API, s.Service)
@@ -53,6 +60,8 @@ func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
 		// As docs/proxy.md recommends: idle connections to the proxy end
 		// before its handover deadline.
 		o.Caddy.ExtraProxy = "\t\ttransport http {\n\t\t\tkeepalive 3s\n\t\t}\n"
+	} else if userPort != 0 {
+		s.UserPort = userPort
 	} else {
 		s.UserPort = UserContainer(t, s.API, s.Service+"-byhand", "RELEASE=v0")
 		o.Caddy.Upstream = "127.0.0.1:" + Itoa(s.UserPort)
@@ -73,6 +82,9 @@ type Config struct {
 	Health       string            // replaces the health block ("" : GET /health)
 	Image        string            // "" : TestImage
 	NoCaddyfile  bool
+	Route        string // "" : SiteHost
+	Admin        string // "" : the test Caddy's admin address (a FaultyAdmin's, say)
+	Caddyfile    string // "" : the test Caddy's Caddyfile
 }
 
 // WriteConfig writes handoff.yml for the next deploy.
@@ -83,7 +95,7 @@ func (s *Scenario) WriteConfig(c Config) {
 	for k, v := range c.Env {
 		env += fmt.Sprintf("  %s: %q\n", k, v)
 	}
-	caddyfile := "  caddyfile: " + s.Caddy.File + "\n"
+	caddyfile := "  caddyfile: " + or(c.Caddyfile, s.Caddy.File) + "\n"
 	if c.NoCaddyfile {
 		caddyfile = ""
 	}
@@ -104,10 +116,22 @@ caddy:
   admin: %s
   route: %s
 %s%s`, s.Service, or(c.Image, TestImage), env, health, or(c.DrainTimeout, "10s"),
-		s.Caddy.Admin, SiteHost, caddyfile, c.Extra)
+		or(c.Admin, s.Caddy.Admin), or(c.Route, SiteHost), caddyfile, c.Extra)
 	if err := os.WriteFile(filepath.Join(s.Dir, "handoff.yml"), []byte(yml), 0o644); err != nil {
 		s.T.Fatal(err)
 	}
+}
+
+// Sibling is a second service beside s: its own name and handoff.yml, the
+// same Caddy (and handoff proxy) and the same state directory.
+func (s *Scenario) Sibling() *Scenario {
+	s.T.Helper()
+	o := *s
+	o.Service = "it" + randomHex(4)
+	o.Dir = s.T.TempDir()
+	o.UserPort = 0
+	RemoveService(s.T, s.API, o.Service)
+	return &o
 }
 
 // Run runs handoff with args in the scenario's directory.

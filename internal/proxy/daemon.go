@@ -31,6 +31,7 @@ type DaemonOptions struct {
 	PIDFile         string         // for systemd's PIDFile= and ExecReload=kill -HUP
 	HandoverTimeout time.Duration  // how long an old process waits for its connections after an upgrade
 	Trusted         []netip.Prefix // front proxies whose X-Forwarded-* headers are kept (DefaultTrusted)
+	DialRetry       time.Duration  // how long a request waits for an app refusing connections (DefaultDialRetry)
 	Log             *slog.Logger
 }
 
@@ -58,8 +59,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	defer upg.Stop()
 	srv := NewServer(upg.Listen, log, Options{
-		Save:    func(st []ServiceState) error { return SaveState(o.StateFile, st) },
-		Trusted: o.Trusted,
+		Save:      func(st []ServiceState) error { return SaveState(o.StateFile, st) },
+		Trusted:   o.Trusted,
+		DialRetry: o.DialRetry,
 	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

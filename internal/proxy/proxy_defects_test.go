@@ -61,7 +61,7 @@ func countingHandler(h http.Handler, n *atomic.Int64) http.Handler {
 // proxy logs which request, which service, which upstream and why.
 func TestUpstreamErrorsAreExplainedAndLogged(t *testing.T) {
 	var logs bytes.Buffer
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)), Options{})
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)), Options{DialRetry: 10 * time.Millisecond})
 	t.Cleanup(func() { _ = p.Delete("web") })
 	listen, dead := freeAddr(t), freeAddr(t)
 	_, err := p.Put("web", listen, dead)
@@ -298,4 +298,99 @@ func TestControlSocketPathIsHandledSafely(t *testing.T) {
 	info, err := os.Stat(priv)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm(), "0600 as created, before any chmod")
+}
+
+// An app that refuses connections for a moment (restarting) is waited for,
+// as Caddy's lb_try_duration does, instead of answering 502 at once; one
+// that stays away gets its 502 after DialRetry.
+func TestRefusedConnectionsAreTriedAgain(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := NewServer(net.Listen, quiet, Options{DialRetry: 2 * time.Second})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	listen, app := freeAddr(t), freeAddr(t)
+	_, err := p.Put("web", listen, app)
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the app comes back
+		ln, err := net.Listen("tcp", app)
+		if err != nil {
+			return
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "got %s", b)
+		})}
+		t.Cleanup(func() { srv.Close() })
+		_ = srv.Serve(ln)
+	}()
+	resp, err := http.Post("http://"+listen+"/", "text/plain", bytes.NewReader([]byte("order 42")))
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "got order 42", string(body), "the POST's body went through whole")
+
+	dead := NewServer(net.Listen, quiet, Options{DialRetry: 300 * time.Millisecond})
+	t.Cleanup(func() { _ = dead.Delete("api") })
+	listen2 := freeAddr(t)
+	_, err = dead.Put("api", listen2, freeAddr(t))
+	require.NoError(t, err)
+	start := time.Now()
+	resp, err = http.Get("http://" + listen2 + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+}
+
+// Docker's port proxy accepts a connection while the app restarts and then
+// closes it. A GET is tried again; a POST is not (the app may have seen it).
+func TestLostConnectionsAreRetriedOnlyForRequestsThatMayBeSentTwice(t *testing.T) {
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var dropping atomic.Int64
+	dropping.Store(3)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "served") })}
+	go func() { _ = srv.Serve(&droppingListener{Listener: app, drop: &dropping}) }()
+	t.Cleanup(func() { srv.Close() })
+
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{DialRetry: 2 * time.Second})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	listen := freeAddr(t)
+	_, err = p.Put("web", listen, app.Addr().String())
+	require.NoError(t, err)
+
+	resp, err := http.Get("http://" + listen + "/")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, "served", string(body), "the GET was tried again")
+	require.Zero(t, dropping.Load())
+
+	dropping.Store(1)
+	p.services["web"].current.Load().transport.CloseIdleConnections() // a new connection, dropped
+	resp, err = http.Post("http://"+listen+"/", "text/plain", bytes.NewReader([]byte("x")))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode, "a POST is never sent twice")
+}
+
+// droppingListener closes the first connections it accepts, as Docker's
+// port proxy does while the container behind it is down.
+type droppingListener struct {
+	net.Listener
+	drop *atomic.Int64
+}
+
+func (l *droppingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.drop.Add(-1) < 0 {
+			if err == nil {
+				l.drop.Store(0)
+			}
+			return c, err
+		}
+		c.Close()
+	}
 }

@@ -43,6 +43,9 @@ type Options struct {
 	// Trusted are the addresses of front proxies whose X-Forwarded-*
 	// headers are kept and appended to; from anyone else they are replaced.
 	Trusted []netip.Prefix
+	// DialRetry is how long a request waits for an app that refuses
+	// connections (restarting); 0: DefaultDialRetry.
+	DialRetry time.Duration
 }
 
 // DefaultTrusted is loopback: the front proxy on the same host.
@@ -75,16 +78,17 @@ func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
 
 // service is one app behind one stable address.
 type service struct {
-	name    string
-	listen  string
-	current atomic.Pointer[target]
-	http    *http.Server // HTTP/1.1 connections
-	h2c     *http.Server // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
-	ln      net.Listener
-	conns   *connTracker
-	closing atomic.Bool // handing over: every answer says Connection: close
-	log     *slog.Logger
-	trusted []netip.Prefix
+	name      string
+	listen    string
+	current   atomic.Pointer[target]
+	http      *http.Server // HTTP/1.1 connections
+	h2c       *http.Server // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
+	ln        net.Listener
+	conns     *connTracker
+	closing   atomic.Bool // handing over: every answer says Connection: close
+	log       *slog.Logger
+	trusted   []netip.Prefix
+	dialRetry time.Duration
 
 	mu       sync.Mutex
 	draining []*target
@@ -189,7 +193,10 @@ func (p *Server) open(name, listen, upstream string) (*service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
 	}
-	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted}
+	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry}
+	if s.dialRetry == 0 {
+		s.dialRetry = DefaultDialRetry
+	}
 	s.current.Store(s.newTarget(upstream))
 	s.http, s.h2c = newHTTPServer(s, s.conns, false), newHTTPServer(s, s.conns, true)
 	return s, nil

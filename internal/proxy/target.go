@@ -12,6 +12,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -50,7 +52,7 @@ type target struct {
 func (s *service) newTarget(upstream string) *target {
 	tr := &http.Transport{
 		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry),
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}
@@ -66,7 +68,7 @@ func (s *service) newTarget(upstream string) *target {
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
 		// and of responses of unknown length (streams, long polls).
-		Transport: tr,
+		Transport: retrying{tr, s.dialRetry},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				// The client left, or the drain deadline cut the request:
@@ -85,6 +87,69 @@ func (s *service) newTarget(upstream string) *target {
 		},
 	}
 	return t
+}
+
+// DefaultDialRetry is how long a request waits for an app that refuses
+// connections (it is restarting: a crash its restart policy recovers, a
+// docker restart) before it gets a 502, as Caddy's lb_try_duration does.
+const DefaultDialRetry = 5 * time.Second
+
+// dialRetryInterval is how often a refused connection is tried again.
+const dialRetryInterval = 100 * time.Millisecond
+
+// dialRetrying dials like d, but tries a refused connection again for up
+// to wait. Nothing of the request has been sent when a dial fails, so a
+// retry is safe for every method, and the request body is left untouched.
+func dialRetrying(d *net.Dialer, wait time.Duration) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		deadline := time.Now().Add(wait)
+		for {
+			conn, err := d.DialContext(ctx, network, addr)
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(dialRetryInterval).After(deadline) {
+				return conn, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(dialRetryInterval):
+			}
+		}
+	}
+}
+
+// retrying is the target's transport: a request that may be sent twice
+// (GET, HEAD or OPTIONS without a body) and got no answer is tried again
+// for up to wait. Docker's port proxy accepts a connection while the app
+// restarts and then closes it (an EOF, a reset, a "closed idle
+// connection" here): a request HTTP lets us retry need not fail for it.
+type retrying struct {
+	*http.Transport
+	wait time.Duration
+}
+
+func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.Transport.RoundTrip(req)
+	if err == nil || !mayRetry(req) {
+		return resp, err
+	}
+	deadline := time.Now().Add(t.wait)
+	for err != nil && req.Context().Err() == nil && time.Now().Add(dialRetryInterval).Before(deadline) {
+		select {
+		case <-req.Context().Done():
+			return nil, err
+		case <-time.After(dialRetryInterval):
+		}
+		resp, err = t.Transport.RoundTrip(req)
+	}
+	return resp, err
+}
+
+func mayRetry(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return (req.Body == nil || req.Body == http.NoBody) && req.Header.Get("Upgrade") == ""
+	}
+	return false
 }
 
 // forward sets the X-Forwarded-* headers the app sees. From a trusted front

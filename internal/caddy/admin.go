@@ -112,6 +112,9 @@ func (e *apiError) Error() string {
 	return fmt.Sprintf("caddy admin %s %s: %d %s", e.method, e.path, e.status, e.msg)
 }
 
+// Unwrap makes an error answer of Caddy's a proxy failure (exit 5).
+func (e *apiError) Unwrap() error { return deploy.ErrProxy }
+
 // caddyMessage takes the "error" field of Caddy's JSON error answers.
 func caddyMessage(data []byte) string {
 	var e struct {

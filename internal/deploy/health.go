@@ -176,6 +176,9 @@ func probeHTTP(ctx context.Context, h HealthCheck, upstream string) (bool, strin
 	}
 	req.Header.Set("User-Agent", "handoff-health")
 	resp, err := healthClient.Do(req)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		return false, fmt.Sprintf("GET %s: no answer within %s (health.timeout)", h.Path, h.Timeout)
+	}
 	if err != nil {
 		return false, "GET " + h.Path + ": " + trimURLError(err)
 	}

@@ -143,7 +143,18 @@ func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *vie
 	}
 	changed := false
 	for _, c := range v.releases {
-		if !c.Running || (v.live != nil && c.ID == v.live.ID) || (v.expected != nil && c.ID == v.expected.ID) {
+		if (v.live != nil && c.ID == v.live.ID) || (v.expected != nil && c.ID == v.expected.ID) {
+			continue
+		}
+		if !c.Running {
+			if v.neverServed(c) && v.createdByInterrupted(c) {
+				// Created by a deploy killed before it started it.
+				d.note(rec, fmt.Sprintf("removing %s: created by an interrupted deploy, never started", c.Name))
+				if err := d.Runtime.Remove(ctx, c.ID); err != nil {
+					return fmt.Errorf("remove leftover %s: %w", c.Name, err)
+				}
+				changed = true
+			}
 			continue
 		}
 		if why := d.inUse(ctx, c); why != "" {
@@ -211,6 +222,19 @@ func (v *view) adoptExpected(rec *Record) {
 		v.live = v.expected
 		rec.FromRelease, rec.From = v.live.Release, v.live.Name
 	}
+}
+
+// createdByInterrupted says whether c is the new container of a deploy
+// that was interrupted before its switch (a deploy that fails removes its
+// container itself; a killed one cannot).
+func (v *view) createdByInterrupted(c Container) bool {
+	for _, r := range v.history {
+		if r.Kind == KindDeploy && r.ToRelease == c.Release && !r.Switched &&
+			(r.Outcome == OutcomeInterrupted || r.Outcome == OutcomeRunning) {
+			return true
+		}
+	}
+	return false
 }
 
 // neverServed says whether no record shows c's release switched into service.

@@ -155,3 +155,15 @@ func TestStatusTellsAnInterruptedDeploy(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "a deploy is running now (pid 4242, phase drain)", st.Problem)
 }
+
+// A deploy killed between creating its container and starting it leaves a
+// container that never ran: the next deploy removes it too.
+func TestContainerCreatedByAKilledDeployIsRemoved(t *testing.T) {
+	r := newRig(t)
+	r.rt.add(Container{ID: "id-web-2", Name: "web-2", Service: "web", Release: 2, Upstream: "127.0.0.1:30002"})
+	r.history.recs = []Record{{ID: "old", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseStart, ToRelease: 2}}
+	rec, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	require.Equal(t, []string{"remove web-2", "run web-3", "stop web-1"}, r.rt.calls)
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "removing web-2: created by an interrupted deploy, never started")
+}

@@ -18,6 +18,8 @@ type ProxyDaemon struct {
 	PIDFile string
 	Listen  string // the service's stable address (set by the scenario)
 	logPath string
+	bin     string
+	args    []string
 	t       testing.TB
 }
 
@@ -28,22 +30,42 @@ func StartProxy(t testing.TB, bin string, handover time.Duration) *ProxyDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &ProxyDaemon{Socket: filepath.Join(dir, "proxy.sock"), PIDFile: filepath.Join(dir, "proxy.pid"), logPath: filepath.Join(dir, "proxy.log"), t: t}
+	d.args = []string{"proxy", "--socket", d.Socket, "--state-file", filepath.Join(dir, "state.json"),
+		"--pid-file", d.PIDFile, "--handover-timeout", handover.String()}
+	d.bin = bin
+	d.StartAgain()
+	t.Cleanup(d.stop)
+	return d
+}
+
+// StartAgain starts a new `handoff proxy` on the same files, as systemd
+// does after the process died, and waits until it answers.
+func (d *ProxyDaemon) StartAgain() {
+	d.t.Helper()
 	// A file, not a pipe: a restarted process inherits it, and nobody waits on a pipe.
-	logf, err := os.Create(d.logPath)
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "proxy", "--socket", d.Socket, "--state-file", filepath.Join(dir, "state.json"),
-		"--pid-file", d.PIDFile, "--handover-timeout", handover.String())
+	_ = os.Remove(d.PIDFile)
+	cmd := exec.Command(d.bin, d.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	go func() { _ = cmd.Wait() }()
-	t.Cleanup(d.stop)
-	WaitFor(t, 20*time.Second, "handoff proxy's socket", func() bool { return d.PID() != 0 && d.answers() })
-	return d
+	WaitFor(d.t, 20*time.Second, "handoff proxy's socket", func() bool { return d.PID() != 0 && d.answers() })
+}
+
+// Kill ends the serving process with SIGKILL and waits until it is gone.
+func (d *ProxyDaemon) Kill() {
+	d.t.Helper()
+	pid := d.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	WaitFor(d.t, 10*time.Second, "the killed proxy to be gone", func() bool { return !alive(pid) })
 }
 
 func (d *ProxyDaemon) answers() bool {

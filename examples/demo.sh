@@ -8,16 +8,17 @@
 # Everything it starts is removed at the end; pass --keep to leave it running.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=/tmp/handoff-demo
+work=$(mktemp -d "${TMPDIR:-/tmp}/handoff-demo.XXXXXX")
 keep=${1:-}
 cd "$root"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
-  [ "$keep" = "--keep" ] && { echo "left running (--keep): Caddy pid $(cat $work/caddy.pid), containers hello-*"; return; }
+  [ "$keep" = "--keep" ] && { echo "left running (--keep): Caddy pid $(cat "$work/caddy.pid"), containers hello-*, files in $work"; return; }
   [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null || true
-  [ -f $work/caddy.pid ] && kill "$(cat $work/caddy.pid)" 2>/dev/null || true
+  [ -f "$work/caddy.pid" ] && kill "$(cat "$work/caddy.pid")" 2>/dev/null || true
   docker rm -f hello-byhand $(docker ps -aq --filter label=handoff.service=hello) >/dev/null 2>&1 || true
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -26,13 +27,15 @@ for port in 18000 18080; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "demo: port $port is in use" >&2; exit 1; fi
 done
 docker rm -f hello-byhand $(docker ps -aq --filter label=handoff.service=hello) >/dev/null 2>&1 || true
-rm -rf "$work" && mkdir -p "$work/state"
+mkdir -p "$work/state"
 export HANDOFF_STATE_DIR="$work/state"
 
 say "Build handoff, Caddy and three versions of the example app (FROM scratch)"
 scripts/install-caddy.sh
 go build -o "$work/handoff" ./cmd/handoff
 handoff="$work/handoff"
+# handoff.yml names /run/caddy and /etc/caddy, as on a server; the demo's are in $work.
+here=(--caddy-admin "unix:$work/caddy-admin.sock" --caddyfile "$work/Caddyfile")
 for v in v1 v2 v3; do
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$v" -o examples/hello/hello ./examples/hello
   docker build -q -t "hello:$v" examples/hello >/dev/null
@@ -41,7 +44,8 @@ rm -f examples/hello/hello
 
 say "Before handoff: the app runs by hand, Caddy proxies localhost:18080 to it"
 docker run -d --name hello-byhand -p 127.0.0.1:18000:8000 -e BOOT_SECONDS=0 hello:v1 >/dev/null
-cp examples/hello/Caddyfile "$work/Caddyfile"
+# The example's Caddyfile, with its admin socket in the demo's own directory.
+sed "s|unix//run/caddy/admin.sock|unix/$work/caddy-admin.sock|" examples/hello/Caddyfile >"$work/Caddyfile"
 .tools/caddy-2.11.9/caddy start --config "$work/Caddyfile" --adapter caddyfile --pidfile "$work/caddy.pid" >"$work/caddy.log" 2>&1
 for _ in $(seq 100); do curl -fsS http://localhost:18080/ >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sS http://localhost:18080/
@@ -59,17 +63,17 @@ watch_pid=$!
 
 cd examples/hello
 say "handoff deploy --image hello:v2   (adopts the hand-started container, app boots 3 s)"
-"$handoff" deploy --image hello:v2
+"$handoff" deploy "${here[@]}" --image hello:v2
 say "handoff deploy --image hello:v3"
-"$handoff" deploy --image hello:v3
+"$handoff" deploy "${here[@]}" --image hello:v3
 touch "$work/stop-watch"; wait "$watch_pid"; watch_pid=""
 
 say "handoff status"
-"$handoff" status
+"$handoff" status "${here[@]}"
 say "handoff history"
-"$handoff" history
+"$handoff" history "${here[@]}"
 say "The Caddyfile on disk follows the switch"
 grep reverse_proxy "$work/Caddyfile"
 say "handoff rollback   (back to v2, the same procedure)"
-"$handoff" rollback
+"$handoff" rollback "${here[@]}"
 curl -sS http://localhost:18080/

@@ -18,8 +18,9 @@ else
   echo "test.sh: Debian's caddy 2.6.2 is not installed; its test will be skipped" >&2
 fi
 
-# No stray Caddy from an earlier run may share the tests' ports (SO_REUSEPORT).
-pkill -f '\.tools/caddy-.*/caddy run' 2>/dev/null || true
+# The tests start their own Caddy processes on free ports and stop them
+# (they die with the test process too); other Caddy processes on this
+# machine are none of this script's business and are left alone.
 
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "test.sh: not gofmt'ed:" $unformatted >&2; exit 1; fi
@@ -32,6 +33,11 @@ fi
 # Integration tests may not skip here: a missing Docker or Caddy is a failure.
 export HANDOFF_REQUIRE_INTEGRATION=1
 go test -count=1 -timeout 25m "$@" ./...
+
+# The fault matrix's last row restarts the Docker engine itself, so it runs
+# alone, once everything else is done. `make test-faults` runs the whole
+# matrix with every kill repeated 5 times.
+HANDOFF_TEST_DOCKERD_RESTART=1 go test -count=1 -timeout 10m -run TestFaultDockerdRestart ./internal/itest
 
 # The deploy-under-load benchmark, short (3 deploys per strategy), only to
 # prove it still runs; `make bench-deploy` is the real run.

@@ -224,7 +224,7 @@ func (p *Proxy) follow(from, to string) error {
 }
 
 // errChanged: the config's Etag no longer matched (412); not our route's doing.
-var errChanged = errors.New("Caddy's config changed meanwhile")
+var errChanged = errors.New("the config changed meanwhile")
 
 // patchUpstream replaces the handlers' upstreams with [to] in one change,
 // and reads each back. One handler: PATCH its upstreams (a POST on an

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,8 +61,8 @@ func countingHandler(h http.Handler, n *atomic.Int64) http.Handler {
 // An upstream that does not answer gets a short plain-text 502, and the
 // proxy logs which request, which service, which upstream and why.
 func TestUpstreamErrorsAreExplainedAndLogged(t *testing.T) {
-	var logs bytes.Buffer
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)), Options{DialRetry: 10 * time.Millisecond})
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(logs, nil)), Options{DialRetry: 10 * time.Millisecond})
 	t.Cleanup(func() { _ = p.Delete("web") })
 	listen, dead := freeAddr(t), freeAddr(t)
 	_, err := p.Put("web", listen, dead)
@@ -74,7 +75,7 @@ func TestUpstreamErrorsAreExplainedAndLogged(t *testing.T) {
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 	require.Equal(t, "text/plain; charset=utf-8", resp.Header.Get("Content-Type"))
 	require.Equal(t, "502 Bad Gateway: the app behind service web did not answer (handoff proxy)\n", string(body))
-	require.Eventually(t, func() bool { return bytes.Contains([]byte(logs.String()), []byte("502: upstream error")) }, time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "502: upstream error") }, time.Second, time.Millisecond)
 	line := logs.String()
 	for _, want := range []string{"service=web", "upstream=" + dead, "method=POST", "uri=\"/orders?x=1\"", "connection refused"} {
 		require.Contains(t, line, want)

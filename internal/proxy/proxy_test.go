@@ -311,6 +311,7 @@ func TestHandoverClosesNoIdleConnectionItself(t *testing.T) {
 
 	handedOver := make(chan struct{})
 	go func() { p.Handover(context.Background()); close(handedOver) }()
+	require.Eventually(t, func() bool { return p.services["web"].closing.Load() }, 5*time.Second, time.Millisecond, "the handover began")
 	resp, err := c.Get("http://" + listen + "/")
 	require.NoError(t, err, "the idle connection was still there to reuse")
 	resp.Body.Close()

@@ -41,12 +41,16 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 				return &HealthError{Container: c.Name, Reason: why}
 			}
 			ok, why := d.probe(ctx, kind, h, state)
-			if ok {
+			switch {
+			case ok:
 				passes++
 				if passes >= h.Successes {
 					return nil
 				}
-			} else {
+			case ctx.Err() != nil:
+				// Cut by the start timeout itself: not a verdict on the app,
+				// and the last real check says more.
+			default:
 				passes, last = 0, why
 				if kind == HealthDocker && state.Health == "unhealthy" {
 					return &HealthError{Container: c.Name, Reason: "Docker HEALTHCHECK reports unhealthy: " + why}

@@ -212,7 +212,10 @@ func TestFaultCaddy(t *testing.T) {
 		WaitFor(t, 30*time.Second, "the health wait", func() bool { p, _ := s.historyPhase(); return p == "health" })
 		before, start := load.Snapshot(), time.Now()
 		s.Caddy.Restart()
-		down, during := time.Since(start), load.Snapshot()
+		down := time.Since(start)
+		// Back once the load's own requests succeed again.
+		WaitFor(t, 10*time.Second, "the load to get answers again", func() bool { return load.Snapshot().OK > before.OK+20 })
+		during := load.Snapshot()
 		require.NoError(t, cmd.Wait(), out.String())
 		require.Equal(t, "v5", s.Serving())
 		s.settled()

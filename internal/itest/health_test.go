@@ -23,7 +23,7 @@ func TestHealthCheckKinds(t *testing.T) {
 	}{
 		{"tcp", Config{Health: "health:\n  type: tcp\n  interval: 100ms\n", Env: map[string]string{"BOOT_DELAY": "1s"}}, ""},
 		{"cmd", Config{Health: "health:\n  type: cmd\n  command: /testapp check\n  interval: 100ms\n"}, ""},
-		{"cmd sick", Config{Health: "health:\n  type: cmd\n  command: [/testapp, check]\n  interval: 100ms\n  start_timeout: 2s\n", Env: sick},
+		{"cmd sick", Config{Health: "health:\n  type: cmd\n  command: [/testapp, check]\n  interval: 100ms\n  start_timeout: 5s\n", Env: sick},
 			"last check: /testapp check exited 1: health 503 Service Unavailable"},
 		{"docker", Config{Health: "health:\n  interval: 100ms\n", Image: hcImage}, ""},
 		{"docker sick", Config{Health: "health:\n  interval: 100ms\n", Image: hcImage, Env: sick},

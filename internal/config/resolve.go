@@ -246,22 +246,11 @@ func (f File) health(o Overrides) (deploy.HealthCheck, error) {
 
 // parsePortRange reads "20000-20999" (or one port, "20000").
 func parsePortRange(s string) (int, int, error) {
-	bad := fmt.Errorf("host_ports %q: write a range of TCP ports, like 20000-20999", s)
-	lo, hi, isRange := strings.Cut(s, "-")
-	a, err := strconv.Atoi(strings.TrimSpace(lo))
-	if err != nil {
-		return 0, 0, bad
+	lo, hi, ok := parseRange(s, 1, 65535)
+	if !ok {
+		return 0, 0, fmt.Errorf("host_ports %q: write a range of TCP ports, like 20000-20999", s)
 	}
-	b := a
-	if isRange {
-		if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
-			return 0, 0, bad
-		}
-	}
-	if a < 1 || b > 65535 || a > b {
-		return 0, 0, bad
-	}
-	return a, b, nil
+	return lo, hi, nil
 }
 
 // parseStatus reads "2xx", "200" or "200-399".
@@ -274,21 +263,27 @@ func parseStatus(s string) (int, int, error) {
 		}
 		return d * 100, d*100 + 99, nil
 	}
+	lo, hi, ok := parseRange(s, 100, 599)
+	if !ok {
+		return 0, 0, bad
+	}
+	return lo, hi, nil
+}
+
+// parseRange reads "a-b" or "a", both within least and most, a ≤ b.
+func parseRange(s string, least, most int) (int, int, bool) {
 	lo, hi, isRange := strings.Cut(s, "-")
 	a, err := strconv.Atoi(strings.TrimSpace(lo))
 	if err != nil {
-		return 0, 0, bad
+		return 0, 0, false
 	}
 	b := a
 	if isRange {
 		if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
-			return 0, 0, bad
+			return 0, 0, false
 		}
 	}
-	if a < 100 || b > 599 || a > b {
-		return 0, 0, bad
-	}
-	return a, b, nil
+	return a, b, a >= least && b <= most && a <= b
 }
 
 func (f File) relative(p string) string {

@@ -1,4 +1,6 @@
 # The two commands of the README, and the benchmark.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c  # a failing test fails the target, through its tee and grep
 .PHONY: demo test test-faults bench-deploy bench-proxy
 
 demo:

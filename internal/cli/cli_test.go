@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"testing"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
@@ -85,5 +88,32 @@ func TestEveryCommandChecksTheServiceNameFirst(t *testing.T) {
 		_, stderr, code := run(t, cmd, "--service", "../../x", "--state-dir", dir, "--caddy-route", "a.test")
 		require.Equal(t, ExitUsage, code, "%s: %s", cmd, stderr)
 		require.Contains(t, stderr, `service name "../../x"`, cmd)
+	}
+}
+
+// Every command's --help shows each flag's type as its placeholder: a word
+// in backquotes in a usage string would take the type's place.
+func TestHelpShowsTypesNotPlaceholders(t *testing.T) {
+	var walk func(c *cobra.Command)
+	var helps []string
+	walk = func(c *cobra.Command) {
+		var out bytes.Buffer
+		c.SetOut(&out)
+		require.NoError(t, c.Help())
+		helps = append(helps, out.String())
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			name, _ := pflag.UnquoteUsage(f)
+			require.NotContains(t, name, " ", "--%s of %q shows %q as its value", f.Name, c.CommandPath(), name)
+			require.NotContains(t, f.Usage, "`", "--%s of %q: backquotes make a placeholder", f.Name, c.CommandPath())
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(NewRoot(&IO{Out: io.Discard, Err: io.Discard}))
+	require.Greater(t, len(helps), 8)
+	for _, h := range helps {
+		require.NotContains(t, h, "--proxy handoff proxy")
+		require.Regexp(t, `(?m)^\s+--json\s+print the result as JSON`, h)
 	}
 }

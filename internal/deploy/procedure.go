@@ -92,7 +92,7 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 		return rec, d.fail(ctx, rec, err)
 	}
 	view.adoptExpected(rec)
-	target, err := d.rollbackTarget(ctx, svc, view, to)
+	target, err := d.rollbackTarget(svc, view, to)
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
 	}

@@ -17,6 +17,7 @@ type view struct {
 	// history last put in service, as it is now: stopped, or listening
 	// elsewhere (a release made before handoff pinned host ports).
 	expected *Container
+	adopted  *Container // the container adopted on the first deploy, if it still exists
 	history  []Record
 }
 
@@ -65,6 +66,10 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 		return nil, err
 	}
 	v := &view{releases: releases, history: history}
+	// A container adopted on the first deploy carries no labels: only the
+	// history knows it, and where it listens now (a rollback to it may have
+	// brought it back on another port) is one of the route's upstreams.
+	v.adopted = d.adopted(ctx, v)
 	upstream, err := d.Proxy.Upstream(ctx, v.known(Container{}))
 	if err != nil {
 		return nil, err
@@ -91,7 +96,11 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 // when it has one): after the first deploy the route points at one of them.
 func (v *view) known(extra Container) []string {
 	var out []string
-	for _, c := range append(slices.Clone(v.releases), extra) {
+	all := append(slices.Clone(v.releases), extra)
+	if v.adopted != nil {
+		all = append(all, *v.adopted)
+	}
+	for _, c := range all {
 		if c.Upstream != "" {
 			out = append(out, c.Upstream)
 		}
@@ -269,10 +278,10 @@ func (v *view) liveName() string {
 
 // rollbackTarget picks the release to go back to: the given one, or the
 // newest kept release older than the live one (an adopted container counts).
-func (d *Deployer) rollbackTarget(ctx context.Context, svc Service, v *view, to int) (Container, error) {
+func (d *Deployer) rollbackTarget(svc Service, v *view, to int) (Container, error) {
 	candidates := slices.Clone(v.releases)
-	if adopted := d.adopted(ctx, v); adopted != nil {
-		candidates = append(candidates, *adopted)
+	if v.adopted != nil {
+		candidates = append(candidates, *v.adopted)
 	}
 	liveRelease := -1
 	if v.live != nil {

@@ -94,3 +94,30 @@ func (s *Scenario) history() []deploy.Record {
 	}
 	return hist
 }
+
+// A route named by the upstream Caddy proxied to before handoff (a site
+// with no host name) is found by every command, after any number of
+// switches and rollbacks.
+func TestRouteNamedByItsOriginalUpstream(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{})
+	route := "127.0.0.1:" + Itoa(s.UserPort)
+	check := func(want string) {
+		t.Helper()
+		require.Equal(t, want, s.Serving())
+		st := s.status()
+		require.True(t, st.Agree, st.Problem)
+	}
+	s.Deploy(Config{Release: "v1", Route: route})
+	check("v1")
+	r := s.Run("rollback")
+	require.Equal(t, 0, r.Code, r.String())
+	check("v0")
+	s.Deploy(Config{Release: "v2", Route: route})
+	check("v2")
+	s.Deploy(Config{Release: "v3", Route: route})
+	r = s.Run("rollback")
+	require.Equal(t, 0, r.Code, r.String())
+	check("v2")
+	r = s.Run("history")
+	require.Equal(t, 0, r.Code, r.String())
+}

@@ -48,12 +48,22 @@ func TestHealthCheckKinds(t *testing.T) {
 
 // Everything the service file says reaches the container.
 func TestContainerGetsTheServiceSettings(t *testing.T) {
-	s := NewScenario(t, ScenarioOptions{})
-	net := s.Service + "-net"
+	// The network and the volume are removed after the scenario's
+	// containers, which use them: cleanups run last registered, first.
+	net, vol := UniqueName()+"-net", UniqueName()+"-data"
+	Docker(t)
 	require.NoError(t, run(t.TempDir(), nil, "docker", "network", "create", net))
-	t.Cleanup(func() { _ = run(".", nil, "docker", "network", "rm", net) })
-	vol := s.Service + "-data"
-	t.Cleanup(func() { _ = run(".", nil, "docker", "volume", "rm", "-f", vol) })
+	t.Cleanup(func() {
+		if err := run(".", nil, "docker", "network", "rm", net); err != nil {
+			t.Errorf("remove network %s: %v", net, err)
+		}
+	})
+	t.Cleanup(func() {
+		if err := run(".", nil, "docker", "volume", "rm", "-f", vol); err != nil {
+			t.Errorf("remove volume %s: %v", vol, err)
+		}
+	})
+	s := NewScenario(t, ScenarioOptions{})
 	require.NoError(t, os.WriteFile(filepath.Join(s.Dir, "app.env"), []byte("FROM_FILE=1\nOVERRIDDEN=file\n"), 0o644))
 
 	s.Deploy(Config{Release: "v1", Env: map[string]string{"OVERRIDDEN": "env"}, Extra: `command: ["--ignored-arg", "two words"]

@@ -109,7 +109,7 @@ func TestLostAdminReplyNeverRemovesWhatCaddyUses(t *testing.T) {
 func TestSitesSharingAnUpstream(t *testing.T) {
 	api := Docker(t)
 	Build(t)
-	port := UserContainer(t, api, "shared-"+randomHex(4), "RELEASE=v0")
+	port := UserContainer(t, api, UniqueName(), "RELEASE=v0")
 	up := "127.0.0.1:" + Itoa(port)
 	s := NewScenarioWith(t, ScenarioOptions{Caddy: CaddyOptions{Upstream: up, Sites: []Site{{Host: "b.test", Upstream: up}}}}, port)
 	loadA := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2})
@@ -142,7 +142,7 @@ func TestSitesSharingAnUpstream(t *testing.T) {
 func TestTwoServicesShareOneCaddyfileAtOnce(t *testing.T) {
 	api := Docker(t)
 	Build(t)
-	portB := UserContainer(t, api, "b-"+randomHex(4), "RELEASE=b0")
+	portB := UserContainer(t, api, UniqueName(), "RELEASE=b0")
 	s := NewScenario(t, ScenarioOptions{Caddy: CaddyOptions{Sites: []Site{{Host: "b.test", Upstream: "127.0.0.1:" + Itoa(portB)}}}})
 	b := s.Sibling()
 	loadA := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Slow: 1})

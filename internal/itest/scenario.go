@@ -48,7 +48,7 @@ func NewScenario(t testing.TB, o ScenarioOptions) *Scenario {
 func NewScenarioWith(t testing.TB, o ScenarioOptions, userPort int) *Scenario {
 	t.Helper()
 	s := &Scenario{T: t, Bin: Build(t), API: Docker(t), Dir: t.TempDir(), State: t.TempDir()}
-	s.Service = "it" + randomHex(4)
+	s.Service = UniqueName()
 	RemoveService(t, s.API, s.Service)
 	if o.HandoffProxy {
 		if o.Handover == 0 {
@@ -127,7 +127,7 @@ caddy:
 func (s *Scenario) Sibling() *Scenario {
 	s.T.Helper()
 	o := *s
-	o.Service = "it" + randomHex(4)
+	o.Service = UniqueName()
 	o.Dir = s.T.TempDir()
 	o.UserPort = 0
 	RemoveService(s.T, s.API, o.Service)
@@ -187,6 +187,14 @@ func or(s, def string) string {
 	}
 	return s
 }
+
+// runID is in the name of every Docker object this test process makes, so
+// that its end can check that none is left (TestMain), and tell them from
+// another package's running at the same time.
+var runID = randomHex(2)
+
+// UniqueName names a service, container, network or volume of a test.
+func UniqueName() string { return "it" + runID + randomHex(3) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -19,6 +19,8 @@
 //
 // `testapp check` GETs its own /health and exits 0 on 200: the image has no
 // shell or curl, so this is what HEALTHCHECK and `health.type: cmd` run.
+// `testapp worker` listens on nothing: it logs a tick every 200ms (and
+// appends it to $TICKS, a file, when set) until SIGTERM, like a job worker.
 package main
 
 import (
@@ -40,6 +42,10 @@ func main() {
 	port := env("PORT", "8000")
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		os.Exit(check(port))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		worker(env("RELEASE", "dev"))
+		return
 	}
 	release := env("RELEASE", "dev")
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
@@ -159,6 +165,29 @@ func main() {
 	}
 	<-drained // ListenAndServe returns at once on Shutdown; wait for the requests
 	log.Printf("stopped")
+}
+
+func worker(release string) {
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	log.Printf("worker %s running", release)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case sig := <-stop:
+			log.Printf("worker %s got %s; stopping", release, sig)
+			return
+		case <-tick.C:
+			if f := os.Getenv("TICKS"); f != "" {
+				if fh, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+					fmt.Fprintf(fh, "%s %s\n", time.Now().UTC().Format(time.RFC3339Nano), release)
+					fh.Close()
+				}
+			}
+		}
+	}
 }
 
 func check(port string) int {

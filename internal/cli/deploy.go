@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,18 +24,19 @@ type deployOptions struct {
 func newDeployCmd(c *common) *cobra.Command {
 	opts := &deployOptions{common: c}
 	cmd := &cobra.Command{
-		Use:   "deploy [--verify[=strict] [URL]]",
+		Use:   "deploy [SERVICE...] [--verify[=strict] [URL]]",
 		Short: "Start the new release beside the old, wait until healthy, switch Caddy, drain, retire the old",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `deploy replaces the live release of a service with a new one, without a failed request.
+With handoff.yml it deploys its service. With a compose file (-f compose.yaml SERVICE...) it
+deploys each named service of the project in turn: blue/green for a service behind a route,
+start-first (or stop-first) for one without (a worker); services not named are not touched.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 {
-				// `--verify URL` and `--verify=strict URL`: the URL is the one argument.
-				if opts.verify != "on" && opts.verify != "strict" {
-					return fmt.Errorf("%w: unexpected argument %q (a URL goes with --verify)", errUsage, args[0])
-				}
-				opts.verifyURL = args[0]
+			services := args
+			if n := len(args); n > 0 && (opts.verify == "on" || opts.verify == "strict") && strings.Contains(args[n-1], "://") {
+				// `--verify URL` and `--verify=strict URL`: the URL is the last argument.
+				opts.verifyURL, services = args[n-1], args[:n-1]
 			}
-			return deployRun(cmd.Context(), opts)
+			return deployRun(cmd.Context(), opts, services)
 		},
 	}
 	f := cmd.Flags()
@@ -49,13 +51,34 @@ func newDeployCmd(c *common) *cobra.Command {
 	return cmd
 }
 
-func deployRun(ctx context.Context, opts *deployOptions) error {
-	s, d, done, err := opts.open(ctx)
+func deployRun(ctx context.Context, opts *deployOptions, services []string) error {
+	targets, err := opts.targets(ctx, services)
 	if err != nil {
 		return err
 	}
+	if len(targets) > 1 && opts.verify != "" {
+		return fmt.Errorf("%w: --verify watches one service: deploy them one at a time to verify each", errUsage)
+	}
+	for _, t := range targets {
+		if err := opts.deployOne(ctx, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deployOne deploys one service: its notes first, then the procedure.
+func (opts *deployOptions) deployOne(ctx context.Context, t target) error {
+	s := t.Settings
 	if opts.overrides.Image != "" {
 		s.Service.Build = nil // an explicit image is deployed as it is
+	}
+	for _, n := range t.notes {
+		(&reporter{io: opts.io}).Note(n)
+	}
+	d, done, err := opts.connect(ctx, s)
+	if err != nil {
+		return err
 	}
 	defer done()
 	watch, strict, err := opts.startVerify(s)

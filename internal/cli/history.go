@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -16,17 +17,17 @@ func newHistoryCmd(c *common) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "history",
 		Short: "List deploys and rollbacks with their image, outcome and the duration of each phase",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return historyRun(c, limit)
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return historyRun(cmd.Context(), c, limit, args)
 		},
 	}
 	cmd.Flags().IntVarP(&limit, "limit", "n", limit, "how many records to show")
 	return cmd
 }
 
-func historyRun(c *common, limit int) error {
-	s, err := c.settings()
+func historyRun(ctx context.Context, c *common, limit int, args []string) error {
+	s, err := c.settings(ctx, args)
 	if err != nil {
 		return err
 	}

@@ -75,7 +75,7 @@ same binary (an upgrade or restart without dropping anything).`,
 }
 
 func proxyControl(c *common, socket string, act func(*proxy.Client) (proxy.ServiceState, error)) error {
-	s, err := c.settings()
+	s, err := c.settings(context.Background(), nil)
 	if err != nil {
 		return err
 	}
@@ -112,6 +112,13 @@ func parsePrefixes(list []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+func first(list []string) string {
+	if len(list) == 0 {
+		return ""
+	}
+	return list[0]
+}
+
 func or(s, def string) string {
 	if s != "" {
 		return s
@@ -121,7 +128,7 @@ func or(s, def string) string {
 
 func proxyStatus(ctx context.Context, c *common, socket string) error {
 	if socket == "" {
-		if f, err := config.Load(c.file); err == nil {
+		if f, err := config.Load(first(c.files)); err == nil {
 			socket = f.HandoffProxy.Socket
 		}
 	}

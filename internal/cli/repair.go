@@ -16,16 +16,16 @@ stopped), starts the release in service again if it stopped, and points the
 proxy at it when it listens somewhere else. When the proxy already points at a
 running release it changes nothing. handoff status says when it is needed.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return repairRun(cmd.Context(), c)
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return repairRun(cmd.Context(), c, args)
 		},
 	}
 	cmd.Flags().DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
 	return cmd
 }
 
-func repairRun(ctx context.Context, c *common) error {
-	s, d, done, err := c.open(ctx)
+func repairRun(ctx context.Context, c *common, args []string) error {
+	s, d, done, err := c.open(ctx, args)
 	if err != nil {
 		return err
 	}

@@ -16,9 +16,9 @@ func newRollbackCmd(c *common) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rollback",
 		Short: "Put the previous kept release back in service (start, health, switch, drain, stop)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return rollbackRun(cmd.Context(), opts)
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return rollbackRun(cmd.Context(), opts, args)
 		},
 	}
 	cmd.Flags().IntVar(&opts.to, "to", 0, "release number to go back to (default: the one before the live one)")
@@ -26,8 +26,8 @@ func newRollbackCmd(c *common) *cobra.Command {
 	return cmd
 }
 
-func rollbackRun(ctx context.Context, opts *rollbackOptions) error {
-	s, d, done, err := opts.open(ctx)
+func rollbackRun(ctx context.Context, opts *rollbackOptions, args []string) error {
+	s, d, done, err := opts.open(ctx, args)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/handoff-dev/handoff/internal/caddy"
+	"github.com/handoff-dev/handoff/internal/compose"
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/docker"
@@ -23,8 +24,9 @@ import (
 // state lives, and how to print.
 type common struct {
 	io        *IO
-	file      string
+	files     []string // -f: handoff.yml, or one or more compose files
 	overrides config.Overrides
+	compose   compose.Options // --env-file, --profile, -p, --project-directory
 	stateDir  string
 	json      bool
 	lockWait  time.Duration
@@ -56,7 +58,11 @@ func NewRoot(streams *IO) *cobra.Command {
 		return fmt.Errorf("%w: %v (see --help)", errUsage, err)
 	})
 	f := root.PersistentFlags()
-	f.StringVarP(&c.file, "file", "f", "", "service file (default ./handoff.yml when it exists)")
+	f.StringArrayVarP(&c.files, "file", "f", nil, "handoff.yml (default ./handoff.yml when it exists), or a compose file (repeat -f for several, as docker compose takes them)")
+	f.StringArrayVar(&c.compose.EnvFiles, "env-file", nil, "compose: an environment file for interpolation, as docker compose --env-file")
+	f.StringArrayVar(&c.compose.Profiles, "profile", nil, "compose: a profile to turn on, as docker compose --profile")
+	f.StringVarP(&c.compose.Name, "project-name", "p", "", "compose: the project name, as docker compose -p")
+	f.StringVar(&c.compose.ProjectDir, "project-directory", "", "compose: the project directory, as docker compose --project-directory")
 	f.StringVar(&c.overrides.Service, "service", "", "service name (names its containers)")
 	f.StringVar(&c.overrides.CaddyAdmin, "caddy-admin", "", "Caddy admin API: URL, host:port or unix:PATH (default "+caddy.DefaultAdmin+")")
 	f.StringVar(&c.overrides.CaddyRoute, "caddy-route", "", "the route to switch: site host (api.example.com) or current upstream (localhost:8000)")
@@ -71,19 +77,23 @@ func NewRoot(streams *IO) *cobra.Command {
 	return root
 }
 
-// settings reads the file and merges the flags.
-func (c *common) settings() (config.Settings, error) {
-	f, err := config.Load(c.file)
+// settings reads the file and merges the flags: the one service of a
+// handoff.yml, or the one compose service args name.
+func (c *common) settings(ctx context.Context, args []string) (config.Settings, error) {
+	ts, err := c.targets(ctx, args)
 	if err != nil {
 		return config.Settings{}, err
 	}
-	return config.Resolve(f, c.overrides)
+	if len(ts) != 1 {
+		return config.Settings{}, fmt.Errorf("%w: this command takes one service; name one (of %d)", errUsage, len(ts))
+	}
+	return ts[0].Settings, nil
 }
 
 // open reads the settings and wires the procedure to the real Docker
 // engine and Caddy; done releases the connections.
-func (c *common) open(ctx context.Context) (config.Settings, *deploy.Deployer, func(), error) {
-	s, err := c.settings()
+func (c *common) open(ctx context.Context, args []string) (config.Settings, *deploy.Deployer, func(), error) {
+	s, err := c.settings(ctx, args)
 	if err != nil {
 		return s, nil, nil, err
 	}
@@ -99,9 +109,12 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 	}
 	var switcher deploy.Proxy
 	var err error
-	if s.Proxy == config.ProxyHandoff {
+	switch {
+	case s.Service.Rollout != deploy.RolloutBlueGreen:
+		// no route, no proxy: a worker
+	case s.Proxy == config.ProxyHandoff:
 		switcher, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
-	} else {
+	default:
 		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile, dir)
 	}
 	if err != nil {

@@ -13,15 +13,15 @@ func newStatusCmd(c *common) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "Show the live release, what Caddy points at, whether they agree, and missing Caddy settings",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return statusRun(cmd.Context(), c)
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return statusRun(cmd.Context(), c, args)
 		},
 	}
 }
 
-func statusRun(ctx context.Context, c *common) error {
-	s, d, done, err := c.open(ctx)
+func statusRun(ctx context.Context, c *common, args []string) error {
+	s, d, done, err := c.open(ctx, args)
 	if err != nil {
 		return err
 	}

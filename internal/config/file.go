@@ -45,8 +45,13 @@ type File struct {
 	Caddy        Caddy             `yaml:"caddy"`
 	Proxy        string            `yaml:"proxy"` // caddy (default) or handoff
 	HandoffProxy HandoffProxy      `yaml:"handoff_proxy"`
+	Compose      *Compose          `yaml:"compose"`  // the services are a compose project's
+	Route        string            `yaml:"route"`    // x-handoff: the Caddy route (caddy.route)
+	Strategy     string            `yaml:"strategy"` // x-handoff: start-first or stop-first, for a service without a route
+	Reach        string            `yaml:"reach"`    // host or network: how the proxy reaches a release
 
 	path  string         // the file read, for messages and relative paths
+	dir   string         // relative paths are taken from here, when not path's directory
 	lines map[string]int // "health.interval" → line, for messages
 }
 
@@ -85,6 +90,7 @@ type Health struct {
 	Interval     Duration `yaml:"interval"`
 	Successes    int      `yaml:"successes"`
 	StartTimeout Duration `yaml:"start_timeout"`
+	Settle       Duration `yaml:"settle"` // running this long without a restart, when there is no check
 }
 
 // Caddy is `caddy:`.
@@ -92,6 +98,24 @@ type Caddy struct {
 	Admin     string `yaml:"admin"`
 	Route     string `yaml:"route"`
 	Caddyfile string `yaml:"caddyfile"`
+}
+
+// Compose is `compose:`: handoff.yml names a compose project's services.
+type Compose struct {
+	Files    Words    `yaml:"files"`    // compose files, as -f (default: compose.yaml beside handoff.yml)
+	Services []string `yaml:"services"` // deployed when the command names none
+	Project  string   `yaml:"project"`  // -p
+	EnvFiles Words    `yaml:"env_file"` // --env-file
+	Profiles []string `yaml:"profiles"` // --profile
+}
+
+// ComposeFiles are compose.files, relative to handoff.yml.
+func (f File) ComposeFiles() []string {
+	var out []string
+	for _, c := range f.Compose.Files {
+		out = append(out, f.relative(c))
+	}
+	return out
 }
 
 // HandoffProxy is `handoff_proxy:`, for `proxy: handoff`.
@@ -161,7 +185,18 @@ func Load(path string) (File, error) {
 
 // Parse reads handoff.yml's text; name is used in messages and for relative paths.
 func Parse(name string, data []byte) (File, error) {
-	f := File{path: name, lines: map[string]int{}}
+	return parse(name, "", data, fileSchema)
+}
+
+// ParseExtension reads the text of a compose file's `x-handoff:` block
+// (what handoff adds to a compose service); name says where it is, for
+// messages, and relative paths are taken from dir, the project's.
+func ParseExtension(name, dir string, data []byte) (File, error) {
+	return parse(name, dir, data, extensionSchema)
+}
+
+func parse(name, dir string, data []byte, keys schema) (File, error) {
+	f := File{path: name, dir: dir, lines: map[string]int{}}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
@@ -181,7 +216,7 @@ func Parse(name string, data []byte) (File, error) {
 	if root.Kind != yaml.MappingNode {
 		return f, fileError(name, root.Line, "expected keys like `service:` and `image:` at the top level")
 	}
-	if err := checkKeys(root, fileSchema, "", f.lines); err != nil {
+	if err := checkKeys(root, keys, "", f.lines); err != nil {
 		var le *lineError
 		errors.As(err, &le)
 		return f, fileError(name, le.line, le.msg)
@@ -208,6 +243,9 @@ func Parse(name string, data []byte) (File, error) {
 
 // Dir is the directory relative paths in the file are taken from.
 func (f File) Dir() string {
+	if f.dir != "" {
+		return f.dir
+	}
 	if f.path == "" {
 		return "."
 	}

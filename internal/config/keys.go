@@ -16,18 +16,31 @@ var anyKeys schema
 
 var fileSchema = schema{
 	"service": nil, "image": nil, "command": nil, "port": nil,
-	"build":      {"context": nil, "dockerfile": nil, "args": anyKeys, "target": nil},
-	"env":        anyKeys,
-	"env_file":   nil,
-	"volumes":    nil,
-	"network":    nil,
-	"labels":     anyKeys,
-	"restart":    nil,
-	"host_ports": nil,
-	"resources":  {"memory": nil, "cpus": nil},
-	"health": {"type": nil, "path": nil, "host": nil, "status": nil, "command": nil,
-		"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil},
+	"build":         {"context": nil, "dockerfile": nil, "args": anyKeys, "target": nil},
+	"env":           anyKeys,
+	"env_file":      nil,
+	"volumes":       nil,
+	"network":       nil,
+	"labels":        anyKeys,
+	"restart":       nil,
+	"host_ports":    nil,
+	"resources":     {"memory": nil, "cpus": nil},
+	"health":        healthSchema,
 	"drain_timeout": nil, "stop_timeout": nil, "keep": nil,
+	"caddy":         {"admin": nil, "route": nil, "caddyfile": nil},
+	"proxy":         nil,
+	"handoff_proxy": {"socket": nil, "listen": nil},
+	"compose":       {"files": nil, "services": nil, "project": nil, "env_file": nil, "profiles": nil},
+}
+
+var healthSchema = schema{"type": nil, "path": nil, "host": nil, "status": nil, "command": nil,
+	"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil, "settle": nil}
+
+// extensionSchema is what an `x-handoff:` block of a compose file may say:
+// the container itself is the compose service's.
+var extensionSchema = schema{
+	"port": nil, "health": healthSchema, "drain_timeout": nil, "stop_timeout": nil, "keep": nil,
+	"host_ports": nil, "route": nil, "strategy": nil, "reach": nil,
 	"caddy":         {"admin": nil, "route": nil, "caddyfile": nil},
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},

@@ -50,45 +50,20 @@ type Settings struct {
 
 // Resolve merges f and o, checks every value, and reads env files.
 func Resolve(f File, o Overrides) (Settings, error) {
-	pick := func(flag, file string) string {
-		if flag != "" {
-			return flag
-		}
-		return file
-	}
 	svc := deploy.Service{
-		Name:         pick(o.Service, f.Service),
-		Image:        pick(o.Image, f.Image),
-		Command:      f.Command,
-		Port:         f.Port,
-		Volumes:      f.Volumes,
-		Network:      f.Network,
-		Labels:       f.Labels,
-		Restart:      f.Restart,
-		CPUs:         f.Resources.CPUs,
-		DrainTimeout: time.Duration(f.DrainTimeout),
-		StopTimeout:  time.Duration(f.StopTimeout),
+		Name:    pick(o.Service, f.Service),
+		Image:   pick(o.Image, f.Image),
+		Command: f.Command,
+		Volumes: f.Volumes,
+		Labels:  f.Labels,
+		Restart: f.Restart,
+		CPUs:    f.Resources.CPUs,
 	}
-	if o.Port != 0 {
-		svc.Port = o.Port
-	}
-	if o.DrainTimeout < 0 {
-		return Settings{}, fmt.Errorf("%w: --drain-timeout %s: a duration cannot be negative", deploy.ErrConfig, o.DrainTimeout)
-	}
-	if o.DrainTimeout != 0 {
-		svc.DrainTimeout = o.DrainTimeout
+	if f.Network != "" {
+		svc.Networks = []deploy.Network{{Name: f.Network}}
 	}
 	if err := deploy.CheckName(svc.Name); err != nil {
 		return Settings{}, err
-	}
-	if f.Keep != nil {
-		if *f.Keep < 1 {
-			return Settings{}, f.at("keep", fmt.Sprintf("keep: %d: keep at least 1 earlier release, or rollback has nothing to go back to", *f.Keep))
-		}
-		svc.Keep = *f.Keep
-	}
-	if f.Port < 0 || f.Port > 65535 {
-		return Settings{}, f.at("port", fmt.Sprintf("port %d is not a TCP port (1-65535)", f.Port))
 	}
 	if f.Resources.Memory != "" {
 		m, err := units.RAMInBytes(f.Resources.Memory)
@@ -102,13 +77,6 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	}
 	if r := f.Restart; r != "" && !slices.Contains([]string{"no", "always", "unless-stopped", "on-failure"}, r) {
 		return Settings{}, f.at("restart", fmt.Sprintf("restart %q: use no, always, unless-stopped or on-failure", r))
-	}
-	if f.HostPorts != "" {
-		lo, hi, err := parsePortRange(f.HostPorts)
-		if err != nil {
-			return Settings{}, f.at("host_ports", err.Error())
-		}
-		svc.HostPorts = deploy.PortRange{Low: lo, High: hi}
 	}
 	if f.Build != nil {
 		b := *f.Build
@@ -127,29 +95,93 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	for i, v := range svc.Volumes {
 		svc.Volumes[i] = f.relativeVolume(v)
 	}
-
 	env, err := f.env()
 	if err != nil {
 		return Settings{}, err
 	}
 	svc.Env = env
+	return f.Apply(svc, o)
+}
 
+// Apply sets what handoff itself needs on a service whose container is
+// already described (by handoff.yml, or by a compose file): health check,
+// timeouts, releases kept, rollout, and the proxy that switches it. The
+// file's values win over svc's, the flags over both.
+func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
+	if o.DrainTimeout < 0 {
+		return Settings{}, fmt.Errorf("%w: --drain-timeout %s: a duration cannot be negative", deploy.ErrConfig, o.DrainTimeout)
+	}
+	svc.DrainTimeout = time.Duration(f.DrainTimeout)
+	if o.DrainTimeout != 0 {
+		svc.DrainTimeout = o.DrainTimeout
+	}
+	if f.StopTimeout != 0 {
+		svc.StopTimeout = time.Duration(f.StopTimeout)
+	}
+	if f.Port < 0 || f.Port > 65535 {
+		return Settings{}, f.at("port", fmt.Sprintf("port %d is not a TCP port (1-65535)", f.Port))
+	}
+	if f.Port != 0 {
+		svc.Port = f.Port
+	}
+	if o.Port != 0 {
+		svc.Port = o.Port
+	}
+	if f.Keep != nil {
+		if *f.Keep < 1 {
+			return Settings{}, f.at("keep", fmt.Sprintf("keep: %d: keep at least 1 earlier release, or rollback has nothing to go back to", *f.Keep))
+		}
+		svc.Keep = *f.Keep
+	}
+	if f.HostPorts != "" {
+		lo, hi, err := parsePortRange(f.HostPorts)
+		if err != nil {
+			return Settings{}, f.at("host_ports", err.Error())
+		}
+		svc.HostPorts = deploy.PortRange{Low: lo, High: hi}
+	}
+	switch r := deploy.Reach(f.Reach); r {
+	case deploy.ReachAuto, deploy.ReachHost, deploy.ReachNetwork:
+		svc.Reach = r
+	default:
+		return Settings{}, f.at("reach", fmt.Sprintf("reach %q: use host (a proxy on the host) or network (a proxy in a container, by container name)", f.Reach))
+	}
+	switch s := deploy.Rollout(f.Strategy); s {
+	case deploy.RolloutStartFirst, deploy.RolloutStopFirst:
+		svc.Rollout = s
+	case "", "blue-green":
+	default:
+		return Settings{}, f.at("strategy", fmt.Sprintf("strategy %q: use start-first (the default for a service without a route) or stop-first (it must never run twice)", f.Strategy))
+	}
 	h, err := f.health(o)
 	if err != nil {
 		return Settings{}, err
 	}
 	svc.Health = h
 
-	cad := Caddy{Admin: pick(o.CaddyAdmin, f.Caddy.Admin), Route: pick(o.CaddyRoute, f.Caddy.Route), Caddyfile: pick(o.Caddyfile, f.Caddy.Caddyfile)}
+	cad := Caddy{Admin: pick(o.CaddyAdmin, f.Caddy.Admin), Route: pick(o.CaddyRoute, pick(f.Route, f.Caddy.Route)), Caddyfile: pick(o.Caddyfile, f.Caddy.Caddyfile)}
 	if o.Caddyfile == "" && cad.Caddyfile != "" {
 		cad.Caddyfile = f.relative(cad.Caddyfile)
+	}
+	if strings.HasPrefix(cad.Admin, "unix:") && o.CaddyAdmin == "" {
+		cad.Admin = "unix:" + f.relative(strings.TrimPrefix(strings.TrimPrefix(cad.Admin, "unix:"), "//"))
 	}
 	proxy := pick(o.Proxy, pick(f.Proxy, ProxyCaddy))
 	if proxy != ProxyCaddy && proxy != ProxyHandoff {
 		return Settings{}, f.at("proxy", fmt.Sprintf("proxy %q: use caddy or handoff", proxy))
 	}
 	hp := HandoffProxy{Socket: pick(o.ProxySocket, f.HandoffProxy.Socket), Listen: pick(o.ProxyListen, f.HandoffProxy.Listen)}
+	if hp.Socket != "" && o.ProxySocket == "" {
+		hp.Socket = f.relative(hp.Socket)
+	}
 	return Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp}, nil
+}
+
+func pick(flag, file string) string {
+	if flag != "" {
+		return flag
+	}
+	return file
 }
 
 // env reads env_file entries in order, then env, which wins. An env file
@@ -207,6 +239,7 @@ func (f File) health(o Overrides) (deploy.HealthCheck, error) {
 		Interval:     time.Duration(in.Interval),
 		Successes:    in.Successes,
 		StartTimeout: time.Duration(in.StartTimeout),
+		Settle:       time.Duration(in.Settle),
 	}
 	if o.HealthPath != "" {
 		h.Path = o.HealthPath
@@ -218,9 +251,9 @@ func (f File) health(o Overrides) (deploy.HealthCheck, error) {
 		h.Kind = deploy.HealthHTTP
 	}
 	switch h.Kind {
-	case deploy.HealthAuto, deploy.HealthHTTP, deploy.HealthTCP, deploy.HealthCmd, deploy.HealthDocker:
+	case deploy.HealthAuto, deploy.HealthHTTP, deploy.HealthTCP, deploy.HealthCmd, deploy.HealthDocker, deploy.HealthRunning:
 	default:
-		return h, f.at("health.type", fmt.Sprintf("health type %q: use http, tcp, cmd or docker", in.Type))
+		return h, f.at("health.type", fmt.Sprintf("health type %q: use http, tcp, cmd, docker or running", in.Type))
 	}
 	if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
 		return h, f.at("health.path", fmt.Sprintf("health path %q must start with /", h.Path))

@@ -19,6 +19,7 @@ type fakeRuntime struct {
 	healthy    func(c Container) Container // how a started container looks on inspect
 	logs       string
 	calls      []string
+	announced  []string // releases given their service's names, in order
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -86,9 +87,12 @@ func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.nextPort++
-	c := &Container{ID: fmt.Sprintf("id-%s-%d", svc.Name, release), Name: fmt.Sprintf("%s-%d", svc.Name, release),
+	c := &Container{ID: fmt.Sprintf("id-%s-%d", svc.Name, release), Name: svc.ContainerName(release),
 		Service: svc.Name, Release: release, Image: svc.Image, ImageID: imageID, Running: true, Port: svc.Port,
-		Upstream: fmt.Sprintf("127.0.0.1:%d", f.nextPort)}
+		StartedAt: time.Now()}
+	if svc.Port != 0 {
+		c.Upstream = fmt.Sprintf("127.0.0.1:%d", f.nextPort)
+	}
 	f.containers = append(f.containers, c)
 	f.record("run " + c.Name)
 	return f.healthy(*c), nil
@@ -109,6 +113,26 @@ func (f *fakeRuntime) Start(_ context.Context, id string, _ string) (Container, 
 }
 
 func (f *fakeRuntime) Watch(context.Context, string) <-chan string { return nil }
+
+func (f *fakeRuntime) Announce(_ context.Context, c Container, _ Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.announced = append(f.announced, c.Name)
+	return nil
+}
+
+// Find returns the containers without a service label whose labels match.
+func (f *fakeRuntime) Find(_ context.Context, labels map[string]string) ([]Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Container
+	for _, c := range f.containers {
+		if c.Running && c.Service == "" && labels["app"] != "" && c.Name == labels["app"]+"-byhand" {
+			out = append(out, *c)
+		}
+	}
+	return out, nil
+}
 
 func (f *fakeRuntime) Inspect(_ context.Context, id string) (Container, error) {
 	f.mu.Lock()

@@ -44,7 +44,7 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 			switch {
 			case ok:
 				passes++
-				if passes >= h.Successes {
+				if passes >= h.Successes || kind == HealthRunning {
 					return nil
 				}
 			case ctx.Err() != nil:
@@ -96,14 +96,17 @@ func stateChange(action string, kind HealthKind) bool {
 	return kind == HealthDocker && strings.HasPrefix(action, "health_status")
 }
 
-// effectiveKind resolves HealthAuto: the image's own HEALTHCHECK when it has
-// one, else an HTTP GET.
+// effectiveKind resolves HealthAuto: the container's own HEALTHCHECK when
+// it has one, else an HTTP GET, or for a service with no port (a worker)
+// running a while without a restart.
 func effectiveKind(k HealthKind, c Container) HealthKind {
-	if k != HealthAuto {
+	switch {
+	case k != HealthAuto:
 		return k
-	}
-	if c.HasCheck {
+	case c.HasCheck:
 		return HealthDocker
+	case c.Port == 0:
+		return HealthRunning
 	}
 	return HealthHTTP
 }
@@ -114,6 +117,9 @@ func crashed(started, now Container) string {
 	case now.OOMKilled:
 		return "killed for running out of memory (OOM) while starting"
 	case now.Restarting || now.RestartCount > started.RestartCount:
+		if now.ExitCode == 0 {
+			return "restarted while starting (its restart policy brought it back; see its logs)" // Docker clears the code once it runs again
+		}
 		return fmt.Sprintf("restarted while starting (exit code %d)", now.ExitCode)
 	case !now.Running:
 		return fmt.Sprintf("exited with code %d while starting", now.ExitCode)
@@ -135,6 +141,11 @@ func (d *Deployer) probe(ctx context.Context, kind HealthKind, h HealthCheck, c 
 			why += ": " + firstLine(c.HealthOutput)
 		}
 		return false, why
+	case HealthRunning:
+		if up := d.now().Sub(c.StartedAt); up < h.Settle {
+			return false, fmt.Sprintf("running for %s of %s without a restart", up.Round(100*time.Millisecond), h.Settle)
+		}
+		return true, ""
 	case HealthCmd:
 		code, out, err := d.Runtime.Exec(ctx, c.ID, h.Command)
 		if err != nil {
@@ -145,17 +156,18 @@ func (d *Deployer) probe(ctx context.Context, kind HealthKind, h HealthCheck, c 
 		}
 		return true, ""
 	case HealthTCP:
-		if c.Upstream == "" {
+		addr := c.probeAddr()
+		if addr == "" {
 			return false, "port not published yet"
 		}
-		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.Upstream)
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return false, "TCP connect " + c.Upstream + ": " + err.Error()
+			return false, "TCP connect " + addr + ": " + err.Error()
 		}
 		conn.Close()
 		return true, ""
 	default:
-		return probeHTTP(ctx, h, c.Upstream)
+		return probeHTTP(ctx, h, c.probeAddr())
 	}
 }
 
@@ -197,6 +209,14 @@ func probeHTTP(ctx context.Context, h HealthCheck, upstream string) (bool, strin
 	return true, ""
 }
 
+// probeAddr is where a check from the host reaches c.
+func (c Container) probeAddr() string {
+	if c.Probe != "" {
+		return c.Probe
+	}
+	return c.Upstream
+}
+
 func (d *Deployer) healthDetail(svc Service, c Container) string {
 	h := svc.Health
 	switch effectiveKind(h.Kind, c) {
@@ -205,9 +225,11 @@ func (d *Deployer) healthDetail(svc Service, c Container) string {
 	case HealthCmd:
 		return "exec " + strings.Join(h.Command, " ")
 	case HealthTCP:
-		return "TCP " + c.Upstream
+		return "TCP " + c.probeAddr()
+	case HealthRunning:
+		return fmt.Sprintf("running %s without a restart", h.Settle)
 	default:
-		detail := "GET http://" + c.Upstream + h.Path
+		detail := "GET http://" + c.probeAddr() + h.Path
 		if h.Host != "" {
 			detail += " (Host: " + h.Host + ")"
 		}

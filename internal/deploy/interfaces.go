@@ -26,6 +26,7 @@ type Container struct {
 	CheckWindow  time.Duration // how long its HEALTHCHECK allows to become healthy: start period + retries × (interval + timeout)
 	Port         int           // the app's port inside the container
 	Upstream     string        // host:port the proxy dials; "" when not published
+	Probe        string        // host:port a health check from the host dials ("" : Upstream)
 	Created      time.Time
 	StartedAt    time.Time
 }
@@ -34,8 +35,12 @@ type Container struct {
 type Runtime interface {
 	// Releases lists the containers labelled as releases of service, newest first.
 	Releases(ctx context.Context, service string) ([]Container, error)
-	// Serving finds the running container that publishes upstream (host:port), for adoption.
+	// Serving finds the running container that upstream (host:port, or a
+	// container's name or alias and port) reaches, for adoption.
 	Serving(ctx context.Context, upstream string) (*Container, error)
+	// Find lists the running containers that carry labels and were not
+	// started by handoff (a compose service's), for adoption.
+	Find(ctx context.Context, labels map[string]string) ([]Container, error)
 	// Build runs the user's own `docker build`, streaming its output.
 	Build(ctx context.Context, spec BuildSpec, tag string, out io.Writer) error
 	// ImageID resolves a reference to the local image's ID; ErrImageNotFound if absent.
@@ -45,6 +50,9 @@ type Runtime interface {
 	Run(ctx context.Context, svc Service, release int, imageID string) (Container, error)
 	// Start starts a stopped container with restart policy restart.
 	Start(ctx context.Context, id string, restart string) (Container, error)
+	// Announce gives a healthy release the names svc's networks give the
+	// service (its aliases), so that other services find it by them.
+	Announce(ctx context.Context, c Container, svc Service) error
 	// Watch reports the container's state changes (die, restart, oom,
 	// health_status...) as they happen, until ctx ends; nil if it cannot.
 	Watch(ctx context.Context, id string) <-chan string

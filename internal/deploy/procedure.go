@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -53,31 +54,54 @@ func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
 	}
-	rec.Image, rec.ImageID = svc.Image, imageID
+	return rec, d.roll(ctx, svc, rec, view, imageID)
+}
 
+// roll starts a new release of svc from imageID and puts it in service as
+// the service's rollout says: blue/green behind a proxy, or, for a service
+// no proxy routes to, start-first or stop-first.
+func (d *Deployer) roll(ctx context.Context, svc Service, rec *Record, view *view, imageID string) error {
+	rec.Image, rec.ImageID = svc.Image, imageID
 	if svc.Port == 0 && view.live != nil {
 		svc.Port = view.live.Port
 	}
-	if svc.Port == 0 {
-		return rec, d.fail(ctx, rec, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
+	if svc.Port == 0 && svc.Rollout == RolloutBlueGreen {
+		return d.fail(ctx, rec, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
+	}
+	if svc.Reach == ReachAuto {
+		svc.Reach = reachOf(view.upstream)
 	}
 	release := view.nextRelease()
-	rec.ToRelease, rec.To = release, fmt.Sprintf("%s-%d", svc.Name, release)
+	rec.ToRelease, rec.To = release, svc.ContainerName(release)
+	if svc.Rollout != RolloutBlueGreen {
+		return d.replace(ctx, svc, rec, view, release, imageID)
+	}
 
 	var next Container
-	err = d.phase(rec, PhaseStart, rec.To, func() error {
+	err := d.phase(rec, PhaseStart, rec.To, func() (err error) {
 		next, err = d.Runtime.Run(ctx, svc, release, imageID)
 		return err
 	})
 	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+		return d.fail(ctx, rec, err)
 	}
-	return rec, d.handoff(ctx, svc, rec, view, next, d.discard)
+	return d.handoff(ctx, svc, rec, view, next, d.discard)
 }
 
-// Rollback puts an earlier kept release back in service by the same
-// procedure: start it, wait healthy, switch, drain, retire the current one.
-// to is the release number; 0 picks the newest release older than the live one.
+// reachOf says how a proxy that dials upstream reaches a container: by a
+// name on a Docker network (it runs in a container too), or on the host.
+func reachOf(upstream string) Reach {
+	host, _, err := net.SplitHostPort(upstream)
+	if err != nil || upstream == "" || isLoopback(host) || net.ParseIP(host) != nil {
+		return ReachHost
+	}
+	return ReachNetwork
+}
+
+// Rollback puts an earlier release back in service by the same procedure:
+// a kept container is started again; a release no longer kept (a compose
+// service's, removed when retired) runs again from its image. to is the
+// release number; 0 picks the newest release older than the live one.
 func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, error) {
 	svc = svc.WithDefaults()
 	unlock, err := d.Locker.Lock(ctx, svc.Name)
@@ -93,6 +117,9 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	}
 	view.adoptExpected(rec)
 	target, err := d.rollbackTarget(svc, view, to)
+	if errors.Is(err, ErrNothingToRoll) && (svc.RemoveRetired || svc.Rollout != RolloutBlueGreen) {
+		return rec, d.rollbackToImage(ctx, svc, rec, view, to)
+	}
 	if err != nil {
 		return rec, d.fail(ctx, rec, err)
 	}
@@ -111,6 +138,35 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	return rec, d.handoff(ctx, svc, rec, view, next, d.stopQuietly(svc))
 }
 
+// rollbackToImage runs an earlier release's image again as a new release.
+func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record, view *view, to int) error {
+	from := view.rollbackRecord(to)
+	if from == nil {
+		if to != 0 {
+			return d.fail(ctx, rec, fmt.Errorf("%w: the history has no release %d of %s that served (see `handoff history`)", ErrNothingToRoll, to, svc.Name))
+		}
+		return d.fail(ctx, rec, fmt.Errorf("%w: the history has no release of %s before %s", ErrNothingToRoll, svc.Name, view.liveName()))
+	}
+	svc.Image, svc.Build = from.Image, nil
+	var imageID string
+	err := d.phase(rec, PhaseImage, fmt.Sprintf("%s (%s, as release %d ran it)", from.Image, shortID(from.ImageID), from.ToRelease), func() (err error) {
+		imageID, err = d.Runtime.ImageID(ctx, from.ImageID)
+		return err
+	})
+	if err != nil {
+		return d.fail(ctx, rec, err)
+	}
+	return d.roll(ctx, svc, rec, view, imageID)
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
 // handoff is the part deploy and rollback share: wait until next is
 // healthy, switch the proxy to it, drain the old upstream, retire the old
 // container. abandon undoes next when a step before the switch fails.
@@ -126,6 +182,10 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 		}
 		d.unlessUsed(ctx, rec, next, abandon)
 		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+	}
+	if err := d.Runtime.Announce(ctx, next, svc); err != nil {
+		d.unlessUsed(ctx, rec, next, abandon)
+		return d.fail(ctx, rec, fmt.Errorf("give %s the service's network aliases: %w; %s", next.Name, err, d.leftAsIs(view, next)))
 	}
 
 	err = d.phase(rec, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
@@ -192,6 +252,14 @@ func (d *Deployer) switchTo(ctx context.Context, rec *Record, v *view, next Cont
 	return ctx.Err() // interrupted: stop here; what is left is the next deploy's to drain
 }
 
+// describe names the proxy for messages; a service no proxy routes to has none.
+func (d *Deployer) describe() string {
+	if d.Proxy == nil {
+		return "no proxy (no route: a worker)"
+	}
+	return d.Proxy.Describe()
+}
+
 // leftAsIs says what production looks like after a failure before the switch.
 func (d *Deployer) leftAsIs(view *view, next Container) string {
 	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
@@ -210,7 +278,7 @@ func (d *Deployer) unlessUsed(ctx context.Context, rec *Record, c Container, und
 
 // inUse says why c must not be stopped or removed, or "".
 func (d *Deployer) inUse(ctx context.Context, c Container) string {
-	if c.Upstream == "" {
+	if c.Upstream == "" || d.Proxy == nil {
 		return ""
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)

@@ -67,7 +67,7 @@ type PhaseRecord struct {
 
 func newRecord(service, kind string, pid int, now time.Time) *Record {
 	return &Record{
-		ID:      fmt.Sprintf("%s-%s", now.UTC().Format("20060102T150405.000"), kind),
+		ID:      fmt.Sprintf("%s-%s", now.UTC().Format("20060102T150405.000000"), kind),
 		Service: service,
 		Kind:    kind,
 		Started: now,

@@ -26,12 +26,12 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 	}
 	if view.live != nil {
 		rec.From, rec.To, rec.FromRelease, rec.ToRelease = view.live.Name, view.live.Name, view.live.Release, view.live.Release
-		d.note(rec, fmt.Sprintf("%s points at %s, which serves: nothing to repair", d.Proxy.Describe(), view.live.Name))
+		d.note(rec, fmt.Sprintf("%s points at %s, which serves: nothing to repair", d.describe(), view.live.Name))
 		return rec, d.succeed(rec)
 	}
 	target := view.expected
 	if target == nil {
-		return rec, d.fail(ctx, rec, fmt.Errorf("%w: %s points at %s and no release of %s is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.Proxy.Describe(), view.upstream, svc.Name))
+		return rec, d.fail(ctx, rec, fmt.Errorf("%w: %s points at %s and no release of %s is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), view.upstream, svc.Name))
 	}
 	rec.ToRelease, rec.To, rec.Image, rec.ImageID = target.Release, target.Name, target.Image, target.ImageID
 

@@ -67,6 +67,19 @@ func (d *Deployer) retire(ctx context.Context, svc Service, rec *Record, old *Co
 			rec.FromStopped = true
 		}
 	}
+	return d.prune(ctx, svc, rec, old, live)
+}
+
+// prune removes what is not kept: the retired release itself when the
+// service says so (a compose service: `docker compose` must find one
+// container of it), and stopped releases beyond svc.Keep. Images stay.
+func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
+	if svc.RemoveRetired && old != nil && rec.FromStopped {
+		if err := d.Runtime.Remove(ctx, old.ID); err != nil {
+			return fmt.Errorf("remove retired %s: %w", old.Name, err)
+		}
+		d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", old.Name, old.Image))
+	}
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return err

@@ -25,31 +25,110 @@ const (
 	// DefaultRestart brings the live release back after a crash, a dockerd
 	// restart or a reboot, on the same address; stopped releases stay stopped.
 	DefaultRestart = "unless-stopped"
+	// DefaultSettle is how long a release with no health check at all must
+	// run without restarting to count as started.
+	DefaultSettle = 3 * time.Second
 )
 
 // Service is everything handoff needs to run one release of an app.
 type Service struct {
-	Name    string
-	Image   string     // image reference to run; with Build, the tag to build
-	Build   *BuildSpec // nil: take Image as it is
-	Command []string   // nil: the image's own CMD
-	Port    int        // port the app listens on inside the container; 0: the adopted container's
-	Env     []string   // KEY=VALUE, env files first, then env
-	Volumes []string   // docker -v syntax: "name:/data", "/host:/app:ro"
-	Network string     // extra network to attach to ("" : Docker's default bridge)
-	Labels  map[string]string
-	Restart string // Docker restart policy of the live release (default unless-stopped)
+	Name string
+	// ContainerPrefix names the containers: <prefix>-<release> ("" : Name).
+	ContainerPrefix string
+	Image           string     // image reference to run; with Build, the tag to build
+	Build           *BuildSpec // nil: take Image as it is
+	Command         []string   // nil: the image's own CMD
+	Entrypoint      []string   // nil: the image's own ENTRYPOINT
+	Port            int        // port the app listens on inside the container; 0: the adopted container's
+	Env             []string   // KEY=VALUE, env files first, then env
+	Volumes         []string   // docker -v syntax: "name:/data", "/host:/app:ro"
+	Networks        []Network  // networks to join (none: Docker's default bridge)
+	User            string
+	WorkingDir      string
+	ExtraHosts      []string // "host:ip"
+	CapAdd, CapDrop []string
+	Logging         *Logging
+	StopSignal      string
+	Check           *DockerCheck // a HEALTHCHECK for the container (a compose healthcheck); nil: the image's own
+	Labels          map[string]string
+	Stamps          map[string]Stamp // labels whose value only the run knows (compose's container-number and image)
+	Restart         string           // Docker restart policy of the live release (default unless-stopped)
 	// HostPorts is where release ports are published on 127.0.0.1; zero:
 	// a free port the kernel offers. Either way a release keeps its port.
 	HostPorts PortRange
 	Memory    int64 // bytes, 0: no limit
 	CPUs      float64
+	// Reach is how the proxy reaches a release; ReachAuto: as it reaches
+	// the live one.
+	Reach Reach
+	// Rollout is how a release replaces the live one.
+	Rollout Rollout
+	// RemoveRetired removes a retired release once it is stopped, instead
+	// of keeping it (a compose project: `docker compose up` must find one
+	// container per service). A rollback runs the release's image again.
+	RemoveRetired bool
+	// Adopt names, by label, the containers started outside handoff that a
+	// first deploy takes over when no proxy points at one (compose's
+	// project and service labels).
+	Adopt map[string]string
 
 	Health       HealthCheck
 	DrainTimeout time.Duration
 	StopTimeout  time.Duration
 	Keep         int // stopped releases kept for rollback
 }
+
+// Stamp is a value a label gets when a release is created.
+type Stamp string
+
+// The stamps.
+const (
+	StampRelease Stamp = "release"  // the release number
+	StampImageID Stamp = "image-id" // the ID of the image it runs
+)
+
+// Network is a network a release joins, and the names it answers to there
+// once it is healthy (before that only its own container name).
+type Network struct {
+	Name    string
+	Aliases []string
+}
+
+// Logging is the container's log driver.
+type Logging struct {
+	Driver  string
+	Options map[string]string
+}
+
+// DockerCheck is a Docker HEALTHCHECK.
+type DockerCheck struct {
+	Test          []string // ["CMD", ...], ["CMD-SHELL", "..."] or ["NONE"]
+	Interval      time.Duration
+	Timeout       time.Duration
+	StartPeriod   time.Duration
+	StartInterval time.Duration
+	Retries       int
+}
+
+// Reach says how the proxy reaches a release.
+type Reach string
+
+// The ways a proxy reaches a release.
+const (
+	ReachAuto    Reach = ""        // as the proxy reaches the live release (host for a first deploy)
+	ReachHost    Reach = "host"    // published on 127.0.0.1, the proxy on the host dials it there
+	ReachNetwork Reach = "network" // by container name on the release's networks (a proxy in a container); nothing published
+)
+
+// Rollout says how a release replaces the live one.
+type Rollout string
+
+// The rollouts.
+const (
+	RolloutBlueGreen  Rollout = ""            // a proxy routes to it: start, health, switch, drain, retire
+	RolloutStartFirst Rollout = "start-first" // no route (a worker): start the new, wait, stop the old
+	RolloutStopFirst  Rollout = "stop-first"  // must never run twice (a scheduler): stop the old, start the new; a gap
+)
 
 // PortRange is an inclusive range of TCP ports.
 type PortRange struct{ Low, High int }
@@ -72,6 +151,9 @@ const (
 	HealthTCP    HealthKind = "tcp"    // a TCP connect from the host
 	HealthCmd    HealthKind = "cmd"    // a command run inside the container exits 0
 	HealthDocker HealthKind = "docker" // the image's own HEALTHCHECK reports healthy
+	// HealthRunning: running Settle long without a restart, for a service
+	// with no port and no health check (a worker).
+	HealthRunning HealthKind = "running"
 )
 
 // HealthCheck says when a started container counts as ready for traffic.
@@ -86,6 +168,7 @@ type HealthCheck struct {
 	Interval     time.Duration
 	Successes    int           // consecutive passes needed
 	StartTimeout time.Duration // how long the app may take to become healthy
+	Settle       time.Duration // running: how long without a restart
 }
 
 // WithDefaults fills every zero setting with its default.
@@ -105,6 +188,9 @@ func (s Service) WithDefaults() Service {
 	h := &s.Health
 	if h.Path == "" {
 		h.Path = DefaultHealthPath
+	}
+	if h.Settle == 0 {
+		h.Settle = DefaultSettle
 	}
 	if h.StatusMin == 0 && h.StatusMax == 0 {
 		h.StatusMin, h.StatusMax = 200, 299
@@ -139,6 +225,8 @@ func (s Service) Validate() error {
 		return fmt.Errorf("%w: health status range %d-%d is empty", ErrConfig, s.Health.StatusMin, s.Health.StatusMax)
 	case s.Keep < 0:
 		return fmt.Errorf("%w: keep %d: must be 0 or more", ErrConfig, s.Keep)
+	case s.Rollout != RolloutBlueGreen && s.Rollout != RolloutStartFirst && s.Rollout != RolloutStopFirst:
+		return fmt.Errorf("%w: strategy %q: use blue-green (a service behind a route), start-first or stop-first", ErrConfig, s.Rollout)
 	case s.DrainTimeout < 0 || s.StopTimeout < 0 || s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.StartTimeout < 0:
 		return fmt.Errorf("%w: a negative duration in the settings of %s", ErrConfig, s.Name)
 	}
@@ -166,4 +254,13 @@ func validName(name string) bool {
 		}
 	}
 	return name != ""
+}
+
+// ContainerName is the name of release's container.
+func (s Service) ContainerName(release int) string {
+	prefix := s.ContainerPrefix
+	if prefix == "" {
+		prefix = s.Name
+	}
+	return fmt.Sprintf("%s-%d", prefix, release)
 }

@@ -38,20 +38,20 @@ type Release struct {
 // service's health check once against the live release.
 func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	svc = svc.WithDefaults()
-	v, err := d.look(ctx, svc.Name)
+	v, err := d.look(ctx, svc)
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Service: svc.Name, Proxy: d.Proxy.Describe(), Upstream: v.upstream}
+	st := &Status{Service: svc.Name, Proxy: d.describe(), Upstream: v.upstream}
 	now := d.now()
 	for _, c := range v.releases {
 		st.Releases = append(st.Releases, d.release(c, now))
 	}
 	switch {
 	case v.live == nil && v.expected != nil:
-		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair`", d.Proxy.Describe(), v.upstream, v.expected.Name, v.expected.whereNow())
+		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair`", d.describe(), v.upstream, v.expected.Name, v.expected.whereNow())
 	case v.live == nil && v.upstream == "":
-		st.Problem = "nothing deployed yet through " + d.Proxy.Describe()
+		st.Problem = "nothing deployed yet through " + d.describe()
 	case v.live == nil:
 		st.Problem = "no container serves " + v.upstream + ", which the proxy points at; deploy a release (`handoff deploy`)"
 	case !v.live.Running:
@@ -72,6 +72,9 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		if why := d.interrupted(ctx, st.LastEvent); why != "" && st.Agree {
 			st.Problem = why
 		}
+	}
+	if d.Proxy == nil {
+		return st, nil
 	}
 	st.Advice, err = d.Proxy.Advice(ctx, v.upstream)
 	return st, err

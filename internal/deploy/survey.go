@@ -24,11 +24,18 @@ type view struct {
 // survey reads Docker and the proxy, and repairs what an interrupted
 // procedure left behind, so that every procedure starts from a clean state.
 func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view, error) {
-	v, err := d.look(ctx, svc.Name)
+	v, err := d.look(ctx, svc)
 	if err != nil {
 		return nil, err
 	}
 	switch {
+	case d.Proxy == nil && v.live == nil:
+		d.note(rec, fmt.Sprintf("first deploy of %s: nothing of it runs yet", svc.Name))
+	case d.Proxy == nil:
+		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		if v.live.Adopted {
+			d.note(rec, fmt.Sprintf("adopting %s as the current release", v.live.Name))
+		}
 	case v.upstream == "":
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
 	case v.live == nil && v.expected != nil:
@@ -42,12 +49,14 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 		}
 	}
 	rec.OldUpstream = v.upstream
-	notes, err := d.Proxy.Preflight(ctx, v.upstream, v.known(Container{}))
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range notes {
-		d.note(rec, n)
+	if d.Proxy != nil {
+		notes, err := d.Proxy.Preflight(ctx, v.upstream, v.known(Container{}))
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range notes {
+			d.note(rec, n)
+		}
 	}
 	if err := d.recover(ctx, svc, rec, v); err != nil {
 		return nil, err
@@ -56,16 +65,19 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 }
 
 // look gathers the view without changing anything; status uses it too.
-func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
-	releases, err := d.Runtime.Releases(ctx, service)
+func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
+	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return nil, err
 	}
-	history, err := d.History.List(service)
+	history, err := d.History.List(svc.Name)
 	if err != nil {
 		return nil, err
 	}
 	v := &view{releases: releases, history: history}
+	if d.Proxy == nil {
+		return v, d.lookUnrouted(ctx, svc, v)
+	}
 	// A container adopted on the first deploy carries no labels: only the
 	// history knows it, and where it listens now (a rollback to it may have
 	// brought it back on another port) is one of the route's upstreams.
@@ -90,6 +102,27 @@ func (d *Deployer) look(ctx context.Context, service string) (*view, error) {
 	}
 	v.expected = v.lastSwitched()
 	return v, nil
+}
+
+// lookUnrouted finds the live release of a service no proxy routes to:
+// the newest one running, or on a first deploy the one to adopt.
+func (d *Deployer) lookUnrouted(ctx context.Context, svc Service, v *view) error {
+	for i := range v.releases {
+		if v.releases[i].Running {
+			v.live = &v.releases[i]
+			return nil
+		}
+	}
+	if v.expected = v.lastSwitched(); v.expected != nil || len(svc.Adopt) == 0 {
+		return nil
+	}
+	found, err := d.Runtime.Find(ctx, svc.Adopt)
+	if err != nil || len(found) == 0 {
+		return err
+	}
+	found[0].Adopted = true
+	v.live = &found[0]
+	return nil
 }
 
 // known lists the upstreams of the service's containers (and of extra,
@@ -216,6 +249,9 @@ func (v *view) find(c *Container) *Container {
 // drainLeftover waits for what may still run on a leftover's upstream, when
 // the proxy can tell; blind waits are for the upstream a switch just left.
 func (d *Deployer) drainLeftover(ctx context.Context, svc Service, rec *Record, upstream string) error {
+	if d.Proxy == nil {
+		return nil
+	}
 	in, err := d.Proxy.InFlight(ctx, upstream)
 	if err != nil || !in.Reported || in.Requests == 0 {
 		return nil
@@ -244,6 +280,25 @@ func (v *view) createdByInterrupted(c Container) bool {
 		}
 	}
 	return false
+}
+
+// rollbackRecord is the record of the release a rollback to release to
+// (0: the one before the live one) runs again: the newest that served.
+func (v *view) rollbackRecord(to int) *Record {
+	live := -1
+	if v.live != nil {
+		live = v.live.Release
+	}
+	for i := range v.history {
+		r := &v.history[i]
+		if !r.Switched || r.ImageID == "" || r.ToRelease == 0 {
+			continue
+		}
+		if to != 0 && r.ToRelease == to || to == 0 && r.ToRelease != live && (live < 0 || r.ToRelease < live) {
+			return r
+		}
+	}
+	return nil
 }
 
 // neverServed says whether no record shows c's release switched into service.

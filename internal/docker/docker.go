@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
+	"maps"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -34,6 +34,7 @@ const (
 	LabelImage   = "handoff.image"
 	LabelImageID = "handoff.image-id"
 	LabelPort    = "handoff.port"
+	LabelReach   = "handoff.reach" // "network": reached by name on its networks, not published
 )
 
 // startAttempts bounds how often Run picks another host port when the one
@@ -88,58 +89,6 @@ func (r *Runtime) Releases(ctx context.Context, service string) ([]deploy.Contai
 	return out, nil
 }
 
-// Serving finds the running container that publishes upstream on the
-// host, for adopting the container a user started by hand. The binding must
-// be the upstream's own address (or all addresses), not just its port.
-func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Container, error) {
-	host, portStr, err := net.SplitHostPort(upstream)
-	if err != nil {
-		return nil, nil // a unix socket or a name: not a published port
-	}
-	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
-		return nil, nil // only loopback upstreams are containers on this host
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, nil
-	}
-	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-	for _, s := range list.Items {
-		for _, p := range s.Ports {
-			if int(p.PublicPort) != port || p.Type != "tcp" || !reaches(p.IP, host) {
-				continue
-			}
-			c, err := r.Inspect(ctx, s.ID)
-			if err != nil {
-				return nil, err
-			}
-			if c.Service == "" {
-				c.Adopted = true
-			}
-			c.Port = int(p.PrivatePort)
-			c.Upstream = upstream
-			return &c, nil
-		}
-	}
-	return nil, nil
-}
-
-// reaches says whether a port bound on ip answers a dial to host: bound on
-// that very address, or on every address. "localhost" is any loopback.
-func reaches(ip netip.Addr, host string) bool {
-	if !ip.IsValid() || ip.IsUnspecified() {
-		return true
-	}
-	if host == "localhost" {
-		return ip.IsLoopback()
-	}
-	want, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap() == want.Unmap()
-}
-
 // Build runs the docker CLI, so that BuildKit, buildx and the user's
 // builder settings apply exactly as when they build by hand.
 func (r *Runtime) Build(ctx context.Context, spec deploy.BuildSpec, tag string, out io.Writer) error {
@@ -180,173 +129,6 @@ func (r *Runtime) ImageID(ctx context.Context, ref string) (string, error) {
 		return "", fmt.Errorf("inspect image %s: %w", ref, err)
 	}
 	return img.ID, nil
-}
-
-// Run creates release of svc from imageID and starts it, published on
-// 127.0.0.1 only, so nothing reaches it but through the proxy. Its host
-// port is picked once, here, and written into the container: Docker keeps
-// it across every restart of the container, of dockerd and of the machine,
-// so the proxy's upstream stays right for the release's whole life. The
-// container is created from the image ID, so a tag moved meanwhile cannot
-// make it run another image.
-func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imageID string) (deploy.Container, error) {
-	name := fmt.Sprintf("%s-%d", svc.Name, release)
-	tried := map[int]bool{}
-	for attempt := 1; ; attempt++ {
-		hostPort, err := r.pickPort(ctx, svc.HostPorts, tried)
-		if err != nil {
-			return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
-		}
-		tried[hostPort] = true
-		c, err := r.create(ctx, svc, name, release, imageID, hostPort)
-		if err != nil {
-			return deploy.Container{}, err
-		}
-		started, err := r.Start(ctx, c, svc.Restart)
-		if err == nil {
-			return started, nil
-		}
-		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_, _ = r.api.ContainerRemove(rmCtx, c, client.ContainerRemoveOptions{Force: true})
-		cancel()
-		if portTaken(err) && attempt < startAttempts {
-			continue // taken since we looked: pick another
-		}
-		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
-	}
-}
-
-func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, release int, imageID string, hostPort int) (string, error) {
-	port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
-	if err != nil {
-		return "", err
-	}
-	labels := map[string]string{}
-	for k, v := range svc.Labels {
-		labels[k] = v
-	}
-	labels[LabelService] = svc.Name
-	labels[LabelRelease] = strconv.Itoa(release)
-	labels[LabelImage] = svc.Image
-	labels[LabelImageID] = imageID
-	labels[LabelPort] = strconv.Itoa(svc.Port)
-	stopSeconds := int(svc.StopTimeout.Seconds())
-
-	cfg := &container.Config{
-		Image:        imageID,
-		Cmd:          svc.Command,
-		Env:          svc.Env,
-		Labels:       labels,
-		ExposedPorts: network.PortSet{port: {}},
-		StopTimeout:  &stopSeconds,
-	}
-	binding := network.PortBinding{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(hostPort)}
-	host := &container.HostConfig{
-		Binds:         svc.Volumes,
-		PortBindings:  network.PortMap{port: {binding}},
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
-		Resources: container.Resources{
-			Memory:   svc.Memory,
-			NanoCPUs: int64(svc.CPUs * 1e9),
-		},
-	}
-	if svc.Network != "" {
-		host.NetworkMode = container.NetworkMode(svc.Network)
-	}
-	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host})
-	if cerrdefs.IsConflict(err) {
-		return "", fmt.Errorf("create %s: a container of that name exists and handoff did not expect it; rename or remove it (`docker rm -f %s`) and deploy again", name, name)
-	}
-	if err != nil {
-		return "", fmt.Errorf("create %s: %w", name, err)
-	}
-	return created.ID, nil
-}
-
-// pickPort picks a loopback host port for a new release: free now, and
-// held by no container, running or not (a stopped release keeps its port
-// for a rollback). From ports when set, else one the kernel offers, as
-// Docker itself would pick.
-func (r *Runtime) pickPort(ctx context.Context, ports deploy.PortRange, tried map[int]bool) (int, error) {
-	held, err := r.heldPorts(ctx)
-	if err != nil {
-		return 0, err
-	}
-	usable := func(p int) bool { return !tried[p] && !held[p] && free(p) }
-	if ports.Low == 0 {
-		for range 50 {
-			p, err := kernelPort()
-			if err != nil {
-				return 0, err
-			}
-			if usable(p) {
-				return p, nil
-			}
-		}
-		return 0, errors.New("no free loopback port found")
-	}
-	n := ports.High - ports.Low + 1
-	start := rand.IntN(n) // spread concurrent deploys over the range
-	for i := range n {
-		if p := ports.Low + (start+i)%n; usable(p) {
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("no free host port in %d-%d (host_ports): every port there is in use or held by a container; widen the range or remove old containers", ports.Low, ports.High)
-}
-
-// heldPorts lists the host ports every container on this engine publishes
-// or will publish when it starts again.
-func (r *Runtime) heldPorts(ctx context.Context) (map[int]bool, error) {
-	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{All: true})
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-	held := map[int]bool{}
-	for _, s := range list.Items {
-		for _, p := range s.Ports {
-			held[int(p.PublicPort)] = true
-		}
-		if s.State == container.StateRunning {
-			continue
-		}
-		res, err := r.api.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
-		if err != nil || res.Container.HostConfig == nil {
-			continue // removed while we looked
-		}
-		for _, bindings := range res.Container.HostConfig.PortBindings {
-			for _, b := range bindings {
-				if n, err := strconv.Atoi(b.HostPort); err == nil {
-					held[n] = true
-				}
-			}
-		}
-	}
-	return held, nil
-}
-
-func kernelPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func free(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
-}
-
-// portTaken says whether a start failed because the host port is in use.
-func portTaken(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use")
 }
 
 // Start starts a container with restart policy restart ("" : as it is).
@@ -493,7 +275,17 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 			}
 		}
 	}
-	if in.NetworkSettings != nil && c.Running {
+	switch {
+	case in.Config != nil && in.Config.Labels[LabelReach] == string(deploy.ReachNetwork):
+		// Reached by its name on its networks: the same address for its
+		// whole life; checks from the host dial its address there.
+		if c.Port != 0 {
+			c.Upstream = net.JoinHostPort(c.Name, strconv.Itoa(c.Port))
+			if ip := firstIP(in); ip != "" && c.Running {
+				c.Probe = net.JoinHostPort(ip, strconv.Itoa(c.Port))
+			}
+		}
+	case in.NetworkSettings != nil && c.Running:
 		c.Port, c.Upstream = published(in.NetworkSettings.Ports, c.Port)
 	}
 	if c.Upstream == "" && in.HostConfig != nil {
@@ -501,6 +293,24 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 		c.Upstream = pinned(in.HostConfig.PortBindings, c.Port)
 	}
 	return c
+}
+
+// firstIP is the container's address on its first network, by name order
+// (the one a check from the host dials).
+func firstIP(in container.InspectResponse) string {
+	if in.NetworkSettings == nil {
+		return ""
+	}
+	names := slices.Sorted(maps.Keys(in.NetworkSettings.Networks))
+	if in.HostConfig != nil && in.NetworkSettings.Networks[string(in.HostConfig.NetworkMode)] != nil {
+		names = append([]string{string(in.HostConfig.NetworkMode)}, names...)
+	}
+	for _, n := range names {
+		if ep := in.NetworkSettings.Networks[n]; ep != nil && ep.IPAddress.IsValid() {
+			return ep.IPAddress.String()
+		}
+	}
+	return ""
 }
 
 // Docker's HEALTHCHECK defaults, applied when the image leaves them at 0.

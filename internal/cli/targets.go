@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/handoff-dev/handoff/internal/compose"
+	"github.com/handoff-dev/handoff/internal/config"
+)
+
+// target is one service a command acts on, and what the user must know
+// about it before anything changes.
+type target struct {
+	config.Settings
+	notes []string
+}
+
+// targets reads what the command acts on: the service of a handoff.yml,
+// or the services of a compose project that args (or handoff.yml's
+// `compose:`) name, each with its x-handoff settings, then the flags.
+func (c *common) targets(ctx context.Context, args []string) ([]target, error) {
+	files := c.files
+	if len(files) <= 1 {
+		file := ""
+		if len(files) == 1 {
+			file = files[0]
+		}
+		if file == "" || !compose.IsComposeFile(file) {
+			f, err := config.Load(file)
+			if err != nil {
+				return nil, err
+			}
+			if f.Compose == nil {
+				if len(args) > 0 {
+					return nil, fmt.Errorf("%w: unexpected argument %q: services are named with a compose file (-f compose.yaml SERVICE), and a URL goes with --verify", errUsage, args[0])
+				}
+				s, err := config.Resolve(f, c.overrides)
+				return []target{{Settings: s}}, err
+			}
+			// handoff.yml points at the compose project.
+			opts := c.compose
+			opts.Files = f.ComposeFiles()
+			opts.EnvFiles = append(f.Compose.EnvFiles, opts.EnvFiles...)
+			opts.Profiles = append(f.Compose.Profiles, opts.Profiles...)
+			opts.Name = pick(opts.Name, f.Compose.Project)
+			if len(opts.Files) == 0 && opts.ProjectDir == "" {
+				opts.ProjectDir = f.Dir() // compose.yaml beside handoff.yml
+			}
+			if len(args) == 0 {
+				args = f.Compose.Services
+			}
+			return c.composeTargets(ctx, opts, args)
+		}
+	}
+	opts := c.compose
+	opts.Files = files
+	return c.composeTargets(ctx, opts, args)
+}
+
+func (c *common) composeTargets(ctx context.Context, opts compose.Options, services []string) ([]target, error) {
+	if len(services) == 0 {
+		return nil, fmt.Errorf("%w: name the compose services to act on: handoff deploy -f compose.yaml web worker", errUsage)
+	}
+	p, err := compose.Load(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	var out []target
+	for _, name := range services {
+		o := c.overrides
+		if len(services) > 1 {
+			o.Image, o.Service = "", "" // an image or a name for one service only
+		}
+		t, err := compose.Resolve(p, name, o, compose.Hash(ctx, opts, name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, target{Settings: t.Settings, notes: t.Notes})
+	}
+	return out, nil
+}
+
+func pick(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

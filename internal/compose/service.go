@@ -1,0 +1,367 @@
+package compose
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/handoff-dev/handoff/internal/config"
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// The labels `docker compose` puts on its containers, and reads back: the
+// live release carries them, so that `docker compose ps` and `logs` show
+// it and `docker compose up` finds it up to date.
+const (
+	LabelProject     = "com.docker.compose.project"
+	LabelService     = "com.docker.compose.service"
+	LabelNumber      = "com.docker.compose.container-number"
+	LabelOneoff      = "com.docker.compose.oneoff"
+	LabelConfigHash  = "com.docker.compose.config-hash"
+	LabelImage       = "com.docker.compose.image"
+	LabelWorkingDir  = "com.docker.compose.project.working_dir"
+	LabelConfigFiles = "com.docker.compose.project.config_files"
+	LabelVersion     = "com.docker.compose.version"
+)
+
+// Extension is the key of handoff's block in a compose file, on the
+// project (shared settings: the Caddy, the proxy) and on a service.
+const Extension = "x-handoff"
+
+// Target is one service of a project, as handoff deploys it.
+type Target struct {
+	config.Settings
+	Notes []string // what the user must know before the deploy changes anything
+}
+
+// Resolve turns service name of p into what handoff deploys: its whole
+// definition, compose's labels, and the settings of the x-handoff blocks
+// (the project's, then the service's), then the flags. hash is the
+// service's config hash as the user's compose tool computes it ("" when
+// it could not be asked; `docker compose up` would then recreate it).
+func Resolve(p *types.Project, name string, o config.Overrides, hash string) (Target, error) {
+	s, err := p.GetService(name)
+	if err != nil {
+		return Target{}, fmt.Errorf("%w: compose project %s has no service %q (it has: %s)", deploy.ErrConfig, p.Name, name, strings.Join(p.ServiceNames(), ", "))
+	}
+	if err := supported(s); err != nil {
+		return Target{}, err
+	}
+	svc, notes, err := container(p, s)
+	if err != nil {
+		return Target{}, err
+	}
+	if hash != "" {
+		svc.Labels[LabelConfigHash] = hash
+	} else {
+		notes = append(notes, fmt.Sprintf("the compose tool could not give %s's config hash: a later `docker compose up` would recreate it; deploy it with handoff", name))
+	}
+	ext, err := extension(p, s)
+	if err != nil {
+		return Target{}, err
+	}
+	o.Service, o.Image = pick(o.Service, svc.Name), pick(o.Image, svc.Image)
+	if o.Image != svc.Image {
+		svc.Image, svc.Build = o.Image, nil
+	}
+	set, err := ext.Apply(svc, o)
+	if err != nil {
+		return Target{}, err
+	}
+	if set.Caddy.Route == "" && set.Proxy == config.ProxyCaddy && set.Service.Rollout == deploy.RolloutBlueGreen {
+		set.Service.Rollout = deploy.RolloutStartFirst // no route: a worker
+	}
+	if set.Caddy.Route != "" || set.Proxy == config.ProxyHandoff {
+		if set.Service.Rollout != deploy.RolloutBlueGreen {
+			return Target{}, fmt.Errorf("%w: %s has a route and strategy %s: a service behind a proxy is deployed blue/green", deploy.ErrConfig, name, set.Service.Rollout)
+		}
+		if len(s.Ports) > 0 {
+			notes = append(notes, portsNote(s, set))
+		}
+	}
+	return Target{Settings: set, Notes: notes}, nil
+}
+
+func pick(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// container maps the compose service's definition onto a deploy.Service.
+func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []string, error) {
+	svc := deploy.Service{
+		Name:            p.Name + "-" + s.Name,
+		ContainerPrefix: p.Name + "-" + s.Name,
+		Image:           s.Image,
+		Command:         s.Command,
+		Entrypoint:      s.Entrypoint,
+		User:            s.User,
+		WorkingDir:      s.WorkingDir,
+		CapAdd:          s.CapAdd,
+		CapDrop:         s.CapDrop,
+		StopSignal:      s.StopSignal,
+		Restart:         s.Restart,
+		RemoveRetired:   true,
+		Adopt:           map[string]string{LabelProject: p.Name, LabelService: s.Name, LabelOneoff: "False"},
+		Stamps:          map[string]deploy.Stamp{LabelNumber: deploy.StampRelease, LabelImage: deploy.StampImageID},
+	}
+	if svc.Restart == "" {
+		svc.Restart = types.RestartPolicyNo // compose's own default
+	}
+	if s.Deploy != nil && s.Deploy.RestartPolicy != nil && s.Restart == "" {
+		svc.Restart = map[string]string{"any": "always", "on-failure": "on-failure", "none": "no"}[s.Deploy.RestartPolicy.Condition]
+	}
+	if svc.Image == "" {
+		svc.Image = p.Name + "-" + s.Name // compose's name for a built image
+	}
+	if s.Build != nil {
+		b := &deploy.BuildSpec{Context: s.Build.Context, Dockerfile: s.Build.Dockerfile, Target: s.Build.Target, Args: map[string]string{}}
+		if b.Dockerfile != "" && !filepath.IsAbs(b.Dockerfile) {
+			b.Dockerfile = filepath.Join(b.Context, b.Dockerfile)
+		}
+		for k, v := range s.Build.Args {
+			if v != nil {
+				b.Args[k] = *v
+			}
+		}
+		svc.Build = b
+	}
+	if s.StopGracePeriod != nil {
+		svc.StopTimeout = time.Duration(*s.StopGracePeriod)
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Environment)) {
+		if v := s.Environment[k]; v != nil {
+			svc.Env = append(svc.Env, k+"="+*v)
+		}
+	}
+	svc.ExtraHosts = s.ExtraHosts.AsList(":")
+	if s.Logging != nil {
+		svc.Logging = &deploy.Logging{Driver: s.Logging.Driver, Options: s.Logging.Options}
+	}
+	svc.Memory, svc.CPUs = int64(s.MemLimit), float64(s.CPUS)
+	if s.Deploy != nil && s.Deploy.Resources.Limits != nil {
+		if m := int64(s.Deploy.Resources.Limits.MemoryBytes); m != 0 {
+			svc.Memory = m
+		}
+		if c := float64(s.Deploy.Resources.Limits.NanoCPUs); c != 0 {
+			svc.CPUs = c
+		}
+	}
+	if hc := s.HealthCheck; hc != nil {
+		svc.Check = check(hc)
+	}
+	svc.Port = port(s)
+
+	vols, err := volumes(p, s)
+	if err != nil {
+		return svc, nil, err
+	}
+	svc.Volumes = vols
+	svc.Networks = networks(p, s)
+
+	svc.Labels = map[string]string{}
+	maps.Copy(svc.Labels, s.Labels)
+	svc.Labels[LabelProject] = p.Name
+	svc.Labels[LabelService] = s.Name
+	svc.Labels[LabelOneoff] = "False"
+	svc.Labels[LabelWorkingDir] = p.WorkingDir
+	svc.Labels[LabelConfigFiles] = strings.Join(p.ComposeFiles, ",")
+	svc.Labels[LabelVersion] = "handoff"
+	return svc, nil, nil
+}
+
+// check is a compose healthcheck as a Docker HEALTHCHECK.
+func check(hc *types.HealthCheckConfig) *deploy.DockerCheck {
+	if hc.Disable {
+		return &deploy.DockerCheck{Test: []string{"NONE"}}
+	}
+	c := &deploy.DockerCheck{Test: hc.Test}
+	if hc.Interval != nil {
+		c.Interval = time.Duration(*hc.Interval)
+	}
+	if hc.Timeout != nil {
+		c.Timeout = time.Duration(*hc.Timeout)
+	}
+	if hc.StartPeriod != nil {
+		c.StartPeriod = time.Duration(*hc.StartPeriod)
+	}
+	if hc.StartInterval != nil {
+		c.StartInterval = time.Duration(*hc.StartInterval)
+	}
+	if hc.Retries != nil {
+		c.Retries = int(*hc.Retries)
+	}
+	return c
+}
+
+// port is the port the app listens on: the one it exposes, or the target
+// of its one published port; 0 when it says none (a worker, or x-handoff
+// says it).
+func port(s types.ServiceConfig) int {
+	if len(s.Expose) == 1 {
+		if n, err := strconv.Atoi(strings.Split(s.Expose[0], "/")[0]); err == nil {
+			return n
+		}
+	}
+	if len(s.Ports) == 1 {
+		return int(s.Ports[0].Target)
+	}
+	return 0
+}
+
+// volumes are the service's mounts in `docker run -v` form, with a named
+// volume under the project's name for it.
+func volumes(p *types.Project, s types.ServiceConfig) ([]string, error) {
+	var out []string
+	for _, v := range s.Volumes {
+		opt := ""
+		if v.ReadOnly {
+			opt = ":ro"
+		}
+		switch v.Type {
+		case types.VolumeTypeBind:
+			out = append(out, v.Source+":"+v.Target+opt)
+		case types.VolumeTypeVolume:
+			if v.Source == "" {
+				out = append(out, v.Target) // anonymous
+				continue
+			}
+			name := v.Source
+			if vol, ok := p.Volumes[v.Source]; ok && vol.Name != "" {
+				name = vol.Name
+			}
+			out = append(out, name+":"+v.Target+opt)
+		default:
+			return nil, fmt.Errorf("%w: %s mounts a %s volume at %s, which handoff does not create yet; use a named volume or a bind mount", deploy.ErrConfig, s.Name, v.Type, v.Target)
+		}
+	}
+	return out, nil
+}
+
+// networks are the service's networks by their Docker names, each with the
+// names compose gives the service there (the service's name, its aliases).
+func networks(p *types.Project, s types.ServiceConfig) []deploy.Network {
+	keys := slices.Sorted(maps.Keys(s.Networks))
+	slices.SortStableFunc(keys, func(a, b string) int {
+		return priority(s.Networks[b]) - priority(s.Networks[a])
+	})
+	var out []deploy.Network
+	for _, k := range keys {
+		name := k
+		if n, ok := p.Networks[k]; ok && n.Name != "" {
+			name = n.Name
+		}
+		aliases := []string{s.Name}
+		if cfg := s.Networks[k]; cfg != nil {
+			aliases = append(aliases, cfg.Aliases...)
+		}
+		out = append(out, deploy.Network{Name: name, Aliases: aliases})
+	}
+	return out
+}
+
+func priority(cfg *types.ServiceNetworkConfig) int {
+	if cfg == nil {
+		return 0
+	}
+	return cfg.Priority
+}
+
+// applied are the compose keys handoff applies to a release; supported
+// refuses a service that sets any other, so that nothing is dropped silently.
+var applied = map[string]bool{
+	"build": true, "command": true, "entrypoint": true, "environment": true, "env_file": true,
+	"volumes": true, "networks": true, "labels": true, "user": true, "working_dir": true,
+	"restart": true, "healthcheck": true, "deploy": true, "mem_limit": true, "cpus": true,
+	"extra_hosts": true, "cap_add": true, "cap_drop": true, "logging": true,
+	"stop_signal": true, "stop_grace_period": true, "image": true, "ports": true, "expose": true,
+	"depends_on": true, "profiles": true, "pull_policy": true, "scale": true,
+}
+
+// supported says which of the service's settings handoff would not apply.
+func supported(s types.ServiceConfig) error {
+	if s.ContainerName != "" {
+		return fmt.Errorf("%w: %s sets container_name: %s, and two containers cannot have one name while a deploy runs; remove container_name (handoff names releases %s-<n>, as compose does; point Caddy at the service name, and handoff switches it to each release)", deploy.ErrConfig, s.Name, s.ContainerName, "<project>-"+s.Name)
+	}
+	if s.NetworkMode != "" {
+		return fmt.Errorf("%w: %s sets network_mode: %s; handoff deploys services on networks (a proxy must reach two releases at once)", deploy.ErrConfig, s.Name, s.NetworkMode)
+	}
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	var set map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return err
+	}
+	var unknown []string
+	for k, v := range set {
+		if !applied[k] && string(v) != "null" && string(v) != "[]" && string(v) != "{}" && string(v) != `""` {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return fmt.Errorf("%w: %s sets %s, which handoff does not apply to a release yet; remove it, or deploy %s with docker compose", deploy.ErrConfig, s.Name, strings.Join(unknown, ", "), s.Name)
+	}
+	return nil
+}
+
+// extension reads the x-handoff blocks: the project's, then the service's
+// over it.
+func extension(p *types.Project, s types.ServiceConfig) (config.File, error) {
+	merged := map[string]any{}
+	for _, ext := range []types.Extensions{p.Extensions, s.Extensions} {
+		if v, ok := ext[Extension].(map[string]any); ok {
+			deepMerge(merged, v)
+		}
+	}
+	data, err := yaml.Marshal(merged)
+	if err != nil {
+		return config.File{}, err
+	}
+	where := fmt.Sprintf("%s (x-handoff of %s)", strings.Join(p.ComposeFiles, ", "), s.Name)
+	return config.ParseExtension(where, p.WorkingDir, data)
+}
+
+func deepMerge(dst, src map[string]any) {
+	for k, v := range src {
+		if sub, ok := v.(map[string]any); ok {
+			if cur, ok := dst[k].(map[string]any); ok {
+				deepMerge(cur, sub)
+				continue
+			}
+			cp := map[string]any{}
+			deepMerge(cp, sub)
+			v = cp
+		}
+		dst[k] = v
+	}
+}
+
+// portsNote says what becomes of a service's `ports:`: a fixed host port
+// cannot be held by two releases at once.
+func portsNote(s types.ServiceConfig, set config.Settings) string {
+	var published []string
+	for _, p := range s.Ports {
+		published = append(published, fmt.Sprintf("%s:%d", p.Published, p.Target))
+	}
+	where := "handoff publishes each release on 127.0.0.1 at a port of its own, and Caddy is switched to it"
+	if set.Service.Reach == deploy.ReachNetwork {
+		where = "Caddy reaches each release by its container name, nothing is published"
+	}
+	if set.Proxy == config.ProxyHandoff {
+		where = "handoff proxy serves it on " + set.HandoffProxy.Listen + " and is switched to each release"
+	}
+	return fmt.Sprintf("%s's ports: %s are not published: two releases cannot hold one host port during a deploy; %s. Point clients at the front proxy (or let handoff proxy own that port), and remove ports: from the compose file to silence this", s.Name, strings.Join(published, ", "), where)
+}

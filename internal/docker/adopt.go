@@ -1,0 +1,128 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/moby/moby/client"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// Serving finds the running container that upstream reaches, for adopting
+// the container a user started by hand (or compose started): one that
+// publishes the upstream's address on the host, or, for an upstream by
+// name, the container of that name or network alias.
+func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Container, error) {
+	host, portStr, err := net.SplitHostPort(upstream)
+	if err != nil {
+		return nil, nil // a unix socket: not a container's
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, nil
+	}
+	if ip, err := netip.ParseAddr(host); host != "localhost" && err != nil {
+		return r.named(ctx, host, port, upstream)
+	} else if host != "localhost" && !ip.IsLoopback() {
+		return nil, nil // only loopback upstreams are containers on this host
+	}
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	for _, s := range list.Items {
+		for _, p := range s.Ports {
+			if int(p.PublicPort) != port || p.Type != "tcp" || !reaches(p.IP, host) {
+				continue
+			}
+			c, err := r.Inspect(ctx, s.ID)
+			if err != nil {
+				return nil, err
+			}
+			c.Adopted = c.Service == ""
+			c.Port = int(p.PrivatePort)
+			c.Upstream = upstream
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+// named finds the running container a proxy in a container reaches as
+// name:port: the container called name, or one with name as a network alias.
+func (r *Runtime) named(ctx context.Context, name string, port int, upstream string) (*deploy.Container, error) {
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	for _, s := range list.Items {
+		res, err := r.api.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
+		if err != nil {
+			continue // gone meanwhile
+		}
+		in := res.Container
+		match := strings.TrimPrefix(in.Name, "/") == name
+		if in.NetworkSettings != nil {
+			for _, ep := range in.NetworkSettings.Networks {
+				match = match || ep != nil && slices.Contains(ep.Aliases, name)
+			}
+		}
+		if !match {
+			continue
+		}
+		c := fromInspect(in)
+		c.Adopted = c.Service == ""
+		c.Port, c.Upstream = port, upstream
+		if ip := firstIP(in); ip != "" {
+			c.Probe = net.JoinHostPort(ip, strconv.Itoa(port))
+		}
+		return &c, nil
+	}
+	return nil, nil
+}
+
+// Find lists the running containers that carry every label given and that
+// handoff did not start (a compose service's), for adoption.
+func (r *Runtime) Find(ctx context.Context, labels map[string]string) ([]deploy.Container, error) {
+	f := make(client.Filters)
+	for k, v := range labels {
+		f = f.Add("label", k+"="+v)
+	}
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []deploy.Container
+	for _, s := range list.Items {
+		if s.Labels[LabelService] != "" {
+			continue
+		}
+		c, err := r.Inspect(ctx, s.ID)
+		if err != nil {
+			continue
+		}
+		c.Adopted = true
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b deploy.Container) int { return b.Created.Compare(a.Created) })
+	return out, nil
+}
+
+// reaches says whether a port bound on ip answers a dial to host: bound on
+// that very address, or on every address. "localhost" is any loopback.
+func reaches(ip netip.Addr, host string) bool {
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return true
+	}
+	if host == "localhost" {
+		return ip.IsLoopback()
+	}
+	want, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap() == want.Unmap()
+}

@@ -1,0 +1,252 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+// Run creates release of svc from imageID and starts it, published on
+// 127.0.0.1 only, so nothing reaches it but through the proxy. Its host
+// port is picked once, here, and written into the container: Docker keeps
+// it across every restart of the container, of dockerd and of the machine,
+// so the proxy's upstream stays right for the release's whole life. The
+// container is created from the image ID, so a tag moved meanwhile cannot
+// make it run another image.
+func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imageID string) (deploy.Container, error) {
+	name := svc.ContainerName(release)
+	tried := map[int]bool{}
+	for attempt := 1; ; attempt++ {
+		hostPort := 0
+		if svc.Reach != deploy.ReachNetwork && svc.Port != 0 {
+			var err error
+			if hostPort, err = r.pickPort(ctx, svc.HostPorts, tried); err != nil {
+				return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
+			}
+			tried[hostPort] = true
+		}
+		c, err := r.create(ctx, svc, name, release, imageID, hostPort)
+		if err != nil {
+			return deploy.Container{}, err
+		}
+		started, err := r.Start(ctx, c, svc.Restart)
+		if err == nil {
+			return started, nil
+		}
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, _ = r.api.ContainerRemove(rmCtx, c, client.ContainerRemoveOptions{Force: true})
+		cancel()
+		if portTaken(err) && attempt < startAttempts {
+			continue // taken since we looked: pick another
+		}
+		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
+	}
+}
+
+// create makes the container: published on 127.0.0.1:hostPort (0: not
+// published, the proxy reaches it by name on its networks), on its first
+// network only by its own name, and labelled so that Docker knows it.
+func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, release int, imageID string, hostPort int) (string, error) {
+	labels := map[string]string{}
+	for k, v := range svc.Labels {
+		labels[k] = v
+	}
+	for k, stamp := range svc.Stamps {
+		labels[k] = map[deploy.Stamp]string{deploy.StampRelease: strconv.Itoa(release), deploy.StampImageID: imageID}[stamp]
+	}
+	labels[LabelService] = svc.Name
+	labels[LabelRelease] = strconv.Itoa(release)
+	labels[LabelImage] = svc.Image
+	labels[LabelImageID] = imageID
+	labels[LabelPort] = strconv.Itoa(svc.Port)
+	if svc.Reach == deploy.ReachNetwork {
+		labels[LabelReach] = string(deploy.ReachNetwork)
+	}
+	stopSeconds := int(svc.StopTimeout.Seconds())
+
+	cfg := &container.Config{
+		Image:       imageID,
+		Cmd:         svc.Command,
+		Entrypoint:  svc.Entrypoint,
+		Env:         svc.Env,
+		Labels:      labels,
+		User:        svc.User,
+		WorkingDir:  svc.WorkingDir,
+		StopSignal:  svc.StopSignal,
+		StopTimeout: &stopSeconds,
+		Healthcheck: healthConfig(svc.Check),
+	}
+	host := &container.HostConfig{
+		Binds:         svc.Volumes,
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
+		Resources: container.Resources{
+			Memory:   svc.Memory,
+			NanoCPUs: int64(svc.CPUs * 1e9),
+		},
+		ExtraHosts: svc.ExtraHosts,
+		CapAdd:     svc.CapAdd,
+		CapDrop:    svc.CapDrop,
+	}
+	if svc.Logging != nil {
+		host.LogConfig = container.LogConfig{Type: svc.Logging.Driver, Config: svc.Logging.Options}
+	}
+	if svc.Port != 0 {
+		port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
+		if err != nil {
+			return "", err
+		}
+		cfg.ExposedPorts = network.PortSet{port: {}}
+		if hostPort != 0 {
+			binding := network.PortBinding{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(hostPort)}
+			host.PortBindings = network.PortMap{port: {binding}}
+		}
+	}
+	var netCfg *network.NetworkingConfig
+	if len(svc.Networks) > 0 {
+		// The service's aliases come with Announce, once it is healthy:
+		// until then nobody may reach it by the service's names.
+		host.NetworkMode = container.NetworkMode(svc.Networks[0].Name)
+		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{svc.Networks[0].Name: {}}}
+	}
+	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host, NetworkingConfig: netCfg})
+	if cerrdefs.IsConflict(err) {
+		return "", fmt.Errorf("create %s: a container of that name exists and handoff did not expect it; rename or remove it (`docker rm -f %s`) and deploy again", name, name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", name, err)
+	}
+	// Docker before API 1.44 takes one network at create: join the others now.
+	for _, n := range svc.Networks[min(1, len(svc.Networks)):] {
+		if _, err := r.api.NetworkConnect(ctx, n.Name, client.NetworkConnectOptions{Container: created.ID}); err != nil {
+			_, _ = r.api.ContainerRemove(context.WithoutCancel(ctx), created.ID, client.ContainerRemoveOptions{Force: true})
+			return "", fmt.Errorf("create %s: join network %s: %w", name, n.Name, err)
+		}
+	}
+	return created.ID, nil
+}
+
+// Announce gives a healthy release the service's aliases on each of its
+// networks (Docker sets aliases only as a container joins a network: it
+// leaves and joins again). Before this, only its own name reaches it.
+func (r *Runtime) Announce(ctx context.Context, c deploy.Container, svc deploy.Service) error {
+	for _, n := range svc.Networks {
+		if len(n.Aliases) == 0 {
+			continue
+		}
+		if _, err := r.api.NetworkDisconnect(ctx, n.Name, client.NetworkDisconnectOptions{Container: c.ID}); err != nil {
+			return fmt.Errorf("leave network %s: %w", n.Name, err)
+		}
+		ep := &network.EndpointSettings{Aliases: n.Aliases}
+		if _, err := r.api.NetworkConnect(ctx, n.Name, client.NetworkConnectOptions{Container: c.ID, EndpointConfig: ep}); err != nil {
+			return fmt.Errorf("join network %s as %s: %w", n.Name, strings.Join(n.Aliases, ", "), err)
+		}
+	}
+	return nil
+}
+
+// healthConfig is the Docker HEALTHCHECK of a service's check; nil keeps the image's.
+func healthConfig(c *deploy.DockerCheck) *container.HealthConfig {
+	if c == nil {
+		return nil
+	}
+	return &container.HealthConfig{Test: c.Test, Interval: c.Interval, Timeout: c.Timeout, StartPeriod: c.StartPeriod, StartInterval: c.StartInterval, Retries: c.Retries}
+}
+
+// pickPort picks a loopback host port for a new release: free now, and
+// held by no container, running or not (a stopped release keeps its port
+// for a rollback). From ports when set, else one the kernel offers, as
+// Docker itself would pick.
+func (r *Runtime) pickPort(ctx context.Context, ports deploy.PortRange, tried map[int]bool) (int, error) {
+	held, err := r.heldPorts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	usable := func(p int) bool { return !tried[p] && !held[p] && free(p) }
+	if ports.Low == 0 {
+		for range 50 {
+			p, err := kernelPort()
+			if err != nil {
+				return 0, err
+			}
+			if usable(p) {
+				return p, nil
+			}
+		}
+		return 0, errors.New("no free loopback port found")
+	}
+	n := ports.High - ports.Low + 1
+	start := rand.IntN(n) // spread concurrent deploys over the range
+	for i := range n {
+		if p := ports.Low + (start+i)%n; usable(p) {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free host port in %d-%d (host_ports): every port there is in use or held by a container; widen the range or remove old containers", ports.Low, ports.High)
+}
+
+// heldPorts lists the host ports every container on this engine publishes
+// or will publish when it starts again.
+func (r *Runtime) heldPorts(ctx context.Context) (map[int]bool, error) {
+	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	held := map[int]bool{}
+	for _, s := range list.Items {
+		for _, p := range s.Ports {
+			held[int(p.PublicPort)] = true
+		}
+		if s.State == container.StateRunning {
+			continue
+		}
+		res, err := r.api.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
+		if err != nil || res.Container.HostConfig == nil {
+			continue // removed while we looked
+		}
+		for _, bindings := range res.Container.HostConfig.PortBindings {
+			for _, b := range bindings {
+				if n, err := strconv.Atoi(b.HostPort); err == nil {
+					held[n] = true
+				}
+			}
+		}
+	}
+	return held, nil
+}
+
+func kernelPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func free(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// portTaken says whether a start failed because the host port is in use.
+func portTaken(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use")
+}

@@ -164,9 +164,12 @@ func (c *common) finish(rec *deploy.Record, report *verify.Report, err error) er
 	}
 	verb := map[string]string{deploy.KindDeploy: "deployed", deploy.KindRollback: "rolled back to"}[rec.Kind]
 	fmt.Fprintf(c.io.Out, "%s %s (%s) in %s", verb, rec.To, rec.Image, rec.Took().Round(time.Millisecond))
-	if rec.FromStopped {
+	switch {
+	case rec.FromRemoved:
+		fmt.Fprintf(c.io.Out, "; %s stopped and removed (its image stays for rollback)", rec.From)
+	case rec.FromStopped:
 		fmt.Fprintf(c.io.Out, "; %s stopped and kept for rollback", rec.From)
-	} else if rec.From != "" {
+	case rec.From != "":
 		fmt.Fprintf(c.io.Out, "; %s left running (see the notes above)", rec.From)
 	}
 	fmt.Fprintln(c.io.Out)

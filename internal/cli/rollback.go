@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spf13/cobra"
 )
@@ -33,5 +34,8 @@ func rollbackRun(ctx context.Context, opts *rollbackOptions, args []string) erro
 	}
 	defer done()
 	rec, err := d.Rollback(ctx, s.Service, opts.to)
+	if err == nil && s.Compose && rec.Image != s.Service.Image {
+		(&reporter{io: opts.io}).Note(fmt.Sprintf("the compose file names %s: a `docker compose up` would replace %s (%s) with it, in place; set the file's image to %s to keep this release, or deploy again with handoff", s.Service.Image, rec.To, rec.Image, rec.Image))
+	}
 	return opts.finish(rec, nil, err)
 }

@@ -34,14 +34,22 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		return c.io.JSON(st)
 	}
 	out := c.io.Out
-	fmt.Fprintf(out, "service  %s\nproxy    %s → %s\n", st.Service, st.Proxy, st.Upstream)
+	fmt.Fprintf(out, "service  %s\n", st.Service)
+	if st.Routed {
+		fmt.Fprintf(out, "proxy    %s → %s\n", st.Proxy, orDash(st.Upstream))
+	} else {
+		fmt.Fprintf(out, "proxy    none: no route (a worker)\n")
+	}
 	if st.Live != nil {
 		fmt.Fprintf(out, "live     %s  image %s  up %s\n", st.Live.Name, st.Live.Image, st.Live.Uptime)
 		fmt.Fprintf(out, "health   %s\n", st.Check)
 	}
-	if st.Agree {
+	switch {
+	case st.Agree && !st.Routed:
+		fmt.Fprintln(out, "running  yes: the live release runs")
+	case st.Agree:
 		fmt.Fprintln(out, "agree    yes: the proxy points at the live container")
-	} else {
+	default:
 		fmt.Fprintf(out, "agree    NO: %s\n", st.Problem)
 	}
 	if st.Agree && st.Problem != "" {

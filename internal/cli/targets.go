@@ -71,7 +71,7 @@ func (c *common) composeTargets(ctx context.Context, opts compose.Options, servi
 		if len(services) > 1 {
 			o.Image, o.Service = "", "" // an image or a name for one service only
 		}
-		t, err := compose.Resolve(p, name, o, compose.Hash(ctx, opts, name))
+		t, err := compose.Resolve(p, name, o, compose.Ask(ctx, opts, name))
 		if err != nil {
 			return nil, err
 		}

@@ -34,7 +34,7 @@ func TestWebServiceMapsWhole(t *testing.T) {
 	require.Equal(t, "shop", p.Name)
 	require.ElementsMatch(t, []string{"web", "worker", "db"}, p.ServiceNames(), "cron's profile is off; db comes by include")
 
-	tg, err := Resolve(p, "web", config.Overrides{}, "abc123")
+	tg, err := Resolve(p, "web", config.Overrides{}, Tool{Hash: "abc123", Version: "5.6.0"})
 	require.NoError(t, err)
 	svc := tg.Service
 	require.Equal(t, "shop-web", svc.Name)
@@ -82,13 +82,13 @@ func TestWorkerAndProfiles(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, p.ServiceNames(), "cron", "a profile turned on")
 
-	tg, err := Resolve(p, "worker", config.Overrides{}, "h")
+	tg, err := Resolve(p, "worker", config.Overrides{}, Tool{Hash: "h"})
 	require.NoError(t, err)
 	require.Equal(t, deploy.RolloutStopFirst, tg.Service.Rollout)
 	require.Zero(t, tg.Service.Port)
 	require.Equal(t, []deploy.Network{{Name: "shop_back", Aliases: []string{"worker"}}}, tg.Service.Networks)
 
-	tg, err = Resolve(p, "cron", config.Overrides{}, "h")
+	tg, err = Resolve(p, "cron", config.Overrides{}, Tool{Hash: "h"})
 	require.NoError(t, err)
 	require.Equal(t, deploy.RolloutStartFirst, tg.Service.Rollout)
 	require.Equal(t, "no", tg.Service.Restart, "compose's default restart policy")
@@ -115,7 +115,7 @@ func TestRefusals(t *testing.T) {
 			if name == "no such service" || name == "bad x-handoff" {
 				svc = "api"
 			}
-			_, err = Resolve(p, svc, config.Overrides{}, "h")
+			_, err = Resolve(p, svc, config.Overrides{}, Tool{Hash: "h"})
 			require.ErrorIs(t, err, deploy.ErrConfig)
 			require.ErrorContains(t, err, c.want)
 		})

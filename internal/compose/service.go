@@ -44,10 +44,10 @@ type Target struct {
 
 // Resolve turns service name of p into what handoff deploys: its whole
 // definition, compose's labels, and the settings of the x-handoff blocks
-// (the project's, then the service's), then the flags. hash is the
-// service's config hash as the user's compose tool computes it ("" when
-// it could not be asked; `docker compose up` would then recreate it).
-func Resolve(p *types.Project, name string, o config.Overrides, hash string) (Target, error) {
+// (the project's, then the service's), then the flags. tool is what the
+// user's compose tool says of it: its config hash and version (no hash:
+// `docker compose up` would recreate it).
+func Resolve(p *types.Project, name string, o config.Overrides, tool Tool) (Target, error) {
 	s, err := p.GetService(name)
 	if err != nil {
 		return Target{}, fmt.Errorf("%w: compose project %s has no service %q (it has: %s)", deploy.ErrConfig, p.Name, name, strings.Join(p.ServiceNames(), ", "))
@@ -59,8 +59,9 @@ func Resolve(p *types.Project, name string, o config.Overrides, hash string) (Ta
 	if err != nil {
 		return Target{}, err
 	}
-	if hash != "" {
-		svc.Labels[LabelConfigHash] = hash
+	svc.Labels[LabelVersion] = pick(tool.Version, "2.0.0") // compose reads it as a version
+	if tool.Hash != "" {
+		svc.Labels[LabelConfigHash] = tool.Hash
 	} else {
 		notes = append(notes, fmt.Sprintf("the compose tool could not give %s's config hash: a later `docker compose up` would recreate it; deploy it with handoff", name))
 	}
@@ -76,10 +77,12 @@ func Resolve(p *types.Project, name string, o config.Overrides, hash string) (Ta
 	if err != nil {
 		return Target{}, err
 	}
-	if set.Caddy.Route == "" && set.Proxy == config.ProxyCaddy && set.Service.Rollout == deploy.RolloutBlueGreen {
+	set.Compose = true
+	routed := set.Proxy == config.ProxyCaddy && set.Caddy.Route != "" || set.Proxy == config.ProxyHandoff && set.HandoffProxy.Listen != ""
+	if !routed && set.Service.Rollout == deploy.RolloutBlueGreen {
 		set.Service.Rollout = deploy.RolloutStartFirst // no route: a worker
 	}
-	if set.Caddy.Route != "" || set.Proxy == config.ProxyHandoff {
+	if routed {
 		if set.Service.Rollout != deploy.RolloutBlueGreen {
 			return Target{}, fmt.Errorf("%w: %s has a route and strategy %s: a service behind a proxy is deployed blue/green", deploy.ErrConfig, name, set.Service.Rollout)
 		}
@@ -176,7 +179,6 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 	svc.Labels[LabelOneoff] = "False"
 	svc.Labels[LabelWorkingDir] = p.WorkingDir
 	svc.Labels[LabelConfigFiles] = strings.Join(p.ComposeFiles, ",")
-	svc.Labels[LabelVersion] = "handoff"
 	return svc, nil, nil
 }
 

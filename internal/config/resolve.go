@@ -46,6 +46,7 @@ type Settings struct {
 	Proxy        string // ProxyCaddy or ProxyHandoff
 	Caddy        Caddy
 	HandoffProxy HandoffProxy
+	Compose      bool // a compose project's service: `docker compose` acts on its file too
 }
 
 // Resolve merges f and o, checks every value, and reads env files.

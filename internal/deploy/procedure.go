@@ -71,7 +71,7 @@ func (d *Deployer) roll(ctx context.Context, svc Service, rec *Record, view *vie
 	if svc.Reach == ReachAuto {
 		svc.Reach = reachOf(view.upstream)
 	}
-	release := view.nextRelease()
+	release := view.nextRelease(svc)
 	rec.ToRelease, rec.To = release, svc.ContainerName(release)
 	if svc.Rollout != RolloutBlueGreen {
 		return d.replace(ctx, svc, rec, view, release, imageID)

@@ -52,6 +52,7 @@ type Record struct {
 	NewUpstream string        `json:"new_upstream,omitempty"`
 	Switched    bool          `json:"switched"`
 	FromStopped bool          `json:"from_stopped,omitempty"` // the old release was stopped (kept for rollback)
+	FromRemoved bool          `json:"from_removed,omitempty"` // and then removed (its image kept)
 	Phases      []PhaseRecord `json:"phases"`
 	Notes       []string      `json:"notes,omitempty"`
 	PID         int           `json:"pid"`

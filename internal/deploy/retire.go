@@ -78,6 +78,7 @@ func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Con
 		if err := d.Runtime.Remove(ctx, old.ID); err != nil {
 			return fmt.Errorf("remove retired %s: %w", old.Name, err)
 		}
+		rec.FromRemoved = true
 		d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", old.Name, old.Image))
 	}
 	releases, err := d.Runtime.Releases(ctx, svc.Name)

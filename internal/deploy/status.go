@@ -11,6 +11,7 @@ import (
 type Status struct {
 	Service   string    `json:"service"`
 	Proxy     string    `json:"proxy"`
+	Routed    bool      `json:"routed"` // a proxy routes to it; false: a worker
 	Upstream  string    `json:"proxy_upstream"`
 	Live      *Release  `json:"live,omitempty"`
 	Agree     bool      `json:"agree"`
@@ -42,7 +43,7 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Service: svc.Name, Proxy: d.describe(), Upstream: v.upstream}
+	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: d.Proxy != nil, Upstream: v.upstream}
 	now := d.now()
 	for _, c := range v.releases {
 		st.Releases = append(st.Releases, d.release(c, now))

@@ -36,6 +36,9 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 		if v.live.Adopted {
 			d.note(rec, fmt.Sprintf("adopting %s as the current release", v.live.Name))
 		}
+	case v.upstream == "" && v.live != nil:
+		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, which runs already; it is retired once the new release serves", d.Proxy.Describe(), v.live.Name))
 	case v.upstream == "":
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
 	case v.live == nil && v.expected != nil:
@@ -94,7 +97,9 @@ func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
 		}
 	}
 	if upstream == "" {
-		return v, nil
+		// Nothing routed yet (a first deploy through handoff proxy): a
+		// container compose started is still taken over, and retired.
+		return v, d.adoptByLabels(ctx, svc, v)
 	}
 	v.live, err = d.Runtime.Serving(ctx, upstream)
 	if err != nil || v.live != nil {
@@ -113,7 +118,16 @@ func (d *Deployer) lookUnrouted(ctx context.Context, svc Service, v *view) error
 			return nil
 		}
 	}
-	if v.expected = v.lastSwitched(); v.expected != nil || len(svc.Adopt) == 0 {
+	if v.expected = v.lastSwitched(); v.expected != nil {
+		return nil
+	}
+	return d.adoptByLabels(ctx, svc, v)
+}
+
+// adoptByLabels takes over the container the service's labels name (the
+// one compose started), as the live release of a first deploy.
+func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) error {
+	if len(svc.Adopt) == 0 {
 		return nil
 	}
 	found, err := d.Runtime.Find(ctx, svc.Adopt)
@@ -312,8 +326,9 @@ func (v *view) neverServed(c Container) bool {
 }
 
 // nextRelease is one more than any release that ever existed, so that a
-// name is never reused (Caddy reuses pooled connections by address).
-func (v *view) nextRelease() int {
+// name is never reused (Caddy reuses pooled connections by address), and
+// past the name of a container handoff adopted (compose's web-1).
+func (v *view) nextRelease(svc Service) int {
 	n := 0
 	for _, c := range v.releases {
 		n = max(n, c.Release)
@@ -321,7 +336,15 @@ func (v *view) nextRelease() int {
 	for _, r := range v.history {
 		n = max(n, r.ToRelease)
 	}
-	return n + 1
+	taken := map[string]bool{}
+	for _, c := range []*Container{v.live, v.adopted, v.expected} {
+		if c != nil {
+			taken[c.Name] = true
+		}
+	}
+	for n++; taken[svc.ContainerName(n)]; n++ {
+	}
+	return n
 }
 
 func (v *view) liveName() string {

@@ -46,7 +46,7 @@ say "Before handoff: the app runs by hand, Caddy proxies localhost:18080 to it"
 docker run -d --name hello-byhand -p 127.0.0.1:18000:8000 -e BOOT_SECONDS=0 hello:v1 >/dev/null
 # The example's Caddyfile, with its admin socket in the demo's own directory.
 sed "s|unix//run/caddy/admin.sock|unix/$work/caddy-admin.sock|" examples/hello/Caddyfile >"$work/Caddyfile"
-.tools/caddy-2.11.9/caddy start --config "$work/Caddyfile" --adapter caddyfile --pidfile "$work/caddy.pid" >"$work/caddy.log" 2>&1
+.tools/caddy-2.11.9-static/caddy start --config "$work/Caddyfile" --adapter caddyfile --pidfile "$work/caddy.pid" >"$work/caddy.log" 2>&1
 for _ in $(seq 100); do curl -fsS http://localhost:18080/ >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sS http://localhost:18080/
 

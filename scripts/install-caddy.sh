@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Caddy builds handoff's tests run against, into .tools/:
-#   .tools/caddy-2.11.9/caddy   built from the Go module proxy (current release)
-#   /usr/bin/caddy              Debian's package, 2.6.2 (only with --debian)
+#   .tools/caddy-2.11.9-static/caddy   built from the Go module proxy (current release),
+#                                      static, so that the compose tests' Caddy image runs it too
+#   /usr/bin/caddy                     Debian's package, 2.6.2 (only with --debian)
 # Safe to run again: what is there is kept.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=2.11.9
-dest="$root/.tools/caddy-$version"
+dest="$root/.tools/caddy-$version-static"
 if [ ! -x "$dest/caddy" ]; then
   echo "installing caddy v$version into $dest (first time: a few minutes)" >&2
-  (cd /tmp && GOBIN="$dest" go install "github.com/caddyserver/caddy/v2/cmd/caddy@v$version")
+  (cd /tmp && CGO_ENABLED=0 GOBIN="$dest" go install "github.com/caddyserver/caddy/v2/cmd/caddy@v$version")
 fi
 if [ "${1:-}" = "--debian" ] && ! command -v /usr/bin/caddy >/dev/null; then
   echo "installing Debian's caddy package" >&2

@@ -12,6 +12,14 @@ docker info >/dev/null 2>&1 || { echo "test.sh: the Docker engine is not reachab
 debian=""
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then debian=--debian; fi
 scripts/install-caddy.sh $debian
+# The compose tests: docker compose v5.6.0 built from the module proxy, and
+# Debian's docker-compose 1.29.2.
+scripts/install-compose.sh
+if ! command -v docker-compose >/dev/null && [ -n "$debian" ]; then
+  echo "installing Debian's docker-compose" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+fi
 if [ -x /usr/bin/caddy ] && /usr/bin/caddy version | grep -q '^v\?2\.6\.'; then
   export HANDOFF_TEST_CADDY_OLD=/usr/bin/caddy
 else

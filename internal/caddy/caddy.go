@@ -425,3 +425,28 @@ func advise(handler map[string]any, adminAddress string) []string {
 	}
 	return out
 }
+
+// Site is one reverse_proxy of a running Caddy: the hosts that lead to it
+// and its upstreams.
+type Site struct {
+	Hosts     []string
+	Upstreams []string
+}
+
+// Sites lists every reverse_proxy of the Caddy at address, for `handoff
+// init` to describe what runs.
+func Sites(ctx context.Context, address string) ([]Site, error) {
+	a, err := newAdmin(address)
+	if err != nil {
+		return nil, err
+	}
+	var cfg map[string]any
+	if _, err := a.call(ctx, http.MethodGet, "/config/", nil, nil, &cfg); err != nil {
+		return nil, err
+	}
+	var out []Site
+	for _, h := range findProxies(cfg) {
+		out = append(out, Site{Hosts: h.hosts, Upstreams: h.dials})
+	}
+	return out, nil
+}

@@ -126,3 +126,41 @@ func reaches(ip netip.Addr, host string) bool {
 	want, err := netip.ParseAddr(host)
 	return err == nil && ip.Unmap() == want.Unmap()
 }
+
+// Description is what `handoff init` writes down about a running container.
+type Description struct {
+	Name     string
+	Image    string
+	Port     int
+	Env      []string // names only: values may be secrets
+	Binds    []string
+	Restart  string
+	Networks []string
+}
+
+// Describe reads what a handoff.yml for container id would say.
+func (r *Runtime) Describe(ctx context.Context, id string, port int) (Description, error) {
+	res, err := r.api.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return Description{}, err
+	}
+	in := res.Container
+	d := Description{Name: strings.TrimPrefix(in.Name, "/"), Port: port}
+	if in.Config != nil {
+		d.Image = in.Config.Image
+		for _, kv := range in.Config.Env {
+			name, _, _ := strings.Cut(kv, "=")
+			if name != "PATH" {
+				d.Env = append(d.Env, name)
+			}
+		}
+	}
+	if in.HostConfig != nil {
+		d.Binds = in.HostConfig.Binds
+		d.Restart = string(in.HostConfig.RestartPolicy.Name)
+		if m := string(in.HostConfig.NetworkMode); m != "" && m != "default" && m != "bridge" {
+			d.Networks = append(d.Networks, m)
+		}
+	}
+	return d, nil
+}

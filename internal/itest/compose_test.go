@@ -105,6 +105,13 @@ func TestComposeV1LivesWithHandoff(t *testing.T) {
 	p := NewComposeProject(t, ComposeOptions{Tool: "v1"})
 	ReleaseImage(t, "web1")
 	p.Up()
+
+	// handoff init reads the running Caddy and says what each service is.
+	r := p.Handoff("init", "--caddy-admin", "unix:"+filepath.Join(p.Dir, "caddy", "admin.sock"))
+	require.Equal(t, 0, r.Code, r.String())
+	require.Contains(t, r.Stdout, "  web:\n    x-handoff:\n      route: "+SiteHost)
+	require.Contains(t, r.Stdout, "  worker:\n    x-handoff:\n      strategy: start-first")
+	require.NotContains(t, r.Stdout, "  caddy:\n    x-handoff")
 	p.Env["WEB_RELEASE"], p.Env["WORKER_RELEASE"] = "web1", "worker1"
 	p.Deploy("web", "worker")
 	p.WaitServing("web1")

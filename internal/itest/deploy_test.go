@@ -3,8 +3,10 @@ package itest
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -120,4 +122,32 @@ func TestRouteNamedByItsOriginalUpstream(t *testing.T) {
 	check("v2")
 	r = s.Run("history")
 	require.Equal(t, 0, r.Code, r.String())
+}
+
+// handoff init writes down what runs (a container behind a Caddy route) as
+// a handoff.yml; the first deploy with it adopts the container, and no
+// request fails.
+func TestInitThenFirstDeployAdoptsWithoutAFailure(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{})
+	RemoveService(t, s.API, s.Service+"-byhand") // init names the service after the container
+	r := s.Run("init", "--caddy-admin", s.Caddy.Admin, "--caddyfile", s.Caddy.File, "--write")
+	require.Equal(t, 0, r.Code, r.String())
+	data, err := os.ReadFile(filepath.Join(s.Dir, "handoff.yml"))
+	require.NoError(t, err)
+	text := string(data)
+	require.Contains(t, text, "image: "+TestImage)
+	require.Contains(t, text, "port: 8000")
+	require.Contains(t, text, "route: "+SiteHost)
+	require.Contains(t, text, "RELEASE", "the environment's names are listed")
+	require.NotContains(t, text, "v0", "its values are not written")
+	r = s.Run("init", "--caddy-admin", s.Caddy.Admin, "--write")
+	require.Equal(t, 2, r.Code, "an existing handoff.yml is never overwritten: %s", r)
+
+	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1})
+	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 20 })
+	r = s.Run("deploy")
+	require.Equal(t, 0, r.Code, r.String())
+	require.Contains(t, r.Stderr, "adopting "+s.Service+"-byhand")
+	got := load.Stop()
+	require.Zero(t, got.Failures(), "%s", got)
 }

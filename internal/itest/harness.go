@@ -67,7 +67,7 @@ func CaddyBinary(t testing.TB) string {
 	t.Helper()
 	path := os.Getenv("HANDOFF_TEST_CADDY")
 	if path == "" {
-		path = filepath.Join(RepoRoot(t), ".tools", "caddy-"+CaddyVersion, "caddy")
+		path = filepath.Join(RepoRoot(t), ".tools", "caddy-"+CaddyVersion+"-static", "caddy")
 	}
 	_, err := os.Stat(path)
 	need(t, "caddy binary", err)

@@ -4,10 +4,13 @@
 # and v3 while a client requests the site every 50 ms and counts failures.
 #
 # Needs: Docker and Go. Installs Caddy 2.11.9 into .tools/ (scripts/install-caddy.sh).
+# `examples/demo.sh compose` shows the compose example instead.
 # Uses 127.0.0.1 ports 18000 (the app, before handoff) and 18080 (the site).
 # Everything it starts is removed at the end; pass --keep to leave it running.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# `examples/demo.sh compose`: the compose example (examples/compose).
+if [ "${1:-}" = compose ]; then shift; exec "$root/examples/demo-compose.sh" "$@"; fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/handoff-demo.XXXXXX")
 keep=${1:-}
 cd "$root"

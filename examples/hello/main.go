@@ -1,7 +1,8 @@
 // Command hello is the example app of handoff's demo: a web page that says
 // which version answers. It takes BOOT_SECONDS to start, like an app that
 // loads a model or warms a cache, which is when `docker stop; docker run`
-// shows users errors and handoff does not.
+// shows users errors and handoff does not. `hello worker` is its job
+// worker: no port, a line of work a second.
 package main
 
 import (
@@ -20,6 +21,10 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		worker()
+		return
+	}
 	boot, _ := strconv.Atoi(os.Getenv("BOOT_SECONDS"))
 	log.Printf("hello %s booting for %ds", version, boot)
 	time.Sleep(time.Duration(boot) * time.Second)
@@ -48,4 +53,21 @@ func main() {
 		log.Fatal(err)
 	}
 	<-done
+}
+
+func worker() {
+	log.Printf("hello worker %s started", version)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-sig:
+			log.Printf("hello worker %s: stopping after job %d", version, n-1)
+			return
+		case <-tick.C:
+			log.Printf("hello worker %s: job %d done", version, n)
+		}
+	}
 }

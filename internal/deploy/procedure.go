@@ -149,7 +149,11 @@ func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record
 	}
 	svc.Image, svc.Build = from.Image, nil
 	var imageID string
-	err := d.phase(rec, PhaseImage, fmt.Sprintf("%s (%s, as release %d ran it)", from.Image, shortID(from.ImageID), from.ToRelease), func() (err error) {
+	ran := fmt.Sprintf("as release %d ran it", from.ToRelease)
+	if from.ToRelease == 0 {
+		ran = "as the container handoff adopted ran it"
+	}
+	err := d.phase(rec, PhaseImage, fmt.Sprintf("%s (%s, %s)", from.Image, shortID(from.ImageID), ran), func() (err error) {
 		imageID, err = d.Runtime.ImageID(ctx, from.ImageID)
 		return err
 	})

@@ -47,6 +47,8 @@ type Record struct {
 	FromRelease int           `json:"from_release"`
 	ToRelease   int           `json:"to_release"`
 	From        string        `json:"from_container,omitempty"`
+	FromImage   string        `json:"from_image,omitempty"`    // what the old release ran, for a rollback to it
+	FromImageID string        `json:"from_image_id,omitempty"` // once it is gone
 	To          string        `json:"to_container,omitempty"`
 	OldUpstream string        `json:"old_upstream,omitempty"`
 	NewUpstream string        `json:"new_upstream,omitempty"`

@@ -32,12 +32,12 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 	case d.Proxy == nil && v.live == nil:
 		d.note(rec, fmt.Sprintf("first deploy of %s: nothing of it runs yet", svc.Name))
 	case d.Proxy == nil:
-		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		setFrom(rec, v.live)
 		if v.live.Adopted {
 			d.note(rec, fmt.Sprintf("adopting %s as the current release", v.live.Name))
 		}
 	case v.upstream == "" && v.live != nil:
-		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		setFrom(rec, v.live)
 		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, which runs already; it is retired once the new release serves", d.Proxy.Describe(), v.live.Name))
 	case v.upstream == "":
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
@@ -46,7 +46,7 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 	case v.live == nil:
 		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.upstream))
 	default:
-		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		setFrom(rec, v.live)
 		if v.live.Adopted {
 			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
 		}
@@ -273,13 +273,18 @@ func (d *Deployer) drainLeftover(ctx context.Context, svc Service, rec *Record, 
 	return d.drain(ctx, svc, rec, upstream)
 }
 
+// setFrom records the release being replaced, and the image it runs.
+func setFrom(rec *Record, c *Container) {
+	rec.FromRelease, rec.From, rec.FromImage, rec.FromImageID = c.Release, c.Name, c.Image, c.ImageID
+}
+
 // adoptExpected makes the release in service the live one when the proxy
 // lost track of it (it stopped, or came back on another port): a deploy or
 // rollback then replaces it as it would the live release.
 func (v *view) adoptExpected(rec *Record) {
 	if v.live == nil && v.expected != nil && v.expected.Running {
 		v.live = v.expected
-		rec.FromRelease, rec.From = v.live.Release, v.live.Name
+		setFrom(rec, v.live)
 	}
 }
 
@@ -296,20 +301,31 @@ func (v *view) createdByInterrupted(c Container) bool {
 	return false
 }
 
-// rollbackRecord is the record of the release a rollback to release to
-// (0: the one before the live one) runs again: the newest that served.
+// rollbackRecord is what a rollback to release to (0: the one before the
+// live one) runs again, as the history has it: the newest release that
+// served, its image, and the image's ID. A container adopted on the first
+// deploy counts, as release 0.
 func (v *view) rollbackRecord(to int) *Record {
 	live := -1
 	if v.live != nil {
 		live = v.live.Release
 	}
 	for i := range v.history {
-		r := &v.history[i]
-		if !r.Switched || r.ImageID == "" || r.ToRelease == 0 {
-			continue
+		r := v.history[i]
+		sides := []Record{}
+		if r.Switched {
+			sides = append(sides, Record{ToRelease: r.ToRelease, Image: r.Image, ImageID: r.ImageID})
 		}
-		if to != 0 && r.ToRelease == to || to == 0 && r.ToRelease != live && (live < 0 || r.ToRelease < live) {
-			return r
+		if r.From != "" {
+			sides = append(sides, Record{ToRelease: r.FromRelease, Image: r.FromImage, ImageID: r.FromImageID})
+		}
+		for _, s := range sides {
+			if s.ImageID == "" {
+				continue
+			}
+			if to != 0 && s.ToRelease == to || to == 0 && s.ToRelease != live && (live < 0 || s.ToRelease < live) {
+				return &s
+			}
 		}
 	}
 	return nil

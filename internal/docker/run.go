@@ -77,8 +77,17 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 	}
 	stopSeconds := int(svc.StopTimeout.Seconds())
 
+	// Created by its tag when the tag still names imageID (so `docker ps`
+	// shows the name), else by the ID; checked below either way, so a tag
+	// moved meanwhile can never run another image.
+	ref := imageID
+	if svc.Image != "" {
+		if id, err := r.ImageID(ctx, svc.Image); err == nil && id == imageID {
+			ref = svc.Image
+		}
+	}
 	cfg := &container.Config{
-		Image:       imageID,
+		Image:       ref,
 		Cmd:         svc.Command,
 		Entrypoint:  svc.Entrypoint,
 		Env:         svc.Env,
@@ -127,6 +136,13 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 	}
 	if err != nil {
 		return "", fmt.Errorf("create %s: %w", name, err)
+	}
+	if got, err := r.api.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{}); err != nil || got.Container.Image != imageID {
+		_, _ = r.api.ContainerRemove(context.WithoutCancel(ctx), created.ID, client.ContainerRemoveOptions{Force: true})
+		if err != nil {
+			return "", fmt.Errorf("create %s: %w", name, err)
+		}
+		return "", fmt.Errorf("create %s: %s names another image since handoff resolved it (%s, now %s); nothing was started: deploy again", name, svc.Image, shortID(imageID), shortID(got.Container.Image))
 	}
 	// Docker before API 1.44 takes one network at create: join the others now.
 	for _, n := range svc.Networks[min(1, len(svc.Networks)):] {
@@ -249,4 +265,12 @@ func free(port int) bool {
 func portTaken(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use")
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }

@@ -112,7 +112,8 @@ func TestBuildThenDeploy(t *testing.T) {
 	require.NoError(t, err)
 	img, err := s.API.ImageInspect(t.Context(), tag)
 	require.NoError(t, err)
-	require.Equal(t, img.ID, res.Container.Config.Image, "created from the image ID, so a moved tag cannot change what runs")
+	require.Equal(t, img.ID, res.Container.Image, "the image handoff resolved runs (a tag moved meanwhile is refused)")
+	require.Equal(t, tag, res.Container.Config.Image, "docker ps shows the name")
 	require.Equal(t, tag, res.Container.Config.Labels["handoff.image"])
 	require.Equal(t, "from-handoff", res.Container.Config.Labels["note"], "the build arg reached docker build")
 

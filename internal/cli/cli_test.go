@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -116,4 +118,31 @@ func TestHelpShowsTypesNotPlaceholders(t *testing.T) {
 		require.NotContains(t, h, "--proxy handoff proxy")
 		require.Regexp(t, `(?m)^\s+--json\s+print the result as JSON`, h)
 	}
+}
+
+// handoff.yml's compose: names the project and its services; a compose
+// file given with -f needs the services named.
+func TestComposeTargets(t *testing.T) {
+	t.Setenv("HANDOFF_COMPOSE", "false") // no compose tool to ask for hashes
+	dir := t.TempDir()
+	compose := "name: shop\nservices:\n  web:\n    image: app:1\n    expose: [\"8000\"]\n    x-handoff: {route: shop.test}\n  worker:\n    image: app:1\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte(compose), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "handoff.yml"), []byte("compose:\n  services: [web, worker]\n"), 0o644))
+
+	c := &common{io: &IO{Out: io.Discard, Err: io.Discard}, files: []string{filepath.Join(dir, "handoff.yml")}}
+	ts, err := c.targets(context.Background(), nil)
+	require.NoError(t, err)
+	require.Len(t, ts, 2)
+	require.Equal(t, "shop-web", ts[0].Service.Name)
+	require.Equal(t, "shop.test", ts[0].Caddy.Route)
+	require.Equal(t, deploy.RolloutStartFirst, ts[1].Service.Rollout)
+	require.Contains(t, ts[0].notes[0], "could not give web's config hash")
+
+	c.files = []string{filepath.Join(dir, "compose.yaml")}
+	_, err = c.targets(context.Background(), nil)
+	require.ErrorIs(t, err, errUsage)
+	require.ErrorContains(t, err, "name the compose services")
+	ts, err = c.targets(context.Background(), []string{"worker"})
+	require.NoError(t, err)
+	require.Equal(t, "shop-worker", ts[0].Service.Name)
 }

@@ -197,7 +197,7 @@ func composeBlocks(p *types.Project, sites []caddy.Site, siteErr error, o config
 			}
 			b.WriteString("      drain_timeout: 30s\n")
 		case len(s.Ports) > 0:
-			b.WriteString("      # publishes ports but no Caddy route reaches it: give it a route, or it is deployed as a worker\n      strategy: start-first\n")
+			b.WriteString("      # publishes ports, but no Caddy route reaches it: give it a route (route: HOST) to deploy it\n      # with handoff; a second copy could not hold the same host port\n")
 		default:
 			b.WriteString("      strategy: start-first   # no route: a worker; stop-first if it must never run twice (a scheduler)\n")
 		}

@@ -104,6 +104,7 @@ func TestRefusals(t *testing.T) {
 		"unapplied keys":  {"services:\n  web:\n    image: x\n    privileged: true\n    sysctls: {net.core.somaxconn: 1024}\n", "web sets privileged, sysctls, which handoff does not apply"},
 		"no such service": {"services:\n  web:\n    image: x\n", `has no service "api" (it has: web)`},
 		"bad x-handoff":   {"services:\n  api:\n    image: x\n    x-handoff:\n      drian_timeout: 3s\n", `unknown key "drian_timeout" at the top level; did you mean "drain_timeout"?`},
+		"ports, no route": {"services:\n  web:\n    image: caddy\n    ports: [\"80:80\"]\n", "web publishes ports (80:80) and no route leads to it"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -79,6 +79,9 @@ func Resolve(p *types.Project, name string, o config.Overrides, tool Tool) (Targ
 	}
 	set.Compose = true
 	routed := set.Proxy == config.ProxyCaddy && set.Caddy.Route != "" || set.Proxy == config.ProxyHandoff && set.HandoffProxy.Listen != ""
+	if !routed && len(s.Ports) > 0 {
+		return Target{}, fmt.Errorf("%w: %s publishes ports (%s) and no route leads to it (x-handoff: route): a second copy could not hold the same host port, and handoff would not publish them; give it a route, or deploy it with docker compose", deploy.ErrConfig, name, published(s))
+	}
 	if !routed && set.Service.Rollout == deploy.RolloutBlueGreen {
 		set.Service.Rollout = deploy.RolloutStartFirst // no route: a worker
 	}
@@ -354,10 +357,7 @@ func deepMerge(dst, src map[string]any) {
 // portsNote says what becomes of a service's `ports:`: a fixed host port
 // cannot be held by two releases at once.
 func portsNote(s types.ServiceConfig, set config.Settings) string {
-	var published []string
-	for _, p := range s.Ports {
-		published = append(published, fmt.Sprintf("%s:%d", p.Published, p.Target))
-	}
+
 	where := "handoff publishes each release on 127.0.0.1 at a port of its own, and Caddy is switched to it"
 	if set.Service.Reach == deploy.ReachNetwork {
 		where = "Caddy reaches each release by its container name, nothing is published"
@@ -365,5 +365,14 @@ func portsNote(s types.ServiceConfig, set config.Settings) string {
 	if set.Proxy == config.ProxyHandoff {
 		where = "handoff proxy serves it on " + set.HandoffProxy.Listen + " and is switched to each release"
 	}
-	return fmt.Sprintf("%s's ports: %s are not published: two releases cannot hold one host port during a deploy; %s. Point clients at the front proxy (or let handoff proxy own that port), and remove ports: from the compose file to silence this", s.Name, strings.Join(published, ", "), where)
+	return fmt.Sprintf("%s's ports: %s are not published: two releases cannot hold one host port during a deploy; %s. Point clients at the front proxy (or let handoff proxy own that port), and remove ports: from the compose file to silence this", s.Name, published(s), where)
+}
+
+// published lists a service's ports as compose writes them.
+func published(s types.ServiceConfig) string {
+	var out []string
+	for _, p := range s.Ports {
+		out = append(out, fmt.Sprintf("%s:%d", p.Published, p.Target))
+	}
+	return strings.Join(out, ", ")
 }

@@ -44,6 +44,7 @@ start-first (or stop-first) for one without (a worker); services not named are n
 	f.IntVar(&c.overrides.Port, "port", 0, "port the app listens on inside the container")
 	f.StringVar(&c.overrides.HealthPath, "health-path", "", "HTTP path that answers 2xx when the app is ready")
 	f.DurationVar(&c.overrides.DrainTimeout, "drain-timeout", 0, "how long in-flight requests may take to finish on the old release (default 30s)")
+	f.StringVar(&c.overrides.Pull, "pull", "", "when to pull the image from its registry: missing (default: not on this host), always (a tag that moves) or never")
 	f.DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
 	f.StringVar(&opts.verify, "verify", "", "watch the deploy from outside: GET the public URL (https://<caddy route>/, or the URL given) during the deploy and report; =strict fails the command if any request failed")
 	f.Lookup("verify").NoOptDefVal = "on"

@@ -18,6 +18,7 @@ const (
 	ExitProxy       = 5 // Caddy unreachable, route not found, changed meanwhile, or a switch's outcome unknown
 	ExitImage       = 6 // the image is missing
 	ExitVerify      = 7 // deployed, but --verify=strict saw failed requests
+	ExitRelease     = 8 // the release job or the pre_deploy hook failed; the old release still serves
 	ExitInterrupted = 130
 )
 
@@ -37,8 +38,10 @@ func ExitCode(err error) int {
 	case errors.Is(err, deploy.ErrProxyUnreached), errors.Is(err, deploy.ErrNoRoute),
 		errors.Is(err, deploy.ErrConflict), errors.Is(err, deploy.ErrProxy), errors.Is(err, deploy.ErrUnclear):
 		return ExitProxy
-	case errors.Is(err, deploy.ErrImageNotFound):
+	case errors.Is(err, deploy.ErrImageNotFound), errors.Is(err, deploy.ErrPull):
 		return ExitImage
+	case errors.Is(err, deploy.ErrReleaseJob), errors.Is(err, deploy.ErrHook):
+		return ExitRelease
 	case errors.Is(err, errVerifyFailed):
 		return ExitVerify
 	}

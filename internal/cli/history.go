@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/state"
 )
 
@@ -54,16 +55,29 @@ func historyRun(ctx context.Context, c *common, limit int, args []string) error 
 	for _, r := range recs {
 		var phases []string
 		for _, p := range r.Phases {
-			phases = append(phases, fmt.Sprintf("%s %s", p.Name, p.Duration.Round(time.Millisecond)))
+			ph := fmt.Sprintf("%s %s", p.Name, p.Duration.Round(time.Millisecond))
+			if p.ExitCode != nil {
+				ph += fmt.Sprintf(" (exit %d)", *p.ExitCode)
+			}
+			phases = append(phases, ph)
 		}
 		outcome := r.Outcome
 		if r.Error != "" {
 			outcome += ": " + firstWords(r.Error, 60)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Started.Local().Format("2006-01-02 15:04:05"), r.Kind,
-			orDash(r.From), orDash(r.To), orDash(r.Image), outcome, r.Took().Round(time.Millisecond), strings.Join(phases, ", "))
+			orDash(r.From), orDash(r.To), imageOf(r), outcome, r.Took().Round(time.Millisecond), strings.Join(phases, ", "))
 	}
 	return tw.Flush()
+}
+
+// imageOf names a record's image, with the digest it was pulled as: the
+// exact image, whatever its tag names since.
+func imageOf(r deploy.Record) string {
+	if _, digest, ok := strings.Cut(r.Digest, "@"); ok {
+		return fmt.Sprintf("%s (%s)", orDash(r.Image), firstWords(digest, 19))
+	}
+	return orDash(r.Image)
 }
 
 func firstWords(s string, n int) string {

@@ -108,12 +108,15 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 		dir = state.DefaultDir()
 	}
 	var switcher deploy.Proxy
+	var pauser deploy.Pauser
 	var err error
 	switch {
 	case s.Service.Rollout != deploy.RolloutBlueGreen:
 		// no route, no proxy: a worker
 	case s.Proxy == config.ProxyHandoff:
-		switcher, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
+		var cl *proxy.Client
+		cl, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
+		switcher, pauser = cl, cl.Pauser()
 	default:
 		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile, dir)
 	}
@@ -130,6 +133,7 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 		History: state.Store{Dir: dir},
 		Locker:  state.Locker{Dir: dir, Wait: c.lockWait},
 		Report:  &reporter{io: c.io},
+		Pauser:  pauser,
 	}
 	return d, func() { _ = rt.Close() }, nil
 }

@@ -49,6 +49,11 @@ type File struct {
 	Route        string            `yaml:"route"`    // x-handoff: the Caddy route (caddy.route)
 	Strategy     string            `yaml:"strategy"` // x-handoff: start-first or stop-first, for a service without a route
 	Reach        string            `yaml:"reach"`    // host or network: how the proxy reaches a release
+	Pull         string            `yaml:"pull"`     // missing (default), always or never
+	Release      Words             `yaml:"release"`  // the release job's command (migrations)
+	ReleaseTime  Duration          `yaml:"release_timeout"`
+	ReleasePause bool              `yaml:"release_pause"` // hold requests during the job (handoff proxy)
+	Hooks        Hooks             `yaml:"hooks"`
 
 	path  string         // the file read, for messages and relative paths
 	dir   string         // relative paths are taken from here, when not path's directory
@@ -98,6 +103,14 @@ type Caddy struct {
 	Admin     string `yaml:"admin"`
 	Route     string `yaml:"route"`
 	Caddyfile string `yaml:"caddyfile"`
+}
+
+// Hooks is `hooks:`: shell commands run on the host.
+type Hooks struct {
+	PreDeploy  string   `yaml:"pre_deploy"`
+	PostDeploy string   `yaml:"post_deploy"`
+	OnFailure  string   `yaml:"on_failure"`
+	Timeout    Duration `yaml:"timeout"`
 }
 
 // Compose is `compose:`: handoff.yml names a compose project's services.

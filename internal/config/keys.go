@@ -31,7 +31,11 @@ var fileSchema = schema{
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},
 	"compose":       {"files": nil, "services": nil, "project": nil, "env_file": nil, "profiles": nil},
+	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
+	"hooks":         hooksSchema,
 }
+
+var hooksSchema = schema{"pre_deploy": nil, "post_deploy": nil, "on_failure": nil, "timeout": nil}
 
 var healthSchema = schema{"type": nil, "path": nil, "host": nil, "status": nil, "command": nil,
 	"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil, "settle": nil}
@@ -44,6 +48,8 @@ var extensionSchema = schema{
 	"caddy":         {"admin": nil, "route": nil, "caddyfile": nil},
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},
+	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
+	"hooks":         hooksSchema,
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records

@@ -32,6 +32,7 @@ type Overrides struct {
 	Proxy        string
 	ProxySocket  string
 	ProxyListen  string
+	Pull         string
 }
 
 // The proxies a service can be switched by.
@@ -154,6 +155,26 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	default:
 		return Settings{}, f.at("strategy", fmt.Sprintf("strategy %q: use start-first (the default for a service without a route) or stop-first (it must never run twice)", f.Strategy))
 	}
+	pull := deploy.PullPolicy(pick(o.Pull, f.Pull))
+	switch pull {
+	case "", deploy.PullMissing, deploy.PullAlways, deploy.PullNever:
+		svc.Pull = pull
+	default:
+		if o.Pull != "" {
+			return Settings{}, fmt.Errorf("%w: --pull %q: use missing (the default), always (a tag that moves) or never", deploy.ErrConfig, o.Pull)
+		}
+		return Settings{}, f.at("pull", fmt.Sprintf("pull %q: use missing (the default), always (a tag that moves) or never", f.Pull))
+	}
+	switch {
+	case len(f.Release) > 0:
+		svc.Release = &deploy.Job{Command: f.Release, Timeout: time.Duration(f.ReleaseTime), Pause: f.ReleasePause}
+	case f.ReleaseTime != 0:
+		return Settings{}, f.at("release_timeout", "release_timeout without release: name the release job's command in `release:`")
+	case f.ReleasePause:
+		return Settings{}, f.at("release_pause", "release_pause without release: name the release job's command in `release:`")
+	}
+	svc.Hooks = deploy.Hooks{PreDeploy: f.Hooks.PreDeploy, PostDeploy: f.Hooks.PostDeploy, OnFailure: f.Hooks.OnFailure,
+		Dir: f.Dir(), Timeout: time.Duration(f.Hooks.Timeout)}
 	h, err := f.health(o)
 	if err != nil {
 		return Settings{}, err
@@ -174,6 +195,9 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	hp := HandoffProxy{Socket: pick(o.ProxySocket, f.HandoffProxy.Socket), Listen: pick(o.ProxyListen, f.HandoffProxy.Listen)}
 	if hp.Socket != "" && o.ProxySocket == "" {
 		hp.Socket = f.relative(hp.Socket)
+	}
+	if svc.Release != nil && svc.Release.Pause && proxy != ProxyHandoff {
+		return Settings{}, f.at("release_pause", "release_pause holds requests with `proxy: handoff` only (Caddy cannot hold them): remove it, or put handoff proxy in front")
 	}
 	return Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp}, nil
 }

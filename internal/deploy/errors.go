@@ -19,6 +19,9 @@ var (
 	ErrConflict       = errors.New("proxy config changed concurrently")
 	ErrProxyUnreached = errors.New("proxy admin API unreachable")
 	ErrUnclear        = errors.New("could not tell whether the proxy switched")
+	ErrPull           = errors.New("image pull failed")
+	ErrReleaseJob     = errors.New("release job failed")
+	ErrHook           = errors.New("hook failed")
 )
 
 // HealthError says why a new container was refused, with its last log lines.

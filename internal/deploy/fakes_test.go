@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,6 +21,11 @@ type fakeRuntime struct {
 	logs       string
 	calls      []string
 	announced  []string // releases given their service's names, in order
+	registry   map[string]string // what a pull of a reference brings: ref → image ID
+	pullErr    error
+	jobs       [][]string // release jobs run, in order
+	jobExit    int
+	jobBlock   bool // a job runs until its context ends
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -80,7 +86,48 @@ func (f *fakeRuntime) ImageID(_ context.Context, ref string) (string, error) {
 	if id, ok := f.images[ref]; ok {
 		return id, nil
 	}
+	for _, id := range f.images {
+		if id == ref {
+			return id, nil
+		}
+	}
 	return "", fmt.Errorf("%w: %s", ErrImageNotFound, ref)
+}
+
+func (f *fakeRuntime) Pull(_ context.Context, ref string, _ io.Writer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("pull " + ref)
+	if f.pullErr != nil {
+		return f.pullErr
+	}
+	id, ok := f.registry[ref]
+	if !ok {
+		return fmt.Errorf("%w: %s: no such image", ErrPull, ref)
+	}
+	f.images[ref] = id
+	return nil
+}
+
+func (f *fakeRuntime) Digest(_ context.Context, imageID, ref string) (string, error) {
+	if _, ok := f.registry[ref]; ok {
+		return "registry.test/app@" + imageID, nil
+	}
+	return "", nil
+}
+
+func (f *fakeRuntime) Job(ctx context.Context, _ Service, imageID string, cmd []string, out io.Writer) (int, error) {
+	f.mu.Lock()
+	f.record("job " + strings.Join(cmd, " "))
+	f.jobs = append(f.jobs, cmd)
+	block, code := f.jobBlock, f.jobExit
+	f.mu.Unlock()
+	fmt.Fprintf(out, "job on %s\n", imageID)
+	if block {
+		<-ctx.Done()
+		return -1, ctx.Err()
+	}
+	return code, nil
 }
 
 func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID string) (Container, error) {

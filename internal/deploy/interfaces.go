@@ -45,6 +45,16 @@ type Runtime interface {
 	Build(ctx context.Context, spec BuildSpec, tag string, out io.Writer) error
 	// ImageID resolves a reference to the local image's ID; ErrImageNotFound if absent.
 	ImageID(ctx context.Context, ref string) (string, error)
+	// Pull fetches ref from its registry with the user's Docker
+	// credentials, streaming progress to out; ErrPull if it cannot.
+	Pull(ctx context.Context, ref string, out io.Writer) error
+	// Digest is the registry digest (name@sha256:…) of the local image
+	// imageID that ref names; "" for an image built here.
+	Digest(ctx context.Context, imageID, ref string) (string, error)
+	// Job runs cmd once in a one-off container of imageID with svc's
+	// environment, volumes and networks (nothing published, no restart),
+	// streams its output to out, removes it, and returns its exit code.
+	Job(ctx context.Context, svc Service, imageID string, cmd []string, out io.Writer) (int, error)
 	// Run creates and starts release of svc from imageID, published on
 	// loopback only, on a host port it keeps for its whole life.
 	Run(ctx context.Context, svc Service, release int, imageID string) (Container, error)
@@ -100,6 +110,13 @@ type Proxy interface {
 	Advice(ctx context.Context, upstream string) ([]string, error)
 	// Describe names the proxy and route for messages ("Caddy at ... route app.test").
 	Describe() string
+}
+
+// Pauser holds a service's new requests while a release job runs, and
+// lets them go on (handoff proxy: pause and resume).
+type Pauser interface {
+	Pause(ctx context.Context, maxWait time.Duration) error
+	Resume(ctx context.Context) error
 }
 
 // Locker keeps two handoffs of one service from interleaving.

@@ -10,13 +10,14 @@ import (
 	"time"
 )
 
-// Deployer runs the procedure. Every field but Now and PID is required.
+// Deployer runs the procedure. Every field but Pauser, Now and PID is required.
 type Deployer struct {
 	Runtime Runtime
 	Proxy   Proxy
 	History History
 	Locker  Locker
 	Report  Reporter
+	Pauser  Pauser           // nil: the proxy cannot hold requests (release_pause refused)
 	Now     func() time.Time // nil: time.Now
 	PID     int              // 0: os.Getpid()
 }
@@ -33,6 +34,14 @@ func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
 	if err := svc.Validate(); err != nil {
 		return nil, err
 	}
+	rec, err := d.deploy(ctx, svc)
+	if rec != nil {
+		d.afterHooks(ctx, svc, rec)
+	}
+	return rec, err
+}
+
+func (d *Deployer) deploy(ctx context.Context, svc Service) (*Record, error) {
 	unlock, err := d.Locker.Lock(ctx, svc.Name)
 	if err != nil {
 		return nil, err
@@ -47,8 +56,8 @@ func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
 	view.adoptExpected(rec)
 
 	var imageID string
-	err = d.phase(rec, PhaseImage, svc.Image, func() error {
-		imageID, err = d.image(ctx, svc)
+	err = d.phase(rec, PhaseImage, d.imageDetail(svc), func() error {
+		imageID, err = d.image(ctx, svc, rec)
 		return err
 	})
 	if err != nil {
@@ -73,6 +82,11 @@ func (d *Deployer) roll(ctx context.Context, svc Service, rec *Record, view *vie
 	}
 	release := view.nextRelease(svc)
 	rec.ToRelease, rec.To = release, svc.ContainerName(release)
+	if rec.Kind == KindDeploy {
+		if err := d.releaseWork(ctx, svc, rec, imageID); err != nil {
+			return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.untouched(view)))
+		}
+	}
 	if svc.Rollout != RolloutBlueGreen {
 		return d.replace(ctx, svc, rec, view, release, imageID)
 	}
@@ -155,6 +169,14 @@ func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record
 	}
 	err := d.phase(rec, PhaseImage, fmt.Sprintf("%s (%s, %s)", from.Image, shortID(from.ImageID), ran), func() (err error) {
 		imageID, err = d.Runtime.ImageID(ctx, from.ImageID)
+		if errors.Is(err, ErrImageNotFound) && from.Digest != "" {
+			// Removed from the host since: the registry still has the
+			// exact image by its digest, whatever its tag names now.
+			if err = d.Runtime.Pull(ctx, from.Digest, d.Report.Output()); err == nil {
+				imageID, err = d.Runtime.ImageID(ctx, from.ImageID)
+			}
+		}
+		rec.Digest = from.Digest
 		return err
 	})
 	if err != nil {
@@ -264,6 +286,15 @@ func (d *Deployer) describe() string {
 	return d.Proxy.Describe()
 }
 
+// untouched says what production looks like after a failure before any
+// new release started.
+func (d *Deployer) untouched(view *view) string {
+	if view.live == nil {
+		return "nothing was started"
+	}
+	return fmt.Sprintf("%s still serving, nothing was started", view.liveName())
+}
+
 // leftAsIs says what production looks like after a failure before the switch.
 func (d *Deployer) leftAsIs(view *view, next Container) string {
 	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
@@ -314,16 +345,6 @@ func (d *Deployer) stopQuietly(svc Service) func(context.Context, Container) {
 			d.Report.Note(fmt.Sprintf("could not stop %s: %v", c.Name, err))
 		}
 	}
-}
-
-// image builds the image when the service says so, then resolves it to an ID.
-func (d *Deployer) image(ctx context.Context, svc Service) (string, error) {
-	if svc.Build != nil {
-		if err := d.Runtime.Build(ctx, *svc.Build, svc.Image, d.Report.Output()); err != nil {
-			return "", err
-		}
-	}
-	return d.Runtime.ImageID(ctx, svc.Image)
 }
 
 // phase records that a phase is about to act, runs it, and records how it

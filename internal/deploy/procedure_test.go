@@ -123,8 +123,8 @@ func TestMissingImageStartsNothing(t *testing.T) {
 	svc := testService()
 	svc.Image = "app:nope"
 	_, err := r.d.Deploy(context.Background(), svc)
-	require.ErrorIs(t, err, ErrImageNotFound)
-	require.Empty(t, r.rt.calls)
+	require.ErrorIs(t, err, ErrPull, "not on the host, so pulled; the registry has none")
+	require.Equal(t, []string{"pull app:nope"}, r.rt.calls)
 }
 
 func TestLockedDeployDoesNothing(t *testing.T) {

@@ -23,6 +23,8 @@ const (
 // Phases of the procedure, in order.
 const (
 	PhaseImage   = "image"
+	PhaseHook    = "pre_deploy" // the pre_deploy hook
+	PhaseRelease = "release"    // the release job
 	PhaseStart   = "start"
 	PhaseHealth  = "health"
 	PhaseSwitch  = "switch"
@@ -44,6 +46,7 @@ type Record struct {
 	Error       string        `json:"error,omitempty"`
 	Image       string        `json:"image,omitempty"`
 	ImageID     string        `json:"image_id,omitempty"`
+	Digest      string        `json:"digest,omitempty"` // name@sha256:… the image was pulled as; "" for one built here
 	FromRelease int           `json:"from_release"`
 	ToRelease   int           `json:"to_release"`
 	From        string        `json:"from_container,omitempty"`
@@ -66,6 +69,7 @@ type PhaseRecord struct {
 	Started  time.Time     `json:"started"`
 	Duration time.Duration `json:"duration_ns"`
 	Error    string        `json:"error,omitempty"`
+	ExitCode *int          `json:"exit_code,omitempty"` // a release job's or hook's
 }
 
 func newRecord(service, kind string, pid int, now time.Time) *Record {

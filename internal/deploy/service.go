@@ -72,6 +72,14 @@ type Service struct {
 	// project and service labels).
 	Adopt map[string]string
 
+	// Pull says when Image is fetched from its registry (default missing).
+	Pull PullPolicy
+	// Release is run once per deploy in a one-off container of the new
+	// image, before the new release starts (migrations); nil: none.
+	Release *Job
+	// Hooks run on the host at points of a deploy.
+	Hooks Hooks
+
 	Health       HealthCheck
 	DrainTimeout time.Duration
 	StopTimeout  time.Duration
@@ -185,6 +193,17 @@ func (s Service) WithDefaults() Service {
 	if s.Restart == "" {
 		s.Restart = DefaultRestart
 	}
+	if s.Pull == "" {
+		s.Pull = PullMissing
+	}
+	if s.Release != nil && s.Release.Timeout == 0 {
+		r := *s.Release
+		r.Timeout = DefaultReleaseTimeout
+		s.Release = &r
+	}
+	if s.Hooks.Timeout == 0 {
+		s.Hooks.Timeout = DefaultHookTimeout
+	}
 	h := &s.Health
 	if h.Path == "" {
 		h.Path = DefaultHealthPath
@@ -227,6 +246,10 @@ func (s Service) Validate() error {
 		return fmt.Errorf("%w: keep %d: must be 0 or more", ErrConfig, s.Keep)
 	case s.Rollout != RolloutBlueGreen && s.Rollout != RolloutStartFirst && s.Rollout != RolloutStopFirst:
 		return fmt.Errorf("%w: strategy %q: use blue-green (a service behind a route), start-first or stop-first", ErrConfig, s.Rollout)
+	case s.Pull != PullMissing && s.Pull != PullAlways && s.Pull != PullNever:
+		return fmt.Errorf("%w: pull %q: use missing (the default), always (a tag that moves) or never", ErrConfig, s.Pull)
+	case s.Release != nil && len(s.Release.Command) == 0:
+		return fmt.Errorf("%w: release: needs a command, like [\"./app\", \"migrate\"]", ErrConfig)
 	case s.DrainTimeout < 0 || s.StopTimeout < 0 || s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.StartTimeout < 0:
 		return fmt.Errorf("%w: a negative duration in the settings of %s", ErrConfig, s.Name)
 	}

@@ -314,7 +314,7 @@ func (v *view) rollbackRecord(to int) *Record {
 		r := v.history[i]
 		sides := []Record{}
 		if r.Switched {
-			sides = append(sides, Record{ToRelease: r.ToRelease, Image: r.Image, ImageID: r.ImageID})
+			sides = append(sides, Record{ToRelease: r.ToRelease, Image: r.Image, ImageID: r.ImageID, Digest: r.Digest})
 		}
 		if r.From != "" {
 			sides = append(sides, Record{ToRelease: r.FromRelease, Image: r.FromImage, ImageID: r.FromImageID})
@@ -324,11 +324,22 @@ func (v *view) rollbackRecord(to int) *Record {
 				continue
 			}
 			if to != 0 && s.ToRelease == to || to == 0 && s.ToRelease != live && (live < 0 || s.ToRelease < live) {
+				s.Digest = v.digestOf(s.ImageID, s.Digest)
 				return &s
 			}
 		}
 	}
 	return nil
+}
+
+// digestOf is the registry digest some record gives image id, or known.
+func (v *view) digestOf(id, known string) string {
+	for _, r := range v.history {
+		if known == "" && r.ImageID == id {
+			known = r.Digest
+		}
+	}
+	return known
 }
 
 // neverServed says whether no record shows c's release switched into service.

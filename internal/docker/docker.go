@@ -6,13 +6,10 @@ package docker
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,48 +84,6 @@ func (r *Runtime) Releases(ctx context.Context, service string) ([]deploy.Contai
 	}
 	slices.SortFunc(out, func(a, b deploy.Container) int { return b.Release - a.Release })
 	return out, nil
-}
-
-// Build runs the docker CLI, so that BuildKit, buildx and the user's
-// builder settings apply exactly as when they build by hand.
-func (r *Runtime) Build(ctx context.Context, spec deploy.BuildSpec, tag string, out io.Writer) error {
-	args := []string{"build", "--tag", tag}
-	if spec.Dockerfile != "" {
-		args = append(args, "--file", spec.Dockerfile)
-	}
-	if spec.Target != "" {
-		args = append(args, "--target", spec.Target)
-	}
-	keys := make([]string, 0, len(spec.Args))
-	for k := range spec.Args {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		args = append(args, "--build-arg", k+"="+spec.Args[k])
-	}
-	args = append(args, spec.Context)
-	cmd := exec.CommandContext(ctx, "docker", args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Run(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return fmt.Errorf("build %s: the docker command is not installed; build the image yourself and pass --image", tag)
-		}
-		return fmt.Errorf("docker build %s: %w (its output is above)", spec.Context, err)
-	}
-	return nil
-}
-
-// ImageID resolves ref to the local image's ID. handoff never pulls.
-func (r *Runtime) ImageID(ctx context.Context, ref string) (string, error) {
-	img, err := r.api.ImageInspect(ctx, ref)
-	if cerrdefs.IsNotFound(err) {
-		return "", fmt.Errorf("%w: %q is not on this Docker host: build it, `docker pull` it, or set `build:` in handoff.yml", deploy.ErrImageNotFound, ref)
-	}
-	if err != nil {
-		return "", fmt.Errorf("inspect image %s: %w", ref, err)
-	}
-	return img.ID, nil
 }
 
 // Start starts a container with restart policy restart ("" : as it is).

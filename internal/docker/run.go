@@ -75,43 +75,10 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 	if svc.Reach == deploy.ReachNetwork {
 		labels[LabelReach] = string(deploy.ReachNetwork)
 	}
-	stopSeconds := int(svc.StopTimeout.Seconds())
-
-	// Created by its tag when the tag still names imageID (so `docker ps`
-	// shows the name), else by the ID; checked below either way, so a tag
-	// moved meanwhile can never run another image.
-	ref := imageID
-	if svc.Image != "" {
-		if id, err := r.ImageID(ctx, svc.Image); err == nil && id == imageID {
-			ref = svc.Image
-		}
-	}
-	cfg := &container.Config{
-		Image:       ref,
-		Cmd:         svc.Command,
-		Entrypoint:  svc.Entrypoint,
-		Env:         svc.Env,
-		Labels:      labels,
-		User:        svc.User,
-		WorkingDir:  svc.WorkingDir,
-		StopSignal:  svc.StopSignal,
-		StopTimeout: &stopSeconds,
-		Healthcheck: healthConfig(svc.Check),
-	}
-	host := &container.HostConfig{
-		Binds:         svc.Volumes,
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
-		Resources: container.Resources{
-			Memory:   svc.Memory,
-			NanoCPUs: int64(svc.CPUs * 1e9),
-		},
-		ExtraHosts: svc.ExtraHosts,
-		CapAdd:     svc.CapAdd,
-		CapDrop:    svc.CapDrop,
-	}
-	if svc.Logging != nil {
-		host.LogConfig = container.LogConfig{Type: svc.Logging.Driver, Config: svc.Logging.Options}
-	}
+	cfg, host, netCfg := r.spec(ctx, svc, imageID)
+	cfg.Labels = labels
+	cfg.Healthcheck = healthConfig(svc.Check)
+	host.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)}
 	if svc.Port != 0 {
 		port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
 		if err != nil {
@@ -123,6 +90,45 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 			host.PortBindings = network.PortMap{port: {binding}}
 		}
 	}
+	return r.createVerified(ctx, svc, name, imageID, cfg, host, netCfg)
+}
+
+// spec is what every container of svc runs with, a release or its release
+// job: the image, command, environment, volumes, networks and limits.
+func (r *Runtime) spec(ctx context.Context, svc deploy.Service, imageID string) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	stopSeconds := int(svc.StopTimeout.Seconds())
+	// Created by its tag when the tag still names imageID (so `docker ps`
+	// shows the name), else by the ID; checked after create either way, so
+	// a tag moved meanwhile can never run another image.
+	ref := imageID
+	if svc.Image != "" {
+		if id, err := r.ImageID(ctx, svc.Image); err == nil && id == imageID {
+			ref = svc.Image
+		}
+	}
+	cfg := &container.Config{
+		Image:       ref,
+		Cmd:         svc.Command,
+		Entrypoint:  svc.Entrypoint,
+		Env:         svc.Env,
+		User:        svc.User,
+		WorkingDir:  svc.WorkingDir,
+		StopSignal:  svc.StopSignal,
+		StopTimeout: &stopSeconds,
+	}
+	host := &container.HostConfig{
+		Binds: svc.Volumes,
+		Resources: container.Resources{
+			Memory:   svc.Memory,
+			NanoCPUs: int64(svc.CPUs * 1e9),
+		},
+		ExtraHosts: svc.ExtraHosts,
+		CapAdd:     svc.CapAdd,
+		CapDrop:    svc.CapDrop,
+	}
+	if svc.Logging != nil {
+		host.LogConfig = container.LogConfig{Type: svc.Logging.Driver, Config: svc.Logging.Options}
+	}
 	var netCfg *network.NetworkingConfig
 	if len(svc.Networks) > 0 {
 		// The service's aliases come with Announce, once it is healthy:
@@ -130,6 +136,12 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 		host.NetworkMode = container.NetworkMode(svc.Networks[0].Name)
 		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{svc.Networks[0].Name: {}}}
 	}
+	return cfg, host, netCfg
+}
+
+// createVerified creates name, checks it runs imageID, and joins svc's
+// other networks; on any error nothing is left behind.
+func (r *Runtime) createVerified(ctx context.Context, svc deploy.Service, name, imageID string, cfg *container.Config, host *container.HostConfig, netCfg *network.NetworkingConfig) (string, error) {
 	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host, NetworkingConfig: netCfg})
 	if cerrdefs.IsConflict(err) {
 		return "", fmt.Errorf("create %s: a container of that name exists and handoff did not expect it; rename or remove it (`docker rm -f %s`) and deploy again", name, name)

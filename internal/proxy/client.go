@@ -60,6 +60,25 @@ func (c *Client) Pause(ctx context.Context, maxWait time.Duration) (ServiceState
 	return st, c.found(err)
 }
 
+// Pauser is c as the deploy procedure holds requests with during a
+// release job: each request is held at most MaxPauseWait.
+func (c *Client) Pauser() deploy.Pauser { return pauser{c} }
+
+type pauser struct{ c *Client }
+
+func (p pauser) Pause(ctx context.Context, maxWait time.Duration) error {
+	if maxWait <= 0 || maxWait > MaxPauseWait {
+		maxWait = MaxPauseWait
+	}
+	_, err := p.c.Pause(ctx, maxWait)
+	return err
+}
+
+func (p pauser) Resume(ctx context.Context) error {
+	_, err := p.c.Resume(ctx)
+	return err
+}
+
 // Resume releases them.
 func (c *Client) Resume(ctx context.Context) (ServiceState, error) {
 	var st ServiceState

@@ -1,0 +1,218 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// PullPolicy says when a service's image is fetched from its registry.
+type PullPolicy string
+
+// The pull policies.
+const (
+	PullMissing PullPolicy = "missing" // only when it is not on the host (the default)
+	PullAlways  PullPolicy = "always"  // every deploy: a tag that moves (latest, main)
+	PullNever   PullPolicy = "never"   // never: the image must be on the host
+)
+
+// Job is the release job: a command run once per deploy in a one-off
+// container of the new image, before the new release starts (database
+// migrations). A non-zero exit or its timeout aborts the deploy.
+type Job struct {
+	Command []string
+	Timeout time.Duration
+	// Pause holds the service's new requests while the job runs (handoff
+	// proxy only, each request at most Timeout or the proxy's pause limit),
+	// for a migration the old code must not see half done.
+	Pause bool
+}
+
+// Hooks are shell commands run on the host with the deploy's facts in
+// their environment (HANDOFF_SERVICE, HANDOFF_RELEASE, ...).
+type Hooks struct {
+	PreDeploy  string // before the release job and the new release; failing aborts
+	PostDeploy string // after a deploy succeeded
+	OnFailure  string // after a deploy failed or was interrupted
+	Dir        string // where they run ("" : the current directory)
+	Timeout    time.Duration
+}
+
+// Defaults of the release work.
+const (
+	DefaultReleaseTimeout = 10 * time.Minute
+	DefaultHookTimeout    = 2 * time.Minute
+)
+
+// image builds the image when the service says so, or pulls it as its
+// pull policy says, then resolves it to an ID and records its digest.
+// Nothing users see changes here, whatever happens.
+func (d *Deployer) image(ctx context.Context, svc Service, rec *Record) (string, error) {
+	id, err := d.fetch(ctx, svc)
+	if err != nil {
+		return "", err
+	}
+	rec.Digest, err = d.Runtime.Digest(ctx, id, svc.Image)
+	if err != nil {
+		d.note(rec, fmt.Sprintf("could not read the digest of %s: %v", svc.Image, err))
+	}
+	return id, nil
+}
+
+func (d *Deployer) fetch(ctx context.Context, svc Service) (string, error) {
+	if svc.Build != nil {
+		if err := d.Runtime.Build(ctx, *svc.Build, svc.Image, d.Report.Output()); err != nil {
+			return "", err
+		}
+		return d.Runtime.ImageID(ctx, svc.Image)
+	}
+	switch svc.Pull {
+	case PullNever:
+		return d.Runtime.ImageID(ctx, svc.Image)
+	case PullAlways:
+	default:
+		id, err := d.Runtime.ImageID(ctx, svc.Image)
+		if !errors.Is(err, ErrImageNotFound) {
+			return id, err
+		}
+	}
+	if err := d.Runtime.Pull(ctx, svc.Image, d.Report.Output()); err != nil {
+		return "", err
+	}
+	return d.Runtime.ImageID(ctx, svc.Image)
+}
+
+func (d *Deployer) imageDetail(svc Service) string {
+	switch {
+	case svc.Build != nil:
+		return svc.Image + " (build)"
+	case svc.Pull == PullAlways:
+		return svc.Image + " (pull: always)"
+	}
+	return svc.Image
+}
+
+// releaseWork runs what a deploy does before its new release starts: the
+// pre_deploy hook, then the release job. Either failing aborts the deploy
+// with the old release serving, untouched.
+func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, imageID string) error {
+	if svc.Hooks.PreDeploy != "" {
+		err := d.phase(rec, PhaseHook, svc.Hooks.PreDeploy, func() error {
+			return d.hook(ctx, svc, rec, "pre_deploy", svc.Hooks.PreDeploy)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if svc.Release == nil {
+		return nil
+	}
+	return d.phase(rec, PhaseRelease, strings.Join(svc.Release.Command, " "), func() error {
+		return d.releaseJob(ctx, svc, rec, imageID)
+	})
+}
+
+// releaseJob runs svc's release job in a one-off container of imageID.
+func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, imageID string) error {
+	job := svc.Release
+	if job.Pause {
+		if d.Pauser == nil {
+			return fmt.Errorf("%w: release_pause holds requests only with `proxy: handoff`; %s cannot hold them: remove release_pause or put handoff proxy in front", ErrConfig, d.describe())
+		}
+		if err := d.Pauser.Pause(ctx, job.Timeout); err != nil {
+			return fmt.Errorf("%w: hold the requests of %s before the release job: %v", ErrReleaseJob, svc.Name, err)
+		}
+		d.note(rec, "requests held while the release job runs")
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if err := d.Pauser.Resume(rctx); err != nil {
+				d.note(rec, fmt.Sprintf("could not let the held requests of %s go on: %v; run `handoff proxy resume %s`", svc.Name, err, svc.Name))
+			}
+		}()
+	}
+	jctx, cancel := context.WithTimeout(ctx, job.Timeout)
+	defer cancel()
+	code, err := d.Runtime.Job(jctx, svc, imageID, job.Command, d.Report.Output())
+	p := &rec.Phases[len(rec.Phases)-1]
+	switch {
+	case err != nil && ctx.Err() == nil && jctx.Err() != nil:
+		return fmt.Errorf("%w: %q did not finish within %s (release_timeout); it was stopped and nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), job.Timeout)
+	case err != nil:
+		return fmt.Errorf("%w: %v", ErrReleaseJob, err)
+	}
+	p.ExitCode = &code
+	if code != 0 {
+		return fmt.Errorf("%w: %q exited with %d (its output is above); the new release was not started", ErrReleaseJob, strings.Join(job.Command, " "), code)
+	}
+	return nil
+}
+
+// afterHooks runs post_deploy or on_failure once a deploy has ended, and
+// records how they went. They never change the deploy's outcome.
+func (d *Deployer) afterHooks(ctx context.Context, svc Service, rec *Record) {
+	name, cmd := "post_deploy", svc.Hooks.PostDeploy
+	if rec.Outcome != OutcomeSucceeded {
+		name, cmd = "on_failure", svc.Hooks.OnFailure
+	}
+	if cmd == "" {
+		return
+	}
+	if err := d.hook(context.WithoutCancel(ctx), svc, rec, name, cmd); err != nil {
+		d.note(rec, err.Error())
+	} else {
+		d.note(rec, name+" hook ran")
+	}
+	if err := d.History.Save(rec); err != nil {
+		d.Report.Note(fmt.Sprintf("could not save the history: %v", err))
+	}
+}
+
+// hook runs cmd with sh -c on the host, its output with the deploy's.
+func (d *Deployer) hook(ctx context.Context, svc Service, rec *Record, name, cmd string) error {
+	ctx, cancel := context.WithTimeout(ctx, svc.Hooks.Timeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, "sh", "-c", cmd)
+	c.Dir = svc.Hooks.Dir
+	c.Env = append(os.Environ(), HookEnv(svc, rec, name)...)
+	c.Stdout, c.Stderr = d.Report.Output(), d.Report.Output()
+	c.WaitDelay = 5 * time.Second
+	err := c.Run()
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() == context.DeadlineExceeded:
+		return fmt.Errorf("%w: %s hook did not finish within %s: %s", ErrHook, name, svc.Hooks.Timeout, cmd)
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return fmt.Errorf("%w: %s hook exited with %d: %s", ErrHook, name, exit.ExitCode(), cmd)
+	}
+	return fmt.Errorf("%w: %s hook: %v", ErrHook, name, err)
+}
+
+// HookEnv is the deploy's facts as a hook sees them.
+func HookEnv(svc Service, rec *Record, hook string) []string {
+	outcome := rec.Outcome
+	env := []string{
+		"HANDOFF_HOOK=" + hook,
+		"HANDOFF_SERVICE=" + svc.Name,
+		"HANDOFF_DEPLOY_ID=" + rec.ID,
+		"HANDOFF_RELEASE=" + strconv.Itoa(rec.ToRelease),
+		"HANDOFF_CONTAINER=" + rec.To,
+		"HANDOFF_PREVIOUS_RELEASE=" + strconv.Itoa(rec.FromRelease),
+		"HANDOFF_PREVIOUS_CONTAINER=" + rec.From,
+		"HANDOFF_IMAGE=" + rec.Image,
+		"HANDOFF_IMAGE_ID=" + rec.ImageID,
+		"HANDOFF_DIGEST=" + rec.Digest,
+		"HANDOFF_OUTCOME=" + outcome,
+		"HANDOFF_PHASE=" + rec.Phase,
+		"HANDOFF_ERROR=" + rec.Error,
+	}
+	return env
+}

@@ -1,0 +1,206 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestPullPolicy(t *testing.T) {
+	cases := map[string]struct {
+		policy PullPolicy
+		local  bool // app:v2 is on the host before the deploy
+		calls  []string
+		err    error
+	}{
+		"missing, present": {PullMissing, true, []string{"run web-2", "stop web-1"}, nil},
+		"missing, absent":  {PullMissing, false, []string{"pull app:v2", "run web-2", "stop web-1"}, nil},
+		"always, present":  {PullAlways, true, []string{"pull app:v2", "run web-2", "stop web-1"}, nil},
+		"never, absent":    {PullNever, false, nil, ErrImageNotFound},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t)
+			r.rt.registry = map[string]string{"app:v2": "sha256:v2-registry"}
+			if !tc.local {
+				delete(r.rt.images, "app:v2")
+			}
+			svc := testService()
+			svc.Pull = tc.policy
+			rec, err := r.d.Deploy(context.Background(), svc)
+			require.Equal(t, tc.calls, r.rt.calls)
+			if tc.err != nil {
+				require.ErrorIs(t, err, tc.err)
+				require.Equal(t, []string{}, append([]string{}, r.proxy.switches...))
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, "registry.test/app@"+rec.ImageID, rec.Digest, "the deploy records the digest it runs")
+		})
+	}
+}
+
+func TestAPullThatFailsChangesNothing(t *testing.T) {
+	r := newRig(t)
+	delete(r.rt.images, "app:v2")
+	r.rt.pullErr = fmt.Errorf("%w: app:v2: registry.test refused the credentials", ErrPull)
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}}
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrPull)
+	require.Equal(t, []string{"pull app:v2"}, r.rt.calls, "no job, no container")
+	require.Empty(t, r.proxy.switches)
+	require.Equal(t, OutcomeFailed, rec.Outcome)
+}
+
+func TestReleaseJobRunsOnceBeforeTheNewRelease(t *testing.T) {
+	r := newRig(t)
+	svc := testService()
+	svc.Release = &Job{Command: []string{"./app", "migrate"}}
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, []string{"job ./app migrate", "run web-2", "stop web-1"}, r.rt.calls)
+	p := findPhase(t, rec, PhaseRelease)
+	require.NotNil(t, p.ExitCode)
+	require.Equal(t, 0, *p.ExitCode)
+
+	_, err = r.d.Rollback(context.Background(), svc, 0)
+	require.NoError(t, err)
+	require.Len(t, r.rt.jobs, 1, "a rollback runs no release job")
+}
+
+func TestAFailingReleaseJobLeavesTheOldReleaseServing(t *testing.T) {
+	r := newRig(t)
+	r.rt.jobExit = 3
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}}
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrReleaseJob)
+	require.Contains(t, err.Error(), `"migrate" exited with 3`)
+	require.Contains(t, err.Error(), "web-1 still serving, nothing was started")
+	require.Equal(t, []string{"job migrate"}, r.rt.calls)
+	require.Empty(t, r.proxy.switches)
+	require.Equal(t, PhaseRelease, rec.Phase)
+	require.Equal(t, 3, *findPhase(t, rec, PhaseRelease).ExitCode)
+}
+
+func TestAReleaseJobThatRunsTooLongIsStopped(t *testing.T) {
+	r := newRig(t)
+	r.rt.jobBlock = true
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Timeout: 20 * time.Millisecond}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrReleaseJob)
+	require.Contains(t, err.Error(), "did not finish within 20ms (release_timeout)")
+	require.Equal(t, []string{"job migrate"}, r.rt.calls)
+}
+
+type fakePauser struct{ calls []string }
+
+func (p *fakePauser) Pause(_ context.Context, wait time.Duration) error {
+	p.calls = append(p.calls, "pause "+wait.String())
+	return nil
+}
+func (p *fakePauser) Resume(context.Context) error { p.calls = append(p.calls, "resume"); return nil }
+
+func TestReleasePauseHoldsRequestsOnlyDuringTheJob(t *testing.T) {
+	r := newRig(t)
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrConfig, "no proxy that can hold requests")
+	require.Empty(t, r.rt.calls)
+
+	for _, exit := range []int{0, 1} {
+		r := newRig(t)
+		r.rt.jobExit = exit
+		p := &fakePauser{}
+		r.d.Pauser = p
+		_, _ = r.d.Deploy(context.Background(), svc)
+		require.Equal(t, []string{"pause 1m0s", "resume"}, p.calls, "exit %d: resumed whatever the job did", exit)
+	}
+}
+
+func TestHooksSeeTheDeployAndAFailingPreDeployAbortsFirst(t *testing.T) {
+	dir := t.TempDir()
+	r := newRig(t)
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}}
+	svc.Hooks = Hooks{
+		PreDeploy:  `echo "pre $HANDOFF_SERVICE $HANDOFF_RELEASE $HANDOFF_IMAGE" >> hooks.log`,
+		PostDeploy: `echo "post $HANDOFF_OUTCOME $HANDOFF_CONTAINER $HANDOFF_PREVIOUS_CONTAINER" >> hooks.log`,
+		OnFailure:  `echo "failure $HANDOFF_OUTCOME $HANDOFF_PHASE" >> hooks.log`,
+		Dir:        dir,
+	}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, "pre web 2 app:v2\npost succeeded web-2 web-1\n", readFile(t, filepath.Join(dir, "hooks.log")))
+	require.Equal(t, []string{"job migrate", "run web-2", "stop web-1"}, r.rt.calls, "pre_deploy runs before the release job")
+
+	// A pre_deploy hook that fails: nothing runs, on_failure says where.
+	require.NoError(t, os.Remove(filepath.Join(dir, "hooks.log")))
+	r = newRig(t)
+	svc.Hooks.PreDeploy = "exit 7"
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrHook)
+	require.Contains(t, err.Error(), "pre_deploy hook exited with 7")
+	require.Empty(t, r.rt.calls, "no job, no container")
+	require.Equal(t, "failure failed pre_deploy\n", readFile(t, filepath.Join(dir, "hooks.log")))
+	require.Contains(t, rec.Notes, "on_failure hook ran")
+
+	// A post_deploy hook that fails is noted; the deploy stands.
+	r = newRig(t)
+	svc.Hooks.PreDeploy, svc.Hooks.PostDeploy = "", "exit 2"
+	rec, err = r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeSucceeded, rec.Outcome)
+	require.True(t, slicesContain(rec.Notes, "post_deploy hook exited with 2"), rec.Notes)
+}
+
+func TestRollbackPullsAnImageGoneFromTheHostByItsDigest(t *testing.T) {
+	r := newRig(t)
+	svc := testService()
+	svc.RemoveRetired = true
+	r.rt.registry = map[string]string{"app:v2": "sha256:v2", "registry.test/app@sha256:v1": "sha256:v1"}
+	r.history.recs = append(r.history.recs, Record{Service: "web", Kind: KindDeploy, Outcome: OutcomeSucceeded, ToRelease: 1, To: "web-1",
+		Image: "app:v1", ImageID: "sha256:v1", Digest: "registry.test/app@sha256:v1", Switched: true})
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	rec, err := r.d.Rollback(context.Background(), svc, 0)
+	require.NoError(t, err, "%v", r.rt.calls)
+	require.Contains(t, r.rt.calls, "pull registry.test/app@sha256:v1")
+	require.Equal(t, "sha256:v1", rec.ImageID)
+}
+
+func findPhase(t *testing.T, rec *Record, name string) PhaseRecord {
+	t.Helper()
+	for _, p := range rec.Phases {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("no phase %s in %+v", name, rec.Phases)
+	return PhaseRecord{}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(b)
+}
+
+func slicesContain(list []string, part string) bool {
+	for _, s := range list {
+		if strings.Contains(s, part) {
+			return true
+		}
+	}
+	return false
+}

@@ -19,6 +19,9 @@
 //
 // `testapp check` GETs its own /health and exits 0 on 200: the image has no
 // shell or curl, so this is what HEALTHCHECK and `health.type: cmd` run.
+// `testapp migrate` is a release job: it prints what it does, appends
+// $RELEASE to $MIGRATIONS (a file) when set, waits MIGRATE_DELAY and exits
+// with MIGRATE_EXIT (0).
 // `testapp worker` listens on nothing: it logs a tick every 200ms (and
 // appends it to $TICKS, a file, when set) until SIGTERM, like a job worker.
 package main
@@ -42,6 +45,9 @@ func main() {
 	port := env("PORT", "8000")
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		os.Exit(check(port))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		os.Exit(migrate(env("RELEASE", "dev")))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		worker(env("RELEASE", "dev"))
@@ -222,4 +228,22 @@ func duration(key string, def time.Duration) time.Duration {
 		log.Fatalf("%s=%q: %v", key, v, err)
 	}
 	return d
+}
+
+// migrate is a release job that leaves a trace of each run.
+func migrate(release string) int {
+	fmt.Printf("migrating to %s\n", release)
+	if path := os.Getenv("MIGRATIONS"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o666)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "migrate: %v\n", err)
+			return 1
+		}
+		fmt.Fprintln(f, release)
+		f.Close()
+	}
+	time.Sleep(duration("MIGRATE_DELAY", 0))
+	code, _ := strconv.Atoi(env("MIGRATE_EXIT", "0"))
+	fmt.Printf("migration to %s done, exit %d\n", release, code)
+	return code
 }

@@ -73,7 +73,7 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
 
-	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c))
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c), newMaintenanceCmd(c))
 	return root
 }
 

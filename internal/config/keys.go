@@ -32,7 +32,7 @@ var fileSchema = schema{
 	"handoff_proxy": {"socket": nil, "listen": nil},
 	"compose":       {"files": nil, "services": nil, "project": nil, "env_file": nil, "profiles": nil},
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
-	"hooks":         hooksSchema,
+	"hooks": hooksSchema,
 }
 
 var hooksSchema = schema{"pre_deploy": nil, "post_deploy": nil, "on_failure": nil, "timeout": nil}
@@ -49,7 +49,7 @@ var extensionSchema = schema{
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
-	"hooks":         hooksSchema,
+	"hooks": hooksSchema,
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records

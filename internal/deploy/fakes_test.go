@@ -20,7 +20,7 @@ type fakeRuntime struct {
 	healthy    func(c Container) Container // how a started container looks on inspect
 	logs       string
 	calls      []string
-	announced  []string // releases given their service's names, in order
+	announced  []string          // releases given their service's names, in order
 	registry   map[string]string // what a pull of a reference brings: ref → image ID
 	pullErr    error
 	jobs       [][]string // release jobs run, in order

@@ -223,18 +223,21 @@ func AppContainer(t testing.TB, api *client.Client, name string, hostPort int, e
 	return created.ID, port
 }
 
-// RemoveService removes every container of service when the test ends.
+// RemoveService removes every container of service, and of its release
+// jobs, when the test ends.
 func RemoveService(t testing.TB, api *client.Client, service string) {
 	t.Helper()
 	t.Cleanup(func() {
-		list, err := api.ContainerList(context.Background(), client.ContainerListOptions{
-			All: true, Filters: make(client.Filters).Add("label", "handoff.service="+service)})
-		if err != nil {
-			t.Errorf("list containers of %s: %v", service, err)
-			return
-		}
-		for _, c := range list.Items {
-			remove(api, c.ID)
+		for _, label := range []string{"handoff.service=" + service, "handoff.job=" + service} {
+			list, err := api.ContainerList(context.Background(), client.ContainerListOptions{
+				All: true, Filters: make(client.Filters).Add("label", label)})
+			if err != nil {
+				t.Errorf("list containers of %s: %v", service, err)
+				return
+			}
+			for _, c := range list.Items {
+				remove(api, c.ID)
+			}
 		}
 	})
 }

@@ -171,11 +171,17 @@ func (r Result) String() string {
 // Handoff runs the handoff binary in dir with a private state directory.
 func Handoff(t testing.TB, bin, dir, stateDir string, args ...string) Result {
 	t.Helper()
+	return HandoffEnv(t, bin, dir, stateDir, nil, args...)
+}
+
+// HandoffEnv is Handoff with more environment variables (KEY=VALUE).
+func HandoffEnv(t testing.TB, bin, dir, stateDir string, env []string, args ...string) Result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "HANDOFF_STATE_DIR="+stateDir)
+	cmd.Env = append(append(os.Environ(), "HANDOFF_STATE_DIR="+stateDir), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()

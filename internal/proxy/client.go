@@ -60,6 +60,24 @@ func (c *Client) Pause(ctx context.Context, maxWait time.Duration) (ServiceState
 	return st, c.found(err)
 }
 
+// MaintenanceOn answers the service's requests with m's page.
+func (c *Client) MaintenanceOn(ctx context.Context, m deploy.Maintenance, _ []string) error {
+	in := MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow}
+	return c.found(c.call(ctx, http.MethodPut, "/maintenance", in, nil))
+}
+
+// MaintenanceOff sends the service's requests to its release again.
+func (c *Client) MaintenanceOff(ctx context.Context, _ string) (bool, error) {
+	st, err := c.get(ctx)
+	if err := c.found(err); err != nil {
+		return false, err
+	}
+	if st.Maintenance == nil {
+		return false, nil
+	}
+	return true, c.found(c.call(ctx, http.MethodDelete, "/maintenance", nil, nil))
+}
+
 // Pauser is c as the deploy procedure holds requests with during a
 // release job: each request is held at most MaxPauseWait.
 func (c *Client) Pauser() deploy.Pauser { return pauser{c} }

@@ -19,6 +19,8 @@ import (
 //	POST   /v1/services/{name}/retire   {"upstream": "..."}: end what still runs on it
 //	POST   /v1/services/{name}/pause    {"max_wait": "30s"}
 //	POST   /v1/services/{name}/resume
+//	PUT    /v1/services/{name}/maintenance  {"page": "<html>…", "retry_after": 300, "allow": ["/healthz"]}
+//	DELETE /v1/services/{name}/maintenance
 //	DELETE /v1/services/{name}
 func ControlHandler(p *Server) http.Handler {
 	mux := http.NewServeMux()
@@ -78,6 +80,18 @@ func ControlHandler(p *Server) http.Handler {
 	})
 	mux.HandleFunc("POST /v1/services/{name}/resume", func(w http.ResponseWriter, r *http.Request) {
 		st, err := p.Resume(r.PathValue("name"))
+		reply(w, st, err)
+	})
+	mux.HandleFunc("PUT /v1/services/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
+		var in MaintenanceState
+		if !decode(w, r, &in) {
+			return
+		}
+		st, err := p.Maintenance(r.PathValue("name"), &in)
+		reply(w, st, err)
+	})
+	mux.HandleFunc("DELETE /v1/services/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
+		st, err := p.Maintenance(r.PathValue("name"), nil)
 		reply(w, st, err)
 	})
 	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {

@@ -90,6 +90,8 @@ type service struct {
 	trusted   []netip.Prefix
 	dialRetry time.Duration
 
+	maint atomic.Pointer[MaintenanceState]
+
 	mu       sync.Mutex
 	draining []*target
 	gate     *gate
@@ -102,6 +104,10 @@ var acquireHook func()
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.closing.Load() {
 		w.Header().Set("Connection", "close")
+	}
+	if m := s.maint.Load(); m != nil && !m.allows(r.URL.Path) {
+		m.serve(w)
+		return
 	}
 	if err := s.gate.wait(r.Context()); err != nil {
 		if r.Context().Err() == nil {
@@ -147,6 +153,8 @@ type ServiceState struct {
 	// HandoverPending: a restart's previous process is still finishing
 	// requests this one cannot count; a drain must wait for it.
 	HandoverPending bool `json:"handover_pending,omitempty"`
+	// Maintenance: the service answers 503 with a page, but on Allow's paths.
+	Maintenance *MaintenanceState `json:"maintenance,omitempty"`
 }
 
 // DrainingState is an old target still finishing requests.
@@ -419,7 +427,7 @@ func (p *Server) save(next func([]ServiceState) []ServiceState) error {
 	}
 	list := p.List()
 	for i, st := range list {
-		list[i] = ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Paused: st.Paused, MaxWait: st.MaxWait}
+		list[i] = ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Paused: st.Paused, MaxWait: st.MaxWait, Maintenance: st.Maintenance}
 	}
 	if err := p.opts.Save(next(list)); err != nil {
 		p.log.Error("save state: the change is refused", "err", err)
@@ -463,7 +471,7 @@ func (p *Server) state(s *service) ServiceState {
 	cur := s.current.Load()
 	paused, maxWait := s.gate.state()
 	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
-		Paused: paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load()}
+		Paused: paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}
 	if paused {
 		st.MaxWait = Duration(maxWait)
 	}

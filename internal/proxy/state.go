@@ -25,7 +25,7 @@ type stateFile struct {
 func SaveState(path string, services []ServiceState) error {
 	f := stateFile{Services: []json.RawMessage{}}
 	for _, s := range services {
-		raw, err := json.Marshal(ServiceState{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait})
+		raw, err := json.Marshal(ServiceState{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait, Maintenance: s.Maintenance})
 		if err != nil {
 			return err
 		}
@@ -76,6 +76,10 @@ func (p *Server) Restore(path string) error {
 			}
 			s.gate.pause(wait)
 			p.log.Warn("state: restored paused, as it was; `handoff proxy resume` releases it", "service", st.Name, "max_wait", wait)
+		}
+		if st.Maintenance != nil {
+			s.maint.Store(st.Maintenance)
+			p.log.Warn("state: restored in maintenance, as it was; `handoff maintenance off` ends it", "service", st.Name)
 		}
 		p.serve(s)
 		checkUpstream(p.log, st)

@@ -15,6 +15,9 @@ scripts/install-caddy.sh $debian
 # The compose tests: docker compose v5.6.0 built from the module proxy, and
 # Debian's docker-compose 1.29.2.
 scripts/install-compose.sh
+# The registry tests: the reference registry (distribution v3.1.2) built
+# from the module proxy.
+scripts/install-registry.sh
 if ! command -v docker-compose >/dev/null && [ -n "$debian" ]; then
   echo "installing Debian's docker-compose" >&2
   apt-get update -qq >/dev/null

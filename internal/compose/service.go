@@ -142,6 +142,16 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		}
 		svc.Build = b
 	}
+	switch s.PullPolicy {
+	case types.PullPolicyAlways, types.PullPolicyRefresh:
+		svc.Pull = deploy.PullAlways
+	case types.PullPolicyNever:
+		svc.Pull = deploy.PullNever
+	case types.PullPolicyMissing, types.PullPolicyIfNotPresent, types.PullPolicyBuild, "":
+		// missing, handoff's default; build: svc.Build is set
+	default: // daily, weekly, every_<duration>: handoff keeps no pull times
+		svc.Pull = deploy.PullAlways
+	}
 	if s.StopGracePeriod != nil {
 		svc.StopTimeout = time.Duration(*s.StopGracePeriod)
 	}

@@ -103,6 +103,9 @@ func TestImpossibleValuesAreRefused(t *testing.T) {
 		"env_file":  {"service: web\nenv_file: nope.env\n", "handoff.yml:2: env_file nope.env"},
 		"noservice": {"image: x\n", "no service name"},
 		"hostports": {"service: web\nhost_ports: 30000-20000\n", `handoff.yml:2: host_ports "30000-20000"`},
+		"pull":      {"service: web\npull: sometimes\n", `handoff.yml:2: pull "sometimes": use missing`},
+		"jobtime":   {"service: web\nrelease_timeout: 1m\n", "handoff.yml:2: release_timeout without release"},
+		"jobpause":  {"service: web\nrelease: migrate\nrelease_pause: true\n", "handoff.yml:3: release_pause holds requests with `proxy: handoff` only"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -113,6 +116,28 @@ func TestImpossibleValuesAreRefused(t *testing.T) {
 			require.ErrorContains(t, err, c.want)
 		})
 	}
+}
+
+func TestReleaseWorkIsRead(t *testing.T) {
+	f, err := Parse("/srv/app/handoff.yml", []byte(`service: web
+pull: always
+release: ./app migrate --yes
+release_timeout: 3m
+release_pause: true
+proxy: handoff
+hooks:
+  pre_deploy: ./check.sh
+  on_failure: curl -d "$HANDOFF_ERROR" https://chat.example/hook
+  timeout: 30s
+`))
+	require.NoError(t, err)
+	s, err := Resolve(f, Overrides{Pull: "never"})
+	require.NoError(t, err)
+	require.Equal(t, deploy.PullNever, s.Service.Pull, "--pull wins over the file")
+	require.Equal(t, &deploy.Job{Command: []string{"./app", "migrate", "--yes"}, Timeout: 3 * time.Minute, Pause: true}, s.Service.Release)
+	require.Equal(t, deploy.Hooks{PreDeploy: "./check.sh", OnFailure: `curl -d "$HANDOFF_ERROR" https://chat.example/hook`, Dir: "/srv/app", Timeout: 30 * time.Second}, s.Service.Hooks)
+	_, err = Resolve(f, Overrides{Pull: "often"})
+	require.ErrorContains(t, err, `--pull "often"`)
 }
 
 func TestParseStatus(t *testing.T) {

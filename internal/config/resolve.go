@@ -157,7 +157,8 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	}
 	pull := deploy.PullPolicy(pick(o.Pull, f.Pull))
 	switch pull {
-	case "", deploy.PullMissing, deploy.PullAlways, deploy.PullNever:
+	case "":
+	case deploy.PullMissing, deploy.PullAlways, deploy.PullNever:
 		svc.Pull = pull
 	default:
 		if o.Pull != "" {

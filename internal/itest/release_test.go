@@ -103,6 +103,38 @@ hooks:
 	require.Equal(t, "v3", s.Serving())
 }
 
+// With handoff proxy, release_pause holds the service's requests while
+// the job runs (a migration the old code must not see half done): they
+// are answered once it is done, none fails.
+func TestReleasePauseHoldsRequestsDuringTheJob(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	data, err := os.MkdirTemp("", "handoff-it-data-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(data) })
+	require.NoError(t, os.Chmod(data, 0o777))
+	s.Deploy(Config{Release: "v1"})
+
+	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1})
+	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 20 })
+	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"MIGRATIONS": "/data/m.log", "MIGRATE_DELAY": "2s"},
+		Extra: "volumes: [\"" + data + ":/data\"]\nrelease: migrate\nrelease_pause: true\n"})
+	cmd, out := s.Start("deploy")
+	WaitFor(t, 30*time.Second, "the release job to start", func() bool {
+		_, err := os.Stat(filepath.Join(data, "m.log"))
+		return err == nil
+	})
+	held := &http.Client{Timeout: 500 * time.Millisecond}
+	_, _, err = Get(held, s.Caddy.URL+"/", SiteHost)
+	require.Error(t, err, "a request during the job is held, not answered")
+	require.NoError(t, cmd.Wait(), out.String())
+	require.Equal(t, "v2", s.Serving())
+	got := load.Stop()
+	t.Logf("load through a paused release job: %s", got)
+	require.Zero(t, got.Failures(), "%s", got)
+	require.GreaterOrEqual(t, got.LongestGap, time.Second, "requests were held while the job ran")
+	require.Contains(t, out.String(), "requests held while the release job runs")
+}
+
 // maintenance on answers the site with a 503 page and Retry-After, but
 // the health path; a deploy still switches underneath; off takes away
 // exactly what on added.

@@ -65,7 +65,7 @@ say "A client requests the site every 50 ms during both deploys"
 watch_pid=$!
 
 cd examples/hello
-say "handoff deploy --image hello:v2   (adopts the hand-started container, app boots 3 s)"
+say "handoff deploy --image hello:v2   (runs the migration in a one-off container, adopts the hand-started container, app boots 3 s)"
 "$handoff" deploy "${here[@]}" --image hello:v2
 say "handoff deploy --image hello:v3"
 "$handoff" deploy "${here[@]}" --image hello:v3
@@ -79,4 +79,10 @@ say "The Caddyfile on disk follows the switch"
 grep reverse_proxy "$work/Caddyfile"
 say "handoff rollback   (back to v2, the same procedure)"
 "$handoff" rollback "${here[@]}"
+curl -sS http://localhost:18080/
+say "handoff maintenance on   (503 with a page and Retry-After; /up still reaches the app)"
+"$handoff" maintenance on "${here[@]}" --message "Back in five minutes."
+curl -sS -o /dev/null -w '   GET /   -> %{http_code}, Retry-After: %header{retry-after}\n' http://localhost:18080/
+curl -sS -o /dev/null -w '   GET /up -> %{http_code}\n' http://localhost:18080/up
+"$handoff" maintenance off "${here[@]}"
 curl -sS http://localhost:18080/

@@ -2,7 +2,8 @@
 // which version answers. It takes BOOT_SECONDS to start, like an app that
 // loads a model or warms a cache, which is when `docker stop; docker run`
 // shows users errors and handoff does not. `hello worker` is its job
-// worker: no port, a line of work a second.
+// worker: no port, a line of work a second. `hello migrate` is its release
+// job: what a database migration prints, run once per deploy.
 package main
 
 import (
@@ -23,6 +24,10 @@ var version = "dev"
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		worker()
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		migrate()
 		return
 	}
 	boot, _ := strconv.Atoi(os.Getenv("BOOT_SECONDS"))
@@ -70,4 +75,12 @@ func worker() {
 			log.Printf("hello worker %s: job %d done", version, n)
 		}
 	}
+}
+
+// migrate stands for the app's database migration: handoff runs it in a
+// one-off container of the new image before the new release starts.
+func migrate() {
+	fmt.Printf("hello %s: migrating the schema\n", version)
+	time.Sleep(500 * time.Millisecond)
+	fmt.Printf("hello %s: schema at %s, done\n", version, version)
 }

@@ -56,8 +56,9 @@ type Record struct {
 	OldUpstream string        `json:"old_upstream,omitempty"`
 	NewUpstream string        `json:"new_upstream,omitempty"`
 	Switched    bool          `json:"switched"`
-	FromStopped bool          `json:"from_stopped,omitempty"` // the old release was stopped (kept for rollback)
-	FromRemoved bool          `json:"from_removed,omitempty"` // and then removed (its image kept)
+	Held        bool          `json:"held_requests,omitempty"` // the proxy holds the service's requests for the release job
+	FromStopped bool          `json:"from_stopped,omitempty"`  // the old release was stopped (kept for rollback)
+	FromRemoved bool          `json:"from_removed,omitempty"`  // and then removed (its image kept)
 	Phases      []PhaseRecord `json:"phases"`
 	Notes       []string      `json:"notes,omitempty"`
 	PID         int           `json:"pid"`

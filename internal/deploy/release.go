@@ -124,17 +124,17 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 		if d.Pauser == nil {
 			return fmt.Errorf("%w: release_pause holds requests only with `proxy: handoff`; %s cannot hold them: remove release_pause or put handoff proxy in front", ErrConfig, d.describe())
 		}
+		// Recorded first: a handoff killed while they are held leaves a
+		// record that says so, and the next deploy or repair lets them go.
+		rec.Held = true
+		if err := d.History.Save(rec); err != nil {
+			return fmt.Errorf("record that requests are held, before holding them: %w (nothing was changed)", err)
+		}
 		if err := d.Pauser.Pause(ctx, job.Timeout); err != nil {
 			return fmt.Errorf("%w: hold the requests of %s before the release job: %v", ErrReleaseJob, svc.Name, err)
 		}
 		d.note(rec, "requests held while the release job runs")
-		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-			defer cancel()
-			if err := d.Pauser.Resume(rctx); err != nil {
-				d.note(rec, fmt.Sprintf("could not let the held requests of %s go on: %v; run `handoff proxy resume %s`", svc.Name, err, svc.Name))
-			}
-		}()
+		defer d.resume(ctx, svc, rec)
 	}
 	jctx, cancel := context.WithTimeout(ctx, job.Timeout)
 	defer cancel()
@@ -151,6 +151,17 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 		return fmt.Errorf("%w: %q exited with %d (its output is above); the new release was not started", ErrReleaseJob, strings.Join(job.Command, " "), code)
 	}
 	return nil
+}
+
+// resume lets the requests a release job held go on.
+func (d *Deployer) resume(ctx context.Context, svc Service, rec *Record) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := d.Pauser.Resume(rctx); err != nil {
+		d.note(rec, fmt.Sprintf("could not let the held requests of %s go on: %v; run `handoff proxy resume %s`", svc.Name, err, svc.Name))
+		return
+	}
+	rec.Held = false
 }
 
 // afterHooks runs post_deploy or on_failure once a deploy has ended, and

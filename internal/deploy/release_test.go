@@ -204,3 +204,22 @@ func slicesContain(list []string, part string) bool {
 	}
 	return false
 }
+
+// A handoff killed while its release job held the requests leaves a record
+// that says so; the next deploy lets them go before anything else.
+func TestRequestsHeldByAKilledReleaseJobAreLetGo(t *testing.T) {
+	r := newRig(t)
+	p := &fakePauser{}
+	r.d.Pauser = p
+	r.history.recs = append(r.history.recs, Record{ID: "killed", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseRelease, Held: true, PID: 999999})
+	rec, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	require.Equal(t, []string{"resume"}, p.calls)
+	require.Contains(t, rec.Notes, "letting go the requests its release job held")
+	for _, h := range r.history.recs {
+		if h.ID == "killed" {
+			require.False(t, h.Held)
+			require.Equal(t, OutcomeInterrupted, h.Outcome)
+		}
+	}
+}

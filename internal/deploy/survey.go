@@ -196,6 +196,16 @@ func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *vie
 			return fmt.Errorf("mark interrupted %s: %w", h.ID, err)
 		}
 		d.note(rec, fmt.Sprintf("an earlier %s (%s) was interrupted in phase %s; repairing", h.Kind, h.ID, h.Phase))
+		if h.Held && d.Pauser != nil {
+			d.note(rec, "letting go the requests its release job held")
+			if err := d.Pauser.Resume(ctx); err != nil {
+				return fmt.Errorf("let go the requests an interrupted release job held: %w (run `handoff proxy resume %s`)", err, svc.Name)
+			}
+			h.Held = false
+			if err := d.History.Save(h); err != nil {
+				return fmt.Errorf("record %s: %w", h.ID, err)
+			}
+		}
 	}
 	changed := false
 	for _, c := range v.releases {

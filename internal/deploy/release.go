@@ -75,14 +75,17 @@ func (d *Deployer) fetch(ctx context.Context, svc Service) (string, error) {
 	case PullNever:
 		return d.Runtime.ImageID(ctx, svc.Image)
 	case PullAlways:
+		if err := d.Runtime.Pull(ctx, svc.Image, d.Report.Output()); err != nil {
+			return "", err
+		}
 	default:
 		id, err := d.Runtime.ImageID(ctx, svc.Image)
 		if !errors.Is(err, ErrImageNotFound) {
 			return id, err
 		}
-	}
-	if err := d.Runtime.Pull(ctx, svc.Image, d.Report.Output()); err != nil {
-		return "", err
+		if err := d.Runtime.Pull(ctx, svc.Image, d.Report.Output()); err != nil {
+			return "", fmt.Errorf("%q is not on this Docker host, and %w", svc.Image, err)
+		}
 	}
 	return d.Runtime.ImageID(ctx, svc.Image)
 }

@@ -142,7 +142,7 @@ func pullError(ref, host string, creds found, err error) error {
 	case cerrdefs.IsNotFound(err) || strings.Contains(lower, "manifest unknown") || strings.Contains(lower, "not found"):
 		return fmt.Errorf("%w: %s: %s has no such image or tag (%s): check the name and tag (nothing was changed)", deploy.ErrPull, ref, host, firstLine(msg))
 	}
-	return fmt.Errorf("%w: %s from %s: %s (nothing was changed)", deploy.ErrPull, ref, host, firstLine(msg))
+	return fmt.Errorf("%w: %s from %s: %s (can this host reach %s? nothing was changed)", deploy.ErrPull, ref, host, firstLine(msg), host)
 }
 
 func firstLine(s string) string {

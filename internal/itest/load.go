@@ -137,10 +137,17 @@ func (l *Load) wsLoop(ctx context.Context, url, host string, o LoadOptions) {
 	}
 }
 
+var wsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 func holdWebSocket(url, host string, hold time.Duration) error {
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{Host: host})
+	// Each handshake on a connection of its own, as a browser opens one for
+	// a WebSocket: never on an idle keep-alive connection another request
+	// of this process left in http.DefaultClient's pool, which the front
+	// proxy may be closing at that moment (a Caddy reload closes its idle
+	// connections, and an upgrade request is not retried).
+	ws, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{Host: host, HTTPClient: wsClient})
 	if err != nil {
 		return err
 	}

@@ -41,6 +41,7 @@ same binary (an upgrade or restart without dropping anything).`,
 	f.StringVar(&o.StateFile, "state-file", proxy.DefaultStateFile, "services, kept across restarts")
 	f.StringVar(&o.PIDFile, "pid-file", "", "write the serving process's pid here (systemd PIDFile=)")
 	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxy.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
+	f.StringVar(&o.Metrics, "metrics", "", "serve Prometheus metrics on this address, like 127.0.0.1:9100 (docs/metrics.md)")
 	f.DurationVar(&o.DialRetry, "dial-retry", proxy.DefaultDialRetry, "how long a request waits for an app that refuses connections (restarting) before it gets a 502")
 	f.StringSliceVar(&trustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1/128"}, "front proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host are kept and appended to; \"none\" trusts nobody")
 	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")

@@ -32,6 +32,7 @@ type DaemonOptions struct {
 	HandoverTimeout time.Duration  // how long an old process waits for its connections after an upgrade
 	Trusted         []netip.Prefix // front proxies whose X-Forwarded-* headers are kept (DefaultTrusted)
 	DialRetry       time.Duration  // how long a request waits for an app refusing connections (DefaultDialRetry)
+	Metrics         string         // host:port to serve Prometheus metrics on ("" : none)
 	Log             *slog.Logger
 }
 
@@ -58,10 +59,15 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return fmt.Errorf("handoff proxy: %w", err)
 	}
 	defer upg.Stop()
+	var metrics *Metrics
+	if o.Metrics != "" {
+		metrics = NewMetrics()
+	}
 	srv := NewServer(upg.Listen, log, Options{
 		Save:      func(st []ServiceState) error { return SaveState(o.StateFile, st) },
 		Trusted:   o.Trusted,
 		DialRetry: o.DialRetry,
+		Metrics:   metrics,
 	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -94,6 +100,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}()
 
 	if upg.HasParent() {
+		metrics.HandedOver()
 		// The previous process still finishes the requests it took; until
 		// it exits, a drain cannot be judged from this process's counts.
 		srv.SetHandoverPending(true)
@@ -116,6 +123,18 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			log.Error("control API", "err", err)
 		}
 	}()
+	if metrics != nil {
+		// Inherited across restarts like the services' sockets, so a
+		// scrape is never refused.
+		ln, err := upg.Listen("tcp", o.Metrics)
+		if err != nil {
+			return fmt.Errorf("handoff proxy: --metrics %s: %w", o.Metrics, err)
+		}
+		ms := &http.Server{Handler: metrics.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = ms.Serve(ln) }()
+		defer ms.Close()
+		log.Info("metrics", "address", o.Metrics)
+	}
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("handoff proxy: %w", err)
 	}

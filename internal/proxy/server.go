@@ -46,6 +46,8 @@ type Options struct {
 	// DialRetry is how long a request waits for an app that refuses
 	// connections (restarting); 0: DefaultDialRetry.
 	DialRetry time.Duration
+	// Metrics, when set, count requests, errors and switches.
+	Metrics *Metrics
 }
 
 // DefaultTrusted is loopback: the front proxy on the same host.
@@ -73,7 +75,11 @@ type Server struct {
 
 // NewServer makes an empty switch.
 func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
-	return &Server{listen: listen, log: log, opts: opts, services: map[string]*service{}}
+	p := &Server{listen: listen, log: log, opts: opts, services: map[string]*service{}}
+	if opts.Metrics != nil {
+		opts.Metrics.watch(p)
+	}
+	return p
 }
 
 // service is one app behind one stable address.
@@ -89,6 +95,7 @@ type service struct {
 	log       *slog.Logger
 	trusted   []netip.Prefix
 	dialRetry time.Duration
+	metrics   *Metrics
 
 	maint atomic.Pointer[MaintenanceState]
 
@@ -201,7 +208,7 @@ func (p *Server) open(name, listen, upstream string) (*service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
 	}
-	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry}
+	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, metrics: p.opts.Metrics}
 	if s.dialRetry == 0 {
 		s.dialRetry = DefaultDialRetry
 	}
@@ -264,6 +271,7 @@ func (p *Server) Switch(name, from, to string) (ServiceState, error) {
 		s.draining = slices.DeleteFunc(s.draining, func(t *target) bool { return t.inFlight.Load() == 0 })
 		s.draining = append(s.draining, old)
 		s.mu.Unlock()
+		p.opts.Metrics.switched(name)
 		p.log.Info("switched", "service", name, "from", old.upstream, "to", to)
 	}
 	return p.state(s), nil

@@ -44,6 +44,8 @@ type target struct {
 
 	mu       sync.Mutex
 	upgraded map[*upgradedConn]struct{}
+
+	metrics *targetMetrics // nil: no --metrics
 }
 
 // newTarget makes the target for upstream: its own connection pool, and a
@@ -57,7 +59,7 @@ func (s *service) newTarget(upstream string) *target {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	u := &url.URL{Scheme: "http", Host: upstream}
-	t := &target{upstream: upstream, transport: tr, upgraded: map[*upgradedConn]struct{}{}}
+	t := &target{upstream: upstream, transport: tr, upgraded: map[*upgradedConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
 	t.cut, t.cutNow = context.WithCancel(context.Background())
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -80,6 +82,7 @@ func (s *service) newTarget(upstream string) *target {
 				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", why)
 				return
 			}
+			t.metrics.upstreamError()
 			s.log.Error("502: upstream error", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "client", r.RemoteAddr, "err", err)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusBadGateway)
@@ -193,11 +196,19 @@ func trusts(trusted []netip.Prefix, remoteAddr string) bool {
 // serve proxies one request on t; the caller counted it in flight
 // (service.acquire) and ends the count.
 func (t *target) serve(w http.ResponseWriter, r *http.Request) {
+	var start time.Time
+	if t.metrics != nil {
+		start = time.Now()
+	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(t.cut, cancel)
 	defer stop()
-	t.proxy.ServeHTTP(&trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r)}, r.WithContext(ctx))
+	tw := &trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r)}
+	t.proxy.ServeHTTP(tw, r.WithContext(ctx))
+	if t.metrics != nil {
+		t.metrics.observe(tw.status, time.Since(start).Seconds())
+	}
 }
 
 func (t *target) done() {

@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are what `handoff proxy --metrics ADDR` serves to Prometheus
+// (docs/metrics.md lists them). The per-request work is a counter and a
+// histogram observation on children looked up once per target; what is
+// in flight is read from the switch's own counts when scraped.
+type Metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	errors    *prometheus.CounterVec
+	switches  *prometheus.CounterVec
+	handovers prometheus.Counter
+}
+
+// NewMetrics makes the metrics of server p (nil: none are kept).
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoff_proxy_requests_total",
+			Help: "Requests answered, by service, target (the upstream a release listens on) and status class (2xx, 3xx, 4xx, 5xx).",
+		}, []string{"service", "target", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "handoff_proxy_request_duration_seconds",
+			Help:    "Time from the request's arrival to the end of its answer, by service.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"service"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoff_proxy_upstream_errors_total",
+			Help: "Requests the app did not answer (each answered 502 and logged), by service and target.",
+		}, []string{"service", "target"}),
+		switches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoff_proxy_switches_total",
+			Help: "Switches of a service's target (one per deploy or rollback).",
+		}, []string{"service"}),
+		handovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "handoff_proxy_handovers_total",
+			Help: "Restarts (SIGHUP) this process took over from a previous one.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.errors, m.switches, m.handovers,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in Prometheus's text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// watch adds what server p knows when scraped: requests in flight and held.
+func (m *Metrics) watch(p *Server) {
+	m.reg.MustRegister(&liveCollector{p: p})
+}
+
+// targetMetrics are one target's children, looked up once.
+type targetMetrics struct {
+	codes    [6]prometheus.Counter // by status / 100; [0]: anything else
+	errors   prometheus.Counter
+	duration prometheus.Observer
+}
+
+func (m *Metrics) forTarget(service, upstream string) *targetMetrics {
+	if m == nil {
+		return nil
+	}
+	tm := &targetMetrics{errors: m.errors.WithLabelValues(service, upstream), duration: m.duration.WithLabelValues(service)}
+	for i := range tm.codes {
+		class := strconv.Itoa(i) + "xx"
+		if i == 0 {
+			class = "other"
+		}
+		tm.codes[i] = m.requests.WithLabelValues(service, upstream, class)
+	}
+	return tm
+}
+
+func (tm *targetMetrics) observe(status int, seconds float64) {
+	if tm == nil {
+		return
+	}
+	i := status / 100
+	if i < 1 || i > 5 {
+		i = 0
+	}
+	tm.codes[i].Inc()
+	tm.duration.Observe(seconds)
+}
+
+func (tm *targetMetrics) upstreamError() {
+	if tm != nil {
+		tm.errors.Inc()
+	}
+}
+
+func (m *Metrics) switched(service string) {
+	if m != nil {
+		m.switches.WithLabelValues(service).Inc()
+	}
+}
+
+// HandedOver counts a restart this process took over.
+func (m *Metrics) HandedOver() {
+	if m != nil {
+		m.handovers.Inc()
+	}
+}
+
+// liveCollector reads the switch's own counts at scrape time, so that
+// nothing is added to a request's path for them.
+type liveCollector struct{ p *Server }
+
+var (
+	inFlightDesc = prometheus.NewDesc("handoff_proxy_requests_in_flight",
+		"Requests running now, by service and target (a draining target's count falls to 0 before its release stops).",
+		[]string{"service", "target"}, nil)
+	heldDesc = prometheus.NewDesc("handoff_proxy_requests_held",
+		"Requests a pause holds now, by service.", []string{"service"}, nil)
+	pausedDesc = prometheus.NewDesc("handoff_proxy_paused",
+		"1 while the service is paused, else 0.", []string{"service"}, nil)
+	maintenanceDesc = prometheus.NewDesc("handoff_proxy_maintenance",
+		"1 while the service answers with its maintenance page, else 0.", []string{"service"}, nil)
+)
+
+func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- inFlightDesc
+	ch <- heldDesc
+	ch <- pausedDesc
+	ch <- maintenanceDesc
+}
+
+func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.p.List() {
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(st.InFlight), st.Name, st.Upstream)
+		for _, d := range st.Draining {
+			ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(d.InFlight), st.Name, d.Upstream)
+		}
+		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, float64(st.Held), st.Name)
+		ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, boolValue(st.Paused), st.Name)
+		ch <- prometheus.MustNewConstMetric(maintenanceDesc, prometheus.GaugeValue, boolValue(st.Maintenance != nil), st.Name)
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,7 +133,7 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	results, events := load.stop()
 	res := measure(st, set, windows, results, events)
 	if st.Name != "restart" && st.Name != "script" {
-		res.Drain = medianDrain(t, s)
+		phaseBreakdown(t, s, set, &res)
 	}
 	if sent := sentBetween(results, cpuStart, cpuEnd); st.viaProxy() && sent > 0 {
 		// CPU over the deploys, per request sent meanwhile (the restarts are
@@ -144,20 +145,42 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 }
 
 // medianDrain reads handoff's own history for how long its drains waited.
-func medianDrain(t *testing.T, s *itest.Scenario) time.Duration {
+// phaseBreakdown reads handoff's own record of each deploy measured: its
+// phases, and what is left of its time once the app's boot and the drain
+// (waiting for requests in flight) are taken out, the time handoff adds.
+func phaseBreakdown(t *testing.T, s *itest.Scenario, set settings, res *strategyResult) {
 	r := s.Run("history", "--json", "-n", "1000")
 	require.Equal(t, 0, r.Code, r.String())
 	var recs []deploy.Record
 	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &recs))
-	var drains []time.Duration
-	for _, rec := range recs {
+	recs = slices.DeleteFunc(recs, func(r deploy.Record) bool { return r.Kind != deploy.KindDeploy })
+	n := min(len(recs), len(res.Deploys))
+	recs = recs[:n]
+	slices.Reverse(recs) // oldest first, as res.Deploys
+	first := len(res.Deploys) - n
+	phases := map[string][]time.Duration{}
+	var drains, idles []time.Duration
+	for i, rec := range recs {
+		d := &res.Deploys[first+i]
+		d.Phases = map[string]time.Duration{}
+		var sum time.Duration
 		for _, p := range rec.Phases {
-			if p.Name == deploy.PhaseDrain {
-				drains = append(drains, p.Duration)
-			}
+			d.Phases[p.Name] += p.Duration
+			sum += p.Duration
 		}
+		d.Phases["outside phases"] = d.Took - sum // process start, lock, survey, records
+		for name, v := range d.Phases {
+			phases[name] = append(phases[name], v)
+		}
+		d.Idle = d.Took - set.Boot - d.Phases[deploy.PhaseDrain]
+		drains = append(drains, d.Phases[deploy.PhaseDrain])
+		idles = append(idles, d.Idle)
 	}
-	return percentiles(drains).P50
+	res.Drain, res.Idle = percentiles(drains).P50, percentiles(idles).P50
+	res.Phases = map[string]time.Duration{}
+	for name, ds := range phases {
+		res.Phases[name] = percentiles(ds).P50
+	}
 }
 
 func sentBetween(results []vegeta.Result, start, end time.Time) int {

@@ -44,21 +44,25 @@ type latency struct {
 }
 
 type deployResult struct {
-	Took     time.Duration `json:"took_ns"`
-	Overhead time.Duration `json:"overhead_ns"` // took minus the app's boot time
-	Counts   counts        `json:"counts"`
+	Took     time.Duration            `json:"took_ns"`
+	Overhead time.Duration            `json:"overhead_ns"`         // took minus the app's boot time
+	Idle     time.Duration            `json:"idle_ns,omitempty"`   // took minus boot minus drain: what handoff adds
+	Phases   map[string]time.Duration `json:"phases_ns,omitempty"` // handoff's record of it
+	Counts   counts                   `json:"counts"`
 }
 
 type strategyResult struct {
-	Name      string         `json:"strategy"`
-	Note      string         `json:"how"`
-	Deploys   []deployResult `json:"deploys"`
-	Total     counts         `json:"total"`
-	Steady    latency        `json:"latency_steady"`
-	Switching latency        `json:"latency_in_deploys"`
-	Overhead  time.Duration  `json:"median_overhead_ns"`
-	Drain     time.Duration  `json:"median_drain_ns"` // of the overhead, waiting for requests in flight (handoff)
-	Restarts  []deployResult `json:"proxy_restarts,omitempty"`
+	Name      string                   `json:"strategy"`
+	Note      string                   `json:"how"`
+	Deploys   []deployResult           `json:"deploys"`
+	Total     counts                   `json:"total"`
+	Steady    latency                  `json:"latency_steady"`
+	Switching latency                  `json:"latency_in_deploys"`
+	Overhead  time.Duration            `json:"median_overhead_ns"`
+	Drain     time.Duration            `json:"median_drain_ns"` // of the overhead, waiting for requests in flight (handoff)
+	Idle      time.Duration            `json:"median_idle_ns,omitempty"`
+	Phases    map[string]time.Duration `json:"median_phases_ns,omitempty"`
+	Restarts  []deployResult           `json:"proxy_restarts,omitempty"`
 
 	ProxyCPUPerRequest time.Duration `json:"proxy_cpu_per_request_ns,omitempty"`
 	ProxyPeakRSS       int64         `json:"proxy_peak_rss_bytes,omitempty"`
@@ -217,12 +221,26 @@ func (r report) markdown() string {
 	fmt.Fprintf(&b, "%d deploys per strategy; the app boots in %s and %s; load through Caddy: GET %d/s + POST %d/s (vegeta, %d keep-alive connections each), %d loops of %s slow requests, one SSE stream and one WebSocket held %s at a time.\n",
 		s.Deploys, s.Boot, grace, s.Load.GetRate, s.Load.PostRate, s.Load.Connections, s.Load.SlowLoops, s.Load.SlowFor, s.Load.StreamFor)
 	fmt.Fprintf(&b, "Machine: %s. Run: %s.\n\n", r.Machine, r.Started.Format(time.RFC3339))
-	b.WriteString("| strategy | requests | 5xx | GET conn errors | POST conn errors | slow cut | SSE cut | WS cut | p50 / p99 / max steady | p50 / p99 / max in deploys | deploy time − boot (median) | of which drain |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |\n")
+	b.WriteString("| strategy | requests | 5xx | GET conn errors | POST conn errors | slow cut | SSE cut | WS cut | p50 / p99 / max steady | p50 / p99 / max in deploys | deploy time − boot (median) | of which drain | deploy − boot − drain (median) |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |\n")
 	for _, st := range r.Strategies {
 		t := st.Total
-		fmt.Fprintf(&b, "| **%s** | %d | %d | %d | %d | %d / %d | %d | %d | %s | %s | %s | %s |\n", st.Name, t.Sent, t.Status5xx, t.GetConnErr, t.PostConnErr,
-			t.SlowCut, t.SlowCut+t.SlowOK, t.SSECut, t.WSCut, st.Steady, st.Switching, st.Overhead.Round(time.Millisecond), st.Drain.Round(time.Millisecond))
+		idle := "—"
+		if st.Phases != nil {
+			idle = st.Idle.Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(&b, "| **%s** | %d | %d | %d | %d | %d / %d | %d | %d | %s | %s | %s | %s | %s |\n", st.Name, t.Sent, t.Status5xx, t.GetConnErr, t.PostConnErr,
+			t.SlowCut, t.SlowCut+t.SlowOK, t.SSECut, t.WSCut, st.Steady, st.Switching, st.Overhead.Round(time.Millisecond), st.Drain.Round(time.Millisecond), idle)
+	}
+	for _, st := range r.Strategies {
+		if st.Phases == nil {
+			continue
+		}
+		var parts []string
+		for _, name := range []string{"image", "start", "health", "switch", "drain", "retire", "outside phases"} {
+			parts = append(parts, fmt.Sprintf("%s %s", name, st.Phases[name].Round(time.Millisecond)))
+		}
+		fmt.Fprintf(&b, "\n%s, phases (median of each): %s; health includes the app's %s boot.", st.Name, strings.Join(parts, ", "), r.Settings.Boot)
 	}
 	b.WriteString("\nConnection errors by kind:")
 	for _, st := range r.Strategies {

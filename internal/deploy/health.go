@@ -29,8 +29,9 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 	events := d.Runtime.Watch(ctx, c.ID)
 
 	passes, last := 0, "no check finished yet"
-	tick := time.NewTicker(h.Interval)
-	defer tick.Stop()
+	began := d.now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
 		state, err := d.Runtime.Inspect(ctx, c.ID)
 		if err != nil && ctx.Err() == nil {
@@ -57,13 +58,35 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 				}
 			}
 		}
-		if err := waitNext(ctx, events, tick.C, kind); err != nil {
+		timer.Reset(nextCheck(d.now().Sub(began), passes, h.Interval))
+		if err := waitNext(ctx, events, timer.C, kind); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return &HealthError{Container: c.Name, Reason: fmt.Sprintf("not healthy after %s (health.start_timeout); last check: %s", h.StartTimeout, last)}
 			}
 			return err
 		}
 	}
+}
+
+// Health checks come fast while an app is most likely to become ready,
+// and slow down as it takes longer: every firstChecks at first, then a
+// checkShare of the time waited so far, up to the health interval. A pass
+// is confirmed after firstChecks, not a whole interval later. So the time
+// between the app's readiness and the switch is a few percent of its boot,
+// at most the interval, and an app that boots for minutes is not polled
+// harder than its interval says.
+const (
+	firstChecks = 25 * time.Millisecond
+	checkShare  = 100 // a 3 s boot: checks every 30 ms by then; 100 s: every second
+)
+
+// nextCheck is how long to wait before the next check, waited since the
+// first, with passes in a row so far.
+func nextCheck(waited time.Duration, passes int, interval time.Duration) time.Duration {
+	if passes > 0 {
+		return min(firstChecks, interval)
+	}
+	return min(max(firstChecks, waited/checkShare), interval)
 }
 
 // waitNext waits for the next check: the interval's tick, or at once when

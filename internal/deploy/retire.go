@@ -7,7 +7,7 @@ import (
 )
 
 // drainPoll is how often the proxy is asked for in-flight requests.
-const drainPoll = 100 * time.Millisecond
+const drainPoll = 25 * time.Millisecond
 
 // drain waits until the proxy reports no request in flight to the old
 // upstream, for at most the drain timeout. A proxy that cannot report it
@@ -51,41 +51,76 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 }
 
 // retire stops the old container (SIGTERM, then SIGKILL after the stop
-// timeout), keeps it for rollback, and removes releases beyond svc.Keep.
+// timeout), keeps it for rollback, and removes releases beyond svc.Keep;
+// the stop and the pruning of older releases run at the same time.
 func (d *Deployer) retire(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
 	if rec.OldUpstream != "" {
 		if err := d.Proxy.Retire(ctx, rec.OldUpstream); err != nil {
 			return fmt.Errorf("end what still runs on %s: %w", rec.OldUpstream, err)
 		}
 	}
-	if old != nil && !SameUpstream(old.Upstream, live.Upstream) {
+	stopOld := old != nil && !SameUpstream(old.Upstream, live.Upstream)
+	if stopOld {
 		if why := d.inUse(ctx, *old); why != "" {
 			d.note(rec, fmt.Sprintf("not stopping %s: %s; stop it yourself once nothing uses it (`docker stop %s`)", old.Name, why, old.Name))
-		} else if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {
-			return fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", old.Name, err, old.Name)
-		} else {
-			rec.FromStopped = true
+			stopOld = false
 		}
 	}
-	return d.prune(ctx, svc, rec, old, live)
+	stopped := make(chan error, 1)
+	if stopOld {
+		go func() { stopped <- d.Runtime.Stop(ctx, old.ID, svc.StopTimeout) }()
+	} else {
+		stopped <- nil
+	}
+	kept := old
+	if !stopOld || svc.RemoveRetired {
+		kept = nil
+	}
+	pruneErr := d.pruneOlder(ctx, svc, rec, kept, live)
+	if err := <-stopped; err != nil {
+		return fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", old.Name, err, old.Name)
+	}
+	if stopOld {
+		rec.FromStopped = true
+		if err := d.removeRetired(ctx, svc, rec, old); err != nil {
+			return err
+		}
+	}
+	return pruneErr
 }
 
-// prune removes what is not kept: the retired release itself when the
-// service says so (a compose service: `docker compose` must find one
-// container of it), and stopped releases beyond svc.Keep. Images stay.
+// prune removes what is not kept once old is stopped (a worker's rollout).
 func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
-	if svc.RemoveRetired && old != nil && rec.FromStopped {
-		if err := d.Runtime.Remove(ctx, old.ID); err != nil {
-			return fmt.Errorf("remove retired %s: %w", old.Name, err)
+	if old != nil && rec.FromStopped {
+		if err := d.removeRetired(ctx, svc, rec, old); err != nil {
+			return err
 		}
-		rec.FromRemoved = true
-		d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", old.Name, old.Image))
 	}
+	return d.pruneOlder(ctx, svc, rec, nil, live)
+}
+
+// removeRetired removes the stopped retired release when the service says
+// so (a compose service: `docker compose` must find one container of it).
+func (d *Deployer) removeRetired(ctx context.Context, svc Service, rec *Record, old *Container) error {
+	if !svc.RemoveRetired {
+		return nil
+	}
+	if err := d.Runtime.Remove(ctx, old.ID); err != nil {
+		return fmt.Errorf("remove retired %s: %w", old.Name, err)
+	}
+	rec.FromRemoved = true
+	d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", old.Name, old.Image))
+	return nil
+}
+
+// pruneOlder removes stopped releases beyond svc.Keep; retiring, the
+// release being stopped now, is the newest kept. Images stay.
+func (d *Deployer) pruneOlder(ctx context.Context, svc Service, rec *Record, retiring *Container, live Container) error {
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return err
 	}
-	for _, c := range pruneList(releases, live, svc.Keep) {
+	for _, c := range pruneList(releases, live, retiring, svc.Keep) {
 		if err := d.Runtime.Remove(ctx, c.ID); err != nil {
 			return fmt.Errorf("remove old release %s: %w", c.Name, err)
 		}
@@ -94,13 +129,17 @@ func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Con
 	return nil
 }
 
-// pruneList picks the stopped releases beyond the newest keep ones.
-// releases is newest first; the live container is never pruned.
-func pruneList(releases []Container, live Container, keep int) []Container {
+// pruneList picks the stopped releases beyond the newest keep ones;
+// retiring (being stopped now) counts as the newest kept. releases is
+// newest first; the live container is never pruned.
+func pruneList(releases []Container, live Container, retiring *Container, keep int) []Container {
 	var out []Container
 	kept := 0
+	if retiring != nil {
+		kept = 1
+	}
 	for _, c := range releases {
-		if c.ID == live.ID || c.Running || c.Adopted {
+		if c.ID == live.ID || c.Running || c.Adopted || retiring != nil && c.ID == retiring.ID {
 			continue
 		}
 		if kept < keep {

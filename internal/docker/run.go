@@ -42,7 +42,8 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imag
 		if err != nil {
 			return deploy.Container{}, err
 		}
-		started, err := r.Start(ctx, c, svc.Restart)
+		// Created with its restart policy: started as it is.
+		started, err := r.Start(ctx, c, "")
 		if err == nil {
 			return started, nil
 		}

@@ -13,7 +13,7 @@
 //	               already answers 200 (a health endpoint that lies)
 //	HEALTH_HANG    /health never answers when set
 //
-// Endpoints: / and /health; /slow?d=2s answers after d; /echo answers with
+// Endpoints: / and /health; /blob answers 64 KiB; /slow?d=2s answers after d; /echo answers with
 // the request body; /sse streams an event every 100ms for d; /ws is a
 // WebSocket that sends a message every 100ms until the client closes it.
 //
@@ -27,6 +27,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -99,6 +100,12 @@ func main() {
 		}
 		w.Header().Set("X-Release", release)
 		fmt.Fprintf(w, "slow %s from %s\n", d, release)
+	})
+	blob := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Release", release)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(blob)
 	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Release", release)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -61,7 +60,7 @@ func (s *splitListener) route(c net.Conn) {
 		}
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	pc := &peekedConn{Conn: c, r: io.MultiReader(bytes.NewReader(buf[:n]), c)}
+	pc := &peekedConn{Conn: c, peeked: buf[:n]}
 	if n == len(h2cPreface) && bytes.Equal(buf, h2cPreface) {
 		s.h2.push(pc)
 		return
@@ -69,13 +68,21 @@ func (s *splitListener) route(c net.Conn) {
 	s.h1.push(pc)
 }
 
-// peekedConn is a connection whose first bytes were read already.
+// peekedConn is a connection whose first bytes were read already: they
+// are read again first, then the connection itself.
 type peekedConn struct {
 	net.Conn
-	r io.Reader
+	peeked []byte
 }
 
-func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *peekedConn) Read(p []byte) (int, error) {
+	if len(c.peeked) == 0 {
+		return c.Conn.Read(p)
+	}
+	n := copy(p, c.peeked)
+	c.peeked = c.peeked[n:]
+	return n, nil
+}
 
 // chanListener is a net.Listener fed by splitListener.
 type chanListener struct {

@@ -36,14 +36,14 @@ type target struct {
 	inFlight  atomic.Int64
 	draining  atomic.Bool
 
-	// cut is cancelled at the drain deadline: every request still running
-	// on this target, streams and upgraded connections included, ends.
-	cut     context.Context
-	cutNow  context.CancelFunc
+	// cutting: the drain deadline came; every connection to the app is
+	// closed, so what still runs on this target, streams and upgraded
+	// connections included, ends. No per-request context is needed for it.
 	cutting atomic.Bool
 
 	mu       sync.Mutex
 	upgraded map[*upgradedConn]struct{}
+	conns    map[*appConn]struct{} // every open connection to the app
 
 	metrics *targetMetrics // nil: no --metrics
 }
@@ -52,15 +52,20 @@ type target struct {
 // reverse proxy that forwards as the service's trust settings say and
 // logs every upstream error it answers for.
 func (s *service) newTarget(upstream string) *target {
+	t := &target{upstream: upstream, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
+	dial := dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry)
 	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry),
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return t.track(dial(ctx, network, addr))
+		},
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // pass the app's encoding through, never decode it here
+		ReadBufferSize:      16 << 10,
 	}
+	t.transport = tr
 	u := &url.URL{Scheme: "http", Host: upstream}
-	t := &target{upstream: upstream, transport: tr, upgraded: map[*upgradedConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
-	t.cut, t.cutNow = context.WithCancel(context.Background())
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
@@ -70,17 +75,20 @@ func (s *service) newTarget(upstream string) *target {
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
 		// and of responses of unknown length (streams, long polls).
-		Transport: retrying{tr, s.dialRetry},
+		Transport:  retrying{tr, s.dialRetry},
+		BufferPool: copyBuffers, // else every response allocates (and zeroes) 32 KiB
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
-				// The client left, or the drain deadline cut the request:
-				// nothing to answer, but say which.
-				why := "the client left"
-				if t.cutting.Load() {
-					why = "cut at the drain deadline"
-				}
-				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", why)
+				// The client left: nothing to answer, but say so.
+				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", "the client left")
 				return
+			}
+			if t.cutting.Load() {
+				// The drain deadline closed its connection to the app: the
+				// client's connection is cut too, so that it cannot take
+				// an empty answer for one.
+				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", "cut at the drain deadline")
+				panic(http.ErrAbortHandler)
 			}
 			t.metrics.upstreamError()
 			s.log.Error("502: upstream error", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "client", r.RemoteAddr, "err", err)
@@ -91,6 +99,21 @@ func (s *service) newTarget(upstream string) *target {
 	}
 	return t
 }
+
+// copyBuffers are the buffers responses are copied through, shared by
+// every target.
+var copyBuffers = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 // DefaultDialRetry is how long a request waits for an app that refuses
 // connections (it is restarting: a crash its restart policy recovers, a
@@ -200,15 +223,44 @@ func (t *target) serve(w http.ResponseWriter, r *http.Request) {
 	if t.metrics != nil {
 		start = time.Now()
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stop := context.AfterFunc(t.cut, cancel)
-	defer stop()
 	tw := &trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r)}
-	t.proxy.ServeHTTP(tw, r.WithContext(ctx))
+	t.proxy.ServeHTTP(tw, r)
 	if t.metrics != nil {
 		t.metrics.observe(tw.status, time.Since(start).Seconds())
 	}
+}
+
+// appConn is a connection to the app, known to its target until it closes.
+type appConn struct {
+	net.Conn
+	t    *target
+	once sync.Once
+}
+
+func (c *appConn) Close() error {
+	c.once.Do(func() {
+		c.t.mu.Lock()
+		delete(c.t.conns, c)
+		c.t.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// track keeps the connection dialed for t, so that retire can close it; a
+// connection dialed after the cut is closed at once.
+func (t *target) track(conn net.Conn, err error) (net.Conn, error) {
+	if err != nil {
+		return nil, err
+	}
+	c := &appConn{Conn: conn, t: t}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cutting.Load() {
+		conn.Close()
+		return nil, errors.New("the target was retired")
+	}
+	t.conns[c] = struct{}{}
+	return c, nil
 }
 
 func (t *target) done() {
@@ -229,8 +281,16 @@ func (t *target) drain() {
 // retire ends whatever still runs on t: WebSockets get a close frame
 // ("going away"), streams and requests are cancelled, idle connections closed.
 func (t *target) retire() {
+	t.mu.Lock()
 	t.cutting.Store(true)
-	t.cutNow()
+	conns := make([]*appConn, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.Close() // what runs on it ends: a request, a stream, an upgraded connection
+	}
 	t.transport.CloseIdleConnections()
 }
 

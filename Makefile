@@ -1,7 +1,7 @@
 # The two commands of the README, and the benchmark.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c  # a failing test fails the target, through its tee and grep
-.PHONY: demo test test-faults bench-deploy bench-proxy
+.PHONY: demo test test-faults bench-deploy bench-proxy bench-hop
 
 demo:
 	examples/demo.sh
@@ -22,6 +22,13 @@ N ?= 20
 bench-deploy:
 	scripts/install-caddy.sh
 	HANDOFF_BENCH_DEPLOYS=$(N) go test -count=1 -run TestDeployUnderLoad -v -timeout 90m ./bench
+
+# What one proxy hop costs under load: wrk through nothing, HAProxy, Caddy
+# and handoff proxy, interleaved; writes bench-results/hop.md and hop.json.
+bench-hop:
+	scripts/install-caddy.sh
+	scripts/install-bench-tools.sh
+	HANDOFF_BENCH_HOP=1 go test -count=1 -run TestHop -v -timeout 30m ./bench | grep -vE '^\s+round '
 
 # What the extra hop through handoff proxy costs one request (p50/p99, µs).
 bench-proxy:

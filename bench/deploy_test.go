@@ -83,8 +83,9 @@ func TestDeployUnderLoad(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(set.Out, "deploy.json"), data, 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(set.Out, "deploy.md"), []byte(md), 0o644))
+	writeChart(t, rep, set.Out)
 	abs, _ := filepath.Abs(set.Out)
-	t.Logf("wrote %s/deploy.md and deploy.json", abs)
+	t.Logf("wrote %s/deploy.md, deploy.json and deploy.svg", abs)
 }
 
 // runStrategy sets up a fresh Caddy and app, puts the load on, deploys
@@ -98,6 +99,7 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 		b.handoff(0) // the first deploy creates the service in the proxy
 	}
 	maxDuration := time.Duration(set.Deploys)*(set.Boot+set.Pause+40*time.Second) + 2*time.Minute
+	origin := time.Now()
 	load := startLoad(s.Caddy.URL, itest.SiteHost, set.Load, maxDuration)
 	time.Sleep(set.Pause)
 	var cpu0 time.Duration
@@ -132,7 +134,9 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	}
 	results, events := load.stop()
 	res := measure(st, set, windows, results, events)
-	if st.Name != "restart" && st.Name != "script" {
+	recorded := st.Name != "restart" && st.Name != "script" // handoff keeps a record of its phases
+	res.timeline(origin, windows, results, events, recorded)
+	if recorded {
 		phaseBreakdown(t, s, set, &res)
 	}
 	if sent := sentBetween(results, cpuStart, cpuEnd); st.viaProxy() && sent > 0 {
@@ -144,7 +148,6 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	return res
 }
 
-// medianDrain reads handoff's own history for how long its drains waited.
 // phaseBreakdown reads handoff's own record of each deploy measured: its
 // phases, and what is left of its time once the app's boot and the drain
 // (waiting for requests in flight) are taken out, the time handoff adds.
@@ -173,6 +176,7 @@ func phaseBreakdown(t *testing.T, s *itest.Scenario, set settings, res *strategy
 			phases[name] = append(phases[name], v)
 		}
 		d.Idle = d.Took - set.Boot - d.Phases[deploy.PhaseDrain]
+		res.markPhases(first+i+1, rec)
 		drains = append(drains, d.Phases[deploy.PhaseDrain])
 		idles = append(idles, d.Idle)
 	}

@@ -381,6 +381,7 @@ func versions(t *testing.T, dir string) map[string]string {
 	} {
 		out, _ := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
 		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		line, _, _ = strings.Cut(line, " Copyright")
 		v[name] = line
 	}
 	v["Caddy"] = itest.CaddyVersion + " (built from the Go module proxy)"
@@ -392,7 +393,7 @@ func (r hopReport) markdown() string {
 	s := r.Settings
 	fmt.Fprintf(&b, "wrk, 1 thread, %d connections, %s per run, %d interleaved rounds (medians); the same Go backend on loopback. Machine: %s. Run: %s.\n",
 		s.Connections, s.Duration, s.Rounds, r.Machine, r.Started.Format(time.RFC3339))
-	fmt.Fprintf(&b, "%s; Caddy %s; wrk %s.\n", r.Versions["HAProxy"], r.Versions["Caddy"], r.Versions["wrk"])
+	fmt.Fprintf(&b, "%s; Caddy %s; %s.\n", r.Versions["HAProxy"], r.Versions["Caddy"], r.Versions["wrk"])
 	for _, c := range hopCases {
 		cells := r.Cases[c.Name]
 		var haproxyCPU, caddyRPS, caddyP99 float64

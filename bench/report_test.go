@@ -64,6 +64,10 @@ type strategyResult struct {
 	Phases    map[string]time.Duration `json:"median_phases_ns,omitempty"`
 	Restarts  []deployResult           `json:"proxy_restarts,omitempty"`
 
+	Origin   time.Time `json:"origin"` // when the load started
+	Timeline []second  `json:"timeline,omitempty"`
+	Marks    []mark    `json:"marks,omitempty"`
+
 	ProxyCPUPerRequest time.Duration `json:"proxy_cpu_per_request_ns,omitempty"`
 	ProxyPeakRSS       int64         `json:"proxy_peak_rss_bytes,omitempty"`
 	Errors             []string      `json:"error_samples"`

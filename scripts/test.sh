@@ -15,6 +15,8 @@ scripts/install-caddy.sh $debian
 # The compose tests: docker compose v5.6.0 built from the module proxy, and
 # Debian's docker-compose 1.29.2.
 scripts/install-compose.sh
+# The hop benchmark's tools (wrk, HAProxy), for its short run below.
+scripts/install-bench-tools.sh --optional
 # The registry tests: the reference registry (distribution v3.1.2) built
 # from the module proxy.
 scripts/install-registry.sh
@@ -54,3 +56,11 @@ HANDOFF_TEST_DOCKERD_RESTART=1 go test -count=1 -timeout 10m -run TestFaultDocke
 # prove it still runs; `make bench-deploy` is the real run.
 HANDOFF_BENCH_DEPLOYS=3 HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
   go test -count=1 -timeout 20m -run TestDeployUnderLoad ./bench
+
+# The hop benchmark, short (1 round of 1 s per case), only to prove it still
+# runs; `make bench-hop` is the real run. Skipped where wrk or HAProxy are
+# missing and could not be installed.
+if command -v wrk >/dev/null && command -v haproxy >/dev/null; then
+  HANDOFF_BENCH_HOP=1 HANDOFF_BENCH_HOP_ROUNDS=1 HANDOFF_BENCH_HOP_DURATION=1s HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
+    go test -count=1 -timeout 10m -run TestHop ./bench
+fi

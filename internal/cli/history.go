@@ -15,19 +15,21 @@ import (
 
 func newHistoryCmd(c *common) *cobra.Command {
 	limit := 20
+	var bars bool
 	cmd := &cobra.Command{
 		Use:   "history",
 		Short: "List deploys and rollbacks with their image, outcome and the duration of each phase",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return historyRun(cmd.Context(), c, limit, args)
+			return historyRun(cmd.Context(), c, limit, bars, args)
 		},
 	}
 	cmd.Flags().IntVarP(&limit, "limit", "n", limit, "how many records to show")
+	cmd.Flags().BoolVar(&bars, "chart", false, "draw each deploy's phases as a bar, to the same scale, so a slow phase stands out")
 	return cmd
 }
 
-func historyRun(ctx context.Context, c *common, limit int, args []string) error {
+func historyRun(ctx context.Context, c *common, limit int, bars bool, args []string) error {
 	s, err := c.settings(ctx, args)
 	if err != nil {
 		return err
@@ -50,6 +52,10 @@ func historyRun(ctx context.Context, c *common, limit int, args []string) error 
 		fmt.Fprintf(c.io.Out, "no deploys of %s recorded in %s\n", s.Service.Name, dir)
 		return nil
 	}
+	if bars {
+		fmt.Fprint(c.io.Out, phaseChart(recs, chartWidth))
+		return nil
+	}
 	tw := tabwriter.NewWriter(c.io.Out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STARTED\tKIND\tFROM\tTO\tIMAGE\tOUTCOME\tTOOK\tPHASES")
 	for _, r := range recs {
@@ -69,6 +75,67 @@ func historyRun(ctx context.Context, c *common, limit int, args []string) error 
 			orDash(r.From), orDash(r.To), imageOf(r), outcome, r.Took().Round(time.Millisecond), strings.Join(phases, ", "))
 	}
 	return tw.Flush()
+}
+
+// chartWidth is how many columns the longest deploy's bar takes.
+const chartWidth = 60
+
+// phaseLetters draw each phase in a bar.
+var phaseLetters = []struct {
+	phase  string
+	letter rune
+}{
+	{deploy.PhaseRecover, 'c'}, {deploy.PhaseImage, 'i'}, {deploy.PhaseHook, 'p'}, {deploy.PhaseRelease, 'r'},
+	{deploy.PhaseStart, 's'}, {deploy.PhaseHealth, 'h'}, {deploy.PhaseSwitch, 'w'}, {deploy.PhaseDrain, 'd'}, {deploy.PhaseRetire, 't'},
+}
+
+// phaseChart draws recs (newest first) as bars of their phases, all to
+// the scale of the longest, a letter per phase, so that a slow one stands out.
+func phaseChart(recs []deploy.Record, width int) string {
+	var longest time.Duration
+	for _, r := range recs {
+		longest = max(longest, phasesTook(r))
+	}
+	if longest == 0 {
+		return "no phases recorded yet\n"
+	}
+	scale := longest / time.Duration(width)
+	var b strings.Builder
+	var legend []string
+	for _, p := range phaseLetters {
+		legend = append(legend, fmt.Sprintf("%c %s", p.letter, p.phase))
+	}
+	fmt.Fprintf(&b, "one column ≈ %s; %s\n", scale.Round(time.Millisecond), strings.Join(legend, " · "))
+	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	for _, r := range recs {
+		var bar strings.Builder
+		for _, p := range r.Phases {
+			letter := '?'
+			for _, pl := range phaseLetters {
+				if pl.phase == p.Name {
+					letter = pl.letter
+				}
+			}
+			n := int((p.Duration + scale/2) / scale)
+			if p.Error != "" {
+				letter = '!' // the phase that failed
+				n = max(n, 1)
+			}
+			bar.WriteString(strings.Repeat(string(letter), n))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Started.Local().Format("2006-01-02 15:04:05"), r.Kind, orDash(r.To),
+			r.Outcome, phasesTook(r).Round(time.Millisecond), bar.String())
+	}
+	tw.Flush()
+	return b.String()
+}
+
+func phasesTook(r deploy.Record) time.Duration {
+	var d time.Duration
+	for _, p := range r.Phases {
+		d += p.Duration
+	}
+	return d
 }
 
 // imageOf names a record's image, with the digest it was pulled as: the

@@ -35,15 +35,61 @@ func (s *IO) JSON(v any) error {
 	return enc.Encode(v)
 }
 
-// reporter prints the procedure's phases as they happen, with durations.
+// reporter prints the procedure's phases as they happen, with durations,
+// and what a phase waits for: on a terminal one live line rewritten in
+// place, elsewhere a line each time it changes.
 type reporter struct {
 	io *IO
 	mu sync.Mutex
+
+	began time.Time // the running phase's start
+	live  bool      // a live line is on the terminal now
+	last  string    // the last waiting state printed as a line (no terminal)
+}
+
+// liveWidth bounds the live line, so that it never wraps (a wrapped line
+// could not be rewritten in place).
+const liveWidth = 100
+
+// clearLive takes the live line away before anything else is printed.
+func (r *reporter) clearLive() {
+	if r.live {
+		fmt.Fprint(r.io.Err, "\r\033[K")
+		r.live = false
+	}
+}
+
+// Progress shows what phase is waiting for: state (a health check's
+// answer, the requests still in flight) and detail (which check, shown on
+// a terminal only, where the line is rewritten).
+func (r *reporter) Progress(phase, state, detail string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.io.ErrTerminal {
+		line := fmt.Sprintf("  … %s", state)
+		if detail != "" {
+			line += " · " + detail
+		}
+		line += fmt.Sprintf(" · %s", time.Since(r.began).Round(100*time.Millisecond))
+		if n := []rune(line); len(n) > liveWidth {
+			line = string(n[:liveWidth-1]) + "…"
+		}
+		fmt.Fprint(r.io.Err, "\r\033[K"+line)
+		r.live = true
+		return
+	}
+	if state == r.last {
+		return
+	}
+	r.last = state
+	fmt.Fprintf(r.io.Err, "%s %-7s wait   %s\n", stamp(), phase, state)
 }
 
 func (r *reporter) PhaseStart(name, detail string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.clearLive()
+	r.began, r.last = time.Now(), ""
 	if r.io.ErrTerminal {
 		fmt.Fprintf(r.io.Err, "→ %-7s %s\n", name, detail)
 		return
@@ -54,6 +100,7 @@ func (r *reporter) PhaseStart(name, detail string) {
 func (r *reporter) PhaseDone(name string, took time.Duration, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.clearLive()
 	d := took.Round(time.Millisecond)
 	switch {
 	case r.io.ErrTerminal && err == nil:
@@ -70,6 +117,7 @@ func (r *reporter) PhaseDone(name string, took time.Duration, err error) {
 func (r *reporter) Note(msg string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.clearLive()
 	if r.io.ErrTerminal {
 		fmt.Fprintf(r.io.Err, "  %s\n", msg)
 		return

@@ -339,5 +339,6 @@ type quietReporter struct{ notes []string }
 
 func (r *quietReporter) PhaseStart(string, string)              {}
 func (r *quietReporter) PhaseDone(string, time.Duration, error) {}
+func (r *quietReporter) Progress(string, string, string)        {}
 func (r *quietReporter) Note(msg string)                        { r.notes = append(r.notes, msg) }
 func (r *quietReporter) Output() io.Writer                      { return io.Discard }

@@ -28,7 +28,7 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 	// the checks themselves run at the interval.
 	events := d.Runtime.Watch(ctx, c.ID)
 
-	passes, last := 0, "no check finished yet"
+	passes, checks, last := 0, 0, "no check finished yet"
 	began := d.now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -42,6 +42,8 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 				return &HealthError{Container: c.Name, Reason: why}
 			}
 			ok, why := d.probe(ctx, kind, h, state)
+			checks++
+			d.reportCheck(kind, h, ok, why, passes, checks)
 			switch {
 			case ok:
 				passes++
@@ -66,6 +68,38 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 			return err
 		}
 	}
+}
+
+// reportCheck tells the user what the health wait sees: the check's
+// answer as it changes, and on a terminal which check it was.
+func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why string, passes, checks int) {
+	state, detail := notAnswering(why), fmt.Sprintf("check %d", checks)
+	if state != why {
+		detail += ": " + why[strings.LastIndex(why, ": ")+2:] // on a terminal, its exact answer
+	}
+	if ok {
+		state = "passing"
+		if kind != HealthRunning && h.Successes > 1 {
+			state = fmt.Sprintf("passing (%d of %d in a row)", passes+1, h.Successes)
+		}
+	}
+	d.Report.Progress(PhaseHealth, state, detail)
+}
+
+// notAnswering puts the ways an app that is not listening yet fails a
+// check (refused, reset, EOF, through Docker's port proxy in turn) into
+// one state, so that a line per change is not a line per check.
+func notAnswering(why string) string {
+	i := strings.LastIndex(why, ": ") + 2
+	if i < 2 {
+		return why
+	}
+	for _, s := range []string{"connection refused", "connection reset", "EOF", "broken pipe", "server closed idle connection"} {
+		if strings.Contains(why[i:], s) {
+			return why[:i] + "no answer yet"
+		}
+	}
+	return why
 }
 
 // Health checks come fast while an app is most likely to become ready,

@@ -26,3 +26,14 @@ func TestHealthChecksComeFastThenSlowDownToTheInterval(t *testing.T) {
 		require.Equal(t, c.want, nextCheck(c.waited, c.passes, c.interval), "%+v", c)
 	}
 }
+
+// The ways an app that is not listening yet fails a check are one state: a
+// line per change (no terminal) is not a line per check.
+func TestNotAnsweringYetIsOneState(t *testing.T) {
+	for _, why := range []string{"GET /health: EOF", "GET /health: read tcp 127.0.0.1:5->127.0.0.1:6: read: connection reset by peer",
+		"GET /health: dial tcp 127.0.0.1:6: connect: connection refused", "GET /health: http: server closed idle connection"} {
+		require.Equal(t, "GET /health: no answer yet", notAnswering(why))
+	}
+	require.Equal(t, "GET /health answered 503, want 200-299", notAnswering("GET /health answered 503, want 200-299"))
+	require.Equal(t, "TCP connect 127.0.0.1:6: no answer yet", notAnswering("TCP connect 127.0.0.1:6: dial tcp 127.0.0.1:6: connect: connection refused"))
+}

@@ -135,5 +135,9 @@ type Reporter interface {
 	PhaseStart(name, detail string)
 	PhaseDone(name string, took time.Duration, err error)
 	Note(msg string)
+	// Progress says what a phase is waiting for as it changes: state (a
+	// health check's answer, requests still in flight), detail (which
+	// check; may change every time without being news).
+	Progress(phase, state, detail string)
 	Output() io.Writer // where build output streams
 }

@@ -39,6 +39,7 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 		if in.Requests == 0 {
 			return nil
 		}
+		d.Report.Progress(PhaseDrain, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, upstream), fmt.Sprintf("up to %s", svc.DrainTimeout))
 		select {
 		case <-deadline.C:
 			d.note(rec, fmt.Sprintf("drain timeout %s reached with %d request(s) still in flight to %s; stopping it anyway", svc.DrainTimeout, in.Requests, upstream))

@@ -3,7 +3,9 @@ package itest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/moby/moby/client"
 )
 
@@ -203,3 +206,28 @@ func randomHex(n int) string {
 }
 
 var clientInspect = client.ContainerInspectOptions{}
+
+// RunTTY runs handoff with args on a pseudo-terminal (stdin, stdout and
+// stderr), as a person at a terminal would, and returns what it printed
+// there and its exit code.
+func (s *Scenario) RunTTY(args ...string) (string, int) {
+	s.T.Helper()
+	cmd := exec.Command(s.Bin, args...)
+	cmd.Dir = s.Dir
+	cmd.Env = append(os.Environ(), "HANDOFF_STATE_DIR="+s.State, "TERM=xterm")
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 160})
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	defer ptmx.Close()
+	out, _ := io.ReadAll(ptmx) // ends with EIO once the process has exited
+	code := 0
+	if err := cmd.Wait(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			s.T.Fatalf("run handoff on a terminal: %v", err)
+		}
+		code = ee.ExitCode()
+	}
+	return strings.ReplaceAll(string(out), "\r\n", "\n"), code
+}

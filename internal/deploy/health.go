@@ -75,7 +75,7 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why string, passes, checks int) {
 	state, detail := notAnswering(why), fmt.Sprintf("check %d", checks)
 	if state != why {
-		detail += ": " + why[strings.LastIndex(why, ": ")+2:] // on a terminal, its exact answer
+		detail += ": " + why[strings.Index(why, ": ")+2:] // on a terminal, its exact answer
 	}
 	if ok {
 		state = "passing"
@@ -90,7 +90,7 @@ func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why stri
 // check (refused, reset, EOF, through Docker's port proxy in turn) into
 // one state, so that a line per change is not a line per check.
 func notAnswering(why string) string {
-	i := strings.LastIndex(why, ": ") + 2
+	i := strings.Index(why, ": ") + 2 // after what was checked: "GET /health: "
 	if i < 2 {
 		return why
 	}

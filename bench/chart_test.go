@@ -80,6 +80,10 @@ func chartRows(r report) ([][]*plot.Plot, error) {
 	}
 	var rows [][]*plot.Plot
 	for _, st := range r.Strategies {
+		totals := failTotal(st)
+		if n := len(st.Timeline); n > 1 {
+			st.Timeline = st.Timeline[:n-1] // the last second was cut short by the end of the load
+		}
 		ok, err := strip(fmt.Sprintf("%s: requests answered per second", st.Name), xmax, okMax*1.1, st, true)
 		if err != nil {
 			return nil, err
@@ -87,7 +91,7 @@ func chartRows(r report) ([][]*plot.Plot, error) {
 		if err := addLine(ok, st.Timeline, func(s second) float64 { return float64(s.OK) }, okColor, "answered (2xx)"); err != nil {
 			return nil, err
 		}
-		fail, err := strip(fmt.Sprintf("%s: failures per second (%s)", st.Name, failTotal(st)), xmax, failMax*1.1, st, false)
+		fail, err := strip(fmt.Sprintf("%s: failures per second (%s)", st.Name, totals), xmax, failMax*1.1, st, false)
 		if err != nil {
 			return nil, err
 		}

@@ -89,6 +89,25 @@ func (r *Registry) DockerConfig(user, password string) string {
 	return dir
 }
 
+// HelperConfig writes a Docker CLI configuration that names a credential
+// helper for the registry (credHelpers), and that helper: a script
+// docker-credential-<name> in bin that answers `get` with user:password,
+// as `docker login` with a helper leaves it. Put bin on PATH.
+func (r *Registry) HelperConfig(name, user, password string) (dir, bin string) {
+	r.t.Helper()
+	dir, bin = r.t.TempDir(), r.t.TempDir()
+	cfg, _ := json.Marshal(map[string]any{"credHelpers": map[string]string{r.Addr: name}})
+	write(r.t, filepath.Join(dir, "config.json"), string(cfg))
+	answer, _ := json.Marshal(map[string]string{"ServerURL": r.Addr, "Username": user, "Secret": password})
+	script := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = %q ] || { echo 'credentials not found in native keychain'; exit 1; }\necho '%s'\n", r.Addr, answer)
+	path := filepath.Join(bin, "docker-credential-"+name)
+	write(r.t, path, script)
+	if err := os.Chmod(path, 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	return dir, bin
+}
+
 // Push tags image as ref and pushes it, logged in with a private
 // configuration; the local tag is removed again (the image stays), so a
 // deploy of ref must pull it. It returns ref's digest (name@sha256:…).

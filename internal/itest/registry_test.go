@@ -43,7 +43,16 @@ func TestImagesFromARegistry(t *testing.T) {
 	require.Empty(t, Containers(t, s.API, s.Service), "nothing was started")
 	require.Equal(t, "v0", s.Serving())
 
-	r = deploy(good, "v1")
+	// A credential helper (credHelpers) that gives the wrong password: the
+	// helper was asked, and its answer refused.
+	cfg, bin := reg.HelperConfig("handofftest", reg.User, "wrong")
+	r = deploy([]string{"DOCKER_CONFIG=" + cfg, "PATH=" + bin + ":" + os.Getenv("PATH")}, "v1")
+	require.Equal(t, 6, r.Code, r.String())
+	require.Contains(t, r.Stderr, reg.Addr+" refused the credentials from docker-credential-handofftest")
+
+	// The right password through the helper: pulled, deployed.
+	cfg, bin = reg.HelperConfig("handofftest", reg.User, reg.Password)
+	r = deploy([]string{"DOCKER_CONFIG=" + cfg, "PATH=" + bin + ":" + os.Getenv("PATH")}, "v1")
 	require.Equal(t, 0, r.Code, r.String())
 	require.Contains(t, r.Stderr, "Status: Downloaded newer image for "+repo+":1", "pull progress is shown")
 	require.Equal(t, "v1", s.Serving())

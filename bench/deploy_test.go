@@ -40,24 +40,12 @@ type settings struct {
 func readSettings(t *testing.T) settings {
 	s := settings{Boot: 3 * time.Second, Out: "bench-results", Pause: 2 * time.Second, Restarts: 3,
 		Load: loadSettings{GetRate: 300, PostRate: 100, Connections: 8, SlowLoops: 3, SlowFor: 2 * time.Second, StreamFor: 8 * time.Second}}
-	if v := os.Getenv("HANDOFF_BENCH_DEPLOYS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(t, err)
-		s.Deploys = n
-	}
-	if v := os.Getenv("HANDOFF_BENCH_BOOT"); v != "" {
-		d, err := time.ParseDuration(v)
-		require.NoError(t, err)
-		s.Boot = d
-	}
+	envInt(t, "HANDOFF_BENCH_DEPLOYS", &s.Deploys)
+	envDuration(t, "HANDOFF_BENCH_BOOT", &s.Boot)
 	if v := os.Getenv("HANDOFF_BENCH_OUT"); v != "" {
 		s.Out = v
 	}
-	if v := os.Getenv("HANDOFF_BENCH_APP_GRACE"); v != "" {
-		d, err := time.ParseDuration(v)
-		require.NoError(t, err)
-		s.AppGrace = d
-	}
+	envDuration(t, "HANDOFF_BENCH_APP_GRACE", &s.AppGrace)
 	s.Strategy = os.Getenv("HANDOFF_BENCH_ONLY")
 	return s
 }
@@ -220,6 +208,24 @@ func peakRSS(t *testing.T, pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// envInt sets *n from the environment variable key, when it is set.
+func envInt(t *testing.T, key string, n *int) {
+	if v := os.Getenv(key); v != "" {
+		i, err := strconv.Atoi(v)
+		require.NoError(t, err, key)
+		*n = i
+	}
+}
+
+// envDuration sets *d from the environment variable key, when it is set.
+func envDuration(t *testing.T, key string, d *time.Duration) {
+	if v := os.Getenv(key); v != "" {
+		x, err := time.ParseDuration(v)
+		require.NoError(t, err, key)
+		*d = x
+	}
 }
 
 func machine() string {

@@ -101,16 +101,8 @@ func TestHop(t *testing.T) {
 		t.Skip("a benchmark: set HANDOFF_BENCH_HOP=1, or run `make bench-hop`")
 	}
 	set := hopSettings{Rounds: 3, Duration: 8 * time.Second, Connections: 16, Idle: 1000}
-	if v := os.Getenv("HANDOFF_BENCH_HOP_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(t, err)
-		set.Rounds = n
-	}
-	if v := os.Getenv("HANDOFF_BENCH_HOP_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		require.NoError(t, err)
-		set.Duration = d
-	}
+	envInt(t, "HANDOFF_BENCH_HOP_ROUNDS", &set.Rounds)
+	envDuration(t, "HANDOFF_BENCH_HOP_DURATION", &set.Duration)
 	out := os.Getenv("HANDOFF_BENCH_OUT")
 	if out == "" {
 		out = "bench-results"

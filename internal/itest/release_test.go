@@ -24,10 +24,7 @@ import (
 // the host with the deploy's facts.
 func TestReleaseJobAndHooks(t *testing.T) {
 	s := NewScenario(t, ScenarioOptions{})
-	data, err := os.MkdirTemp("", "handoff-it-data-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(data) })
-	require.NoError(t, os.Chmod(data, 0o777))
+	data := sharedDir(t)
 	hooksLog := filepath.Join(s.Dir, "hooks.log")
 	extra := `volumes:
   - ` + data + `:/data
@@ -108,10 +105,7 @@ hooks:
 // are answered once it is done, none fails.
 func TestReleasePauseHoldsRequestsDuringTheJob(t *testing.T) {
 	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
-	data, err := os.MkdirTemp("", "handoff-it-data-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(data) })
-	require.NoError(t, os.Chmod(data, 0o777))
+	data := sharedDir(t)
 	s.Deploy(Config{Release: "v1"})
 
 	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1})
@@ -124,7 +118,7 @@ func TestReleasePauseHoldsRequestsDuringTheJob(t *testing.T) {
 		return err == nil
 	})
 	held := &http.Client{Timeout: 500 * time.Millisecond}
-	_, _, err = Get(held, s.Caddy.URL+"/", SiteHost)
+	_, _, err := Get(held, s.Caddy.URL+"/", SiteHost)
 	require.Error(t, err, "a request during the job is held, not answered")
 	require.NoError(t, cmd.Wait(), out.String())
 	require.Equal(t, "v2", s.Serving())
@@ -188,6 +182,16 @@ func TestMaintenanceWithHandoffProxy(t *testing.T) {
 	r = s.Run("maintenance", "off")
 	require.Equal(t, 0, r.Code, r.String())
 	require.Equal(t, "v1", s.Serving())
+}
+
+// sharedDir is a host directory a container may write to (bind-mounted
+// as a volume), removed when the test ends.
+func sharedDir(t *testing.T) string {
+	data, err := os.MkdirTemp("", "handoff-it-data-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(data) })
+	require.NoError(t, os.Chmod(data, 0o777))
+	return data
 }
 
 func getSite(t *testing.T, s *Scenario, path string) (int, http.Header, string) {

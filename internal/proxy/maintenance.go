@@ -36,31 +36,12 @@ func (p *Server) Maintenance(name string, m *MaintenanceState) (ServiceState, er
 	if m != nil && (m.Page == "" || len(m.Page) > MaxPage || m.RetryAfter < 0) {
 		return ServiceState{}, fmt.Errorf("%w: a maintenance page must have a body of at most %d bytes and a Retry-After of 0 s or more", ErrBadInput, MaxPage)
 	}
-	unlock, err := p.begin()
-	if err != nil {
-		return ServiceState{}, err
-	}
-	defer unlock()
-	s, err := p.get(name)
-	if err != nil {
-		return ServiceState{}, err
-	}
-	err = p.save(func(list []ServiceState) []ServiceState {
-		for i := range list {
-			if list[i].Name == name {
-				list[i].Maintenance = m
-			}
+	return p.update(name, func(st *ServiceState) { st.Maintenance = m }, func(s *service) {
+		s.maint.Store(m)
+		if m != nil {
+			p.log.Info("maintenance on", "service", name, "retry_after", m.RetryAfter, "allow", m.Allow)
+		} else {
+			p.log.Info("maintenance off", "service", name)
 		}
-		return list
 	})
-	if err != nil {
-		return ServiceState{}, err
-	}
-	s.maint.Store(m)
-	if m != nil {
-		p.log.Info("maintenance on", "service", name, "retry_after", m.RetryAfter, "allow", m.Allow)
-	} else {
-		p.log.Info("maintenance off", "service", name)
-	}
-	return p.state(s), nil
 }

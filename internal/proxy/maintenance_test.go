@@ -28,16 +28,10 @@ func fetch(t *testing.T, url string) (int, http.Header, string) {
 // A maintenance page answers every path but the allowed ones, is kept in
 // the state file across a restart, and off serves the app again.
 func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "proxy.json")
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := NewServer(net.Listen, quiet, Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
-	a := newBackend(t, "a")
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
+	p, path, _, listen := savingOne(t)
 
 	m := deploy.Maintenance{Service: "web", Message: "Back at 10 <b>sharp</b>", RetryAfter: 90 * time.Second, Allow: []string{"/healthz"}}
-	_, err = p.Maintenance("web", &MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow})
+	_, err := p.Maintenance("web", &MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow})
 	require.NoError(t, err)
 	code, h, body := fetch(t, "http://"+listen+"/orders?id=1")
 	require.Equal(t, http.StatusServiceUnavailable, code)
@@ -51,7 +45,7 @@ func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
 	saved := readState(t, path)
 	require.NotNil(t, saved[0].Maintenance)
 	require.NoError(t, p.Delete("web"))
-	q := NewServer(net.Listen, quiet, Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	q := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
 	require.NoError(t, SaveState(path, saved))
 	require.NoError(t, q.Restore(path))
 	t.Cleanup(func() { _ = q.Delete("web") })

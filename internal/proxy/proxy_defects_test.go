@@ -217,14 +217,9 @@ func TestAChangeThatCannotBeSavedIsNotMade(t *testing.T) {
 // A pause is kept across a restart, and both its wait and the number of
 // requests it holds are bounded.
 func TestPauseIsSavedAndBounded(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "proxy.json")
+	p, path, a, listen := savingOne(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := NewServer(net.Listen, quiet, Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
-	a := newBackend(t, "a")
-	listen := freeAddr(t)
-	_, err := p.Put("web", listen, a.addr())
-	require.NoError(t, err)
-	_, err = p.Pause("web", time.Hour)
+	_, err := p.Pause("web", time.Hour)
 	require.ErrorIs(t, err, ErrBadInput, "a wait beyond MaxPauseWait is refused")
 	_, err = p.Pause("web", 2*time.Minute)
 	require.NoError(t, err)
@@ -394,4 +389,17 @@ func (l *droppingListener) Accept() (net.Conn, error) {
 		}
 		c.Close()
 	}
+}
+
+// savingOne has service "web" on a free address, sent to backend "a", in a
+// server that saves its state to path.
+func savingOne(t *testing.T) (p *Server, path string, a *backend, listen string) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "proxy.json")
+	p = NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	a = newBackend(t, "a")
+	listen = freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	return p, path, a, listen
 }

@@ -318,6 +318,20 @@ func (p *Server) Resume(name string) (ServiceState, error) {
 }
 
 func (p *Server) setPause(name string, paused bool, wait time.Duration) (ServiceState, error) {
+	return p.update(name, func(st *ServiceState) { st.Paused, st.MaxWait = paused, Duration(wait) }, func(s *service) {
+		if paused {
+			s.gate.pause(wait)
+		} else {
+			s.gate.resume()
+		}
+		p.log.Info("pause", "service", name, "paused", paused, "max_wait", wait)
+	})
+}
+
+// update changes one service, one change at a time: its entry in the
+// state file as edit says first, then, once that is saved, the service
+// itself (apply). A change that cannot be saved is not made.
+func (p *Server) update(name string, edit func(*ServiceState), apply func(*service)) (ServiceState, error) {
 	unlock, err := p.begin()
 	if err != nil {
 		return ServiceState{}, err
@@ -330,7 +344,7 @@ func (p *Server) setPause(name string, paused bool, wait time.Duration) (Service
 	err = p.save(func(list []ServiceState) []ServiceState {
 		for i := range list {
 			if list[i].Name == name {
-				list[i].Paused, list[i].MaxWait = paused, Duration(wait)
+				edit(&list[i])
 			}
 		}
 		return list
@@ -338,12 +352,7 @@ func (p *Server) setPause(name string, paused bool, wait time.Duration) (Service
 	if err != nil {
 		return ServiceState{}, err
 	}
-	if paused {
-		s.gate.pause(wait)
-	} else {
-		s.gate.resume()
-	}
-	p.log.Info("pause", "service", name, "paused", paused, "max_wait", wait)
+	apply(s)
 	return p.state(s), nil
 }
 

@@ -104,11 +104,14 @@ func notAnswering(why string) string {
 
 // Health checks come fast while an app is most likely to become ready,
 // and slow down as it takes longer: every firstChecks at first, then a
-// checkShare of the time waited so far, up to the health interval. A pass
-// is confirmed after firstChecks, not a whole interval later. So the time
-// between the app's readiness and the switch is a few percent of its boot,
-// at most the interval, and an app that boots for minutes is not polled
-// harder than its interval says.
+// checkShare of the time waited so far, up to the health interval. So the
+// first pass comes a few percent of the boot after the app is ready, and
+// an app that boots for minutes is not polled harder than its interval.
+// Once it passes, the next checks are an interval apart: the passes in a
+// row must span (successes-1) intervals, the only window in which a crash
+// loop shows before users are sent to it (Docker's events report a death
+// in it at once). Confirming faster switched, in the fault matrix, to an
+// app that died 100 ms after it started.
 const (
 	firstChecks = 25 * time.Millisecond
 	checkShare  = 100 // a 3 s boot: checks every 30 ms by then; 100 s: every second
@@ -118,7 +121,7 @@ const (
 // first, with passes in a row so far.
 func nextCheck(waited time.Duration, passes int, interval time.Duration) time.Duration {
 	if passes > 0 {
-		return min(firstChecks, interval)
+		return interval
 	}
 	return min(max(firstChecks, waited/checkShare), interval)
 }

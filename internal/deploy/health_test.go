@@ -19,7 +19,8 @@ func TestHealthChecksComeFastThenSlowDownToTheInterval(t *testing.T) {
 		{3 * time.Second, 0, time.Second, 30 * time.Millisecond},
 		{50 * time.Second, 0, time.Second, 500 * time.Millisecond},
 		{5 * time.Minute, 0, time.Second, time.Second},                 // never more than the interval
-		{5 * time.Minute, 1, time.Second, 25 * time.Millisecond},       // a pass is confirmed soon
+		{10 * time.Millisecond, 1, time.Second, time.Second},           // ... however soon the first came
+		{5 * time.Minute, 1, time.Second, time.Second},                 // passes in a row span the interval
 		{time.Second, 0, 20 * time.Millisecond, 20 * time.Millisecond}, // a shorter interval wins
 	}
 	for _, c := range cases {

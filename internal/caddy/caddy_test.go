@@ -134,3 +134,14 @@ func TestNewRefusesHTTPSAndEmptyRoute(t *testing.T) {
 	_, err = New("", "", "", "")
 	require.ErrorIs(t, err, deploy.ErrConfig)
 }
+
+// A service's maintenance routes are its own: web's off never removes the
+// page of web-2 (whose @ids start with web's too).
+func TestMaintenanceRoutesAreTheServicesOwn(t *testing.T) {
+	require.True(t, isMaintenanceOf("handoff-maintenance-web-0", "web"))
+	require.True(t, isMaintenanceOf("handoff-maintenance-web-12", "web"))
+	require.False(t, isMaintenanceOf("handoff-maintenance-web-2-0", "web"))
+	require.False(t, isMaintenanceOf("handoff-maintenance-web-", "web"))
+	require.False(t, isMaintenanceOf("handoff-maintenance-web-2-0", "web-20"))
+	require.True(t, isMaintenanceOf("handoff-maintenance-web-2-0", "web-2"))
+}

@@ -114,7 +114,7 @@ func removeMaintenance(servers map[string]any, service string) bool {
 		kept := slices.DeleteFunc(slices.Clone(routes), func(r any) bool {
 			route, _ := r.(map[string]any)
 			id, _ := route["@id"].(string)
-			return strings.HasPrefix(id, maintenancePrefix+service+"-")
+			return isMaintenanceOf(id, service)
 		})
 		if len(kept) != len(routes) {
 			srv["routes"] = kept
@@ -122,6 +122,18 @@ func removeMaintenance(servers map[string]any, service string) bool {
 		}
 	}
 	return removed
+}
+
+// isMaintenanceOf says whether @id names one of service's page routes:
+// handoff-maintenance-<service>-<n>, exactly, so that service web never
+// takes away the page of a service named web-2.
+func isMaintenanceOf(id, service string) bool {
+	n, ok := strings.CutPrefix(id, maintenancePrefix+service+"-")
+	if !ok || n == "" {
+		return false
+	}
+	_, err := strconv.Atoi(n)
+	return err == nil
 }
 
 // topRoute is the server and index of the top-level route a handler's

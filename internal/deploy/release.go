@@ -134,6 +134,10 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 			return fmt.Errorf("record that requests are held, before holding them: %w (nothing was changed)", err)
 		}
 		if err := d.Pauser.Pause(ctx, job.Timeout); err != nil {
+			// The pause may have been made and its answer lost: resuming is
+			// harmless either way, and nothing may stay held for a job
+			// that never ran.
+			d.resume(ctx, svc, rec)
 			return fmt.Errorf("%w: hold the requests of %s before the release job: %v", ErrReleaseJob, svc.Name, err)
 		}
 		d.note(rec, "requests held while the release job runs")
@@ -212,8 +216,7 @@ func (d *Deployer) hook(ctx context.Context, svc Service, rec *Record, name, cmd
 
 // HookEnv is the deploy's facts as a hook sees them.
 func HookEnv(svc Service, rec *Record, hook string) []string {
-	outcome := rec.Outcome
-	env := []string{
+	return []string{
 		"HANDOFF_HOOK=" + hook,
 		"HANDOFF_SERVICE=" + svc.Name,
 		"HANDOFF_DEPLOY_ID=" + rec.ID,
@@ -224,9 +227,8 @@ func HookEnv(svc Service, rec *Record, hook string) []string {
 		"HANDOFF_IMAGE=" + rec.Image,
 		"HANDOFF_IMAGE_ID=" + rec.ImageID,
 		"HANDOFF_DIGEST=" + rec.Digest,
-		"HANDOFF_OUTCOME=" + outcome,
+		"HANDOFF_OUTCOME=" + rec.Outcome,
 		"HANDOFF_PHASE=" + rec.Phase,
 		"HANDOFF_ERROR=" + rec.Error,
 	}
-	return env
 }

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -101,13 +102,31 @@ func TestAReleaseJobThatRunsTooLongIsStopped(t *testing.T) {
 	require.Equal(t, []string{"job migrate"}, r.rt.calls)
 }
 
-type fakePauser struct{ calls []string }
+type fakePauser struct {
+	calls    []string
+	pauseErr error // the pause is made, but this is what its caller hears
+}
 
 func (p *fakePauser) Pause(_ context.Context, wait time.Duration) error {
 	p.calls = append(p.calls, "pause "+wait.String())
-	return nil
+	return p.pauseErr
 }
 func (p *fakePauser) Resume(context.Context) error { p.calls = append(p.calls, "resume"); return nil }
+
+// A pause whose answer is lost may have been made: it is resumed, the job
+// does not run, and the record does not say requests are held.
+func TestAPauseWithALostAnswerIsResumed(t *testing.T) {
+	r := newRig(t)
+	p := &fakePauser{pauseErr: errors.New("EOF")}
+	r.d.Pauser = p
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrReleaseJob)
+	require.Equal(t, []string{"pause 1m0s", "resume"}, p.calls)
+	require.Empty(t, r.rt.jobs)
+	require.False(t, rec.Held)
+}
 
 func TestReleasePauseHoldsRequestsOnlyDuringTheJob(t *testing.T) {
 	r := newRig(t)

@@ -95,12 +95,16 @@ func maintenanceRun(ctx context.Context, c *common, opts *maintenanceOptions, on
 		fmt.Fprintf(c.io.Out, "maintenance off: %s serves %s again\n", d.Proxy.Describe(), s.Service.Name)
 		return nil
 	}
+	// The route is found by the upstream of one of the service's releases
+	// once handoff has switched it.
+	rels, err := d.Runtime.Releases(ctx, s.Service.Name)
+	if err != nil {
+		return err
+	}
 	var known []string
-	if rels, err := d.Runtime.Releases(ctx, s.Service.Name); err == nil {
-		for _, r := range rels {
-			if r.Upstream != "" {
-				known = append(known, r.Upstream)
-			}
+	for _, r := range rels {
+		if r.Upstream != "" {
+			known = append(known, r.Upstream)
 		}
 	}
 	if err := mt.MaintenanceOn(ctx, m, known); err != nil {

@@ -403,3 +403,36 @@ func savingOne(t *testing.T) (p *Server, path string, a *backend, listen string)
 	require.NoError(t, err)
 	return p, path, a, listen
 }
+
+// A request still waiting for its answer at the drain deadline is cut:
+// its client connection is aborted at once (never an empty 200), and a
+// GET is not tried again against the retired target for the dial-retry
+// window.
+func TestARequestCutAtTheDrainDeadlineEndsAtOnce(t *testing.T) {
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{DialRetry: time.Minute})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() {
+		c := &http.Client{Timeout: 20 * time.Second}
+		resp, err := c.Get("http://" + listen + "/slow")
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %d", resp.StatusCode)
+		}
+		done <- err
+	}()
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.InFlight == 1 }, 5*time.Second, time.Millisecond)
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err)
+	_, err = p.Retire("web", a.addr())
+	require.NoError(t, err)
+	err = <-done
+	require.Error(t, err, "the cut request has no answer")
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "it ended at the cut, not at the client's timeout: %v", err)
+}

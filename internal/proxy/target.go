@@ -75,7 +75,7 @@ func (s *service) newTarget(upstream string) *target {
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
 		// and of responses of unknown length (streams, long polls).
-		Transport:  retrying{tr, s.dialRetry},
+		Transport:  retrying{tr, s.dialRetry, &t.cutting},
 		BufferPool: copyBuffers, // else every response allocates (and zeroes) 32 KiB
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
@@ -151,15 +151,16 @@ func dialRetrying(d *net.Dialer, wait time.Duration) func(context.Context, strin
 type retrying struct {
 	*http.Transport
 	wait time.Duration
+	cut  *atomic.Bool // the target's: once it is retired nothing is tried again
 }
 
 func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.Transport.RoundTrip(req)
-	if err == nil || !mayRetry(req) {
+	if err == nil || !mayRetry(req) || t.cut.Load() {
 		return resp, err
 	}
 	deadline := time.Now().Add(t.wait)
-	for err != nil && req.Context().Err() == nil && time.Now().Add(dialRetryInterval).Before(deadline) {
+	for err != nil && req.Context().Err() == nil && !t.cut.Load() && time.Now().Add(dialRetryInterval).Before(deadline) {
 		select {
 		case <-req.Context().Done():
 			return nil, err

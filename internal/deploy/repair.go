@@ -30,6 +30,9 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		return rec, d.succeed(rec)
 	}
 	target := view.expected
+	if target == nil && view.upstream == "" {
+		return rec, d.fail(ctx, rec, fmt.Errorf("%w: %s has no route for %s and no release of it is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), svc.Name))
+	}
 	if target == nil {
 		return rec, d.fail(ctx, rec, fmt.Errorf("%w: %s points at %s and no release of %s is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), view.upstream, svc.Name))
 	}

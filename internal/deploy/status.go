@@ -49,6 +49,8 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		st.Releases = append(st.Releases, d.release(c, now))
 	}
 	switch {
+	case v.live == nil && v.expected != nil && v.upstream == "":
+		st.Problem = d.routeLost(svc, v)
 	case v.live == nil && v.expected != nil:
 		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair`", d.describe(), v.upstream, v.expected.Name, v.expected.whereNow())
 	case v.live == nil && v.upstream == "":

@@ -36,6 +36,8 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 		if v.live.Adopted {
 			d.note(rec, fmt.Sprintf("adopting %s as the current release", v.live.Name))
 		}
+	case v.upstream == "" && v.expected != nil:
+		d.note(rec, d.routeLost(svc, v))
 	case v.upstream == "" && v.live != nil:
 		setFrom(rec, v.live)
 		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, which runs already; it is retired once the new release serves", d.Proxy.Describe(), v.live.Name))
@@ -97,6 +99,12 @@ func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
 		}
 	}
 	if upstream == "" {
+		// A release the history put in service means the proxy forgot the
+		// route (handoff proxy could not restore it, or its state file was
+		// moved aside), not a first deploy: that release stays.
+		if v.expected = v.lastSwitched(); v.expected != nil {
+			return v, nil
+		}
 		// Nothing routed yet (a first deploy through handoff proxy): a
 		// container compose started is still taken over, and retired.
 		return v, d.adoptByLabels(ctx, svc, v)
@@ -156,7 +164,7 @@ func (v *view) known(extra Container) []string {
 }
 
 // lastSwitched is the release the newest switch put in service, if its
-// container still exists.
+// container still exists (a rollback may have put the adopted one back).
 func (v *view) lastSwitched() *Container {
 	for _, r := range v.history {
 		if !r.Switched {
@@ -167,9 +175,23 @@ func (v *view) lastSwitched() *Container {
 				return &v.releases[i]
 			}
 		}
+		if v.adopted != nil && v.adopted.Name == r.To {
+			return v.adopted
+		}
 		return nil
 	}
 	return nil
+}
+
+// routeLost says that the proxy has no route for the service while the
+// history has a release in service, and what to run.
+func (d *Deployer) routeLost(svc Service, v *view) string {
+	c := v.expected
+	now, fix := "runs on "+c.Upstream, "to point the proxy at it again"
+	if !c.Running {
+		now, fix = "is not running", "to start it and point the proxy at it again"
+	}
+	return fmt.Sprintf("%s has no route for %s, while %s, the release in service, %s; run `handoff repair %s` %s", d.describe(), svc.Name, c.Name, now, svc.Name, fix)
 }
 
 // whereNow says how a release the proxy lost track of is now.

@@ -14,6 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+
+	"github.com/gofrs/flock"
 
 	"github.com/handoff-dev/handoff/internal/atomicfile"
 	"github.com/handoff-dev/handoff/internal/deploy"
@@ -74,7 +77,15 @@ func (s Store) List(service string) ([]deploy.Record, error) {
 }
 
 // Save inserts or replaces rec (by ID) and writes the file atomically.
+// The read, change and write hold the history's own lock: the service's
+// deploy lock does not cover every save (post_deploy runs after it is let
+// go, while a deploy waiting with --wait starts saving).
 func (s Store) Save(rec *deploy.Record) error {
+	unlock, err := s.lock(rec.Service)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	recs, err := s.List(rec.Service)
 	if err != nil {
 		return err
@@ -97,4 +108,22 @@ func (s Store) Save(rec *deploy.Record) error {
 		return err
 	}
 	return atomicfile.Write(path, data, 0o644)
+}
+
+// lock takes the lock of the service's history file, waiting for another
+// writer (a save takes milliseconds). The file itself cannot carry the
+// lock: each save renames a new file over it.
+func (s Store) lock(service string) (func(), error) {
+	path, err := s.path(service)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	fl := flock.New(strings.TrimSuffix(path, ".json") + ".lock")
+	if err := fl.Lock(); err != nil {
+		return nil, fmt.Errorf("lock history of %s: %w", service, err)
+	}
+	return func() { _ = fl.Unlock() }, nil
 }

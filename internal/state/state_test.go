@@ -2,8 +2,11 @@ package state
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,7 +34,7 @@ func TestHistorySavesNewestFirstAndReplacesByID(t *testing.T) {
 	require.Equal(t, deploy.OutcomeSucceeded, recs[1].Outcome)
 
 	files, _ := filepath.Glob(filepath.Join(s.Dir, "*"))
-	require.Equal(t, []string{filepath.Join(s.Dir, "web.history.json")}, files, "no temporary file left behind")
+	require.Equal(t, []string{filepath.Join(s.Dir, "web.history.json"), filepath.Join(s.Dir, "web.history.lock")}, files, "no temporary file left behind")
 }
 
 func TestCorruptHistorySaysWhatToDo(t *testing.T) {
@@ -68,4 +71,51 @@ func TestNamesThatLeaveTheStateDirAreRefused(t *testing.T) {
 	require.ErrorIs(t, err, deploy.ErrConfig)
 	_, err = Locker{Dir: s.Dir}.Lock(context.Background(), "../x")
 	require.ErrorIs(t, err, deploy.ErrConfig)
+}
+
+// Saves from two writers at once each read, change and write the whole
+// file: none may lose what the other saved.
+func TestConcurrentSavesKeepEveryRecord(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Go(func() {
+			for i := range 100 {
+				require.NoError(t, s.Save(&deploy.Record{ID: fmt.Sprintf("w%d-%d", w, i), Service: "web"}))
+			}
+		})
+	}
+	wg.Wait()
+	recs, err := s.List("web")
+	require.NoError(t, err)
+	require.Equal(t, 200, len(recs), "records kept")
+}
+
+// The same across processes: a deploy waiting with --wait saves while the
+// one before it still runs its post_deploy hook and saves.
+func TestConcurrentSavesFromTwoProcessesKeepEveryRecord(t *testing.T) {
+	if dir := os.Getenv("HANDOFF_TEST_SAVE_DIR"); dir != "" {
+		s := Store{Dir: dir}
+		for i := range 100 {
+			if err := s.Save(&deploy.Record{ID: fmt.Sprintf("%s-%d", os.Getenv("HANDOFF_TEST_SAVER"), i), Service: "web"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
+	dir := t.TempDir()
+	var cmds []*exec.Cmd
+	for w := range 2 {
+		c := exec.Command(os.Args[0], "-test.run=^TestConcurrentSavesFromTwoProcessesKeepEveryRecord$")
+		c.Env = append(os.Environ(), "HANDOFF_TEST_SAVE_DIR="+dir, fmt.Sprintf("HANDOFF_TEST_SAVER=p%d", w))
+		c.Stdout, c.Stderr = os.Stderr, os.Stderr
+		require.NoError(t, c.Start())
+		cmds = append(cmds, c)
+	}
+	for _, c := range cmds {
+		require.NoError(t, c.Wait())
+	}
+	recs, err := Store{Dir: dir}.List("web")
+	require.NoError(t, err)
+	require.Equal(t, 200, len(recs), "records kept")
 }

@@ -267,3 +267,44 @@ func TestEnvFileErrorsDoNotQuoteTheFile(t *testing.T) {
 	require.ErrorContains(t, err, "a line starts with '='")
 	require.NotContains(t, err.Error(), "topsecret")
 }
+
+// A command written as a string is split into words and run without a
+// shell: one with a shell operator was cut at it, and the deploy ran only
+// its first part.
+func TestCommandStringsWithShellOperatorsAreRefused(t *testing.T) {
+	cases := map[string]struct{ yml, want string }{
+		"release":        {"service: web\nrelease: ./app migrate && ./app seed\n", `handoff.yml:2: a shell operator in a command that no shell runs: "&&" in "./app migrate && ./app seed"; write it as a list, or as [sh, -c, './app migrate && ./app seed']`},
+		"command":        {"service: web\ncommand: gunicorn app:app > /var/log/app.log\n", `handoff.yml:2: a shell operator in a command that no shell runs: ">" in`},
+		"health.command": {"service: web\nhealth:\n  type: cmd\n  command: curl -f localhost:8000 || exit 1\n", `handoff.yml:4: a shell operator in a command that no shell runs: "||" in`},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("handoff.yml", []byte(c.yml))
+			require.ErrorIs(t, err, deploy.ErrConfig)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
+	f, err := Parse("handoff.yml", []byte("service: web\nrelease: [sh, -c, './app migrate && ./app seed']\nenv_file: a.env\n"))
+	require.NoError(t, err, "the list form is taken as written")
+	require.Equal(t, Command{"sh", "-c", "./app migrate && ./app seed"}, f.Release)
+}
+
+// A restart policy is checked with everything else, before anything runs:
+// Docker refuses a bad one only at container create, after the release job.
+func TestRestartPolicyIsParsed(t *testing.T) {
+	f, err := Parse("handoff.yml", []byte("service: web\nrestart: on-failure:3\n"))
+	require.NoError(t, err)
+	s, err := Resolve(f, Overrides{})
+	require.NoError(t, err, "on-failure:3 is a policy Docker has")
+	require.Equal(t, "on-failure:3", s.Service.Restart)
+	for yml, want := range map[string]string{
+		"service: web\nrestart: on-failure:x\n": `handoff.yml:2: restart "on-failure:x" (the retry count is a whole number, 0 or more): use no, always, unless-stopped, on-failure or on-failure:N`,
+		"service: web\nrestart: always:2\n":     `handoff.yml:2: restart "always:2" (a retry count goes with on-failure only, not always)`,
+	} {
+		f, err := Parse("handoff.yml", []byte(yml))
+		require.NoError(t, err)
+		_, err = Resolve(f, Overrides{})
+		require.ErrorIs(t, err, deploy.ErrConfig)
+		require.ErrorContains(t, err, want)
+	}
+}

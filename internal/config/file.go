@@ -28,7 +28,7 @@ type File struct {
 	Service      string            `yaml:"service"`
 	Image        string            `yaml:"image"`
 	Build        *Build            `yaml:"build"`
-	Command      Words             `yaml:"command"`
+	Command      Command           `yaml:"command"`
 	Port         int               `yaml:"port"`
 	Env          map[string]string `yaml:"env"`
 	EnvFile      Words             `yaml:"env_file"`
@@ -50,7 +50,7 @@ type File struct {
 	Strategy     string            `yaml:"strategy"` // x-handoff: start-first or stop-first, for a service without a route
 	Reach        string            `yaml:"reach"`    // host or network: how the proxy reaches a release
 	Pull         string            `yaml:"pull"`     // missing (default), always or never
-	Release      Words             `yaml:"release"`  // the release job's command (migrations)
+	Release      Command           `yaml:"release"`  // the release job's command (migrations)
 	ReleaseTime  Duration          `yaml:"release_timeout"`
 	ReleasePause bool              `yaml:"release_pause"` // hold requests during the job (handoff proxy)
 	Hooks        Hooks             `yaml:"hooks"`
@@ -90,7 +90,7 @@ type Health struct {
 	Path         string   `yaml:"path"`
 	Host         string   `yaml:"host"`
 	Status       string   `yaml:"status"` // "2xx", "200", "200-399"
-	Command      Words    `yaml:"command"`
+	Command      Command  `yaml:"command"`
 	Timeout      Duration `yaml:"timeout"`
 	Interval     Duration `yaml:"interval"`
 	Successes    int      `yaml:"successes"`
@@ -151,7 +151,30 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// Words is a command: a list, or a string split as a shell would (no shell runs it).
+// Command is a command run without a shell: a list, or a string split into
+// words as a shell would split it, refused if it holds a shell operator
+// (SplitCommand).
+type Command []string
+
+// UnmarshalYAML takes a list or a string.
+func (c *Command) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.SequenceNode {
+		var list []string
+		if err := n.Decode(&list); err != nil {
+			return err
+		}
+		*c = list
+		return nil
+	}
+	words, err := SplitCommand(n.Value)
+	if err != nil {
+		return &lineError{line: n.Line, msg: err.Error()}
+	}
+	*c = words
+	return nil
+}
+
+// Words is a list of names (files): a list, or a string split as a shell would.
 type Words []string
 
 // UnmarshalYAML takes a list or a string.

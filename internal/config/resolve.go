@@ -77,8 +77,8 @@ func Resolve(f File, o Overrides) (Settings, error) {
 	if f.Resources.CPUs < 0 {
 		return Settings{}, f.at("resources.cpus", "cpus must be positive, like 1.5")
 	}
-	if r := f.Restart; r != "" && !slices.Contains([]string{"no", "always", "unless-stopped", "on-failure"}, r) {
-		return Settings{}, f.at("restart", fmt.Sprintf("restart %q: use no, always, unless-stopped or on-failure", r))
+	if _, err := ParseRestart(f.Restart); err != nil {
+		return Settings{}, f.at("restart", err.Error())
 	}
 	if f.Build != nil {
 		b := *f.Build

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/hostcmd"
 )
 
 // PullPolicy says when a service's image is fetched from its registry.
@@ -191,15 +193,15 @@ func (d *Deployer) afterHooks(ctx context.Context, svc Service, rec *Record) {
 	}
 }
 
-// hook runs cmd with sh -c on the host, its output with the deploy's.
+// hook runs cmd with sh -c on the host, its output with the deploy's, in
+// a process group of its own that its timeout ends whole.
 func (d *Deployer) hook(ctx context.Context, svc Service, rec *Record, name, cmd string) error {
 	ctx, cancel := context.WithTimeout(ctx, svc.Hooks.Timeout)
 	defer cancel()
-	c := exec.CommandContext(ctx, "sh", "-c", cmd)
+	c := hostcmd.CommandContext(ctx, "sh", "-c", cmd)
 	c.Dir = svc.Hooks.Dir
 	c.Env = append(os.Environ(), HookEnv(svc, rec, name)...)
 	c.Stdout, c.Stderr = d.Report.Output(), d.Report.Output()
-	c.WaitDelay = 5 * time.Second
 	err := c.Run()
 	switch {
 	case err == nil:

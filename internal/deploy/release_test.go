@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -241,4 +243,41 @@ func TestRequestsHeldByAKilledReleaseJobAreLetGo(t *testing.T) {
 			require.Equal(t, OutcomeInterrupted, h.Outcome)
 		}
 	}
+}
+
+// A hook past its timeout is ended with everything it started: the
+// script's children too, not only sh.
+func TestAHookPastItsTimeoutLeavesNoProcessBehind(t *testing.T) {
+	dir := t.TempDir()
+	r := newRig(t)
+	svc := testService()
+	svc.Hooks = Hooks{
+		PreDeploy: `sleep 30 & echo $! > bg.pid; sh -c 'echo $$ > child.pid; sleep 30'; echo done > done`,
+		Dir:       dir,
+		Timeout:   300 * time.Millisecond,
+	}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrHook)
+	require.Contains(t, err.Error(), "pre_deploy hook did not finish within 300ms")
+	for _, name := range []string{"bg.pid", "child.pid"} {
+		pid, err := strconv.Atoi(strings.TrimSpace(readFile(t, filepath.Join(dir, name))))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return ended(pid) },
+			2*time.Second, 10*time.Millisecond, "%s: process %d still runs after the hook's timeout", name, pid)
+	}
+	require.NoFileExists(t, filepath.Join(dir, "done"), "the script did not run on to its end")
+}
+
+// ended says whether process pid has ended: it is gone, or a zombie that
+// only its new parent (init) has not reaped yet.
+func ended(pid int) bool {
+	if syscall.Kill(pid, 0) == syscall.ESRCH {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	_, after, _ := strings.Cut(string(stat), ") ")
+	return strings.HasPrefix(after, "Z")
 }

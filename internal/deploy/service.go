@@ -42,6 +42,7 @@ type Service struct {
 	Port            int        // port the app listens on inside the container; 0: the adopted container's
 	Env             []string   // KEY=VALUE, env files first, then env
 	Volumes         []string   // docker -v syntax: "name:/data", "/host:/app:ro"
+	Mounts          []Mount    // volumes with what -v cannot say (a subpath: API 1.45); refused on an older engine
 	Networks        []Network  // networks to join (none: Docker's default bridge)
 	User            string
 	WorkingDir      string
@@ -58,6 +59,7 @@ type Service struct {
 	HostPorts PortRange
 	Memory    int64 // bytes, 0: no limit
 	CPUs      float64
+	PidsLimit int64 // most processes at once, 0: no limit
 	// Reach is how the proxy reaches a release; ReachAuto: as it reaches
 	// the live one.
 	Reach Reach
@@ -100,6 +102,15 @@ const (
 type Network struct {
 	Name    string
 	Aliases []string
+}
+
+// Mount is a named volume mounted with options -v has no words for.
+type Mount struct {
+	Source   string // the volume's name
+	Target   string
+	Subpath  string // the part of the volume mounted ("" : all of it)
+	ReadOnly bool
+	NoCopy   bool // the image's files at Target are not copied into a new volume
 }
 
 // Logging is the container's log driver.

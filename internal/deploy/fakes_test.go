@@ -228,6 +228,7 @@ type fakeProxy struct {
 
 	switchesTried []string
 	onSwitch      func() // runs as a switch is tried (a Ctrl-C at that moment)
+	onInFlight    func() // runs as requests in flight are counted
 }
 
 func (p *fakeProxy) Upstream(context.Context, []string) (string, error) {
@@ -284,6 +285,9 @@ func (p *fakeProxy) PointsAt(_ context.Context, upstream string) ([]string, erro
 }
 
 func (p *fakeProxy) InFlight(context.Context, string) (InFlight, error) {
+	if p.onInFlight != nil {
+		p.onInFlight()
+	}
 	if len(p.inFlight) == 0 {
 		return InFlight{Reported: true}, nil
 	}
@@ -342,3 +346,21 @@ func (r *quietReporter) PhaseDone(string, time.Duration, error) {}
 func (r *quietReporter) Progress(string, string, string)        {}
 func (r *quietReporter) Note(msg string)                        { r.notes = append(r.notes, msg) }
 func (r *quietReporter) Output() io.Writer                      { return io.Discard }
+
+// fakeClock is time that passes only when the procedure waits on it.
+type fakeClock struct {
+	now    time.Time
+	waited time.Duration
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.now = c.now.Add(d)
+	c.waited += d
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	return ch
+}

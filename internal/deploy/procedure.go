@@ -10,16 +10,17 @@ import (
 	"time"
 )
 
-// Deployer runs the procedure. Every field but Pauser, Now and PID is required.
+// Deployer runs the procedure. Every field but Pauser, Now, After and PID is required.
 type Deployer struct {
 	Runtime Runtime
 	Proxy   Proxy
 	History History
 	Locker  Locker
 	Report  Reporter
-	Pauser  Pauser           // nil: the proxy cannot hold requests (release_pause refused)
-	Now     func() time.Time // nil: time.Now
-	PID     int              // 0: os.Getpid()
+	Pauser  Pauser                               // nil: the proxy cannot hold requests (release_pause refused)
+	Now     func() time.Time                     // nil: time.Now
+	After   func(time.Duration) <-chan time.Time // nil: time.After; the waits that take Now's time
+	PID     int                                  // 0: os.Getpid()
 }
 
 // cleanupTimeout bounds the work done after the user's context is gone
@@ -83,7 +84,7 @@ func (d *Deployer) roll(ctx context.Context, svc Service, rec *Record, view *vie
 	release := view.nextRelease(svc)
 	rec.ToRelease, rec.To = release, svc.ContainerName(release)
 	if rec.Kind == KindDeploy {
-		if err := d.releaseWork(ctx, svc, rec, imageID); err != nil {
+		if err := d.releaseWork(ctx, svc, rec, view.upstream, imageID); err != nil {
 			return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.untouched(view)))
 		}
 	}
@@ -405,6 +406,13 @@ func (d *Deployer) now() time.Time {
 		return d.Now()
 	}
 	return time.Now()
+}
+
+func (d *Deployer) after(wait time.Duration) <-chan time.Time {
+	if d.After != nil {
+		return d.After(wait)
+	}
+	return time.After(wait)
 }
 
 func (d *Deployer) pid() int {

@@ -104,8 +104,9 @@ func (d *Deployer) imageDetail(svc Service) string {
 
 // releaseWork runs what a deploy does before its new release starts: the
 // pre_deploy hook, then the release job. Either failing aborts the deploy
-// with the old release serving, untouched.
-func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, imageID string) error {
+// with the old release serving, untouched. live is the upstream the
+// service is served by now ("" : none yet).
+func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, live, imageID string) error {
 	if svc.Hooks.PreDeploy != "" {
 		err := d.phase(rec, PhaseHook, svc.Hooks.PreDeploy, func() error {
 			return d.hook(ctx, svc, rec, "pre_deploy", svc.Hooks.PreDeploy)
@@ -118,12 +119,14 @@ func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, im
 		return nil
 	}
 	return d.phase(rec, PhaseRelease, strings.Join(svc.Release.Command, " "), func() error {
-		return d.releaseJob(ctx, svc, rec, imageID)
+		return d.releaseJob(ctx, svc, rec, live, imageID)
 	})
 }
 
 // releaseJob runs svc's release job in a one-off container of imageID.
-func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, imageID string) error {
+// With release_pause, new requests are held first, and the job waits
+// until those the old release still runs on live have finished.
+func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, live, imageID string) error {
 	job := svc.Release
 	if job.Pause {
 		if d.Pauser == nil {
@@ -135,7 +138,9 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 		if err := d.History.Save(rec); err != nil {
 			return fmt.Errorf("record that requests are held, before holding them: %w (nothing was changed)", err)
 		}
-		if err := d.Pauser.Pause(ctx, job.Timeout); err != nil {
+		// A request is held through the wait for those in flight and the
+		// job, each at most the release timeout.
+		if err := d.Pauser.Pause(ctx, 2*job.Timeout); err != nil {
 			// The pause may have been made and its answer lost: resuming is
 			// harmless either way, and nothing may stay held for a job
 			// that never ran.
@@ -144,6 +149,9 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 		}
 		d.note(rec, "requests held while the release job runs")
 		defer d.resume(ctx, svc, rec)
+		if err := d.waitIdle(ctx, rec, live, job.Timeout); err != nil {
+			return err
+		}
 	}
 	jctx, cancel := context.WithTimeout(ctx, job.Timeout)
 	defer cancel()
@@ -160,6 +168,50 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, ima
 		return fmt.Errorf("%w: %q exited with %d (its output is above); the new release was not started", ErrReleaseJob, strings.Join(job.Command, " "), code)
 	}
 	return nil
+}
+
+// waitIdle waits, once new requests are held, until none of the service's
+// is in flight on upstream, for at most timeout, shown as the drain is.
+// When time is up the job does not run: a migration under old code still
+// serving is what release_pause exists to prevent; the deploy fails with
+// the old release serving, and the held requests are let go.
+func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, timeout time.Duration) error {
+	if upstream == "" || d.Proxy == nil {
+		return nil // nothing serves yet
+	}
+	start := d.now()
+	deadline := start.Add(timeout)
+	noted := ""
+	for {
+		in, err := d.Proxy.InFlight(ctx, upstream)
+		if err != nil {
+			return fmt.Errorf("%w: count the requests in flight on %s before the release job: %v", ErrReleaseJob, upstream, err)
+		}
+		if in.Note != "" && in.Note != noted {
+			d.note(rec, "release: "+in.Note)
+			noted = in.Note
+		}
+		if !in.Reported || in.Requests == 0 {
+			if waited := d.now().Sub(start); waited > 0 {
+				d.note(rec, fmt.Sprintf("waited %s for the requests in flight on %s to finish before the release job", waited, upstream))
+			}
+			return nil
+		}
+		if !d.now().Before(deadline) {
+			on := upstream
+			if rec.From != "" {
+				on += " (" + rec.From + ")"
+			}
+			return fmt.Errorf("%w: %d request(s) still in flight on %s after %s (release_timeout): the release job did not run beside them; the held requests are let go; let those requests end (long uploads, streams, WebSockets), or raise release_timeout",
+				ErrReleaseJob, in.Requests, on, timeout)
+		}
+		d.Report.Progress(PhaseRelease, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, upstream), fmt.Sprintf("up to %s", timeout))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.after(min(drainPoll, deadline.Sub(d.now()))):
+		}
+	}
 }
 
 // resume lets the requests a release job held go on.

@@ -125,7 +125,7 @@ func TestAPauseWithALostAnswerIsResumed(t *testing.T) {
 	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
 	rec, err := r.d.Deploy(context.Background(), svc)
 	require.ErrorIs(t, err, ErrReleaseJob)
-	require.Equal(t, []string{"pause 1m0s", "resume"}, p.calls)
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
 	require.Empty(t, r.rt.jobs)
 	require.False(t, rec.Held)
 }
@@ -144,7 +144,7 @@ func TestReleasePauseHoldsRequestsOnlyDuringTheJob(t *testing.T) {
 		p := &fakePauser{}
 		r.d.Pauser = p
 		_, _ = r.d.Deploy(context.Background(), svc)
-		require.Equal(t, []string{"pause 1m0s", "resume"}, p.calls, "exit %d: resumed whatever the job did", exit)
+		require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls, "exit %d: resumed whatever the job did", exit)
 	}
 }
 
@@ -280,4 +280,66 @@ func ended(pid int) bool {
 	}
 	_, after, _ := strings.Cut(string(stat), ") ")
 	return strings.HasPrefix(after, "Z")
+}
+
+// Requests the old release still runs when the pause starts (a slow POST,
+// a stream) finish before the release job runs: the job must not change
+// the database under old code. The wait is shown as the drain's is.
+func TestAReleasePauseWaitsForRequestsInFlightBeforeTheJob(t *testing.T) {
+	r := newRig(t)
+	clock := newFakeClock()
+	r.d.Now, r.d.After = clock.Now, clock.After
+	p := &fakePauser{}
+	r.d.Pauser = p
+	progress := &progressReporter{}
+	r.d.Report = progress
+	r.proxy.inFlight = []InFlight{{Reported: true, Requests: 2}, {Reported: true, Requests: 1}, {Reported: true}}
+	r.proxy.onInFlight = func() { r.rt.record("count in flight") }
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, []string{"count in flight", "count in flight", "count in flight", "job migrate", "run web-2", "count in flight", "stop web-1"}, r.rt.calls,
+		"the job runs once nothing is in flight")
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
+	require.Equal(t, 2*drainPoll, clock.waited)
+	require.Equal(t, []string{"release: 2 request(s) still in flight on 127.0.0.1:30001 (up to 1m0s)", "release: 1 request(s) still in flight on 127.0.0.1:30001 (up to 1m0s)"}, progress.lines)
+	require.True(t, slicesContain(rec.Notes, "waited 50ms for the requests in flight on 127.0.0.1:30001 to finish before the release job"), rec.Notes)
+}
+
+// Requests that are still running when the release timeout is up: the job
+// does not run beside them; the requests held are let go, the old release
+// serves on, and the deploy fails as a release job does (exit 8).
+func TestAReleasePauseThatCannotWaitOutTheRequestsInFlightFails(t *testing.T) {
+	r := newRig(t)
+	clock := newFakeClock()
+	r.d.Now, r.d.After = clock.Now, clock.After
+	p := &fakePauser{}
+	r.d.Pauser = p
+	r.proxy.inFlight = []InFlight{{Reported: true, Requests: 3}}
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrReleaseJob)
+	require.Equal(t, "release job failed: 3 request(s) still in flight on 127.0.0.1:30001 (web-1) after 1m0s (release_timeout): the release job did not run beside them; "+
+		"the held requests are let go; let those requests end (long uploads, streams, WebSockets), or raise release_timeout; web-1 still serving, nothing was started", err.Error())
+	require.Empty(t, r.rt.jobs)
+	require.Empty(t, r.proxy.switches)
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
+	require.Equal(t, time.Minute, clock.waited)
+	require.False(t, rec.Held)
+	require.Equal(t, OutcomeFailed, rec.Outcome)
+}
+
+type progressReporter struct {
+	quietReporter
+	lines []string
+}
+
+func (r *progressReporter) Progress(phase, state, detail string) {
+	if phase == PhaseRelease {
+		r.lines = append(r.lines, phase+": "+state+" ("+detail+")")
+	}
 }

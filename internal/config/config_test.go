@@ -1,9 +1,11 @@
 package config
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -161,14 +163,17 @@ func TestMissingDefaultFileIsEmpty(t *testing.T) {
 	require.ErrorIs(t, err, deploy.ErrConfig)
 }
 
+// FuzzParse runs the whole parser (handoff.yml and x-handoff, then the
+// flags merged) over any text: it must never panic, and never take more
+// than a second, the time a hang is taken for.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(full))
 	f.Add([]byte("service: web\nhealth: {interval: 1s}\n"))
+	f.Add([]byte("port: 8000\nrelease: [sh, -c, './app migrate && ./app seed']\nhealth: &h {path: /up, <<: {timeout: 1s}}\nhooks: {timeout: 5s}\n"))
+	f.Add([]byte("service: web\nrestart: on-failure:3\ncommand: ./app serve > /dev/null\n"))
+	f.Add([]byte("service: web\nhealth: &h {timeout: 1s, <<: *h}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		file, err := Parse("handoff.yml", data)
-		if err == nil {
-			_, _ = Resolve(file, Overrides{})
-		}
+		parseWithin(t, time.Second, data)
 	})
 }
 
@@ -284,6 +289,8 @@ func TestCommandStringsWithShellOperatorsAreRefused(t *testing.T) {
 			require.ErrorContains(t, err, c.want)
 		})
 	}
+	_, err := ParseExtension("compose.yaml: services.web.x-handoff", "/srv", []byte("port: 8000\nrelease: ./app migrate; ./app seed\n"))
+	require.ErrorContains(t, err, `compose.yaml: services.web.x-handoff:2: a shell operator in a command that no shell runs: ";" in "./app migrate; ./app seed"`)
 	f, err := Parse("handoff.yml", []byte("service: web\nrelease: [sh, -c, './app migrate && ./app seed']\nenv_file: a.env\n"))
 	require.NoError(t, err, "the list form is taken as written")
 	require.Equal(t, Command{"sh", "-c", "./app migrate && ./app seed"}, f.Release)
@@ -307,4 +314,43 @@ func TestRestartPolicyIsParsed(t *testing.T) {
 		require.ErrorIs(t, err, deploy.ErrConfig)
 		require.ErrorContains(t, err, want)
 	}
+}
+
+// parseWithin fails t if Parse and Resolve of data take longer than limit:
+// a hung parse never returns, so it runs aside and is left behind.
+func parseWithin(t testing.TB, limit time.Duration, data []byte) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		parseAll(data)
+	}()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		t.Fatalf("parsing %d bytes took more than %s:\n%s", len(data), limit, data)
+	}
+}
+
+// parseAll runs data through the whole parser: as handoff.yml and as an
+// x-handoff block, then resolved with the flags.
+func parseAll(data []byte) {
+	if f, err := Parse("handoff.yml", data); err == nil {
+		_, _ = Resolve(f, Overrides{})
+	}
+	if f, err := ParseExtension("compose.yaml: services.web.x-handoff", ".", data); err == nil {
+		_, _ = f.Apply(deploy.Service{Name: "web"}, Overrides{})
+	}
+}
+
+// Merge keys nested ten deep, nine aliases each, are 621 bytes that the
+// key check walked 9^10 times before yaml.v3's own alias limit could apply.
+func TestNestedMergeKeysAreCheckedOnce(t *testing.T) {
+	var doc strings.Builder
+	doc.WriteString("service: web\nlabels:\n  l0: &a0 {timeout: 1s}\n")
+	for i := 1; i < 10; i++ {
+		fmt.Fprintf(&doc, "  l%d: &a%d {<<: [%s]}\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*a%d, ", i-1), 9), ", "))
+	}
+	doc.WriteString("health: {<<: *a9}\n")
+	parseWithin(t, 2*time.Second, []byte(doc.String()))
 }

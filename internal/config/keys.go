@@ -56,11 +56,35 @@ var extensionSchema = schema{
 // each key's line for later messages. Aliases and merge keys (`<<`) are
 // followed, so that they cannot carry a key past the check.
 func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) error {
+	c := keyCheck{lines: lines, seen: map[visit]bool{}}
+	return c.mapping(n, s, prefix)
+}
+
+// keyCheck walks a document's mappings, each once for each place it is
+// used from: aliases make the document a graph, and walking it as a tree
+// takes time exponential in its size (a few hundred bytes of nested merge
+// keys would hang the parser), or forever when an anchor holds itself.
+type keyCheck struct {
+	lines map[string]int
+	seen  map[visit]bool
+}
+
+// visit is a mapping checked at prefix; the prefix names its schema too.
+type visit struct {
+	n      *yaml.Node
+	prefix string
+}
+
+func (c keyCheck) mapping(n *yaml.Node, s schema, prefix string) error {
 	n = resolveAlias(n)
+	if c.seen[visit{n, prefix}] {
+		return nil
+	}
+	c.seen[visit{n, prefix}] = true
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], resolveAlias(n.Content[i+1])
 		if k.Value == "<<" && k.Tag == "!!merge" {
-			if err := checkMerge(v, s, prefix, lines); err != nil {
+			if err := c.merge(v, s, prefix); err != nil {
 				return err
 			}
 			continue
@@ -69,11 +93,11 @@ func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) erro
 		if !known {
 			return &lineError{line: k.Line, msg: unknownKey(k.Value, prefix, s)}
 		}
-		if _, seen := lines[prefix+k.Value]; !seen {
-			lines[prefix+k.Value] = k.Line
+		if _, seen := c.lines[prefix+k.Value]; !seen {
+			c.lines[prefix+k.Value] = k.Line
 		}
 		if len(sub) > 0 && v.Kind == yaml.MappingNode {
-			if err := checkKeys(v, sub, prefix+k.Value+".", lines); err != nil {
+			if err := c.mapping(v, sub, prefix+k.Value+"."); err != nil {
 				return err
 			}
 		}
@@ -81,17 +105,17 @@ func checkKeys(n *yaml.Node, s schema, prefix string, lines map[string]int) erro
 	return nil
 }
 
-// checkMerge checks what a merge key brings in: a mapping or a list of them.
-func checkMerge(v *yaml.Node, s schema, prefix string, lines map[string]int) error {
+// merge checks what a merge key brings in: a mapping or a list of them.
+func (c keyCheck) merge(v *yaml.Node, s schema, prefix string) error {
 	if v.Kind == yaml.SequenceNode {
 		for _, m := range v.Content {
-			if err := checkKeys(m, s, prefix, lines); err != nil {
+			if err := c.mapping(m, s, prefix); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return checkKeys(v, s, prefix, lines)
+	return c.mapping(v, s, prefix)
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {

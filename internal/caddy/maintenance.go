@@ -1,6 +1,7 @@
 package caddy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,13 +17,17 @@ import (
 // maintenance page; nothing else of Caddy's config is touched by one.
 const maintenancePrefix = "handoff-maintenance-"
 
-// MaintenanceOn puts a route in front of each site of the service's
-// route, with the same matchers but the allowed paths: it answers 503
-// with the page and Retry-After. The service's own route is left exactly
-// as it is (a deploy still switches it, the allowed paths still reach
-// it), so MaintenanceOff takes the added routes away and nothing else.
-// The page lives in Caddy's running config only: a reload of the
-// Caddyfile ends it, and the site serves the app again.
+// MaintenanceOn puts a page route right before each route that holds one
+// of the service's handlers, in the same list (a site's subroute, a
+// handle block's): with that route's matchers, but the allowed paths, and
+// in its group, it answers exactly the requests the handler would get
+// with 503, the page and Retry-After. The rest of the site, other handle
+// blocks and other matchers of the same site included, is served as
+// before. The service's own route is left exactly as it is (a deploy
+// still switches it, the allowed paths still reach it), so
+// MaintenanceOff takes the added routes away and nothing else. The page
+// lives in Caddy's running config only: a reload of the Caddyfile ends
+// it, and the site serves the app again.
 func (p *Proxy) MaintenanceOn(ctx context.Context, m deploy.Maintenance, known []string) error {
 	return p.editServers(ctx, func(servers map[string]any) error {
 		removeMaintenance(servers, m.Service)
@@ -31,32 +36,69 @@ func (p *Proxy) MaintenanceOn(ctx context.Context, m deploy.Maintenance, known [
 		if err != nil {
 			return err
 		}
-		// One page route before each top-level route that leads to the
-		// service, inserted from the last so that indices stay right.
-		type site struct {
-			server string
-			index  int
-		}
-		var sites []site
-		for _, h := range hs {
-			server, index, err := topRoute(h.path)
-			if err != nil {
-				return err
-			}
-			if !slices.Contains(sites, site{server, index}) {
-				sites = append(sites, site{server, index})
-			}
-		}
-		slices.SortFunc(sites, func(a, b site) int { return b.index - a.index })
-		for n, s := range sites {
-			srv, _ := servers[s.server].(map[string]any)
-			routes, _ := srv["routes"].([]any)
-			top, _ := routes[s.index].(map[string]any)
-			page := maintenanceRoute(fmt.Sprintf("%s%s-%d", maintenancePrefix, m.Service, n), top["match"], m)
-			srv["routes"] = slices.Insert(routes, s.index, any(page))
-		}
-		return nil
+		return addMaintenance(servers, hs, m)
 	})
+}
+
+// routeList is one list of routes in Caddy's HTTP servers: a server's own
+// or a subroute's, held under "routes" by parent.
+type routeList struct {
+	key    string // the list's path below the servers, "srv0/routes/0/handle/0/routes"
+	parent map[string]any
+}
+
+// addMaintenance inserts a page route before the route of each handler.
+// Every list is found before any is changed (an insertion moves the
+// indices of the routes after it, not the maps below them), and each list
+// is changed from its last route to its first.
+func addMaintenance(servers map[string]any, hs []proxyHandler, m deploy.Maintenance) error {
+	type place struct {
+		list  routeList
+		index int
+	}
+	var places []place
+	for _, h := range hs {
+		list, index, err := handlerRoute(servers, h.path)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(places, func(p place) bool { return p.list.key == list.key && p.index == index }) {
+			places = append(places, place{list, index})
+		}
+	}
+	slices.SortFunc(places, func(a, b place) int {
+		return cmp.Or(strings.Compare(a.list.key, b.list.key), b.index-a.index)
+	})
+	for n, pl := range places {
+		routes, _ := pl.list.parent["routes"].([]any)
+		route, _ := routes[pl.index].(map[string]any)
+		page := maintenanceRoute(fmt.Sprintf("%s%s-%d", maintenancePrefix, m.Service, n), route, m)
+		pl.list.parent["routes"] = slices.Insert(routes, pl.index, any(page))
+	}
+	return nil
+}
+
+// handlerRoute is the list and index of the route a handler's admin path
+// lies in directly, the innermost one:
+// /config/apps/http/servers/srv0/routes/0/handle/0/routes/1/handle/0 →
+// the routes of srv0's route 0's subroute, 1.
+func handlerRoute(servers map[string]any, path string) (routeList, int, error) {
+	bad := fmt.Errorf("%w: unexpected handler path %s in Caddy's config; run the command again", deploy.ErrProxy, path)
+	parts := strings.Split(strings.TrimPrefix(path, "/config/apps/http/servers/"), "/")
+	k := len(parts) - 4 // …/routes/I/handle/J
+	if k < 1 || parts[k] != "routes" || parts[k+2] != "handle" {
+		return routeList{}, 0, bad
+	}
+	index, err := strconv.Atoi(parts[k+1])
+	if err != nil {
+		return routeList{}, 0, bad
+	}
+	parent, _ := at(servers, parts[:k]).(map[string]any)
+	routes, _ := parent["routes"].([]any)
+	if index < 0 || index >= len(routes) {
+		return routeList{}, 0, bad
+	}
+	return routeList{key: strings.Join(parts[:k+1], "/"), parent: parent}, index, nil
 }
 
 // MaintenanceOff removes the routes MaintenanceOn added for service.
@@ -105,20 +147,37 @@ func (p *Proxy) editServers(ctx context.Context, edit func(map[string]any) error
 	}
 }
 
-// removeMaintenance drops service's page routes from every server.
+// removeMaintenance drops service's page routes from every server, at
+// any depth of subroutes.
 func removeMaintenance(servers map[string]any, service string) bool {
 	removed := false
 	for _, v := range servers {
 		srv, _ := v.(map[string]any)
-		routes, _ := srv["routes"].([]any)
-		kept := slices.DeleteFunc(slices.Clone(routes), func(r any) bool {
-			route, _ := r.(map[string]any)
-			id, _ := route["@id"].(string)
-			return isMaintenanceOf(id, service)
-		})
-		if len(kept) != len(routes) {
-			srv["routes"] = kept
-			removed = true
+		removed = removeFrom(srv, service) || removed
+	}
+	return removed
+}
+
+// removeFrom drops service's page routes from parent's routes and from
+// the subroutes below them.
+func removeFrom(parent map[string]any, service string) bool {
+	routes, _ := parent["routes"].([]any)
+	kept := slices.DeleteFunc(slices.Clone(routes), func(r any) bool {
+		route, _ := r.(map[string]any)
+		id, _ := route["@id"].(string)
+		return isMaintenanceOf(id, service)
+	})
+	removed := len(kept) != len(routes)
+	if removed {
+		parent["routes"] = kept
+	}
+	for _, r := range kept {
+		route, _ := r.(map[string]any)
+		handle, _ := route["handle"].([]any)
+		for _, h := range handle {
+			if handler, _ := h.(map[string]any); handler["handler"] == "subroute" {
+				removed = removeFrom(handler, service) || removed
+			}
 		}
 	}
 	return removed
@@ -136,22 +195,13 @@ func isMaintenanceOf(id, service string) bool {
 	return err == nil
 }
 
-// topRoute is the server and index of the top-level route a handler's
-// admin path lies in: /config/apps/http/servers/srv0/routes/3/handle/0 → srv0, 3.
-func topRoute(path string) (string, int, error) {
-	parts := strings.Split(strings.TrimPrefix(path, "/config/apps/http/servers/"), "/")
-	if len(parts) < 3 || parts[1] != "routes" {
-		return "", 0, fmt.Errorf("%w: unexpected handler path %s", deploy.ErrProxy, path)
-	}
-	i, err := strconv.Atoi(parts[2])
-	return parts[0], i, err
-}
-
-// maintenanceRoute answers what match matches, but the allowed paths,
-// with the page. Each matcher set of the site gets "not the allowed
-// paths"; a site with no matcher gets just that.
-func maintenanceRoute(id string, match any, m deploy.Maintenance) map[string]any {
-	sets, _ := match.([]any)
+// maintenanceRoute answers what the service's route matches, but the
+// allowed paths, with the page. Each matcher set of the route gets "not
+// the allowed paths"; a route with no matcher gets just that. It is in
+// the route's group, so that it is skipped when an earlier route of the
+// group was taken, as the route would be, and takes the route's turn.
+func maintenanceRoute(id string, of map[string]any, m deploy.Maintenance) map[string]any {
+	sets, _ := of["match"].([]any)
 	if len(sets) == 0 {
 		sets = []any{map[string]any{}}
 	}
@@ -182,6 +232,9 @@ func maintenanceRoute(id string, match any, m deploy.Maintenance) map[string]any
 			"body": m.Body(),
 		}},
 		"terminal": true,
+	}
+	if group, ok := of["group"].(string); ok && group != "" {
+		route["group"] = group
 	}
 	if len(out) > 0 && !(len(out) == 1 && len(out[0].(map[string]any)) == 0) {
 		route["match"] = out

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -19,28 +20,15 @@ import (
 	"github.com/moby/moby/client/pkg/jsonmessage"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/hostcmd"
 )
 
 // Build runs the docker CLI, so that BuildKit, buildx and the user's
 // builder settings apply exactly as when they build by hand.
 func (r *Runtime) Build(ctx context.Context, spec deploy.BuildSpec, tag string, out io.Writer) error {
-	args := []string{"build", "--tag", tag}
-	if spec.Dockerfile != "" {
-		args = append(args, "--file", spec.Dockerfile)
-	}
-	if spec.Target != "" {
-		args = append(args, "--target", spec.Target)
-	}
-	keys := make([]string, 0, len(spec.Args))
-	for k := range spec.Args {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		args = append(args, "--build-arg", k+"="+spec.Args[k])
-	}
-	args = append(args, spec.Context)
-	cmd := exec.CommandContext(ctx, "docker", args...)
+	args, env := buildCommand(spec, tag, os.Environ())
+	cmd := hostcmd.CommandContext(ctx, "docker", args...) // a deploy's timeout ends the build whole
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Run(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
@@ -49,6 +37,53 @@ func (r *Runtime) Build(ctx context.Context, spec deploy.BuildSpec, tag string, 
 		return fmt.Errorf("docker build %s: %w (its output is above)", spec.Context, err)
 	}
 	return nil
+}
+
+// buildCommand is `docker build`'s command line and environment (environ
+// and the build arguments). A build argument goes on the command line as
+// its name alone, `--build-arg NPM_TOKEN`, and its value in the command's
+// environment, where the CLI (and buildx) read it: a command line is
+// readable by every local user in the process list, an environment by the
+// process's own user only. A name the docker command itself reads
+// (DOCKER_HOST, PATH, a proxy, ...) would change how it runs: such an
+// argument keeps its value on the command line.
+func buildCommand(spec deploy.BuildSpec, tag string, environ []string) (args, env []string) {
+	args = []string{"build", "--tag", tag}
+	if spec.Dockerfile != "" {
+		args = append(args, "--file", spec.Dockerfile)
+	}
+	if spec.Target != "" {
+		args = append(args, "--target", spec.Target)
+	}
+	env = slices.Clone(environ)
+	for _, k := range slices.Sorted(maps.Keys(spec.Args)) {
+		if cliReads(k) {
+			args = append(args, "--build-arg", k+"="+spec.Args[k])
+			continue
+		}
+		env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") })
+		env = append(env, k+"="+spec.Args[k])
+		args = append(args, "--build-arg", k)
+	}
+	return append(args, spec.Context), env
+}
+
+// cliReads says whether the docker command (or a plugin, or the dynamic
+// loader before it) reads the environment variable name for itself.
+func cliReads(name string) bool {
+	upper := strings.ToUpper(name)
+	for _, prefix := range []string{"DOCKER_", "BUILDKIT_", "BUILDX_", "LD_"} {
+		if strings.HasPrefix(upper, prefix) {
+			return true
+		}
+	}
+	switch upper {
+	case "", "PATH", "HOME", "TMPDIR", "SSH_AUTH_SOCK",
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+		"GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK":
+		return true
+	}
+	return strings.ContainsAny(name, "=\x00")
 }
 
 // ImageID resolves ref to the local image's ID.

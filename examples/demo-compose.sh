@@ -23,6 +23,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# build_image TAG DIR: quietly. Where buildx is missing the docker CLI falls
+# back to the legacy builder and prints a deprecation notice at every build;
+# where it is there the build is BuildKit's. Docker's words show if it fails.
+build_image() {
+  local out
+  if ! out=$(docker build -q -t "$1" "$2" 2>&1 >/dev/null); then printf '%s\n' "$out" >&2; return 1; fi
+}
 
 docker info >/dev/null 2>&1 || { echo "demo: the Docker engine is not reachable" >&2; exit 1; }
 if (exec 3<>/dev/tcp/127.0.0.1/18081) 2>/dev/null; then echo "demo: port 18081 is in use" >&2; exit 1; fi
@@ -35,10 +42,10 @@ handoff="$work/handoff"
 mkdir -p "$work/img"
 cp .tools/caddy-2.11.9-static/caddy "$work/img/caddy"
 printf 'FROM scratch\nCOPY caddy /caddy\nENTRYPOINT ["/caddy"]\n' >"$work/img/Dockerfile"
-docker build -q -t hello-caddy:2.11.9 "$work/img" >/dev/null
+build_image hello-caddy:2.11.9 "$work/img"
 for v in v1 v2; do
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$v" -o examples/hello/hello ./examples/hello
-  docker build -q -t "hello:$v" examples/hello >/dev/null
+  build_image "hello:$v" examples/hello
 done
 rm -f examples/hello/hello
 cp -r examples/compose "$work/compose"

@@ -24,6 +24,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# build_image TAG DIR: quietly. Where buildx is missing the docker CLI falls
+# back to the legacy builder and prints a deprecation notice at every build;
+# where it is there the build is BuildKit's. Docker's words show if it fails.
+build_image() {
+  local out
+  if ! out=$(docker build -q -t "$1" "$2" 2>&1 >/dev/null); then printf '%s\n' "$out" >&2; return 1; fi
+}
 
 docker info >/dev/null 2>&1 || { echo "demo: the Docker engine is not reachable" >&2; exit 1; }
 for port in 18000 18080; do
@@ -41,7 +48,7 @@ handoff="$work/handoff"
 here=(--caddy-admin "unix:$work/caddy-admin.sock" --caddyfile "$work/Caddyfile")
 for v in v1 v2 v3; do
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$v" -o examples/hello/hello ./examples/hello
-  docker build -q -t "hello:$v" examples/hello >/dev/null
+  build_image "hello:$v" examples/hello
 done
 rm -f examples/hello/hello
 

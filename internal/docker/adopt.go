@@ -27,9 +27,12 @@ func (r *Runtime) Serving(ctx context.Context, upstream string) (*deploy.Contain
 	if err != nil {
 		return nil, nil
 	}
-	if ip, err := netip.ParseAddr(host); host != "localhost" && err != nil {
-		return r.named(ctx, host, port, upstream)
-	} else if host != "localhost" && !ip.IsLoopback() {
+	// Every spelling of this host's own address (:P, 0.0.0.0:P, [::]:P,
+	// localhost:P, 127.0.0.1:P, [::1]:P) is one, as for the rest of handoff.
+	if !deploy.SameUpstream(upstream, net.JoinHostPort("127.0.0.1", portStr)) {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return r.named(ctx, host, port, upstream)
+		}
 		return nil, nil // only loopback upstreams are containers on this host
 	}
 	list, err := r.api.ContainerList(ctx, client.ContainerListOptions{})
@@ -114,17 +117,19 @@ func (r *Runtime) Find(ctx context.Context, labels map[string]string) ([]deploy.
 	return out, nil
 }
 
-// reaches says whether a port bound on ip answers a dial to host: bound on
-// that very address, or on every address. "localhost" is any loopback.
+// reaches says whether a port bound on ip answers a dial to host, a local
+// address: bound on that very address, or on every address. A host that
+// names no one address ("localhost", "", 0.0.0.0, ::) is this host, on
+// any loopback address.
 func reaches(ip netip.Addr, host string) bool {
 	if !ip.IsValid() || ip.IsUnspecified() {
 		return true
 	}
-	if host == "localhost" {
+	want, err := netip.ParseAddr(host)
+	if err != nil || want.IsUnspecified() {
 		return ip.IsLoopback()
 	}
-	want, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap() == want.Unmap()
+	return ip.Unmap() == want.Unmap()
 }
 
 // Description is what `handoff init` writes down about a running container.

@@ -1,0 +1,81 @@
+package docker
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/require"
+)
+
+// Every spelling of a local address is the one address: a container
+// published on the port is adopted whichever one the proxy's upstream
+// uses, as long as a dial of it reaches the binding (a dial of [::1]
+// does not reach a port bound on 127.0.0.1 only; nothing reaches one
+// bound on another address).
+func TestServingTakesEveryFormOfALocalAddress(t *testing.T) {
+	forms := []string{":8000", "0.0.0.0:8000", "[::]:8000", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"}
+	cases := []struct {
+		bound   string // the host IP Docker publishes port 8000 on
+		reached map[string]bool
+	}{
+		{"0.0.0.0", map[string]bool{":8000": true, "0.0.0.0:8000": true, "[::]:8000": true, "localhost:8000": true, "127.0.0.1:8000": true, "[::1]:8000": true}},
+		{"::", map[string]bool{":8000": true, "0.0.0.0:8000": true, "[::]:8000": true, "localhost:8000": true, "127.0.0.1:8000": true, "[::1]:8000": true}},
+		{"127.0.0.1", map[string]bool{":8000": true, "0.0.0.0:8000": true, "[::]:8000": true, "localhost:8000": true, "127.0.0.1:8000": true}},
+		{"::1", map[string]bool{":8000": true, "0.0.0.0:8000": true, "[::]:8000": true, "localhost:8000": true, "[::1]:8000": true}},
+		{"192.168.1.5", map[string]bool{}},
+	}
+	for _, c := range cases {
+		r := fakeEngine(t, c.bound, 8000)
+		for _, form := range forms {
+			got, err := r.Serving(t.Context(), form)
+			require.NoError(t, err)
+			if !c.reached[form] {
+				require.Nil(t, got, "%s does not reach a port published on %s", form, c.bound)
+				continue
+			}
+			require.NotNil(t, got, "%s reaches the port published on %s", form, c.bound)
+			require.Equal(t, "byhand", got.Name)
+			require.True(t, got.Adopted)
+			require.Equal(t, 80, got.Port, "the container's own port")
+			require.Equal(t, form, got.Upstream, "as the proxy spells it")
+		}
+		got, err := r.Serving(t.Context(), "127.0.0.1:8001")
+		require.NoError(t, err)
+		require.Nil(t, got, "another port")
+	}
+}
+
+// fakeEngine answers the Docker API's container list and inspect for one
+// running container started by hand, publishing its port 80 on bound:port.
+func fakeEngine(t *testing.T, bound string, port int) *Runtime {
+	t.Helper()
+	summary := map[string]any{"Id": "c1", "Names": []string{"/byhand"}, "State": "running",
+		"Ports": []any{map[string]any{"IP": bound, "PrivatePort": 80, "PublicPort": port, "Type": "tcp"}}}
+	inspect := map[string]any{"Id": "c1", "Name": "/byhand", "Created": "2026-12-01T10:00:00Z",
+		"Config":          map[string]any{"Image": "app", "Labels": map[string]string{}},
+		"State":           map[string]any{"Running": true, "Status": "running", "StartedAt": "2026-12-01T10:00:01Z"},
+		"HostConfig":      map[string]any{},
+		"NetworkSettings": map[string]any{"Ports": map[string]any{"80/tcp": []any{map[string]any{"HostIp": bound, "HostPort": strconv.Itoa(port)}}}},
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/containers/json"):
+			_ = json.NewEncoder(w).Encode([]any{summary})
+		case strings.HasSuffix(r.URL.Path, "/containers/c1/json"):
+			_ = json.NewEncoder(w).Encode(inspect)
+		default:
+			http.Error(w, `{"message":"not in this fake"}`, http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	api, err := client.New(client.WithHost("tcp://"+strings.TrimPrefix(srv.URL, "http://")), client.WithAPIVersion("1.41"))
+	require.NoError(t, err)
+	t.Cleanup(func() { api.Close() })
+	return &Runtime{api: api}
+}

@@ -102,7 +102,7 @@ func (r *Runtime) Start(ctx context.Context, id string, restart string) (deploy.
 }
 
 func (r *Runtime) setRestart(ctx context.Context, id, policy string) error {
-	rp := container.RestartPolicy{Name: container.RestartPolicyMode(policy)}
+	rp := restartPolicy(policy)
 	if _, err := r.api.ContainerUpdate(ctx, id, client.ContainerUpdateOptions{RestartPolicy: &rp}); err != nil {
 		return fmt.Errorf("set the restart policy of %s to %s: %w", id, policy, err)
 	}

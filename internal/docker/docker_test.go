@@ -6,8 +6,11 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
 func TestCheckWindow(t *testing.T) {
@@ -60,4 +63,27 @@ func TestPinned(t *testing.T) {
 	require.Equal(t, "127.0.0.1:41234", pinned(b, 8000))
 	require.Empty(t, pinned(network.PortMap{network.MustParsePort("8000/tcp"): {{HostIP: lo}}}, 8000), "Docker picks anew each start")
 	require.Empty(t, pinned(b, 9000))
+}
+
+// on-failure:3 is a name and a retry count to Docker (the name
+// "on-failure:3" is refused at create, after the release job ran).
+func TestRestartPolicy(t *testing.T) {
+	require.Equal(t, container.RestartPolicy{Name: "on-failure", MaximumRetryCount: 3}, restartPolicy("on-failure:3"))
+	require.Equal(t, container.RestartPolicy{Name: "unless-stopped"}, restartPolicy("unless-stopped"))
+	require.Equal(t, container.RestartPolicy{Name: "no"}, restartPolicy("no"))
+}
+
+// A volume's subpath is a mount of its own; an engine before API 1.45
+// would mount the whole volume, so the release is refused there.
+func TestSubpathMounts(t *testing.T) {
+	svc := deploy.Service{Name: "p-web", Mounts: []deploy.Mount{{Source: "p_tenants", Target: "/data", Subpath: "acme", ReadOnly: true}}}
+	require.Equal(t, []mount.Mount{{Type: mount.TypeVolume, Source: "p_tenants", Target: "/data", ReadOnly: true, VolumeOptions: &mount.VolumeOptions{Subpath: "acme"}}}, mounts(svc.Mounts))
+	err := mountsSupported(svc, "1.41")
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "p-web mounts acme of volume p_tenants at /data, and this Docker engine (API 1.41) cannot mount part of a volume")
+	require.NoError(t, mountsSupported(svc, "1.45"))
+	require.NoError(t, mountsSupported(svc, "1.52"))
+	require.NoError(t, mountsSupported(deploy.Service{Mounts: []deploy.Mount{{Source: "v", Target: "/v", NoCopy: true}}}, "1.41"))
+	require.True(t, apiAtLeast("1.100", "1.45"))
+	require.False(t, apiAtLeast("1.9", "1.45"))
 }

@@ -13,6 +13,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
@@ -79,7 +80,7 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 	cfg, host, netCfg := r.spec(ctx, svc, imageID)
 	cfg.Labels = labels
 	cfg.Healthcheck = healthConfig(svc.Check)
-	host.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)}
+	host.RestartPolicy = restartPolicy(svc.Restart)
 	if svc.Port != 0 {
 		port, err := network.ParsePort(strconv.Itoa(svc.Port) + "/tcp")
 		if err != nil {
@@ -118,7 +119,8 @@ func (r *Runtime) spec(ctx context.Context, svc deploy.Service, imageID string) 
 		StopTimeout: &stopSeconds,
 	}
 	host := &container.HostConfig{
-		Binds: svc.Volumes,
+		Binds:  svc.Volumes,
+		Mounts: mounts(svc.Mounts),
 		Resources: container.Resources{
 			Memory:   svc.Memory,
 			NanoCPUs: int64(svc.CPUs * 1e9),
@@ -126,6 +128,9 @@ func (r *Runtime) spec(ctx context.Context, svc deploy.Service, imageID string) 
 		ExtraHosts: svc.ExtraHosts,
 		CapAdd:     svc.CapAdd,
 		CapDrop:    svc.CapDrop,
+	}
+	if svc.PidsLimit != 0 {
+		host.Resources.PidsLimit = &svc.PidsLimit
 	}
 	if svc.Logging != nil {
 		host.LogConfig = container.LogConfig{Type: svc.Logging.Driver, Config: svc.Logging.Options}
@@ -143,6 +148,9 @@ func (r *Runtime) spec(ctx context.Context, svc deploy.Service, imageID string) 
 // createVerified creates name, checks it runs imageID, and joins svc's
 // other networks; on any error nothing is left behind.
 func (r *Runtime) createVerified(ctx context.Context, svc deploy.Service, name, imageID string, cfg *container.Config, host *container.HostConfig, netCfg *network.NetworkingConfig) (string, error) {
+	if err := mountsSupported(svc, r.api.ClientVersion()); err != nil {
+		return "", fmt.Errorf("create %s: %w", name, err)
+	}
 	created, err := r.api.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: host, NetworkingConfig: netCfg})
 	if cerrdefs.IsConflict(err) {
 		return "", fmt.Errorf("create %s: a container of that name exists and handoff did not expect it; rename or remove it (`docker rm -f %s`) and deploy again", name, name)
@@ -184,6 +192,56 @@ func (r *Runtime) Announce(ctx context.Context, c deploy.Container, svc deploy.S
 		}
 	}
 	return nil
+}
+
+// restartPolicy is Docker's restart policy for one written as `docker run
+// --restart` takes it ("on-failure:3"), checked when the settings were read.
+func restartPolicy(s string) container.RestartPolicy {
+	name, count, _ := strings.Cut(s, ":")
+	n, _ := strconv.Atoi(count)
+	return container.RestartPolicy{Name: container.RestartPolicyMode(name), MaximumRetryCount: n}
+}
+
+// mounts are svc's volume mounts that -v cannot say.
+func mounts(ms []deploy.Mount) []mount.Mount {
+	var out []mount.Mount
+	for _, m := range ms {
+		out = append(out, mount.Mount{
+			Type: mount.TypeVolume, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly,
+			VolumeOptions: &mount.VolumeOptions{NoCopy: m.NoCopy, Subpath: m.Subpath},
+		})
+	}
+	return out
+}
+
+// subpathAPI is the first Engine API that mounts a part of a volume; an
+// older engine ignores the field and mounts the whole volume.
+const subpathAPI = "1.45"
+
+// mountsSupported refuses a mount the engine would not apply as asked: a
+// volume's subpath on an engine before API 1.45 would expose the whole
+// volume (every tenant's data, where subpaths separate tenants).
+func mountsSupported(svc deploy.Service, apiVersion string) error {
+	for _, m := range svc.Mounts {
+		if m.Subpath != "" && !apiAtLeast(apiVersion, subpathAPI) {
+			return fmt.Errorf("%w: %s mounts %s of volume %s at %s, and this Docker engine (API %s) cannot mount part of a volume (API %s, Docker 26, can): it would mount the whole volume; upgrade Docker, or mount the volume without subpath", deploy.ErrConfig, svc.Name, m.Subpath, m.Source, m.Target, apiVersion, subpathAPI)
+		}
+	}
+	return nil
+}
+
+// apiAtLeast compares Engine API versions ("1.41" < "1.45" < "1.100").
+func apiAtLeast(v, want string) bool {
+	vMajor, vMinor, _ := strings.Cut(v, ".")
+	wMajor, wMinor, _ := strings.Cut(want, ".")
+	a, _ := strconv.Atoi(vMajor)
+	b, _ := strconv.Atoi(wMajor)
+	if a != b {
+		return a > b
+	}
+	c, _ := strconv.Atoi(vMinor)
+	d, _ := strconv.Atoi(wMinor)
+	return c >= d
 }
 
 // healthConfig is the Docker HEALTHCHECK of a service's check; nil keeps the image's.

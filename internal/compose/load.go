@@ -12,9 +12,11 @@ import (
 	"os"
 
 	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
@@ -53,7 +55,41 @@ func Load(ctx context.Context, o Options) (*types.Project, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: compose project: %v", deploy.ErrConfig, err)
 	}
+	// The model again, before compose-go splits its command strings; not
+	// interpolated, so that its warnings (a variable not set) come once.
+	if err := cli.WithLoadOptions(func(lo *loader.Options) { lo.SkipInterpolation, lo.SkipValidation = true, true })(opts); err != nil {
+		return nil, err
+	}
+	model, err := opts.LoadModel(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: compose project: %v", deploy.ErrConfig, err)
+	}
+	if err := checkCommands(model, p.ServiceNames()); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// checkCommands refuses a command or entrypoint written as a string with
+// a shell operator in it: compose splits such a string into words and
+// silently drops everything from the operator on (`./app migrate &&
+// ./app seed` runs the migration only), as `docker compose` itself does.
+// model is the project before compose-go split the strings.
+func checkCommands(model map[string]any, services []string) error {
+	all, _ := model["services"].(map[string]any)
+	for _, name := range services {
+		s, _ := all[name].(map[string]any)
+		for _, key := range []string{"command", "entrypoint"} {
+			v, ok := s[key].(string)
+			if !ok {
+				continue
+			}
+			if _, err := config.SplitCommand(v); err != nil {
+				return fmt.Errorf("%w: compose project: service %s: %s: %v", deploy.ErrConfig, name, key, err)
+			}
+		}
+	}
+	return nil
 }
 
 // IsComposeFile says whether path holds a compose file rather than a

@@ -1,9 +1,9 @@
 package compose
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -121,11 +121,13 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		Adopt:           map[string]string{LabelProject: p.Name, LabelService: s.Name, LabelOneoff: "False"},
 		Stamps:          map[string]deploy.Stamp{LabelNumber: deploy.StampRelease, LabelImage: deploy.StampImageID},
 	}
-	if svc.Restart == "" {
-		svc.Restart = types.RestartPolicyNo // compose's own default
+	restart, err := restartPolicy(s)
+	if err != nil {
+		return svc, nil, err
 	}
-	if s.Deploy != nil && s.Deploy.RestartPolicy != nil && s.Restart == "" {
-		svc.Restart = map[string]string{"any": "always", "on-failure": "on-failure", "none": "no"}[s.Deploy.RestartPolicy.Condition]
+	svc.Restart = restart
+	if err := oneContainer(s); err != nil {
+		return svc, nil, err
 	}
 	if svc.Image == "" {
 		svc.Image = p.Name + "-" + s.Name // compose's name for a built image
@@ -164,7 +166,7 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 	if s.Logging != nil {
 		svc.Logging = &deploy.Logging{Driver: s.Logging.Driver, Options: s.Logging.Options}
 	}
-	svc.Memory, svc.CPUs = int64(s.MemLimit), float64(s.CPUS)
+	svc.Memory, svc.CPUs, svc.PidsLimit = int64(s.MemLimit), float64(s.CPUS), s.PidsLimit
 	if s.Deploy != nil && s.Deploy.Resources.Limits != nil {
 		if m := int64(s.Deploy.Resources.Limits.MemoryBytes); m != 0 {
 			svc.Memory = m
@@ -172,17 +174,20 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		if c := float64(s.Deploy.Resources.Limits.NanoCPUs); c != 0 {
 			svc.CPUs = c
 		}
+		if n := s.Deploy.Resources.Limits.Pids; n != 0 {
+			svc.PidsLimit = n
+		}
 	}
 	if hc := s.HealthCheck; hc != nil {
 		svc.Check = check(hc)
 	}
 	svc.Port = port(s)
 
-	vols, err := volumes(p, s)
+	vols, mounts, err := volumes(p, s)
 	if err != nil {
 		return svc, nil, err
 	}
-	svc.Volumes = vols
+	svc.Volumes, svc.Mounts = vols, mounts
 	svc.Networks = networks(p, s)
 
 	svc.Labels = map[string]string{}
@@ -235,17 +240,23 @@ func port(s types.ServiceConfig) int {
 }
 
 // volumes are the service's mounts in `docker run -v` form, with a named
-// volume under the project's name for it.
-func volumes(p *types.Project, s types.ServiceConfig) ([]string, error) {
+// volume under the project's name for it; a volume's subpath, which -v
+// cannot say, comes as a Mount.
+func volumes(p *types.Project, s types.ServiceConfig) ([]string, []deploy.Mount, error) {
 	var out []string
+	var mounts []deploy.Mount
 	for _, v := range s.Volumes {
-		opt := ""
+		var opts []string
 		if v.ReadOnly {
-			opt = ":ro"
+			opts = append(opts, "ro")
 		}
 		switch v.Type {
 		case types.VolumeTypeBind:
-			out = append(out, v.Source+":"+v.Target+opt)
+			bindOpts, err := bindOptions(s.Name, v)
+			if err != nil {
+				return nil, nil, err
+			}
+			out = append(out, mountSpec(v.Source, v.Target, append(opts, bindOpts...)))
 		case types.VolumeTypeVolume:
 			if v.Source == "" {
 				out = append(out, v.Target) // anonymous
@@ -255,12 +266,114 @@ func volumes(p *types.Project, s types.ServiceConfig) ([]string, error) {
 			if vol, ok := p.Volumes[v.Source]; ok && vol.Name != "" {
 				name = vol.Name
 			}
-			out = append(out, name+":"+v.Target+opt)
+			if v.Volume != nil && v.Volume.Subpath != "" {
+				mounts = append(mounts, deploy.Mount{Source: name, Target: v.Target, Subpath: v.Volume.Subpath, ReadOnly: v.ReadOnly, NoCopy: v.Volume.NoCopy})
+				continue
+			}
+			if v.Volume != nil && v.Volume.NoCopy {
+				opts = append(opts, "nocopy")
+			}
+			out = append(out, mountSpec(name, v.Target, opts))
 		default:
-			return nil, fmt.Errorf("%w: %s mounts a %s volume at %s, which handoff does not create yet; use a named volume or a bind mount", deploy.ErrConfig, s.Name, v.Type, v.Target)
+			return nil, nil, fmt.Errorf("%w: %s mounts a %s volume at %s, which handoff does not create yet; use a named volume or a bind mount", deploy.ErrConfig, s.Name, v.Type, v.Target)
 		}
 	}
-	return out, nil
+	return out, mounts, nil
+}
+
+// bindOptions are a bind mount's SELinux label and propagation in -v's
+// words; what -v cannot say is refused.
+func bindOptions(service string, v types.ServiceVolumeConfig) ([]string, error) {
+	b := v.Bind
+	if b == nil {
+		return nil, nil
+	}
+	var opts []string
+	switch b.SELinux {
+	case "", types.SELinuxShared, types.SELinuxPrivate:
+		if b.SELinux != "" {
+			opts = append(opts, b.SELinux)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %s's bind mount at %s: selinux %q: use z (shared) or Z (private)", deploy.ErrConfig, service, v.Target, b.SELinux)
+	}
+	if b.Propagation != "" {
+		opts = append(opts, b.Propagation) // checked by the engine, before anything starts
+	}
+	switch b.Recursive {
+	case "", "enabled":
+	default:
+		return nil, fmt.Errorf("%w: %s's bind mount at %s sets recursive: %s, which handoff does not apply yet (submounts are mounted as they are); remove it, or deploy %s with docker compose", deploy.ErrConfig, service, v.Target, b.Recursive, service)
+	}
+	if !b.CreateHostPath {
+		// -v creates a missing source; compose would refuse instead.
+		if _, err := os.Stat(v.Source); err != nil {
+			return nil, fmt.Errorf("%w: %s's bind mount at %s: %s does not exist, and create_host_path is false; create it first", deploy.ErrConfig, service, v.Target, v.Source)
+		}
+	}
+	return opts, nil
+}
+
+func mountSpec(source, target string, opts []string) string {
+	if len(opts) == 0 {
+		return source + ":" + target
+	}
+	return source + ":" + target + ":" + strings.Join(opts, ",")
+}
+
+// restartPolicy is the service's restart policy, checked now (Docker
+// would refuse a bad one only when the release is created, after its
+// release job ran): restart:, else deploy.restart_policy, else compose's
+// default, no.
+func restartPolicy(s types.ServiceConfig) (string, error) {
+	restart := s.Restart
+	if rp := deployRestart(s); restart == "" && rp != nil {
+		restart = map[string]string{"any": "always", "on-failure": "on-failure", "none": "no", "": "always"}[rp.Condition]
+		if restart == "" {
+			return "", fmt.Errorf("%w: %s's deploy.restart_policy.condition %q: use none, on-failure or any", deploy.ErrConfig, s.Name, rp.Condition)
+		}
+		if rp.MaxAttempts != nil && restart == "on-failure" {
+			restart += ":" + strconv.FormatUint(*rp.MaxAttempts, 10)
+		}
+	}
+	if restart == "" {
+		return types.RestartPolicyNo, nil // compose's own default
+	}
+	if _, err := config.ParseRestart(restart); err != nil {
+		return "", fmt.Errorf("%w: %s: %v", deploy.ErrConfig, s.Name, err)
+	}
+	return restart, nil
+}
+
+func deployRestart(s types.ServiceConfig) *types.RestartPolicy {
+	if s.Deploy == nil {
+		return nil
+	}
+	return s.Deploy.RestartPolicy
+}
+
+// oneContainer refuses a service that asks for several containers: a
+// release is one container for now (adoption would take the first and
+// leave the others unmanaged).
+func oneContainer(s types.ServiceConfig) error {
+	n, what := 1, ""
+	if s.Deploy != nil && s.Deploy.Replicas != nil {
+		n, what = *s.Deploy.Replicas, "deploy.replicas"
+	}
+	if s.Scale != nil {
+		n, what = *s.Scale, "scale"
+	}
+	if n != 1 {
+		return fmt.Errorf("%w: %s sets %s: %d; handoff runs one container per release for now: set it to 1 (or remove it), or deploy %s with docker compose", deploy.ErrConfig, s.Name, what, n, s.Name)
+	}
+	if s.Deploy != nil {
+		switch s.Deploy.Mode {
+		case "", "replicated", "global": // global: one on this one engine
+		default:
+			return fmt.Errorf("%w: %s sets deploy.mode: %s; a release is a long-running container: use replicated, or run it with docker compose run", deploy.ErrConfig, s.Name, s.Deploy.Mode)
+		}
+	}
+	return nil
 }
 
 // networks are the service's networks by their Docker names, each with the
@@ -276,8 +389,12 @@ func networks(p *types.Project, s types.ServiceConfig) []deploy.Network {
 		if n, ok := p.Networks[k]; ok && n.Name != "" {
 			name = n.Name
 		}
-		aliases := []string{s.Name}
-		if cfg := s.Networks[k]; cfg != nil {
+		var aliases []string
+		cfg := s.Networks[k]
+		if cfg.ServiceNameAliasEnabled() {
+			aliases = append(aliases, s.Name)
+		}
+		if cfg != nil {
 			aliases = append(aliases, cfg.Aliases...)
 		}
 		out = append(out, deploy.Network{Name: name, Aliases: aliases})
@@ -292,17 +409,6 @@ func priority(cfg *types.ServiceNetworkConfig) int {
 	return cfg.Priority
 }
 
-// applied are the compose keys handoff applies to a release; supported
-// refuses a service that sets any other, so that nothing is dropped silently.
-var applied = map[string]bool{
-	"build": true, "command": true, "entrypoint": true, "environment": true, "env_file": true,
-	"volumes": true, "networks": true, "labels": true, "user": true, "working_dir": true,
-	"restart": true, "healthcheck": true, "deploy": true, "mem_limit": true, "cpus": true,
-	"extra_hosts": true, "cap_add": true, "cap_drop": true, "logging": true,
-	"stop_signal": true, "stop_grace_period": true, "image": true, "ports": true, "expose": true,
-	"depends_on": true, "profiles": true, "pull_policy": true, "scale": true,
-}
-
 // supported says which of the service's settings handoff would not apply.
 func supported(s types.ServiceConfig) error {
 	if s.ContainerName != "" {
@@ -311,25 +417,7 @@ func supported(s types.ServiceConfig) error {
 	if s.NetworkMode != "" {
 		return fmt.Errorf("%w: %s sets network_mode: %s; handoff deploys services on networks (a proxy must reach two releases at once)", deploy.ErrConfig, s.Name, s.NetworkMode)
 	}
-	raw, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	var set map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &set); err != nil {
-		return err
-	}
-	var unknown []string
-	for k, v := range set {
-		if !applied[k] && string(v) != "null" && string(v) != "[]" && string(v) != "{}" && string(v) != `""` {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		slices.Sort(unknown)
-		return fmt.Errorf("%w: %s sets %s, which handoff does not apply to a release yet; remove it, or deploy %s with docker compose", deploy.ErrConfig, s.Name, strings.Join(unknown, ", "), s.Name)
-	}
-	return nil
+	return classify(s)
 }
 
 // extension reads the x-handoff blocks: the project's, then the service's

@@ -12,8 +12,12 @@
 //	READY_DELAY    / answers 503 for this long after listening, while /health
 //	               already answers 200 (a health endpoint that lies)
 //	HEALTH_HANG    /health never answers when set
+//	HOLD           host:port of an HTTP service to hold one connection to, as
+//	               a database pool does: GET /health on it every 100ms over
+//	               that one connection; once it breaks, /health answers 503
+//	               and /held says why (it is never dialled again)
 //
-// Endpoints: / and /health; /blob answers 64 KiB; /slow?d=2s answers after d; /echo answers with
+// Endpoints: / and /health; /held says how the HOLD connection is; /blob answers 64 KiB; /slow?d=2s answers after d; /echo answers with
 // the request body; /sse streams an event every 100ms for d; /ws is a
 // WebSocket that sends a message every 100ms until the client closes it.
 //
@@ -27,15 +31,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -68,6 +75,10 @@ func main() {
 	time.Sleep(duration("BOOT_DELAY", 0))
 
 	status, _ := strconv.Atoi(env("HEALTH_STATUS", "200"))
+	var held *holder
+	if addr := os.Getenv("HOLD"); addr != "" {
+		held = hold(addr)
+	}
 	readyAt := time.Now().Add(duration("READY_DELAY", 0))
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -88,8 +99,26 @@ func main() {
 			return
 		}
 		w.Header().Set("X-Release", release)
+		if held != nil {
+			if err := held.state(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
 		w.WriteHeader(status)
 		fmt.Fprintf(w, "health %d from %s\n", status, release)
+	})
+	mux.HandleFunc("/held", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Release", release)
+		if held == nil {
+			http.Error(w, "no HOLD", http.StatusNotFound)
+			return
+		}
+		if err := held.state(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "held %s\n", held.describe())
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
@@ -253,4 +282,74 @@ func migrate(release string) int {
 	code, _ := strconv.Atoi(env("MIGRATE_EXIT", "0"))
 	fmt.Printf("migration to %s done, exit %d\n", release, code)
 	return code
+}
+
+// holder keeps one connection to an HTTP service, as a database pool keeps
+// its connections: dialled once, used every 100ms, never dialled again.
+type holder struct {
+	mu    sync.Mutex
+	local string // the connection's own address
+	uses  int
+	err   error // nil while it works; "not yet connected" before the first use
+}
+
+func hold(addr string) *holder {
+	h := &holder{err: fmt.Errorf("not yet connected to %s", addr)}
+	go func() {
+		var conn net.Conn
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			var err error
+			if conn, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				h.set(fmt.Errorf("dial %s: %w", addr, err))
+				return
+			}
+		}
+		log.Printf("holding %s -> %s", conn.LocalAddr(), addr)
+		rd := bufio.NewReader(conn)
+		for {
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			_, err := fmt.Fprintf(conn, "GET /health HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
+			var resp *http.Response
+			if err == nil {
+				resp, err = http.ReadResponse(rd, nil)
+			}
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			if err != nil {
+				log.Printf("held connection %s -> %s lost: %v", conn.LocalAddr(), addr, err)
+				h.set(fmt.Errorf("held connection %s -> %s lost: %w", conn.LocalAddr(), addr, err))
+				conn.Close()
+				return
+			}
+			h.mu.Lock()
+			h.local, h.err = conn.LocalAddr().String(), nil
+			h.uses++
+			h.mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	return h
+}
+
+func (h *holder) set(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.err = err
+}
+
+func (h *holder) state() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
+}
+
+func (h *holder) describe() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return fmt.Sprintf("%s %d", h.local, h.uses)
 }

@@ -25,7 +25,8 @@ type fakeRuntime struct {
 	pullErr    error
 	jobs       [][]string // release jobs run, in order
 	jobExit    int
-	jobBlock   bool // a job runs until its context ends
+	jobBlock   bool   // a job runs until its context ends
+	onJob      func() // runs as a job starts (a Ctrl-C at that moment)
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -120,8 +121,11 @@ func (f *fakeRuntime) Job(ctx context.Context, _ Service, imageID string, cmd []
 	f.mu.Lock()
 	f.record("job " + strings.Join(cmd, " "))
 	f.jobs = append(f.jobs, cmd)
-	block, code := f.jobBlock, f.jobExit
+	block, code, onJob := f.jobBlock, f.jobExit, f.onJob
 	f.mu.Unlock()
+	if onJob != nil {
+		onJob()
+	}
 	fmt.Fprintf(out, "job on %s\n", imageID)
 	if block {
 		<-ctx.Done()

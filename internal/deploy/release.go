@@ -160,6 +160,9 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 	switch {
 	case err != nil && ctx.Err() == nil && jctx.Err() != nil:
 		return fmt.Errorf("%w: %q did not finish within %s (release_timeout); it was stopped and nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), job.Timeout)
+	case err != nil && ctx.Err() != nil:
+		// Interrupted (Ctrl-C, SIGTERM, SIGHUP): it ends as an interrupted run does.
+		return fmt.Errorf("%w: %q was stopped, interrupted: %w; nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), ctx.Err())
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrReleaseJob, err)
 	}
@@ -181,7 +184,7 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 	}
 	start := d.now()
 	deadline := start.Add(timeout)
-	noted := ""
+	noted, waited := "", false
 	for {
 		in, err := d.Proxy.InFlight(ctx, upstream)
 		if err != nil {
@@ -192,8 +195,8 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 			noted = in.Note
 		}
 		if !in.Reported || in.Requests == 0 {
-			if waited := d.now().Sub(start); waited > 0 {
-				d.note(rec, fmt.Sprintf("waited %s for the requests in flight on %s to finish before the release job", waited, upstream))
+			if waited {
+				d.note(rec, fmt.Sprintf("waited %s for the requests in flight on %s to finish before the release job", d.now().Sub(start).Round(time.Millisecond), upstream))
 			}
 			return nil
 		}
@@ -206,6 +209,7 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 				ErrReleaseJob, in.Requests, on, timeout)
 		}
 		d.Report.Progress(PhaseRelease, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, upstream), fmt.Sprintf("up to %s", timeout))
+		waited = true
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

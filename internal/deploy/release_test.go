@@ -343,3 +343,22 @@ func (r *progressReporter) Progress(phase, state, detail string) {
 		r.lines = append(r.lines, phase+": "+state+" ("+detail+")")
 	}
 }
+
+// A release job interrupted (Ctrl-C, SIGTERM, SIGHUP) ends the deploy as an
+// interrupted one (exit 130), its held requests let go.
+func TestAnInterruptedReleaseJobEndsAsInterrupted(t *testing.T) {
+	r := newRig(t)
+	p := &fakePauser{}
+	r.d.Pauser = p
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.rt.jobBlock, r.rt.onJob = true, cancel
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+	rec, err := r.d.Deploy(ctx, svc)
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorIs(t, err, ErrReleaseJob)
+	require.Equal(t, OutcomeInterrupted, rec.Outcome)
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
+	require.False(t, rec.Held)
+}

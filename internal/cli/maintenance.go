@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,9 +30,14 @@ your own --page FILE) and Retry-After, except the paths in --allow (default: the
 service's health path unless it is /), which still reach the app, so that a front load
 balancer's health check passes. maintenance off takes the page away, exactly.
 
-With Caddy, handoff adds one route (@id handoff-maintenance-SERVICE-N) in front of the
-service's site and removes just that route again; the service's own route is not
-touched, so a deploy during maintenance switches it as usual. The page lives in
+An allowed path is matched without its query: a health path written /health?full=1
+lets /health through, with any query.
+
+With Caddy, handoff adds a route (@id handoff-maintenance-SERVICE-N) right before each
+of the service's own routes, with their matchers, so that the page answers exactly the
+requests the service's reverse_proxy would get (another handle block of the same site
+is served as before), and removes just those routes again; the service's own routes
+are not touched, so a deploy during maintenance switches them as usual. The page lives in
 Caddy's running config: a reload of the Caddyfile ends it. With handoff proxy the page
 is saved in the proxy's state and holds across its restarts.`,
 		Args:      cobra.RangeArgs(1, 2),
@@ -48,7 +55,7 @@ is saved in the proxy's state and holds across its restarts.`,
 	f.StringVar(&opts.message, "message", "", "the text of the default page")
 	f.StringVar(&opts.page, "page", "", "an HTML file to answer with instead of the default page")
 	f.DurationVar(&opts.retryAfter, "retry-after", deploy.DefaultRetryAfter, "the Retry-After the page gives")
-	f.StringArrayVar(&opts.allow, "allow", nil, "an exact path that still reaches the app (repeat; default: the health path unless it is /)")
+	f.StringArrayVar(&opts.allow, "allow", nil, "an exact path that still reaches the app, with any query (repeat; default: the health path unless it is /)")
 	return cmd
 }
 
@@ -60,7 +67,7 @@ func maintenanceRun(ctx context.Context, c *common, opts *maintenanceOptions, on
 	if s.Service.Rollout != deploy.RolloutBlueGreen {
 		return fmt.Errorf("%w: %s has no route (a worker): there is nothing to answer with a page", errUsage, s.Service.Name)
 	}
-	m := deploy.Maintenance{Service: s.Service.Name, Message: opts.message, RetryAfter: opts.retryAfter, Allow: opts.allow}
+	m := deploy.Maintenance{Service: s.Service.Name, Message: opts.message, RetryAfter: opts.retryAfter}
 	if opts.page != "" {
 		b, err := os.ReadFile(opts.page)
 		if err != nil {
@@ -71,9 +78,7 @@ func maintenanceRun(ctx context.Context, c *common, opts *maintenanceOptions, on
 	if opts.retryAfter < 0 {
 		return fmt.Errorf("%w: --retry-after %s: a duration cannot be negative", errUsage, opts.retryAfter)
 	}
-	if m.Allow == nil && s.Service.Health.Path != "" && s.Service.Health.Path != "/" {
-		m.Allow = []string{s.Service.Health.Path}
-	}
+	m.Allow = allowedPaths(opts.allow, s.Service.Health.Path)
 	d, done, err := c.connect(ctx, s)
 	if err != nil {
 		return err
@@ -116,4 +121,31 @@ func maintenanceRun(ctx context.Context, c *common, opts *maintenanceOptions, on
 	}
 	fmt.Fprintf(c.io.Out, "\n`handoff maintenance off` ends it\n")
 	return nil
+}
+
+// allowedPaths are the paths that still reach the app in maintenance:
+// those given with --allow, or else the health path unless it is /. Both
+// Caddy's path matcher and handoff proxy match a request's path without
+// its query, so a query is cut off here: kept, it never matched, and a
+// health check written /health?full=1 got the page.
+func allowedPaths(allow []string, healthPath string) []string {
+	if allow == nil {
+		if p := pathOf(healthPath); p != "" && p != "/" {
+			return []string{p}
+		}
+		return nil
+	}
+	out := []string{}
+	for _, a := range allow {
+		if p := pathOf(a); !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// pathOf is a request target's path: what comes before its query.
+func pathOf(target string) string {
+	path, _, _ := strings.Cut(target, "?")
+	return path
 }

@@ -103,3 +103,23 @@ func requireAnswer(t *testing.T, s *Scenario, path string, status int, release s
 		require.Equal(t, release, h.Get("X-Release"), "GET %s", path)
 	}
 }
+
+// A health path with a query string (`/health?probe=1`) is still let
+// through by maintenance's default allow, through Caddy and through
+// handoff proxy: a front balancer's health check passes.
+func TestMaintenanceAllowsAHealthPathWithAQuery(t *testing.T) {
+	for name, o := range map[string]ScenarioOptions{"caddy": {}, "handoff proxy": {HandoffProxy: true}} {
+		t.Run(name, func(t *testing.T) {
+			s := NewScenario(t, o)
+			s.Deploy(Config{Release: "v1", HealthPath: "/health?probe=1"})
+			r := s.Run("maintenance", "on")
+			require.Equal(t, 0, r.Code, r.String())
+			requireAnswer(t, s, "/", http.StatusServiceUnavailable, "")
+			requireAnswer(t, s, "/health?probe=1", 200, "v1")
+			requireAnswer(t, s, "/health", 200, "v1")
+			require.Contains(t, r.Stdout, "[/health] still reach the app")
+			r = s.Run("maintenance", "off")
+			require.Equal(t, 0, r.Code, r.String())
+		})
+	}
+}

@@ -1,7 +1,7 @@
 # The two commands of the README, and the benchmark.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c  # a failing test fails the target, through its tee and grep
-.PHONY: demo test test-faults bench-deploy bench-proxy bench-hop
+.PHONY: demo test test-faults fuzz bench-deploy bench-proxy bench-hop
 
 demo:
 	examples/demo.sh
@@ -15,6 +15,15 @@ test-faults:
 	scripts/install-caddy.sh
 	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_FAULT_RUNS=5 go test -count=1 -v -timeout 40m -run 'TestFault|TestFailedDeployLeavesOldServing|TestLiveRelease|TestLostAdminReply|TestSitesSharing|TestTwoServicesShare' ./internal/itest | tee fault-matrix.log | grep -E 'matrix:|^(--- |ok|FAIL)'
 	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_TEST_DOCKERD_RESTART=1 go test -count=1 -v -timeout 10m -run TestFaultDockerdRestart ./internal/itest | tee -a fault-matrix.log | grep -E 'matrix:|^(--- |ok|FAIL)'
+
+# Every fuzz target for longer than scripts/test.sh does (FUZZTIME each, 5m by
+# default). A failing input is written under the package's testdata/fuzz/:
+# commit it with the fix.
+FUZZTIME ?= 5m
+fuzz:
+	for target in $$(scripts/fuzz-targets.sh); do \
+	  go test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) "./$${target%%:*}" || exit 1; \
+	done
 
 # Deploys under load, side by side: restart, script, handoff. N=20 by default.
 # Writes bench-results/deploy.md and deploy.json.

@@ -47,6 +47,13 @@ fi
 export HANDOFF_REQUIRE_INTEGRATION=1
 go test -count=1 -timeout 25m "$@" ./...
 
+# The fuzz targets over what users and the proxy's state file feed handoff,
+# each for a short fixed time here (past its committed corpus, which the run
+# above already replayed); `make fuzz` runs each for longer.
+for target in $(scripts/fuzz-targets.sh); do
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${HANDOFF_FUZZTIME:-10s}" "./${target%%:*}"
+done
+
 # The fault matrix's last row restarts the Docker engine itself, so it runs
 # alone, once everything else is done. `make test-faults` runs the whole
 # matrix with every kill repeated 5 times.

@@ -21,8 +21,8 @@ const (
 	hostHandles = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"group":"group2","handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}]}]}],"match":[{"path":["/api/*"]}]},{"group":"group2","handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8000"}]}]}]}]}]}],"terminal":true}],"automatic_https":{"disable":true,"skip":["example.com"]}}}`
 	// the same site without a host: each handle is a top-level route
 	hostlessHandles = `{"srv0":{"listen":[":8080"],"routes":[{"group":"group2","match":[{"path":["/api/*"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}]}]}]},{"group":"group2","handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8000"}]}]}]}]}],"automatic_https":{"disable":true}}}`
-	// example.com { @api path /api/*; reverse_proxy @api 127.0.0.1:8001; @v2 path /v2/*; reverse_proxy @v2 127.0.0.1:8001; reverse_proxy 127.0.0.1:8000 }
-	hostMatchers = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}],"match":[{"path":["/api/*"]}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}],"match":[{"path":["/v2/*"]}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8000"}]}]}]}],"terminal":true}],"automatic_https":{"disable":true,"skip":["example.com"]}}}`
+	// example.com { @api path /api/*; reverse_proxy @api 127.0.0.1:8001; @v2 path /v2/*; reverse_proxy @v2 :8001; reverse_proxy 127.0.0.1:8000 }
+	hostMatchers = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}],"match":[{"path":["/api/*"]}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":":8001"}]}],"match":[{"path":["/v2/*"]}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8000"}]}]}]}],"terminal":true}],"automatic_https":{"disable":true,"skip":["example.com"]}}}`
 	// example.com { route { header X-Site app; handle_path /api/* { reverse_proxy 127.0.0.1:8001 }; reverse_proxy 127.0.0.1:8000 } }
 	hostNested = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"headers","response":{"set":{"X-Site":["app"]}}}]},{"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"rewrite","strip_path_prefix":"/api"}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}]}]}],"match":[{"path":["/api/*"]}]},{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8000"}]}]}]}]}]}],"terminal":true}],"automatic_https":{"disable":true,"skip":["example.com"]}}}`
 )
@@ -47,10 +47,10 @@ func TestMaintenanceCoversOnlyTheServicesHandler(t *testing.T) {
 			map[string]string{"/api/orders": api, "/": "page", "/orders": "page", "/health": web}},
 		{"site without a host", hostlessHandles, api, nil,
 			map[string]string{"/api/orders": "page", "/": web}},
-		{"matchers, two of them dialing the API", hostMatchers, api, []string{"/api/health"},
+		{"matchers, two of them dialing the API (spelt two ways)", hostMatchers, api, []string{"/api/health"},
 			map[string]string{"/api/orders": "page", "/v2/orders": "page", "/api/health": api, "/": web}},
 		{"matchers, the last reverse_proxy", hostMatchers, web, nil,
-			map[string]string{"/api/orders": api, "/v2/x": api, "/": "page"}},
+			map[string]string{"/api/orders": api, "/v2/x": ":8001", "/": "page"}},
 		{"nested route and handle_path: the allowed path is the app's", hostNested, api, []string{"/health"},
 			map[string]string{"/api/orders": "page", "/api/health": api, "/health": web, "/": web}},
 		{"nested route, the reverse_proxy after handle_path", hostNested, web, nil,
@@ -68,7 +68,8 @@ func TestMaintenanceCoversOnlyTheServicesHandler(t *testing.T) {
 						who = web
 					}
 				}
-				require.Equal(t, who, answer(t, fa.get(t), "example.com", path), "before maintenance: %s", path)
+				got := answer(t, fa.get(t), "example.com", path)
+				require.True(t, deploy.SameUpstream(who, got), "before maintenance: %s: %s", path, got)
 			}
 			m := deploy.Maintenance{Service: "svc", Allow: c.allow}
 			require.NoError(t, p.MaintenanceOn(t.Context(), m, nil))
@@ -87,6 +88,32 @@ func TestMaintenanceCoversOnlyTheServicesHandler(t *testing.T) {
 			require.NoError(t, err)
 			require.False(t, was)
 		})
+	}
+}
+
+// Two services of one site in maintenance each have their own page, and
+// each off takes away its own only.
+func TestMaintenanceOfTwoServicesOfOneSite(t *testing.T) {
+	for _, servers := range []string{hostHandles, hostMatchers, hostNested} {
+		fa := startFakeAdmin(t, servers)
+		api, err := New(fa.address, "127.0.0.1:8001", "", "")
+		require.NoError(t, err)
+		web, err := New(fa.address, "127.0.0.1:8000", "", "")
+		require.NoError(t, err)
+		require.NoError(t, api.MaintenanceOn(t.Context(), deploy.Maintenance{Service: "api"}, nil))
+		require.NoError(t, web.MaintenanceOn(t.Context(), deploy.Maintenance{Service: "web"}, nil))
+		require.Equal(t, "page", answer(t, fa.get(t), "example.com", "/api/orders"))
+		require.Equal(t, "page", answer(t, fa.get(t), "example.com", "/"))
+
+		was, err := api.MaintenanceOff(t.Context(), "api")
+		require.NoError(t, err)
+		require.True(t, was)
+		require.Equal(t, "127.0.0.1:8001", answer(t, fa.get(t), "example.com", "/api/orders"))
+		require.Equal(t, "page", answer(t, fa.get(t), "example.com", "/"), "web's page stays")
+		was, err = web.MaintenanceOff(t.Context(), "web")
+		require.NoError(t, err)
+		require.True(t, was)
+		require.JSONEq(t, servers, string(fa.servers))
 	}
 }
 

@@ -31,7 +31,7 @@ func TestMaintenanceOfOneHandlerOfASite(t *testing.T) {
 	}{
 		{"handle blocks", "\thandle /api/* {\n\t\treverse_proxy " + api + "\n\t}\n\thandle {\n\t\treverse_proxy " + webUp + "\n\t}\n",
 			[]string{"--allow", "/api/health"}, "/api/health"},
-		{"matchers", "\t@api path /api/*\n\treverse_proxy @api " + api + "\n\treverse_proxy " + webUp + "\n",
+		{"matchers", "\t@api path /api/*\n\treverse_proxy @api :" + Itoa(s.UserPort) + "\n\treverse_proxy " + webUp + "\n",
 			[]string{"--allow", "/api/health"}, "/api/health"},
 		{"nested route and handle_path", "\troute {\n\t\theader X-Site app\n\t\thandle_path /api/* {\n\t\t\treverse_proxy " + api + "\n\t\t}\n\t\treverse_proxy " + webUp + "\n\t}\n",
 			nil, "/api/health"}, // the app sees /health: its health path, allowed by default

@@ -30,16 +30,17 @@ your own --page FILE) and Retry-After, except the paths in --allow (default: the
 service's health path unless it is /), which still reach the app, so that a front load
 balancer's health check passes. maintenance off takes the page away, exactly.
 
-An allowed path is matched without its query: a health path written /health?full=1
-lets /health through, with any query.
+An allowed path is matched without its query (a health path written /health?full=1
+lets /health through, with any query), and as the app sees it (behind handle_path,
+without the prefix).
 
 With Caddy, handoff adds a route (@id handoff-maintenance-SERVICE-N) right before each
 of the service's own routes, with their matchers, so that the page answers exactly the
 requests the service's reverse_proxy would get (another handle block of the same site
-is served as before), and removes just those routes again; the service's own routes
-are not touched, so a deploy during maintenance switches them as usual. The page lives in
-Caddy's running config: a reload of the Caddyfile ends it. With handoff proxy the page
-is saved in the proxy's state and holds across its restarts.`,
+is served as before), and removes just those routes again. The service's own routes
+are not touched, so a deploy during maintenance switches them as usual. The page
+lives in Caddy's running config: a reload of the Caddyfile ends it. With handoff proxy
+the page is saved in the proxy's state and holds across its restarts.`,
 		Args:      cobra.RangeArgs(1, 2),
 		ValidArgs: []string{"on", "off"},
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -45,16 +45,17 @@ same binary (an upgrade or restart without dropping anything).`,
 	f.DurationVar(&o.DialRetry, "dial-retry", proxy.DefaultDialRetry, "how long a request waits for an app that refuses connections (restarting) before it gets a 502")
 	f.StringSliceVar(&trustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1/128"}, "front proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host are kept and appended to; \"none\" trusts nobody")
 	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")
-	var maxWait time.Duration
+	var maxWait, lease time.Duration
 	pause := &cobra.Command{
 		Use:   "pause",
-		Short: "Hold the service's new requests (each for at most --max-wait) until resume, e.g. during a migration",
+		Short: "Hold the service's new requests (each for at most --max-wait) until resume or --lease ends, e.g. during a migration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait) })
+			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
 		},
 	}
 	pause.Flags().DurationVar(&maxWait, "max-wait", proxy.DefaultPauseWait, "a held request gets 503 after this long")
+	pause.Flags().DurationVar(&lease, "lease", proxy.DefaultPauseLease, "if no resume comes within this long, the proxy lets requests go on by itself (at most "+proxy.MaxPauseLease.String()+"); pause again to extend it")
 	resume := &cobra.Command{
 		Use:   "resume",
 		Short: "Release the requests a pause holds",
@@ -88,7 +89,14 @@ func proxyControl(c *common, socket string, act func(*proxy.Client) (proxy.Servi
 	if c.json {
 		return c.io.JSON(st)
 	}
-	fmt.Fprintf(c.io.Out, "%s: %s → %s, %d in flight, paused: %v\n", st.Name, st.Listen, st.Upstream, st.InFlight, st.Paused)
+	fmt.Fprintf(c.io.Out, "%s: %s → %s, %d in flight, paused: %v", st.Name, st.Listen, st.Upstream, st.InFlight, st.Paused)
+	if st.Paused && !st.PauseUntil.IsZero() {
+		fmt.Fprintf(c.io.Out, " (until %s unless resumed)", st.PauseUntil.Local().Format(time.DateTime))
+	}
+	fmt.Fprintln(c.io.Out)
+	for _, line := range proxyProblems([]proxy.ServiceState{st}) {
+		fmt.Fprintln(c.io.Out, line)
+	}
 	return nil
 }
 
@@ -143,6 +151,21 @@ func proxyStatus(ctx context.Context, c *common, socket string) error {
 	tw := tabwriter.NewWriter(c.io.Out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tLISTEN\tUPSTREAM\tIN FLIGHT\tDRAINING\tPAUSED")
 	for _, s := range list {
+		if s.Unrestored != "" {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\n", or(s.Name, "(unnamed entry)"), or(s.Listen, "-"), or(s.Upstream, "-"))
+			continue
+		}
+		listen := s.Listen
+		if s.NotListening != nil {
+			listen += " (NOT LISTENING)"
+		}
+		paused := "no"
+		if s.Paused {
+			paused = "yes"
+			if !s.PauseUntil.IsZero() {
+				paused = "until " + s.PauseUntil.Local().Format(time.TimeOnly)
+			}
+		}
 		draining := "-"
 		for i, d := range s.Draining {
 			if i == 0 {
@@ -152,7 +175,29 @@ func proxyStatus(ctx context.Context, c *common, socket string) error {
 			}
 			draining += fmt.Sprintf("%s (%d)", d.Upstream, d.InFlight)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%v\n", s.Name, s.Listen, s.Upstream, s.InFlight, draining, s.Paused)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, listen, s.Upstream, s.InFlight, draining, paused)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range proxyProblems(list) {
+		fmt.Fprintln(c.io.Out, line)
+	}
+	return nil
+}
+
+// proxyProblems says, one line each, which services the proxy knows but
+// does not serve, and why.
+func proxyProblems(list []proxy.ServiceState) []string {
+	var out []string
+	for _, s := range list {
+		switch {
+		case s.Unrestored != "":
+			out = append(out, fmt.Sprintf("%s: not served: its entry in the state file could not be restored: %s (the entry is kept in the file as it was)", or(s.Name, "an entry without a name"), s.Unrestored))
+		case s.NotListening != nil:
+			f := s.NotListening
+			out = append(out, fmt.Sprintf("%s: not listening on %s since %s (%d attempts): %s; handoff proxy keeps trying", s.Name, s.Listen, f.Since.Local().Format(time.DateTime), f.Attempts, f.Error))
+		}
+	}
+	return out
 }

@@ -53,10 +53,16 @@ func NewControl(socket, service string) *Client {
 	return c
 }
 
-// Pause holds the service's new requests, each for at most maxWait.
-func (c *Client) Pause(ctx context.Context, maxWait time.Duration) (ServiceState, error) {
+// Pause holds the service's new requests, each for at most maxWait, and
+// the whole pause for at most lease (0: DefaultPauseLease), after which
+// the proxy lets them go on by itself.
+func (c *Client) Pause(ctx context.Context, maxWait, lease time.Duration) (ServiceState, error) {
+	in := map[string]string{"max_wait": maxWait.String()}
+	if lease > 0 {
+		in["lease"] = lease.String()
+	}
 	var st ServiceState
-	err := c.call(ctx, http.MethodPost, "/pause", map[string]string{"max_wait": maxWait.String()}, &st)
+	err := c.call(ctx, http.MethodPost, "/pause", in, &st)
 	return st, c.found(err)
 }
 
@@ -79,17 +85,27 @@ func (c *Client) MaintenanceOff(ctx context.Context, _ string) (bool, error) {
 }
 
 // Pauser is c as the deploy procedure holds requests with during a
-// release job: each request is held at most MaxPauseWait.
+// release job. Its Pause is given how long the hold may last (the job's
+// timeout): each request is held at most that or MaxPauseWait, whichever
+// is less, and the pause has a lease of that plus PauseLeaseMargin (at
+// most MaxPauseLease), so that a deploy killed before it resumes (SIGKILL,
+// an OOM kill, a cancelled CI job) does not leave the service paused.
 func (c *Client) Pauser() deploy.Pauser { return pauser{c} }
 
 type pauser struct{ c *Client }
 
-func (p pauser) Pause(ctx context.Context, maxWait time.Duration) error {
-	if maxWait <= 0 || maxWait > MaxPauseWait {
-		maxWait = MaxPauseWait
-	}
-	_, err := p.c.Pause(ctx, maxWait)
+func (p pauser) Pause(ctx context.Context, hold time.Duration) error {
+	wait, lease := pauseWaits(hold)
+	_, err := p.c.Pause(ctx, wait, lease)
 	return err
+}
+
+// pauseWaits is the max wait and lease of a deploy's pause of hold.
+func pauseWaits(hold time.Duration) (maxWait, lease time.Duration) {
+	if hold <= 0 {
+		return MaxPauseWait, 0
+	}
+	return min(hold, MaxPauseWait), min(hold+PauseLeaseMargin, MaxPauseLease)
 }
 
 func (p pauser) Resume(ctx context.Context) error {
@@ -124,12 +140,40 @@ func (c *Client) Describe() string {
 }
 
 // Upstream is the service's current target; "" before its first deploy.
+// A service the proxy cannot listen for yet has its target all the same.
+// The proxy may have lost the route, though: when its state file has an
+// entry under this name it could not restore, or entries it could not
+// read a name from, Upstream fails (ErrUnrestored) instead of saying "".
 func (c *Client) Upstream(ctx context.Context, _ []string) (string, error) {
 	st, err := c.get(ctx)
 	if errors.Is(err, errNotThere) {
-		return "", nil
+		return "", c.unnamedEntries(ctx)
 	}
 	return st.Upstream, err
+}
+
+// unnamedEntries fails when the proxy keeps entries of its state file it
+// could not read a name from: one of them may be this service's.
+func (c *Client) unnamedEntries(ctx context.Context) error {
+	list, err := c.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, st := range list {
+		if st.Unrestored != "" && st.Name == "" {
+			return unrestoredError{fmt.Sprintf("handoff proxy has no route for %s, but its state file holds an entry it could not restore, which may be %s's: %s; see `handoff proxy status`, and mend the state file before deploying", c.service, c.service, st.Unrestored)}
+		}
+	}
+	return nil
+}
+
+// unrestoredError is ErrUnrestored, and deploy.ErrProxy for the exit code.
+type unrestoredError struct{ msg string }
+
+func (e unrestoredError) Error() string { return e.msg }
+
+func (e unrestoredError) Is(target error) bool {
+	return target == ErrUnrestored || target == deploy.ErrProxy
 }
 
 // Preflight checks that the proxy answers and serves the service where the
@@ -144,6 +188,9 @@ func (c *Client) Preflight(ctx context.Context, _ string, _ []string) ([]string,
 	}
 	if st.Listen != c.listen {
 		return nil, fmt.Errorf("%w: handoff proxy serves %s on %s, not %s; delete it there first (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s)", deploy.ErrConfig, c.service, st.Listen, c.listen, c.socket, c.service)
+	}
+	if f := st.NotListening; f != nil {
+		return []string{fmt.Sprintf("handoff proxy cannot listen on %s for %s since %s (%s) and keeps trying: until it can, no request reaches any release; free that address", st.Listen, c.service, f.Since.Format(time.RFC3339), f.Error)}, nil
 	}
 	return nil, nil
 }
@@ -217,9 +264,15 @@ var errNotThere = errors.New("service not in the proxy")
 // restartRetry is how long a change is tried again while the proxy restarts.
 const restartRetry = 15 * time.Second
 
+// get is the service's state. A name the proxy knows only from an entry
+// of its state file it could not restore is an ErrUnrestored, never "no
+// such service": the route may be lost, not absent.
 func (c *Client) get(ctx context.Context) (ServiceState, error) {
 	var st ServiceState
 	err := c.call(ctx, http.MethodGet, "", nil, &st)
+	if err == nil && st.Unrestored != "" {
+		return st, unrestoredError{fmt.Sprintf("handoff proxy could not restore %s from its state file: %s; mend that entry of the state file and restart handoff proxy, or delete it (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s) and deploy again", c.service, st.Unrestored, c.socket, c.service)}
+	}
 	return st, err
 }
 

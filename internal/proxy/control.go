@@ -17,7 +17,7 @@ import (
 //	PUT    /v1/services/{name}          {"listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}
 //	POST   /v1/services/{name}/switch   {"from": "...", "to": "..."}
 //	POST   /v1/services/{name}/retire   {"upstream": "..."}: end what still runs on it
-//	POST   /v1/services/{name}/pause    {"max_wait": "30s"}
+//	POST   /v1/services/{name}/pause    {"max_wait": "30s", "lease": "15m"}
 //	POST   /v1/services/{name}/resume
 //	PUT    /v1/services/{name}/maintenance  {"page": "<html>…", "retry_after": 300, "allow": ["/healthz"]}
 //	DELETE /v1/services/{name}/maintenance
@@ -62,20 +62,27 @@ func ControlHandler(p *Server) http.Handler {
 	mux.HandleFunc("POST /v1/services/{name}/pause", func(w http.ResponseWriter, r *http.Request) {
 		var in struct {
 			MaxWait string `json:"max_wait"`
+			Lease   string `json:"lease"`
 		}
 		if r.ContentLength != 0 && !decode(w, r, &in) {
 			return
 		}
-		var wait time.Duration
-		if in.MaxWait != "" {
-			d, err := time.ParseDuration(in.MaxWait)
+		var wait, lease time.Duration
+		for _, d := range []struct {
+			text string
+			to   *time.Duration
+		}{{in.MaxWait, &wait}, {in.Lease, &lease}} {
+			if d.text == "" {
+				continue
+			}
+			v, err := time.ParseDuration(d.text)
 			if err != nil {
 				reply(w, nil, errors.Join(ErrBadInput, err))
 				return
 			}
-			wait = d
+			*d.to = v
 		}
-		st, err := p.Pause(r.PathValue("name"), wait)
+		st, err := p.Pause(r.PathValue("name"), wait, lease)
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/resume", func(w http.ResponseWriter, r *http.Request) {
@@ -123,6 +130,8 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = http.StatusBadRequest
 		case errors.Is(err, ErrRestarting):
 			status = http.StatusServiceUnavailable
+		case errors.Is(err, ErrUnrestored):
+			status = http.StatusUnprocessableEntity
 		}
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})

@@ -12,13 +12,23 @@ import (
 	"time"
 )
 
-// gate holds a paused service's new requests, each for a bounded time.
+// gate holds a paused service's new requests, each for a bounded time,
+// and the whole pause until its lease ends.
 type gate struct {
-	mu      sync.Mutex
-	open    chan struct{} // closed while requests flow; replaced by pause
-	maxFor  time.Duration
-	waiting atomic.Int64 // requests held now
-	held    atomic.Bool  // paused: read on every request without the lock
+	mu        sync.Mutex
+	open      chan struct{} // closed while requests flow; replaced by pause
+	current   pauseState
+	id        uint64       // which pause holds now (each pause gets its own)
+	stopLease func() bool  // the lease's timer
+	waiting   atomic.Int64 // requests held now
+	held      atomic.Bool  // paused: read on every request without the lock
+}
+
+// pauseState is a pause as the gate holds it.
+type pauseState struct {
+	paused       bool
+	maxFor       time.Duration // each request's
+	since, until time.Time     // until: the lease's end
 }
 
 func newGate() *gate {
@@ -37,7 +47,7 @@ func (g *gate) wait(ctx context.Context) error {
 		return nil // the request path takes no lock while the service is not paused
 	}
 	g.mu.Lock()
-	open, maxFor := g.open, g.maxFor
+	open, maxFor := g.open, g.current.maxFor
 	g.mu.Unlock()
 	select {
 	case <-open:
@@ -61,30 +71,51 @@ func (g *gate) wait(ctx context.Context) error {
 	}
 }
 
-func (g *gate) pause(maxFor time.Duration) {
+// pause holds new requests, each for at most maxFor, until resume or
+// until the lease ends; then onLease is called with the pause's id.
+func (g *gate) pause(c Clock, maxFor time.Duration, since, until time.Time, onLease func(id uint64)) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.maxFor = maxFor
+	g.current = pauseState{paused: true, maxFor: maxFor, since: since, until: until}
 	if !g.held.Load() {
 		g.open = make(chan struct{})
 		g.held.Store(true)
 	}
+	if g.stopLease != nil {
+		g.stopLease()
+	}
+	g.id++
+	id := g.id
+	g.stopLease = c.AfterFunc(until.Sub(c.Now()), func() { onLease(id) })
 }
 
 func (g *gate) resume() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.stopLease != nil {
+		g.stopLease()
+		g.stopLease = nil
+	}
+	g.id++
+	g.current = pauseState{}
 	if g.held.Load() {
 		g.held.Store(false)
 		close(g.open)
 	}
 }
 
-// state says whether the gate holds requests, and for how long each.
-func (g *gate) state() (bool, time.Duration) {
+// pauseOf is pause id, if it still holds.
+func (g *gate) pauseOf(id uint64) (pauseState, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.held.Load(), g.maxFor
+	return g.current, g.id == id && g.current.paused
+}
+
+// state is the pause that holds now, if any.
+func (g *gate) state() pauseState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.current
 }
 
 // connTracker knows each client connection's state, so that an old

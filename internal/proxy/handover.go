@@ -27,7 +27,9 @@ func (p *Server) Handover(ctx context.Context) {
 	p.mu.Unlock()
 	for _, s := range services {
 		s.closing.Store(true)
-		_ = s.ln.Close() // our copy only: the new process holds the socket
+		if ln := s.listener(); ln != nil {
+			_ = ln.Close() // our copy only: the new process holds the socket
+		}
 		go func() { _ = s.h2c.Shutdown(ctx) }()
 	}
 	tick := time.NewTicker(handoverPoll)

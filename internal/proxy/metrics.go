@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,12 +21,19 @@ type Metrics struct {
 	errors    *prometheus.CounterVec
 	switches  *prometheus.CounterVec
 	handovers prometheus.Counter
+
+	// refs counts the targets of each (service, upstream): its series go
+	// when the last is forgotten, so that they do not grow with every
+	// deploy, and a rollback to an upstream still draining counts on.
+	mu   sync.Mutex
+	refs map[[2]string]int
 }
 
 // NewMetrics makes the metrics of server p (nil: none are kept).
 func NewMetrics() *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
+		reg:  prometheus.NewRegistry(),
+		refs: map[[2]string]int{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handoff_proxy_requests_total",
 			Help: "Requests answered, by service, target (the upstream a release listens on) and status class (2xx, 3xx, 4xx, 5xx).",
@@ -68,21 +76,60 @@ type targetMetrics struct {
 	codes    [6]prometheus.Counter // by status / 100; [0]: anything else
 	errors   prometheus.Counter
 	duration prometheus.Observer
+
+	m                 *Metrics
+	service, upstream string
+	once              sync.Once
+}
+
+func codeClass(i int) string {
+	if i == 0 {
+		return "other"
+	}
+	return strconv.Itoa(i) + "xx"
 }
 
 func (m *Metrics) forTarget(service, upstream string) *targetMetrics {
 	if m == nil {
 		return nil
 	}
-	tm := &targetMetrics{errors: m.errors.WithLabelValues(service, upstream), duration: m.duration.WithLabelValues(service)}
+	m.mu.Lock()
+	m.refs[[2]string{service, upstream}]++
+	m.mu.Unlock()
+	tm := &targetMetrics{errors: m.errors.WithLabelValues(service, upstream), duration: m.duration.WithLabelValues(service), m: m, service: service, upstream: upstream}
 	for i := range tm.codes {
-		class := strconv.Itoa(i) + "xx"
-		if i == 0 {
-			class = "other"
-		}
-		tm.codes[i] = m.requests.WithLabelValues(service, upstream, class)
+		tm.codes[i] = m.requests.WithLabelValues(service, upstream, codeClass(i))
 	}
 	return tm
+}
+
+// forget lets go of the target's series: deleted with the last target of
+// their service and upstream.
+func (tm *targetMetrics) forget() {
+	if tm == nil {
+		return
+	}
+	tm.once.Do(func() {
+		m, key := tm.m, [2]string{tm.service, tm.upstream}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.refs[key]--; m.refs[key] > 0 {
+			return
+		}
+		delete(m.refs, key)
+		for i := range tm.codes {
+			m.requests.DeleteLabelValues(tm.service, tm.upstream, codeClass(i))
+		}
+		m.errors.DeleteLabelValues(tm.service, tm.upstream)
+	})
+}
+
+// deleted forgets the series of a deleted service.
+func (m *Metrics) deleted(service string) {
+	if m != nil {
+		m.duration.DeleteLabelValues(service)
+		m.switches.DeleteLabelValues(service)
+	}
 }
 
 func (tm *targetMetrics) observe(status int, seconds float64) {
@@ -130,6 +177,8 @@ var (
 		"1 while the service is paused, else 0.", []string{"service"}, nil)
 	maintenanceDesc = prometheus.NewDesc("handoff_proxy_maintenance",
 		"1 while the service answers with its maintenance page, else 0.", []string{"service"}, nil)
+	listeningDesc = prometheus.NewDesc("handoff_proxy_listening",
+		"1 while the service listens; 0 while its address cannot be listened on (the proxy tries again).", []string{"service"}, nil)
 )
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -137,10 +186,15 @@ func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- heldDesc
 	ch <- pausedDesc
 	ch <- maintenanceDesc
+	ch <- listeningDesc
 }
 
 func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range c.p.List() {
+		if st.Unrestored != "" {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(listeningDesc, prometheus.GaugeValue, boolValue(st.NotListening == nil), st.Name)
 		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(st.InFlight), st.Name, st.Upstream)
 		for _, d := range st.Draining {
 			ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(d.InFlight), st.Name, d.Upstream)

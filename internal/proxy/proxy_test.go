@@ -239,7 +239,7 @@ func TestH2C(t *testing.T) {
 func TestPauseHoldsRequests(t *testing.T) {
 	p, _, listen := serveOne(t)
 
-	_, err := p.Pause("web", time.Minute)
+	_, err := p.Pause("web", time.Minute, 0)
 	require.NoError(t, err)
 	var answered atomic.Bool
 	done := make(chan int)
@@ -259,7 +259,7 @@ func TestPauseHoldsRequests(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 200, <-done)
 
-	_, err = p.Pause("web", 50*time.Millisecond)
+	_, err = p.Pause("web", 50*time.Millisecond, 0)
 	require.NoError(t, err)
 	resp, err := http.Get("http://" + listen + "/")
 	require.NoError(t, err)
@@ -267,7 +267,8 @@ func TestPauseHoldsRequests(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 }
 
-// The state file brings services back; one bad entry does not wipe the others.
+// The state file brings services back; a bad entry does not wipe the
+// others, and is kept.
 func TestStateSurvivesABadEntry(t *testing.T) {
 	a := newBackend(t, "a")
 	path := filepath.Join(t.TempDir(), "proxy.json")
@@ -279,7 +280,7 @@ func TestStateSurvivesABadEntry(t *testing.T) {
 	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(s []ServiceState) error { saved = s; return nil }})
 	t.Cleanup(func() { _ = p.Delete("web") })
 	require.NoError(t, p.Restore(path))
-	require.Equal(t, []string{"web"}, names(p.List()))
+	require.Equal(t, []string{"web", "", "api"}, names(p.List()), "the bad entries are listed, after the services")
 	require.Nil(t, saved, "restoring does not rewrite the file entry by entry")
 	rel, _ := get(t, http.DefaultClient, "http://"+good+"/")
 	require.Equal(t, "a", rel)
@@ -289,7 +290,7 @@ func TestStateSurvivesABadEntry(t *testing.T) {
 	require.NoError(t, err)
 	var f stateFile
 	require.NoError(t, json.Unmarshal(raw, &f))
-	require.Len(t, f.Services, 1)
+	require.Len(t, f.Services, 3, "the bad entries are kept")
 }
 
 func names(list []ServiceState) []string {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ var (
 	ErrBadInput   = errors.New("bad request")
 	ErrNotSaved   = errors.New("the state file could not be written; nothing was changed")
 	ErrRestarting = errors.New("handoff proxy is restarting; try again in a moment")
+	ErrUnrestored = errors.New("the service's entry in the state file could not be restored")
 )
 
 // Bounds of a pause: how long one request may be held, and how many.
@@ -48,6 +50,8 @@ type Options struct {
 	DialRetry time.Duration
 	// Metrics, when set, count requests, errors and switches.
 	Metrics *Metrics
+	// Clock is what leases and retries are timed by; nil: the system's.
+	Clock Clock
 }
 
 // DefaultTrusted is loopback: the front proxy on the same host.
@@ -69,13 +73,23 @@ type Server struct {
 	// still finishing requests, which this one cannot count.
 	handoverPending atomic.Bool
 
+	clock Clock
+	// probe checks a restored service's upstream and logs what it finds.
+	probe func(log *slog.Logger, name, upstream string)
+
 	mu       sync.Mutex
 	services map[string]*service
+	// kept are the state file's entries that could not be restored, each
+	// written back as it was on every save.
+	kept []ServiceState
 }
 
 // NewServer makes an empty switch.
 func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
-	p := &Server{listen: listen, log: log, opts: opts, services: map[string]*service{}}
+	p := &Server{listen: listen, log: log, opts: opts, clock: opts.Clock, probe: checkUpstream, services: map[string]*service{}}
+	if p.clock == nil {
+		p.clock = systemClock{}
+	}
 	if opts.Metrics != nil {
 		opts.Metrics.watch(p)
 	}
@@ -89,7 +103,7 @@ type service struct {
 	current   atomic.Pointer[target]
 	http      *http.Server // HTTP/1.1 connections
 	h2c       *http.Server // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
-	ln        net.Listener
+	ln        net.Listener // nil while the service cannot listen (listenFail says why)
 	conns     *connTracker
 	closing   atomic.Bool // handing over: every answer says Connection: close
 	log       *slog.Logger
@@ -99,9 +113,14 @@ type service struct {
 
 	maint atomic.Pointer[MaintenanceState]
 
-	mu       sync.Mutex
-	draining []*target
-	gate     *gate
+	// listenFail: the service was kept from the state file but its
+	// address cannot be listened on yet; it is tried again.
+	listenFail atomic.Pointer[ListenFailure]
+
+	mu        sync.Mutex
+	draining  []*target
+	gate      *gate
+	stopRetry func() bool // the next listen tried again, while listenFail
 }
 
 // acquireHook, when set by a test, runs between reading the current target
@@ -160,8 +179,23 @@ type ServiceState struct {
 	// HandoverPending: a restart's previous process is still finishing
 	// requests this one cannot count; a drain must wait for it.
 	HandoverPending bool `json:"handover_pending,omitempty"`
+	// PausedSince and PauseUntil: when the pause began, and its lease:
+	// when the proxy lets the requests go on by itself if no resume came.
+	PausedSince time.Time `json:"paused_since,omitzero"`
+	PauseUntil  time.Time `json:"pause_until,omitzero"`
 	// Maintenance: the service answers 503 with a page, but on Allow's paths.
 	Maintenance *MaintenanceState `json:"maintenance,omitempty"`
+	// NotListening: the service is known (saved, and switched as any
+	// other) but its address cannot be listened on yet; the proxy tries
+	// again until it can. Nothing reaches either release meanwhile.
+	NotListening *ListenFailure `json:"not_listening,omitempty"`
+	// Unrestored: an entry of the state file under this name (which may be
+	// "") that could not be used, and why. It is kept in the file as it
+	// was and nothing is served for it; Listen and Upstream are what could
+	// be read of it.
+	Unrestored string `json:"unrestored,omitempty"`
+
+	raw json.RawMessage // an Unrestored entry as the state file holds it
 }
 
 // DrainingState is an old target still finishing requests.
@@ -181,7 +215,11 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 		return ServiceState{}, err
 	}
 	defer unlock()
-	if s, err := p.get(name); err == nil {
+	if s, err := p.get(name); err != nil {
+		if kept, ok := p.keptEntry(name); ok {
+			return ServiceState{}, fmt.Errorf("%w: %s: %s; fix that entry in the state file and restart handoff proxy, or delete the service first", ErrUnrestored, name, kept.Unrestored)
+		}
+	} else {
 		if s.listen != listen {
 			return ServiceState{}, fmt.Errorf("%w: service %s listens on %s; delete it first to move it to %s", ErrBadInput, name, s.listen, listen)
 		}
@@ -196,6 +234,7 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 	})
 	if err != nil {
 		s.ln.Close()
+		s.current.Load().forget()
 		return ServiceState{}, err
 	}
 	p.serve(s)
@@ -208,20 +247,39 @@ func (p *Server) open(name, listen, upstream string) (*service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
 	}
-	s := &service{name: name, listen: listen, ln: ln, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, metrics: p.opts.Metrics}
+	s := p.newService(name, listen, upstream)
+	s.ln = ln
+	return s, nil
+}
+
+// newService makes a service that does not listen yet.
+func (p *Server) newService(name, listen, upstream string) *service {
+	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, metrics: p.opts.Metrics}
 	if s.dialRetry == 0 {
 		s.dialRetry = DefaultDialRetry
 	}
 	s.current.Store(s.newTarget(upstream))
 	s.http, s.h2c = newHTTPServer(s, s.conns, false), newHTTPServer(s, s.conns, true)
-	return s, nil
+	return s
 }
 
-func (p *Server) serve(s *service) {
+// add makes s one of the services, listening or not.
+func (p *Server) add(s *service) {
 	p.mu.Lock()
 	p.services[s.name] = s
 	p.mu.Unlock()
-	split := newSplitListener(s.ln)
+}
+
+// serve adds s and serves it on its listener.
+func (p *Server) serve(s *service) {
+	p.add(s)
+	p.start(s)
+	p.log.Info("service added", "service", s.name, "listen", s.listen, "upstream", s.current.Load().upstream)
+}
+
+// start serves s on its listener.
+func (p *Server) start(s *service) {
+	split := newSplitListener(s.listener())
 	for srv, l := range map[*http.Server]net.Listener{s.http: split.h1, s.h2c: split.h2} {
 		go func() {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
@@ -229,7 +287,13 @@ func (p *Server) serve(s *service) {
 			}
 		}()
 	}
-	p.log.Info("service added", "service", s.name, "listen", s.listen, "upstream", s.current.Load().upstream)
+}
+
+// listener is what s listens on; nil while it cannot.
+func (s *service) listener() net.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ln
 }
 
 // Switch points the service at to, if it points at from now. Requests
@@ -268,7 +332,13 @@ func (p *Server) Switch(name, from, to string) (ServiceState, error) {
 		s.current.Store(s.newTarget(to))
 		old.drain()
 		// Targets already drained out have nothing left to track.
-		s.draining = slices.DeleteFunc(s.draining, func(t *target) bool { return t.inFlight.Load() == 0 })
+		s.draining = slices.DeleteFunc(s.draining, func(t *target) bool {
+			if t.inFlight.Load() != 0 {
+				return false
+			}
+			t.forget()
+			return true
+		})
 		s.draining = append(s.draining, old)
 		s.mu.Unlock()
 		p.opts.Metrics.switched(name)
@@ -290,6 +360,7 @@ func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 		if t.upstream == upstream {
 			p.log.Info("retired", "service", name, "upstream", upstream, "cut_in_flight", t.inFlight.Load())
 			t.retire()
+			t.forget()
 			continue
 		}
 		keep = append(keep, t)
@@ -297,35 +368,6 @@ func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 	s.draining = keep
 	s.mu.Unlock()
 	return p.state(s), nil
-}
-
-// Pause holds the service's new requests until Resume, each for at most
-// wait (default DefaultPauseWait, at most MaxPauseWait). A pause is saved:
-// it holds across a restart of the proxy.
-func (p *Server) Pause(name string, wait time.Duration) (ServiceState, error) {
-	if wait <= 0 {
-		wait = DefaultPauseWait
-	}
-	if wait > MaxPauseWait {
-		return ServiceState{}, fmt.Errorf("%w: max_wait %s: a request may be held at most %s", ErrBadInput, wait, MaxPauseWait)
-	}
-	return p.setPause(name, true, wait)
-}
-
-// Resume releases the held requests.
-func (p *Server) Resume(name string) (ServiceState, error) {
-	return p.setPause(name, false, 0)
-}
-
-func (p *Server) setPause(name string, paused bool, wait time.Duration) (ServiceState, error) {
-	return p.update(name, func(st *ServiceState) { st.Paused, st.MaxWait = paused, Duration(wait) }, func(s *service) {
-		if paused {
-			s.gate.pause(wait)
-		} else {
-			s.gate.resume()
-		}
-		p.log.Info("pause", "service", name, "paused", paused, "max_wait", wait)
-	})
 }
 
 // update changes one service, one change at a time: its entry in the
@@ -356,7 +398,8 @@ func (p *Server) update(name string, edit func(*ServiceState), apply func(*servi
 	return p.state(s), nil
 }
 
-// Delete stops listening for the service.
+// Delete stops listening for the service, and forgets any entry of the
+// state file kept under its name.
 func (p *Server) Delete(name string) error {
 	unlock, err := p.begin()
 	if err != nil {
@@ -364,7 +407,7 @@ func (p *Server) Delete(name string) error {
 	}
 	defer unlock()
 	s, err := p.get(name)
-	if err != nil {
+	if _, kept := p.keptEntry(name); err != nil && !kept {
 		return err
 	}
 	err = p.save(func(list []ServiceState) []ServiceState {
@@ -375,20 +418,41 @@ func (p *Server) Delete(name string) error {
 	}
 	p.mu.Lock()
 	delete(p.services, name)
+	p.kept = slices.DeleteFunc(p.kept, func(st ServiceState) bool { return st.Name == name })
 	p.mu.Unlock()
+	if s == nil {
+		p.log.Info("state file entry deleted", "service", name)
+		return nil
+	}
+	s.mu.Lock()
+	ln := s.ln
+	if s.stopRetry != nil {
+		s.stopRetry()
+	}
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_ = s.ln.Close()
+	if ln != nil {
+		_ = ln.Close()
+	}
 	_ = s.h2c.Shutdown(ctx)
 	_ = s.http.Shutdown(ctx)
+	s.gate.resume()
+	s.forgetTargets()
+	p.opts.Metrics.deleted(name)
 	p.log.Info("service deleted", "service", name)
 	return nil
 }
 
-// Get returns one service's state.
+// Get returns one service's state; for a name the proxy knows only from
+// an entry of its state file it could not restore, that entry.
 func (p *Server) Get(name string) (ServiceState, error) {
 	s, err := p.get(name)
 	if err != nil {
+		if kept, ok := p.keptEntry(name); ok {
+			kept.raw = nil
+			return kept, nil
+		}
 		return ServiceState{}, err
 	}
 	return p.state(s), nil
@@ -407,6 +471,9 @@ func (p *Server) List() []ServiceState {
 		out = append(out, p.state(s))
 	}
 	sortStates(out)
+	p.mu.Lock()
+	out = append(out, p.kept...)
+	p.mu.Unlock()
 	return out
 }
 
@@ -443,9 +510,6 @@ func (p *Server) save(next func([]ServiceState) []ServiceState) error {
 		return nil
 	}
 	list := p.List()
-	for i, st := range list {
-		list[i] = ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Paused: st.Paused, MaxWait: st.MaxWait, Maintenance: st.Maintenance}
-	}
 	if err := p.opts.Save(next(list)); err != nil {
 		p.log.Error("save state: the change is refused", "err", err)
 		return fmt.Errorf("%w (%v)", ErrNotSaved, err)
@@ -474,6 +538,17 @@ func (s *service) inFlight() int64 {
 	return n
 }
 
+// forgetTargets lets go of every target of s (their metrics).
+func (s *service) forgetTargets() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.current.Load().forget()
+	for _, t := range s.draining {
+		t.forget()
+	}
+	s.draining = nil
+}
+
 // retireAll ends everything still running on every target of s.
 func (s *service) retireAll() {
 	s.mu.Lock()
@@ -486,11 +561,15 @@ func (s *service) retireAll() {
 
 func (p *Server) state(s *service) ServiceState {
 	cur := s.current.Load()
-	paused, maxWait := s.gate.state()
+	ps := s.gate.state()
 	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
-		Paused: paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}
-	if paused {
-		st.MaxWait = Duration(maxWait)
+		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}
+	if ps.paused {
+		st.MaxWait, st.PausedSince, st.PauseUntil = Duration(ps.maxFor), ps.since, ps.until
+	}
+	if f := s.listenFail.Load(); f != nil {
+		copied := *f
+		st.NotListening = &copied
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,31 +1,64 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/atomicfile"
 )
 
-// stateFile is what the proxy keeps across restarts: each service's
-// address and upstream. Entries are kept as raw JSON so that one bad entry
-// is skipped alone instead of wiping the others.
+// The state file is what the proxy keeps across restarts: each service's
+// address, upstream, pause and maintenance page. Nothing in it is ever
+// dropped because this process cannot use it: an entry it cannot read is
+// written back as it was, a service it cannot listen for is kept and its
+// address tried again, and a file it cannot read whole is copied aside
+// before anything is written over it.
 type stateFile struct {
 	Services []json.RawMessage `json:"services"`
 }
 
+// savedService is one entry of the state file.
+type savedService struct {
+	Name        string            `json:"name"`
+	Listen      string            `json:"listen"`
+	Upstream    string            `json:"upstream"`
+	Paused      bool              `json:"paused,omitempty"`
+	MaxWait     Duration          `json:"pause_max_wait,omitempty"`
+	PausedSince time.Time         `json:"paused_since,omitzero"`
+	PauseUntil  time.Time         `json:"pause_until,omitzero"`
+	Maintenance *MaintenanceState `json:"maintenance,omitempty"`
+}
+
+// unreadableEntry stands in the state file for the part of a damaged file
+// that could not be read; its copy holds the file as it was found.
+type unreadableEntry struct {
+	Unreadable string `json:"unreadable"`
+	Copy       string `json:"copy"`
+}
+
 // SaveState writes the services atomically: what each listens on, where
-// it sends, and whether it is paused.
+// it sends, whether it is paused or in maintenance. An entry kept from the
+// file because it could not be restored is written as it was read.
 func SaveState(path string, services []ServiceState) error {
 	f := stateFile{Services: []json.RawMessage{}}
 	for _, s := range services {
-		raw, err := json.Marshal(ServiceState{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait, Maintenance: s.Maintenance})
+		if s.raw != nil {
+			f.Services = append(f.Services, s.raw)
+			continue
+		}
+		raw, err := json.Marshal(savedService{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait,
+			PausedSince: s.PausedSince, PauseUntil: s.PauseUntil, Maintenance: s.Maintenance})
 		if err != nil {
 			return err
 		}
@@ -39,9 +72,13 @@ func SaveState(path string, services []ServiceState) error {
 }
 
 // Restore puts back the services of the state file, paused ones paused.
-// A bad entry, or one that cannot listen, is logged and skipped; the
-// others are served. A target that does not answer a TCP connect is served
-// all the same (the app may be starting) and logged.
+// A service whose address cannot be listened on yet (the port still held,
+// a LAN address not up) is kept and its listen tried again until it works;
+// an entry that cannot be used is kept as it was, shown in the list, and
+// written back on every save. A file that cannot be read whole is copied
+// aside first, what can be read of it is restored, and the file is written
+// again with an entry that says where the copy is. A target that does not
+// answer a TCP connect is served all the same (the app may be starting).
 func (p *Server) Restore(path string) error {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -50,41 +87,199 @@ func (p *Server) Restore(path string) error {
 	if err != nil {
 		return fmt.Errorf("read state %s: %w", path, err)
 	}
-	var f stateFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return fmt.Errorf("read state %s: %w (move it aside to start empty)", path, err)
+	entries, damage := readStateFile(data)
+	if damage != nil {
+		copyPath := path + ".damaged-" + p.clock.Now().UTC().Format("20060102T150405.000Z")
+		if err := atomicfile.Write(copyPath, data, 0o600); err != nil {
+			return fmt.Errorf("read state %s: %v, and keep a copy of it: %w (the file was left as it is; free some space or fix it by hand, then start again)", path, damage, err)
+		}
+		why := fmt.Sprintf("the state file %s could not be read whole at start (%v): the services it holds past that point are not served; the file as it was found is kept at %s", path, damage, copyPath)
+		p.log.Error("state: "+why+"; put them back from the copy (fix it, move it in place of the state file and restart handoff proxy), then remove this note from the state file", "copy", copyPath)
+		raw, _ := json.Marshal(unreadableEntry{Unreadable: damage.Error(), Copy: copyPath})
+		entries = append(entries, raw)
 	}
-	for i, raw := range f.Services {
-		var st ServiceState
-		if err := json.Unmarshal(raw, &st); err != nil || st.Name == "" || st.Listen == "" || st.Upstream == "" {
-			p.log.Error("state: skipping a bad entry", "index", i, "err", err)
-			continue
+	for i, raw := range entries {
+		p.restoreEntry(i, raw)
+	}
+	if damage != nil && p.opts.Save != nil {
+		// Written again now, readable, so that a restart before the next
+		// change does not find the damage again.
+		if err := p.opts.Save(p.List()); err != nil {
+			p.log.Error("state: could not write the state file again after its damage", "err", err)
 		}
-		if _, err := p.get(st.Name); err == nil {
-			p.log.Error("state: skipping a second entry", "service", st.Name)
-			continue
-		}
-		s, err := p.open(st.Name, st.Listen, st.Upstream)
-		if err != nil {
-			p.log.Error("state: skipping a service", "service", st.Name, "err", err)
-			continue
-		}
-		if st.Paused {
-			wait := min(time.Duration(st.MaxWait), MaxPauseWait)
-			if wait <= 0 {
-				wait = DefaultPauseWait
-			}
-			s.gate.pause(wait)
-			p.log.Warn("state: restored paused, as it was; `handoff proxy resume` releases it", "service", st.Name, "max_wait", wait)
-		}
-		if st.Maintenance != nil {
-			s.maint.Store(st.Maintenance)
-			p.log.Warn("state: restored in maintenance, as it was; `handoff maintenance off` ends it", "service", st.Name)
-		}
-		p.serve(s)
-		checkUpstream(p.log, st)
 	}
 	return nil
+}
+
+// readStateFile returns the entries of a state file, and when it cannot
+// be read whole, what is wrong with it (the entries before the damage are
+// returned all the same).
+func readStateFile(data []byte) ([]json.RawMessage, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil || top == nil {
+		return salvage(data)
+	}
+	var services json.RawMessage
+	var unknown []string
+	for k, v := range top {
+		if strings.EqualFold(k, "services") && services == nil {
+			services = v
+			continue
+		}
+		unknown = append(unknown, strconv.Quote(k))
+	}
+	var entries []json.RawMessage
+	if err := json.Unmarshal(services, &entries); services != nil && err != nil {
+		return nil, fmt.Errorf("\"services\" is not a list: %w", err)
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return entries, fmt.Errorf("it holds more than services: %s", strings.Join(unknown, ", "))
+	}
+	return entries, nil
+}
+
+// salvage reads the entries of a damaged state file up to its damage.
+func salvage(data []byte) ([]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var entries []json.RawMessage
+	damaged := func(err error) ([]json.RawMessage, error) {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return entries, fmt.Errorf("at byte %d: %v", dec.InputOffset(), err)
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return damaged(cmpErr(err, "the file is not a JSON object"))
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return damaged(err)
+		}
+		if key, _ := tok.(string); !strings.EqualFold(key, "services") {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return damaged(err)
+			}
+			continue
+		}
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+			return damaged(cmpErr(err, "\"services\" is not a list"))
+		}
+		for dec.More() {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return damaged(err)
+			}
+			entries = append(entries, raw)
+		}
+		if _, err := dec.Token(); err != nil {
+			return damaged(err)
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return damaged(err)
+	}
+	return damaged(errors.New("more follows the file's object"))
+}
+
+func cmpErr(err error, otherwise string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(otherwise)
+}
+
+// restoreEntry serves entry i of the state file, or keeps it as it was.
+func (p *Server) restoreEntry(i int, raw json.RawMessage) {
+	st, why := readEntry(raw)
+	if why == "" {
+		if _, err := p.get(st.Name); err == nil {
+			why = "a second entry for " + st.Name + " (the first is served)"
+		}
+	}
+	if why != "" {
+		p.keep(ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Unrestored: why, raw: slices.Clone(raw)})
+		p.log.Error("state: an entry could not be restored; it is kept in the state file as it was", "index", i, "service", st.Name, "why", why)
+		return
+	}
+	s := p.newService(st.Name, st.Listen, st.Upstream)
+	if st.Paused {
+		p.restorePause(s, st)
+	}
+	if st.Maintenance != nil {
+		s.maint.Store(st.Maintenance)
+		p.log.Warn("state: restored in maintenance, as it was; `handoff maintenance off` ends it", "service", st.Name)
+	}
+	ln, err := p.listen("tcp", st.Listen)
+	if err != nil {
+		p.add(s)
+		p.listenFailed(s, err)
+		return
+	}
+	s.ln = ln
+	p.serve(s)
+	go p.probe(p.log, st.Name, st.Upstream)
+}
+
+// readEntry reads one entry, or says why it cannot be used.
+func readEntry(raw json.RawMessage) (savedService, string) {
+	var st savedService
+	var u unreadableEntry
+	if json.Unmarshal(raw, &u) == nil && u.Unreadable != "" {
+		return st, unreadableWhy(u)
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		var named struct{ Name string }
+		_ = json.Unmarshal(raw, &named)
+		return savedService{Name: named.Name}, "not an entry this handoff can read: " + err.Error()
+	}
+	switch {
+	case st.Name == "":
+		return st, "it has no name"
+	case st.Listen == "" || st.Upstream == "":
+		return st, "it needs both a listen address and an upstream"
+	case !isHostPort(st.Listen):
+		return st, fmt.Sprintf("listen %q is not host:port", st.Listen)
+	case !isHostPort(st.Upstream):
+		return st, fmt.Sprintf("upstream %q is not host:port", st.Upstream)
+	case strings.ContainsAny(st.Name, "/?#") || st.Name != strings.TrimSpace(st.Name):
+		return st, fmt.Sprintf("name %q cannot be a service's", st.Name)
+	}
+	return st, ""
+}
+
+func unreadableWhy(u unreadableEntry) string {
+	return fmt.Sprintf("the state file could not be read whole at a start (%s): the services it held past that point are not served; the file as it was is kept at %s: put them back from it, then remove this entry", u.Unreadable, u.Copy)
+}
+
+func isHostPort(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
+}
+
+// keep adds an entry that could not be restored: listed, and saved as it was.
+func (p *Server) keep(st ServiceState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.kept = append(p.kept, st)
+}
+
+// keptEntry is the kept entry named name, if there is one.
+func (p *Server) keptEntry(name string) (ServiceState, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, st := range p.kept {
+		if st.Name == name {
+			return st, true
+		}
+	}
+	return ServiceState{}, false
 }
 
 // Duration is a time.Duration written as text ("30s") in JSON.
@@ -107,10 +302,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func checkUpstream(log *slog.Logger, s ServiceState) {
-	conn, err := net.DialTimeout("tcp", s.Upstream, 2*time.Second)
+// checkUpstream logs a restored service whose upstream does not answer.
+func checkUpstream(log *slog.Logger, name, upstream string) {
+	conn, err := net.DialTimeout("tcp", upstream, 2*time.Second)
 	if err != nil {
-		log.Warn("restored service's upstream does not answer", "service", s.Name, "upstream", s.Upstream, "err", err)
+		log.Warn("restored service's upstream does not answer", "service", name, "upstream", upstream, "err", err)
 		return
 	}
 	conn.Close()

@@ -264,6 +264,9 @@ func (t *target) track(conn net.Conn, err error) (net.Conn, error) {
 	return c, nil
 }
 
+// forget lets go of what t holds beyond its connections: its metrics.
+func (t *target) forget() { t.metrics.forget() }
+
 func (t *target) done() {
 	if t.inFlight.Add(-1) == 0 && t.draining.Load() {
 		t.transport.CloseIdleConnections()

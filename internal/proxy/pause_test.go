@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A pause saved with a lease that ran out while the proxy was down is not
+// restored: the deploy that made it is gone.
+func TestARestoredPauseWhoseLeaseRanOutIsNotPaused(t *testing.T) {
+	a := newBackend(t, "a")
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	listen := freeAddr(t)
+	ended := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": %q, "paused": true, "pause_max_wait": "5m0s", "pause_until": %q}]}`, listen, a.addr(), ended)
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	require.NoError(t, p.Restore(path))
+	st, err := p.Get("web")
+	require.NoError(t, err)
+	require.False(t, st.Paused, "its lease ended a minute ago")
+}
+
+// A pause no one resumes (the deploy that made it was killed) ends with
+// its lease: the held requests go on, not 503, the state file says it
+// ended, and one log line says which service, why and how long.
+func TestAPauseNobodyResumesEndsWithItsLease(t *testing.T) {
+	clock, logs := newFakeClock(), &syncWriter{w: &bytes.Buffer{}}
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(logs, nil)), Options{Clock: clock, Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	a := newBackend(t, "a")
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	st, err := p.Pause("web", time.Minute, 10*time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, clock.Now().Add(10*time.Minute), st.PauseUntil)
+	require.Equal(t, clock.Now().Add(10*time.Minute), readState(t, path)[0].PauseUntil, "the lease is saved")
+	done := make(chan int, 1)
+	go func() {
+		resp, err := http.Get("http://" + listen + "/")
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.Held == 1 }, 5*time.Second, time.Millisecond)
+
+	clock.Advance(5 * time.Minute)
+	_, err = p.Pause("web", time.Minute, 10*time.Minute) // made again: a new lease, the same beginning
+	require.NoError(t, err)
+	clock.Advance(9 * time.Minute)
+	st, _ = p.Get("web")
+	require.True(t, st.Paused, "the second lease has a minute left")
+	require.Equal(t, 1, int(st.Held))
+
+	clock.Advance(time.Minute)
+	require.Equal(t, http.StatusOK, <-done, "the held request went on")
+	st, _ = p.Get("web")
+	require.False(t, st.Paused)
+	require.False(t, readState(t, path)[0].Paused, "saved: a restart does not pause it again")
+	require.Equal(t, 1, strings.Count(logs.String(), "pause lease ended"))
+	for _, want := range []string{"service=web", "held_for=15m0s", "no resume came"} {
+		require.Contains(t, logs.String(), want)
+	}
+}
+
+// A pause resumed in time leaves nothing for its lease to do.
+func TestAResumedPauseOutlivesNoLease(t *testing.T) {
+	clock, logs := newFakeClock(), &syncWriter{w: &bytes.Buffer{}}
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(logs, nil)), Options{Clock: clock})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	_, err := p.Put("web", freeAddr(t), "127.0.0.1:1")
+	require.NoError(t, err)
+	_, err = p.Pause("web", 0, time.Minute)
+	require.NoError(t, err)
+	_, err = p.Resume("web")
+	require.NoError(t, err)
+	_, err = p.Pause("web", 0, time.Hour)
+	require.NoError(t, err)
+	clock.Advance(2 * time.Minute)
+	st, _ := p.Get("web")
+	require.True(t, st.Paused, "the first pause's lease does not end the second pause")
+	require.NotContains(t, logs.String(), "pause lease ended")
+	_, err = p.Pause("web", 0, 25*time.Hour)
+	require.ErrorIs(t, err, ErrBadInput)
+}
+
+// A pause restored with time left on its lease ends when the lease does;
+// a person's pause, made without a lease, gets DefaultPauseLease.
+func TestARestoredPauseKeepsItsLease(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	listen := freeAddr(t)
+	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: listen, Upstream: "127.0.0.1:1", Paused: true, MaxWait: Duration(time.Minute),
+		PausedSince: clock.Now().Add(-time.Minute), PauseUntil: clock.Now().Add(time.Minute)}}))
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	require.NoError(t, p.Restore(path))
+	st, _ := p.Get("web")
+	require.True(t, st.Paused)
+	require.Equal(t, clock.Now().Add(-time.Minute), st.PausedSince)
+	clock.Advance(time.Minute)
+	st, _ = p.Get("web")
+	require.False(t, st.Paused)
+
+	st, err := p.Pause("web", 0, 0)
+	require.NoError(t, err)
+	require.Equal(t, clock.Now().Add(DefaultPauseLease), st.PauseUntil)
+}
+
+// A deploy's pause lasts its release job's timeout plus a margin; each
+// request is held at most MaxPauseWait.
+func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
+	for _, c := range []struct{ hold, wait, lease time.Duration }{
+		{2 * time.Minute, 2 * time.Minute, 2*time.Minute + PauseLeaseMargin},
+		{time.Hour, MaxPauseWait, time.Hour + PauseLeaseMargin},
+		{0, MaxPauseWait, 0},
+		{48 * time.Hour, MaxPauseWait, MaxPauseLease},
+	} {
+		wait, lease := pauseWaits(c.hold)
+		require.Equal(t, c.wait, wait, "hold %s", c.hold)
+		require.Equal(t, c.lease, lease, "hold %s", c.hold)
+	}
+
+	p, _, _ := serveOne(t)
+	socket := filepath.Join(t.TempDir(), "c.sock")
+	ln, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	srv := &http.Server{Handler: ControlHandler(p)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	before := time.Now()
+	require.NoError(t, NewControl(socket, "web").Pauser().Pause(context.Background(), 10*time.Minute))
+	st, _ := p.Get("web")
+	require.Equal(t, Duration(MaxPauseWait), st.MaxWait)
+	require.WithinDuration(t, before.Add(10*time.Minute+PauseLeaseMargin), st.PauseUntil, 5*time.Second)
+}

@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A service whose address cannot be listened on at start (the port still
+// held, a LAN address not up yet) is kept: a change to another service
+// writes it back to the state file instead of deleting it. It is listed as
+// not listening, with why and since when, can be switched meanwhile, and
+// is served as soon as its address is free, tried again with a backoff.
+// Its failure is logged once, not at every attempt.
+func TestAServiceThatCannotListenAtStartIsKeptInTheStateFile(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { held.Close() })
+	web, api := held.Addr().String(), freeAddr(t)
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": %q}, {"name": "api", "listen": %q, "upstream": %q}]}`, web, a.addr(), api, a.addr())
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+
+	clock, logs := newFakeClock(), &syncWriter{w: &bytes.Buffer{}}
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(logs, nil)), Options{Clock: clock, Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	t.Cleanup(func() {
+		for _, s := range p.List() {
+			_ = p.Delete(s.Name)
+		}
+	})
+	start := clock.Now()
+	require.NoError(t, p.Restore(path))
+	_, err = p.Switch("api", a.addr(), "127.0.0.1:2")
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"web", "api"}, names(readState(t, path)), "web is still in the file")
+
+	st, err := p.Get("web")
+	require.NoError(t, err)
+	require.Equal(t, a.addr(), st.Upstream, "the deploy side sees its route")
+	require.NotNil(t, st.NotListening)
+	require.Contains(t, st.NotListening.Error, "address already in use")
+	require.Equal(t, start, st.NotListening.Since)
+	clock.Advance(time.Second)
+	clock.Advance(2 * time.Second)
+	st, _ = p.Get("web")
+	require.Equal(t, 3, st.NotListening.Attempts, "tried again after 1 s, then 2 s")
+	require.Equal(t, start, st.NotListening.Since)
+	require.Equal(t, 1, strings.Count(logs.String(), "cannot listen for the service"), "logged once:\n%s", logs)
+
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.NoError(t, err, "a deploy switches it as any other")
+	held.Close()
+	clock.Advance(4 * time.Second)
+	st, _ = p.Get("web")
+	require.Nil(t, st.NotListening)
+	rel, _ := get(t, http.DefaultClient, "http://"+web+"/")
+	require.Equal(t, "b", rel)
+	require.Contains(t, logs.String(), "listening for the service at last")
+	saved := readState(t, path)
+	require.ElementsMatch(t, []string{"web", "api"}, names(saved))
+	for _, s := range saved {
+		if s.Name == "web" {
+			require.Equal(t, b.addr(), s.Upstream)
+		}
+	}
+}
+
+// Retrying stops with the service: a deleted one is not listened for.
+func TestADeletedServiceIsNotListenedForAgain(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: held.Addr().String(), Upstream: "127.0.0.1:1"}}))
+	clock := newFakeClock()
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock})
+	require.NoError(t, p.Restore(path))
+	require.NoError(t, p.Delete("web"))
+	held.Close()
+	clock.Advance(time.Minute)
+	c, err := net.Dial("tcp", held.Addr().String())
+	if err == nil {
+		c.Close()
+	}
+	require.Error(t, err, "nothing listens there")
+	require.Empty(t, p.List())
+}
+
+// Entries the proxy cannot use at all are written back as they were on
+// every later save, never dropped.
+func TestUnusableEntriesAreKeptAsTheyWere(t *testing.T) {
+	a := newBackend(t, "a")
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	good := freeAddr(t)
+	bad := []string{`{"name": 42}`, `{"name": "api", "listen": "not an address", "upstream": "x"}`, `{"name": "web", "listen": "127.0.0.1:1", "upstream": "127.0.0.1:2"}`}
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": %q}, %s, %s, %s]}`, good, a.addr(), bad[0], bad[1], bad[2])
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	require.NoError(t, p.Restore(path))
+	_, err := p.Switch("web", a.addr(), "127.0.0.1:3")
+	require.NoError(t, err)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	for _, b := range bad {
+		require.Contains(t, compactJSON(t, raw), compactJSON(t, []byte(b)), "kept as it was")
+	}
+}
+
+// A state file that is not JSON does not stop the proxy, and nothing of it
+// is lost: the services it can read are served, and the file as found is
+// kept beside it.
+func TestADamagedStateFileLosesNothing(t *testing.T) {
+	a := newBackend(t, "a")
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	good := freeAddr(t)
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": %q}, {"name": "api", "listen": "127.0.0.1:1", "upstr`, good, a.addr())
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	require.NoError(t, p.Restore(path))
+	rel, _ := get(t, http.DefaultClient, "http://"+good+"/")
+	require.Equal(t, "a", rel)
+	copies, _ := filepath.Glob(path + ".damaged-*")
+	require.Len(t, copies, 1)
+	kept, err := os.ReadFile(copies[0])
+	require.NoError(t, err)
+	require.Equal(t, data, string(kept))
+}
+
+func compactJSON(t *testing.T, raw []byte) string {
+	t.Helper()
+	var b bytes.Buffer
+	require.NoError(t, json.Compact(&b, raw))
+	return b.String()
+}

@@ -100,9 +100,10 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 }
 
 // Preflight refuses, before anything starts, a switch that would strand
-// another site or that the Caddyfile could not follow. A Caddyfile that an
-// interrupted switch left naming an earlier release of the service (one of
-// known) is brought in step with Caddy first, and said so.
+// another site or that the Caddyfile could not follow; its refusals say
+// they are one. A Caddyfile that an interrupted switch left naming an
+// earlier release of the service (one of known) is brought in step with
+// Caddy first, and said so.
 func (p *Proxy) Preflight(ctx context.Context, upstream string, known []string) ([]string, error) {
 	if upstream == "" {
 		return nil, nil
@@ -112,17 +113,17 @@ func (p *Proxy) Preflight(ctx context.Context, upstream string, known []string) 
 		return nil, err
 	}
 	if others := p.sharing(all, hs, upstream); len(others) > 0 {
-		return nil, fmt.Errorf("%w: %s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. Set caddy.route to %s to switch every site that uses it together, or give each site its own service",
-			deploy.ErrConfig, upstream, strings.Join(others, ", "), p.route, upstream)
+		return nil, refused(deploy.ErrConfig, fmt.Errorf("%s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. Set caddy.route to %s to switch every site that uses it together, or give each site its own service",
+			upstream, strings.Join(others, ", "), p.route, upstream))
 	}
 	if p.caddyfile == nil {
 		return nil, nil
 	}
 	if err := p.caddyfile.check(); err != nil {
-		return nil, err
+		return nil, refused(deploy.ErrConfig, err)
 	}
-	if _, err := p.caddyfile.plan(p.host(), upstream, upstream); err == nil {
-		return nil, nil
+	if rw, err := p.caddyfile.plan(p.host(), upstream, upstream); err == nil {
+		return rw.notes, nil
 	}
 	// The file does not name what Caddy serves: behind by one interrupted
 	// switch of this service, or changed by someone.
@@ -144,14 +145,35 @@ func (p *Proxy) Preflight(ctx context.Context, upstream string, known []string) 
 		return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, old, upstream)}, nil
 	}
 	_, err = p.caddyfile.plan(p.host(), upstream, upstream)
-	return nil, err
+	return nil, refused(deploy.ErrProxy, err)
 }
+
+// refusal is a deploy the preflight refused: nothing was started. It says
+// so in its own words, keeping kind for the exit code.
+type refusal struct {
+	kind error
+	err  error
+}
+
+func refused(kind, err error) error {
+	if err == nil || errors.As(err, new(*refusal)) {
+		return err
+	}
+	return &refusal{kind: kind, err: err}
+}
+
+func (r *refusal) Error() string {
+	return "refused before the deploy started anything: " + strings.TrimPrefix(r.err.Error(), r.kind.Error()+": ")
+}
+
+func (r *refusal) Unwrap() []error { return []error{r.kind, r.err} }
 
 // sharing names the handlers outside the route that dial upstream too.
 func (p *Proxy) sharing(all, route []proxyHandler, upstream string) []string {
 	var out []string
 	for _, h := range dialing(all, upstream) {
-		if !slices.ContainsFunc(route, func(r proxyHandler) bool { return r.path == h.path }) {
+		// A named route is one handler for every site that invokes it.
+		if !slices.ContainsFunc(route, func(r proxyHandler) bool { return r.path == h.path && slices.Equal(r.hosts, h.hosts) }) {
 			out = append(out, h.describe())
 		}
 	}
@@ -194,7 +216,7 @@ func (p *Proxy) Switch(ctx context.Context, from, to string) error {
 		}
 		if p.caddyfile != nil {
 			if _, err := p.caddyfile.plan(p.host(), now, now); err != nil {
-				return err
+				return fmt.Errorf("%w: %w", deploy.ErrProxy, err)
 			}
 		}
 		err = p.patchUpstream(ctx, hs, to, etag)

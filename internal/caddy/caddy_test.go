@@ -100,24 +100,32 @@ www.example.com, example.com {
 `
 
 func TestRewriteUpstreamInHostsBlockOnly(t *testing.T) {
-	out, n := rewriteUpstream(sampleCaddyfile, "api.example.com", "localhost:8000", "127.0.0.1:32768")
+	rewrite := func(src, host, from, to string) (string, int) {
+		t.Helper()
+		rw, err := rewriteUpstream(src, host, from, to, noEnv)
+		require.NoError(t, err)
+		return rw.out, len(rw.edits)
+	}
+	out, n := rewrite(sampleCaddyfile, "api.example.com", "localhost:8000", "127.0.0.1:32768")
 	require.Equal(t, 1, n)
 	require.Contains(t, out, "api.example.com {\n\treverse_proxy 127.0.0.1:32768 {\n")
 	require.Contains(t, out, "reverse_proxy http://localhost:8000\n", "another site is not touched")
 	require.Contains(t, out, "# localhost:8000 in a comment stays")
 
-	out, n = rewriteUpstream(sampleCaddyfile, "example.com", "localhost:8000", "127.0.0.1:1")
+	out, n = rewrite(sampleCaddyfile, "example.com", "localhost:8000", "127.0.0.1:1")
 	require.Equal(t, 1, n)
 	require.Contains(t, out, "reverse_proxy http://127.0.0.1:1\n\t# localhost:8000\n", "the scheme is kept, comments are not code")
 
-	out, n = rewriteUpstream(sampleCaddyfile, "", "localhost:8000", "127.0.0.1:2")
+	out, n = rewrite(sampleCaddyfile, "", "localhost:8000", "127.0.0.1:2")
 	require.Equal(t, 2, n, "by upstream: every site")
-	_, n = rewriteUpstream(out, "", "localhost:8000", "x")
+	_, n = rewrite(out, "", "localhost:8000", "x")
 	require.Zero(t, n)
 
-	_, n = rewriteUpstream(sampleCaddyfile, "api.example.com", "localhost:800", "x")
+	_, n = rewrite(sampleCaddyfile, "api.example.com", "localhost:800", "x")
 	require.Zero(t, n, "only whole tokens")
 }
+
+func noEnv(string) (string, bool) { return "", false }
 
 func TestVersionBefore(t *testing.T) {
 	require.False(t, versionBefore("v2.11.9", 2, 11, 2))

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gofrs/flock"
 
@@ -28,8 +32,9 @@ const lockWait = 2 * time.Minute
 // only ever replaces its own upstream in the text as it is just before
 // the write.
 type caddyfile struct {
-	path    string // as the user gave it
-	backups string // where the previous version is kept ("" : nowhere)
+	path    string                      // as the user gave it
+	backups string                      // where the previous version is kept ("" : nowhere)
+	env     func(string) (string, bool) // reads {$VAR} in site addresses; nil: os.LookupEnv
 }
 
 // target is the file to read and write: a symbolic link's target, so that
@@ -101,18 +106,31 @@ func (f caddyfile) read() (string, error) {
 	return string(b), nil
 }
 
-// plan says whether from can be replaced by to in the site blocks for host
-// ("" : every block), and gives the new text.
-func (f caddyfile) plan(host, from, to string) (string, error) {
+// plan says whether from can be replaced by to in the sites for host
+// ("" : every site), and gives the rewrite. Its errors carry no sentinel
+// but the file's own: a refusal before the deploy and a failed switch say
+// different things.
+func (f caddyfile) plan(host, from, to string) (rewrite, error) {
 	src, err := f.read()
 	if err != nil {
-		return "", err
+		return rewrite{}, err
 	}
-	out, n := rewriteUpstream(src, host, from, to)
-	if n == 0 {
-		return "", fmt.Errorf("%w: %v", deploy.ErrProxy, errNotInCaddyfile(f.path, host, from))
+	return f.rewrite(src, host, from, to)
+}
+
+func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
+	env := f.env
+	if env == nil {
+		env = os.LookupEnv
 	}
-	return out, nil
+	rw, err := rewriteUpstream(src, host, from, to, env)
+	if err != nil {
+		return rw, fmt.Errorf("the Caddyfile %s: %w; nothing was changed", f.path, err)
+	}
+	if len(rw.edits) == 0 {
+		return rw, errNotInCaddyfile(f.path, host, from, rw.placeholders)
+	}
+	return rw, nil
 }
 
 // replace replaces from by to in the file as it is now (the caller holds
@@ -124,13 +142,17 @@ func (f caddyfile) replace(host, from, to string) error {
 	if err != nil {
 		return err
 	}
-	out, n := rewriteUpstream(src, host, from, to)
-	if n == 0 {
-		if _, already := rewriteUpstream(src, host, to, to); already > 0 {
+	rw, err := f.rewrite(src, host, from, to)
+	if err != nil {
+		if _, already := f.rewrite(src, host, to, to); already == nil {
 			return nil
 		}
-		return fmt.Errorf("the Caddyfile %s no longer names %s (it was edited since handoff read it); handoff does not overwrite a change it did not make", f.path, from)
+		if errors.As(err, new(*notNamedError)) {
+			return fmt.Errorf("the Caddyfile %s no longer names %s (it was edited since handoff read it); handoff does not overwrite a change it did not make", f.path, from)
+		}
+		return err
 	}
+	out := rw.out
 	target, err := f.target()
 	if err != nil {
 		return err
@@ -169,108 +191,238 @@ func backupDir(stateDir string) string {
 	return filepath.Join(stateDir, "caddyfile-backups")
 }
 
-// rewriteUpstream replaces the upstream from with to in a Caddyfile, in the
-// site blocks for host (every block when host is ""), and returns how many
-// it replaced. It changes only whole tokens, keeping a scheme prefix
-// ("http://localhost:8000"), comments, spacing and everything else as is.
-func rewriteUpstream(src, host, from, to string) (string, int) {
-	lines := strings.SplitAfter(src, "\n")
-	depth, inSite, n := 0, host == "", 0
-	for i, line := range lines {
-		code, comment := splitComment(line)
-		if depth == 0 {
-			if addrs, ok := blockHeader(code); ok {
-				inSite = host == "" || servesHost(addrs, host)
-			}
-		}
-		if depth > 0 && inSite {
-			var replaced int
-			code, replaced = replaceToken(code, from, to)
-			n += replaced
-			lines[i] = code + comment
-		}
-		depth += strings.Count(code, "{") - strings.Count(code, "}")
-		if depth < 0 {
-			depth = 0
-		}
-	}
-	return strings.Join(lines, ""), n
+// edit is one upstream a rewrite replaces: src[start:end] is from.
+type edit struct{ start, end int }
+
+// rewrite is what a switch does to the text of a Caddyfile.
+type rewrite struct {
+	out          string
+	edits        []edit
+	notes        []string // sites taken for the route by what they proxy to
+	placeholders []string // upstreams of the route's sites written as {$VAR}
 }
 
-// splitComment cuts a line at a '#' that starts a comment (at the line's
-// start or after white space, as the Caddyfile lexer does).
-func splitComment(line string) (code, comment string) {
-	for i := 0; i < len(line); i++ {
-		if line[i] == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
-			nl := ""
-			if strings.HasSuffix(line, "\n") {
-				nl = "\n"
-			}
-			return line[:i], strings.TrimSuffix(line[i:], "\n") + nl
+// rewriteUpstream replaces the upstream from with to in a Caddyfile,
+// wherever an upstream is written (the arguments of reverse_proxy,
+// php_fastcgi and forward_auth, their `to` lines, and the snippet
+// arguments such a line takes), in the sites for host ("" : every site).
+// It changes those bytes only, keeping a scheme prefix
+// ("http://localhost:8000"), quotes, comments, spacing and everything
+// else as it is. An upstream in a snippet is rewritten when every site
+// that imports it is host's: rewriting it for one of them would switch
+// the others too, and that is refused with their names.
+//
+// A site address written as an env placeholder ({$APP_HOSTNAME}) is read
+// with env, handoff's environment; when it is not set there (Caddy's may
+// differ), the site is taken for host's when it proxies to from: the
+// caller has checked, in Caddy's running config, that only host's route
+// dials from. The rewrite says so in its notes.
+func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)) (rewrite, error) {
+	rw := rewrite{out: src}
+	if !plainAddress(from) || !plainAddress(to) {
+		return rw, fmt.Errorf("upstream %q or %q cannot be written into a Caddyfile as one token", from, to)
+	}
+	tokens, err := lexCaddyfile(src)
+	if err != nil {
+		return rw, fmt.Errorf("read the Caddyfile: %w", err)
+	}
+	blocks, err := parseBlocks(tokens)
+	if err != nil {
+		return rw, fmt.Errorf("read the Caddyfile: %w", err)
+	}
+	type scan struct {
+		ups     []upstreamRef
+		imports []importRef
+	}
+	scans := make([]scan, len(blocks))
+	snippets := map[string]int{}
+	for i, b := range blocks {
+		scans[i].ups, scans[i].imports = scanBody(tokens, b.from, b.to)
+		if b.kind == snippetBlock {
+			snippets[b.name] = i
 		}
 	}
-	return line, ""
+	// The sites that import each snippet, directly or through another.
+	importers := map[int][]int{}
+	for s, b := range blocks {
+		if b.kind != siteBlock {
+			continue
+		}
+		seen := map[int]bool{}
+		var visit func(imports []importRef)
+		visit = func(imports []importRef) {
+			for _, imp := range imports {
+				sn, ok := snippets[imp.name]
+				if !ok || seen[sn] {
+					continue
+				}
+				seen[sn] = true
+				importers[sn] = append(importers[sn], s)
+				visit(scans[sn].imports)
+			}
+		}
+		visit(scans[s].imports)
+	}
+	ours := make([]bool, len(blocks))
+	for s, b := range blocks {
+		if b.kind != siteBlock {
+			continue
+		}
+		switch m := siteMatch(b, host, env); {
+		case host == "" || m == matchYes:
+			ours[s] = true
+		case m == matchUnknown && slices.ContainsFunc(scans[s].ups, func(u upstreamRef) bool { return isUpstream(tokens[u.tok], from) }):
+			ours[s] = true
+			rw.notes = append(rw.notes, fmt.Sprintf("the Caddyfile's %s is taken for %s: its address is not set in handoff's environment, and it proxies to %s, which in Caddy only %s's route does", b.describe(), host, from, host))
+		}
+	}
+	marked := map[int]bool{}
+	mark := func(k int) {
+		if isUpstream(tokens[k], from) {
+			marked[k] = true
+		} else if strings.Contains(tokens[k].text, "{$") {
+			rw.placeholders = append(rw.placeholders, tokens[k].text)
+		}
+	}
+	for s, b := range blocks {
+		if b.kind != siteBlock || !ours[s] {
+			continue
+		}
+		for _, u := range scans[s].ups {
+			if u.arg < 0 {
+				mark(u.tok)
+			}
+		}
+		// An upstream passed to a snippet: `import proxy app:8000`.
+		for _, imp := range scans[s].imports {
+			sn, ok := snippets[imp.name]
+			if !ok {
+				continue
+			}
+			for _, u := range scans[sn].ups {
+				for n, k := range imp.args {
+					if n == u.arg || (u.argsTo && u.arg >= 0 && n > u.arg) {
+						mark(k)
+					}
+				}
+			}
+		}
+	}
+	for sn, sites := range importers {
+		if !slices.ContainsFunc(scans[sn].ups, func(u upstreamRef) bool { return u.arg < 0 && isUpstream(tokens[u.tok], from) }) {
+			continue
+		}
+		var theirs, mine []string
+		for _, s := range sites {
+			if ours[s] {
+				mine = append(mine, blocks[s].describe())
+			} else {
+				theirs = append(theirs, blocks[s].describe())
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		if len(theirs) > 0 {
+			return rewrite{out: src}, fmt.Errorf("upstream %s is written in the Caddyfile's %s, which %s imports too: rewriting it would switch %s as well (give %s its own reverse_proxy line, or set --caddy-route %s to switch every site that uses it)",
+				from, blocks[sn].describe(), strings.Join(theirs, " and "), strings.Join(theirs, " and "), host, from)
+		}
+		for _, u := range scans[sn].ups {
+			if u.arg < 0 {
+				mark(u.tok)
+			}
+		}
+	}
+	var b strings.Builder
+	last := 0
+	for _, k := range slices.Sorted(maps.Keys(marked)) {
+		t := tokens[k]
+		start := t.inner + len(t.text) - len(from) // after any scheme
+		rw.edits = append(rw.edits, edit{start, start + len(from)})
+		b.WriteString(src[last:start])
+		b.WriteString(to)
+		last = start + len(from)
+	}
+	b.WriteString(src[last:])
+	rw.out = b.String()
+	return rw, nil
 }
 
-// blockHeader reads "a.example.com, b.example.com {" at the top level.
-func blockHeader(code string) ([]string, bool) {
-	t := strings.TrimSpace(code)
-	if !strings.HasSuffix(t, "{") {
-		return nil, false
+// isUpstream says whether t is the upstream addr as Caddy dials it, with
+// or without a scheme, written so that its bytes are its value.
+func isUpstream(t token, addr string) bool {
+	if t.quote == '<' {
+		return false
 	}
-	t = strings.TrimSpace(strings.TrimSuffix(t, "{"))
-	return strings.FieldsFunc(t, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' }), true
+	v := t.text
+	for _, scheme := range []string{"http://", "h2c://"} {
+		v = strings.TrimPrefix(v, scheme)
+	}
+	return v == addr && t.raw == t.text
+}
+
+// plainAddress says whether s can stand as one unquoted Caddyfile token
+// that means itself.
+func plainAddress(s string) bool {
+	return s != "" && !strings.ContainsAny(s, " \t\r\n\v\f\"`'{}#\\<") && utf8.ValidString(s)
+}
+
+type siteMatchResult int
+
+const (
+	matchNo siteMatchResult = iota
+	matchYes
+	matchUnknown // an address is a placeholder handoff's environment does not have
+)
+
+// siteMatch says whether a site block serves host, reading its addresses
+// as Caddy does: scheme, port and path aside, env placeholders expanded.
+func siteMatch(b cfBlock, host string, env func(string) (string, bool)) siteMatchResult {
+	result := matchNo
+	for _, k := range b.keys {
+		v, ok := expandEnv(k.text, env)
+		if !ok {
+			result = matchUnknown
+			continue
+		}
+		addrs := strings.FieldsFunc(v, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
+		if servesHost(addrs, host) {
+			return matchYes
+		}
+	}
+	return result
 }
 
 func servesHost(addrs []string, host string) bool {
 	for _, a := range addrs {
-		a = strings.TrimPrefix(strings.TrimPrefix(a, "https://"), "http://")
+		if _, rest, ok := strings.Cut(a, "://"); ok {
+			a = rest
+		}
+		a, _, _ = strings.Cut(a, "/")
 		if h, _, err := net.SplitHostPort(a); err == nil {
 			a = h
 		}
-		if strings.EqualFold(a, host) {
+		if a != "" && strings.EqualFold(a, host) {
 			return true
 		}
 	}
 	return false
 }
 
-// replaceToken replaces whole white-space separated tokens equal to from
-// (optionally after "http://") with to.
-func replaceToken(code, from, to string) (string, int) {
-	var b strings.Builder
-	n := 0
-	for i := 0; i < len(code); {
-		if code[i] == ' ' || code[i] == '\t' || code[i] == '\n' || code[i] == '\r' {
-			b.WriteByte(code[i])
-			i++
-			continue
-		}
-		j := i
-		for j < len(code) && !strings.ContainsRune(" \t\r\n", rune(code[j])) {
-			j++
-		}
-		tok := code[i:j]
-		scheme := ""
-		if strings.HasPrefix(tok, "http://") {
-			scheme, tok = "http://", tok[len("http://"):]
-		}
-		if tok == from {
-			b.WriteString(scheme + to)
-			n++
-		} else {
-			b.WriteString(code[i:j])
-		}
-		i = j
-	}
-	return b.String(), n
-}
-
 // errNotInCaddyfile explains why a switch was refused before it acted.
-func errNotInCaddyfile(path, host, from string) error {
+func errNotInCaddyfile(path, host, from string, placeholders []string) error {
 	where := "anywhere"
 	if host != "" {
 		where = "in the site block for " + host
 	}
-	return fmt.Errorf("the Caddyfile %s does not name upstream %s %s, so a Caddy restart would undo the switch; nothing was changed (fix the Caddyfile, or leave out --caddyfile)", path, from, where)
+	hint := "fix the Caddyfile, or leave out --caddyfile"
+	if len(placeholders) > 0 {
+		hint = fmt.Sprintf("its upstream is written %s, which handoff cannot rewrite: write the address itself, or leave out --caddyfile", strings.Join(slices.Compact(placeholders), ", "))
+	}
+	return &notNamedError{fmt.Sprintf("the Caddyfile %s does not name upstream %s %s, so a Caddy restart would undo the switch; nothing was changed (%s)", path, from, where, hint)}
 }
+
+// notNamedError: the Caddyfile does not name the upstream where it should.
+type notNamedError struct{ msg string }
+
+func (e *notNamedError) Error() string { return e.msg }

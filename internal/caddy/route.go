@@ -32,26 +32,45 @@ func findProxies(cfg map[string]any) []proxyHandler {
 	for _, name := range names {
 		srv, _ := servers[name].(map[string]any)
 		routes, _ := srv["routes"].([]any)
-		out = walkRoutes(out, routes, "/config/apps/http/servers/"+name+"/routes", nil)
+		named, _ := srv["named_routes"].(map[string]any)
+		w := walker{server: "/config/apps/http/servers/" + name, named: named}
+		out = w.routes(out, routes, w.server+"/routes", nil, nil)
 	}
 	return out
 }
 
-func walkRoutes(out []proxyHandler, routes []any, path string, hosts []string) []proxyHandler {
+// walker walks the routes of one server.
+type walker struct {
+	server string         // its admin path
+	named  map[string]any // its named routes, which an invoke handler runs
+}
+
+func (w walker) routes(out []proxyHandler, routes []any, path string, hosts, invoked []string) []proxyHandler {
 	for i, r := range routes {
-		route, _ := r.(map[string]any)
-		rpath := path + "/" + strconv.Itoa(i)
-		rhosts := append(slices.Clip(hosts), routeHosts(route)...)
-		handle, _ := route["handle"].([]any)
-		for j, h := range handle {
-			handler, _ := h.(map[string]any)
-			hpath := rpath + "/handle/" + strconv.Itoa(j)
-			switch handler["handler"] {
-			case "reverse_proxy":
-				out = append(out, proxyHandler{path: hpath, hosts: rhosts, dials: dials(handler), handler: handler})
-			case "subroute":
-				sub, _ := handler["routes"].([]any)
-				out = walkRoutes(out, sub, hpath+"/routes", rhosts)
+		out = w.route(out, r, path+"/"+strconv.Itoa(i), hosts, invoked)
+	}
+	return out
+}
+
+// route walks one route; invoked are the named routes on the way to it,
+// so that one invoking itself is walked once.
+func (w walker) route(out []proxyHandler, r any, rpath string, hosts, invoked []string) []proxyHandler {
+	route, _ := r.(map[string]any)
+	rhosts := append(slices.Clip(hosts), routeHosts(route)...)
+	handle, _ := route["handle"].([]any)
+	for j, h := range handle {
+		handler, _ := h.(map[string]any)
+		hpath := rpath + "/handle/" + strconv.Itoa(j)
+		switch handler["handler"] {
+		case "reverse_proxy":
+			out = append(out, proxyHandler{path: hpath, hosts: rhosts, dials: dials(handler), handler: handler})
+		case "subroute":
+			sub, _ := handler["routes"].([]any)
+			out = w.routes(out, sub, hpath+"/routes", rhosts, invoked)
+		case "invoke":
+			name, _ := handler["name"].(string)
+			if named, ok := w.named[name]; ok && !slices.Contains(invoked, name) {
+				out = w.route(out, named, w.server+"/named_routes/"+name, rhosts, append(slices.Clip(invoked), name))
 			}
 		}
 	}
@@ -109,9 +128,9 @@ func (r Route) byUpstream() bool {
 // selectHandlers picks the handlers the route names. known are the
 // upstreams of the service's own containers: after the first deploy the
 // route's upstream is one of them, no longer the address the user gave.
-// A site host names its one reverse_proxy; an upstream names every
-// reverse_proxy that dials it, switched together. They must agree on one
-// upstream.
+// An upstream names every reverse_proxy that dials it, switched together.
+// A site host names every reverse_proxy of the site that dials the
+// service's upstream (see siteHandlers). They must agree on one upstream.
 func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHandler, error) {
 	var found []proxyHandler
 	for _, h := range all {
@@ -123,7 +142,10 @@ func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHan
 		return nil, fmt.Errorf("%w: no reverse_proxy for %s in Caddy's config (it has: %s); set --caddy-route to a site host or the current upstream", deploy.ErrNoRoute, route, summary(all))
 	}
 	if len(found) > 1 && !route.byUpstream() {
-		return nil, fmt.Errorf("%w: %d reverse_proxy handlers match %s (%s); handoff switches a site with one", deploy.ErrNoRoute, len(found), route, summary(found))
+		var err error
+		if found, err = siteHandlers(found, route, known); err != nil {
+			return nil, err
+		}
 	}
 	for _, h := range found {
 		if len(h.dials) != 1 {
@@ -134,6 +156,60 @@ func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHan
 		}
 	}
 	return found, nil
+}
+
+// siteHandlers picks, among the reverse_proxy handlers of one site, the
+// service's: every one that dials its upstream. That is the site's one
+// upstream; or one of known (the service's containers); or the one left
+// when the site's forward_auth and php_fastcgi handlers, which Caddy's
+// JSON lists as reverse_proxy handlers too, are set aside. Anything else
+// is a real ambiguity, and the route must name its upstream.
+func siteHandlers(site []proxyHandler, route Route, known []string) ([]proxyHandler, error) {
+	if len(upstreamsOf(site)) == 1 {
+		return site, nil
+	}
+	ours := slices.DeleteFunc(slices.Clone(site), func(h proxyHandler) bool {
+		return !slices.ContainsFunc(h.dials, func(d string) bool {
+			return slices.ContainsFunc(known, func(k string) bool { return deploy.SameUpstream(d, k) })
+		})
+	})
+	if len(ours) > 0 {
+		return ours, nil
+	}
+	main := slices.DeleteFunc(slices.Clone(site), proxyHandler.auxiliary)
+	if len(main) > 0 && len(upstreamsOf(main)) == 1 {
+		return main, nil
+	}
+	ups := upstreamsOf(site)
+	var names []string
+	for _, u := range ups {
+		names = append(names, "--caddy-route "+u)
+	}
+	return nil, fmt.Errorf("%w: site %s proxies to %d upstreams (%s); handoff cannot tell which one is the service's: name it with %s", deploy.ErrNoRoute, route, len(ups), summary(site), strings.Join(names, " or "))
+}
+
+// upstreamsOf lists the distinct upstreams the handlers dial, in order;
+// a handler with several is one entry, its dials joined.
+func upstreamsOf(hs []proxyHandler) []string {
+	var out []string
+	for _, h := range hs {
+		u := strings.Join(h.dials, ",")
+		if !slices.ContainsFunc(out, func(o string) bool { return o == u || deploy.SameUpstream(o, u) }) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// auxiliary says whether the handler is a forward_auth (it asks an
+// authentication service, then goes on) or a php_fastcgi (a FastCGI
+// transport) rather than a plain reverse_proxy.
+func (h proxyHandler) auxiliary() bool {
+	if dig(h.handler, "transport", "protocol") == "fastcgi" {
+		return true
+	}
+	_, responds := h.handler["handle_response"]
+	return responds && dig(h.handler, "rewrite", "method") == "GET"
 }
 
 // dialing lists the handlers of all that send traffic to upstream.

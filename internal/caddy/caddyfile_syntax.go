@@ -1,0 +1,448 @@
+package caddy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// This file reads a Caddyfile as Caddy's own lexer and parser do (quotes,
+// backticks, heredocs, escaped newlines, comments only at a token's start,
+// a single site without braces, snippets and their imports), just far
+// enough to know where each upstream is written, so that a switch can
+// change those bytes and nothing else.
+
+// token is one Caddyfile token and where it is written.
+type token struct {
+	text       string // its value, as Caddy reads it
+	raw        string // its value as written (escapes and all)
+	start, end int    // the bytes it takes in the file, quotes included
+	inner      int    // where its value starts (after an opening quote)
+	line       int    // Caddy's line number for it
+	breaks     int    // line breaks inside it (quoted text, heredocs)
+	quote      rune   // '"', '`', '<' (heredoc) or 0
+}
+
+// brace says whether the token is a bare "{" or "}".
+func (t token) brace(b string) bool { return t.quote == 0 && t.text == b }
+
+// lexCaddyfile splits src into tokens by the rules of Caddy's lexer.
+func lexCaddyfile(src string) ([]token, error) {
+	var out []token
+	line, skipped := 1, 0
+	i := 0
+	if strings.HasPrefix(src, "\uFEFF") {
+		i = len("\uFEFF")
+	}
+	for i < len(src) {
+		r, size := utf8.DecodeRuneInString(src[i:])
+		switch {
+		case r == '\n':
+			line += 1 + skipped
+			skipped = 0
+			i++
+			continue
+		case unicode.IsSpace(r):
+			i += size
+			continue
+		case r == '\\' && escapedNewline(src[i+1:]) > 0:
+			// An escaped newline chains the next line's tokens onto this one.
+			skipped++
+			i += 1 + escapedNewline(src[i+1:])
+			continue
+		case r == '#':
+			for i < len(src) && src[i] != '\n' {
+				i++
+			}
+			continue
+		}
+		t := token{start: i, inner: i, line: line}
+		var err error
+		switch r {
+		case '"', '`':
+			t.quote, t.inner = r, i+1
+			i, err = lexQuoted(src, i+1, r, &t, &line, &skipped)
+		default:
+			i, err = lexBare(src, i, &t, &line, &skipped)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", t.line, err)
+		}
+		t.end = i
+		switch t.quote {
+		case '"', '`':
+			t.raw = src[t.inner : t.end-1]
+		case 0:
+			t.raw = src[t.start:t.end]
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// escapedNewline is the length of the new line s starts with ("\n" or
+// "\r\n"), 0 if it starts with none.
+func escapedNewline(s string) int {
+	switch {
+	case strings.HasPrefix(s, "\n"):
+		return 1
+	case strings.HasPrefix(s, "\r\n"):
+		return 2
+	}
+	return 0
+}
+
+// lexQuoted reads a quoted token from i, just after its opening quote.
+func lexQuoted(src string, i int, q rune, t *token, line, skipped *int) (int, error) {
+	var b strings.Builder
+	for i < len(src) {
+		c := src[i]
+		if q == '"' && c == '\\' && i+1 < len(src) {
+			// Inside quotes only a quote can be escaped; a backslash
+			// before anything else stays.
+			if src[i+1] != '"' {
+				b.WriteByte('\\')
+			}
+			i++
+			c = src[i]
+			if c == '\n' {
+				*line += 1 + *skipped
+				*skipped = 0
+				t.breaks++
+			}
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		if rune(c) == q {
+			t.text = b.String()
+			return i + 1, nil
+		}
+		if c == '\n' {
+			*line += 1 + *skipped
+			*skipped = 0
+			t.breaks++
+		}
+		b.WriteByte(c)
+		i++
+	}
+	return i, fmt.Errorf("a quote %c is never closed", q)
+}
+
+// lexBare reads an unquoted token, or a heredoc (<<MARKER ... MARKER).
+func lexBare(src string, i int, t *token, line, skipped *int) (int, error) {
+	var b strings.Builder
+	for i < len(src) {
+		c := src[i]
+		if c == '\\' && i+1 < len(src) {
+			next := src[i+1]
+			if escapedNewline(src[i+1:]) > 0 {
+				break // an escaped newline ends the token and chains the line
+			}
+			if r, _ := utf8.DecodeRuneInString(src[i+1:]); unicode.IsSpace(r) {
+				i++ // an escaped space still ends the token
+				break
+			}
+			if next != '<' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(next)
+			i += 2
+			continue
+		}
+		if c == '\n' || c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' {
+			break
+		}
+		r, size := utf8.DecodeRuneInString(src[i:])
+		if unicode.IsSpace(r) {
+			break
+		}
+		b.WriteString(src[i : i+size])
+		i += size
+		if b.Len() == 2 && b.String() == "<<" && src[t.start:t.start+2] == "<<" {
+			return lexHeredoc(src, i, t, line, skipped)
+		}
+	}
+	t.text = b.String()
+	return i, nil
+}
+
+// lexHeredoc reads a heredoc from i, just after its "<<".
+func lexHeredoc(src string, i int, t *token, line, skipped *int) (int, error) {
+	nl := strings.IndexByte(src[i:], '\n')
+	if nl < 0 {
+		return i, fmt.Errorf("a heredoc marker is not followed by a new line")
+	}
+	marker := strings.TrimSuffix(src[i:i+nl], "\r")
+	if marker == "" || strings.ContainsAny(marker, "< \t") {
+		return i, fmt.Errorf("heredoc marker %q is not valid", marker)
+	}
+	body := i + nl + 1
+	end := strings.Index(src[body:], marker)
+	if end < 0 {
+		return i, fmt.Errorf("heredoc %s is never closed", marker)
+	}
+	t.quote, t.inner = '<', body
+	t.text = src[body : body+end]
+	t.breaks = 1 + strings.Count(t.text, "\n")
+	*skipped += t.breaks
+	return body + end + len(marker), nil
+}
+
+// newLine says whether tokens[i] starts a line, as Caddy's parser sees it.
+func newLine(tokens []token, i int) bool {
+	if i == 0 {
+		return true
+	}
+	prev := tokens[i-1]
+	return prev.line+prev.breaks < tokens[i].line
+}
+
+// blockKind says what a top-level block of a Caddyfile is.
+type blockKind int
+
+const (
+	globalOptions blockKind = iota
+	siteBlock
+	snippetBlock // (name) { ... }, or a named route &(name) { ... }
+)
+
+// cfBlock is one top-level block of a Caddyfile.
+type cfBlock struct {
+	kind     blockKind
+	keys     []token // site addresses
+	name     string  // snippet name ("&name" for a named route)
+	from, to int     // its body: tokens[from:to], braces left out
+}
+
+// describe names the block as a person wrote it.
+func (b cfBlock) describe() string {
+	if b.kind == snippetBlock {
+		return "snippet (" + b.name + ")"
+	}
+	var keys []string
+	for _, k := range b.keys {
+		keys = append(keys, strings.TrimSuffix(k.text, ","))
+	}
+	return "site " + strings.Join(keys, ", ")
+}
+
+// parseBlocks groups tokens into top-level blocks as Caddy's parser does:
+// addresses up to a "{" (on more lines while one ends with a comma), the
+// body to its matching "}"; a site without braces runs to the end.
+func parseBlocks(tokens []token) ([]cfBlock, error) {
+	var out []cfBlock
+	for i := 0; i < len(tokens); {
+		if tokens[i].quote == 0 && tokens[i].text == "import" {
+			// A top-level import (files, or a snippet of whole sites):
+			// what it brings is not in this file.
+			i++
+			for i < len(tokens) && !newLine(tokens, i) {
+				i++
+			}
+			continue
+		}
+		b := cfBlock{kind: siteBlock}
+		if len(out) == 0 && tokens[i].brace("{") {
+			b.kind = globalOptions
+		}
+		for b.kind != globalOptions && i < len(tokens) && !tokens[i].brace("{") {
+			b.keys = append(b.keys, tokens[i])
+			more := strings.HasSuffix(tokens[i].text, ",")
+			i++
+			if i < len(tokens) && !more && newLine(tokens, i) {
+				break
+			}
+		}
+		if len(b.keys) == 1 {
+			k := b.keys[0].text
+			if name, ok := strings.CutPrefix(k, "("); ok && strings.HasSuffix(k, ")") {
+				b.kind, b.name = snippetBlock, strings.TrimSuffix(name, ")")
+			} else if name, ok := strings.CutPrefix(k, "&("); ok && strings.HasSuffix(k, ")") {
+				b.kind, b.name = snippetBlock, "&"+strings.TrimSuffix(name, ")")
+			}
+		}
+		if i >= len(tokens) || !tokens[i].brace("{") {
+			if b.kind != siteBlock {
+				return nil, fmt.Errorf("line %d: %s has no braces", b.keys[0].line, b.describe())
+			}
+			// A site without braces (Caddy allows it for the one site of a
+			// file): it runs to the end.
+			b.from, b.to = i, len(tokens)
+			out = append(out, b)
+			break
+		}
+		depth, j := 1, i+1
+		for ; j < len(tokens) && depth > 0; j++ {
+			switch {
+			case tokens[j].brace("{"):
+				depth++
+			case tokens[j].brace("}"):
+				depth--
+			}
+		}
+		if depth > 0 {
+			return nil, fmt.Errorf("line %d: the block opened here is never closed", tokens[i].line)
+		}
+		b.from, b.to = i+1, j-1
+		out = append(out, b)
+		i = j
+	}
+	return out, nil
+}
+
+// proxyDirectives are the directives whose arguments (after a matcher)
+// and `to` lines are upstreams: each is a reverse_proxy in Caddy's JSON.
+var proxyDirectives = map[string]bool{"reverse_proxy": true, "php_fastcgi": true, "forward_auth": true}
+
+// upstreamRef is a place in a block where an upstream is written: a token
+// of a proxy directive, or a snippet argument ({args[0]}) that one is.
+type upstreamRef struct {
+	tok    int  // index in tokens
+	arg    int  // ≥ 0: the token is {args[arg]}, not an address
+	argsTo bool // {args[arg:]}: every argument from arg on
+}
+
+// importRef is an `import name args...` line inside a block.
+type importRef struct {
+	name string
+	args []int // token indices of its arguments
+}
+
+// scanBody finds, in tokens[from:to], where upstreams are written and
+// which snippets are imported (or named routes invoked).
+func scanBody(tokens []token, from, to int) ([]upstreamRef, []importRef) {
+	var ups []upstreamRef
+	var imports []importRef
+	var openers []string // the directive that opened each enclosing block
+	for i := from; i < to; {
+		t := tokens[i]
+		switch {
+		case t.brace("}"):
+			if len(openers) > 0 {
+				openers = openers[:len(openers)-1]
+			}
+			i++
+			continue
+		case t.brace("{"):
+			openers = append(openers, "")
+			i++
+			continue
+		}
+		// t is a directive (or subdirective); its arguments run to the
+		// end of the line, or to a brace.
+		j := i + 1
+		for j < to && !newLine(tokens, j) && !tokens[j].brace("{") && !tokens[j].brace("}") {
+			j++
+		}
+		inner := len(openers) > 0 && proxyDirectives[openers[len(openers)-1]]
+		switch {
+		case t.quote == 0 && (t.text == "import" || t.text == "invoke") && j > i+1:
+			ref := importRef{name: tokens[i+1].text}
+			if t.text == "invoke" {
+				ref.name = "&" + ref.name
+			}
+			for k := i + 2; k < j; k++ {
+				ref.args = append(ref.args, k)
+			}
+			imports = append(imports, ref)
+		case t.quote == 0 && proxyDirectives[t.text]:
+			k := i + 1
+			if k < j && isMatcherToken(tokens[k].text) {
+				k++
+			}
+			for ; k < j; k++ {
+				ups = append(ups, newUpstreamRef(tokens, k))
+			}
+		case t.quote == 0 && t.text == "to" && inner:
+			for k := i + 1; k < j; k++ {
+				ups = append(ups, newUpstreamRef(tokens, k))
+			}
+		}
+		if j < to && tokens[j].brace("{") {
+			// Its block, even when the brace is on the next line (Caddy
+			// reads it so too).
+			openers = append(openers, t.text)
+			j++
+		}
+		i = j
+	}
+	return ups, imports
+}
+
+func newUpstreamRef(tokens []token, k int) upstreamRef {
+	n, rest := argIndex(tokens[k].text)
+	return upstreamRef{tok: k, arg: n, argsTo: rest}
+}
+
+// isMatcherToken says whether a directive's first argument is a matcher:
+// a named matcher, a path, or "*".
+func isMatcherToken(s string) bool {
+	return s == "*" || strings.HasPrefix(s, "/") || strings.HasPrefix(s, "@")
+}
+
+// argIndex reads a snippet argument placeholder, {args[N]} or {args.N},
+// or a range {args[N:]} ({args[:]} is 0 on): N, or -1 when s is not one.
+func argIndex(s string) (n int, rest bool) {
+	inner, ok := strings.CutPrefix(s, "{args")
+	if !ok || !strings.HasSuffix(inner, "}") {
+		return -1, false
+	}
+	inner = strings.TrimSuffix(inner, "}")
+	switch {
+	case strings.HasPrefix(inner, "[") && strings.HasSuffix(inner, "]"):
+		inner = strings.TrimSuffix(strings.TrimPrefix(inner, "["), "]")
+		inner, rest = strings.CutSuffix(inner, ":")
+		if inner == "" && rest {
+			return 0, true
+		}
+	case strings.HasPrefix(inner, "."):
+		inner = inner[1:]
+	default:
+		return -1, false
+	}
+	n, err := strconv.Atoi(inner)
+	if err != nil || n < 0 || n > 1000 {
+		return -1, false
+	}
+	return n, rest
+}
+
+// expandEnv replaces {$VAR} and {$VAR:default} as Caddy does before it
+// reads the file, from env; ok is false when a variable is unset and has
+// no default (Caddy's environment may well have it).
+func expandEnv(s string, env func(string) (string, bool)) (string, bool) {
+	var b strings.Builder
+	ok := true
+	for {
+		start := strings.Index(s, "{$")
+		if start < 0 {
+			break
+		}
+		end := strings.IndexByte(s[start:], '}')
+		if end < 0 {
+			break
+		}
+		name := s[start+2 : start+end]
+		b.WriteString(s[:start])
+		s = s[start+end+1:]
+		if name == "" {
+			b.WriteString("{$}")
+			continue
+		}
+		name, def, hasDef := strings.Cut(name, ":")
+		v, found := env(name)
+		switch {
+		case found:
+			b.WriteString(v)
+		case hasDef:
+			b.WriteString(def)
+		default:
+			ok = false
+		}
+	}
+	b.WriteString(s)
+	return b.String(), ok
+}

@@ -62,6 +62,26 @@ func TestAPausedDeployKilledBySIGHUPLetsRequestsGo(t *testing.T) {
 	require.False(t, h[0].Held)
 }
 
+// A deploy killed outright (SIGKILL, the OOM killer) cannot let its
+// requests go: the proxy's lease on the pause does, on its own.
+func TestAPausedDeployKilledBySIGKILLLetsRequestsGoAtItsLease(t *testing.T) {
+	s, ctl, jobRuns := pausedDeploy(t, "2s")
+	cmd, _ := s.Start("deploy")
+	jobRuns()
+
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	killed := time.Now()
+	require.True(t, paused(t, ctl), "nobody resumed it")
+	WaitFor(t, time.Minute, "the proxy to end the pause at its lease", func() bool { return !paused(t, ctl) })
+	t.Logf("the pause ended %s after the deploy was killed", time.Since(killed).Round(100*time.Millisecond))
+	require.Equal(t, "v1", s.Serving())
+	require.Contains(t, s.Proxy.Log(), "pause lease ended")
+
+	r := s.Run("status")
+	require.Contains(t, r.Stdout, "was interrupted in phase release", r.String())
+}
+
 // A request the old release still runs when release_pause starts (a slow
 // POST) finishes before the release job runs: the job's write comes after
 // the request's answer.

@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -176,22 +177,89 @@ func (r *Runtime) createVerified(ctx context.Context, svc deploy.Service, name, 
 }
 
 // Announce gives a healthy release the service's aliases on each of its
-// networks (Docker sets aliases only as a container joins a network: it
-// leaves and joins again). Before this, only its own name reaches it.
+// networks. It joined them all when it was created, with its own name
+// only (other services find the service by its aliases: they must not
+// reach a release before it is healthy), so its connections out (a
+// database pool) are made there from its first moment. No Docker engine
+// changes the aliases of a running container's endpoint (up to API 1.52
+// a container already on a network cannot join it again): it leaves the
+// network and joins it again. A TCP connection lives through that only
+// when the release gets its address back: handoff asks for it where the
+// engine lets a container ask for an address (a network with a subnet of
+// its own), and else takes what the engine gives back, which is the same
+// address unless one below it was freed meanwhile. When the address did
+// change, the release's connections on that network are cut: Announce
+// refuses, so that the deploy does not switch to it.
 func (r *Runtime) Announce(ctx context.Context, c deploy.Container, svc deploy.Service) error {
+	res, err := r.api.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+	if err != nil {
+		return err
+	}
+	joined := map[string]*network.EndpointSettings{}
+	if ns := res.Container.NetworkSettings; ns != nil {
+		joined = ns.Networks
+	}
 	for _, n := range svc.Networks {
 		if len(n.Aliases) == 0 {
 			continue
 		}
+		was := joined[n.Name]
+		if was == nil {
+			return fmt.Errorf("%s is not on network %s, which it joined when it was created; deploy again", c.Name, n.Name)
+		}
 		if _, err := r.api.NetworkDisconnect(ctx, n.Name, client.NetworkDisconnectOptions{Container: c.ID}); err != nil {
 			return fmt.Errorf("leave network %s: %w", n.Name, err)
 		}
-		ep := &network.EndpointSettings{Aliases: n.Aliases}
-		if _, err := r.api.NetworkConnect(ctx, n.Name, client.NetworkConnectOptions{Container: c.ID, EndpointConfig: ep}); err != nil {
-			return fmt.Errorf("join network %s as %s: %w", n.Name, strings.Join(n.Aliases, ", "), err)
+		if err := r.rejoin(ctx, c.ID, n, was); err != nil {
+			return err
+		}
+		res, err := r.api.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+		if err != nil {
+			return err
+		}
+		now := res.Container.NetworkSettings.Networks[n.Name]
+		if now == nil || now.IPAddress != was.IPAddress || now.GlobalIPv6Address != was.GlobalIPv6Address {
+			return fmt.Errorf("%w: %s came back on network %s at another address (%s, was %s) when it was given the service's names there (Docker gives them only as a container joins a network), which cut the connections it had open there; give network %s a subnet of its own (compose: ipam: config: [{subnet: …}]) so that handoff can keep the address, and deploy again",
+				ErrAddressChanged, c.Name, n.Name, address(now), address(was), n.Name)
 		}
 	}
 	return nil
+}
+
+// ErrAddressChanged says a release lost its address on a network as it
+// was given the service's aliases there: it is not switched to.
+var ErrAddressChanged = errors.New("address changed")
+
+// rejoin joins network n again with its aliases, at the address it had
+// where the engine takes an address asked for.
+func (r *Runtime) rejoin(ctx context.Context, id string, n deploy.Network, was *network.EndpointSettings) error {
+	ep := &network.EndpointSettings{Aliases: n.Aliases}
+	if was.IPAddress.IsValid() || was.GlobalIPv6Address.IsValid() {
+		ep.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: was.IPAddress, IPv6Address: was.GlobalIPv6Address}
+	}
+	_, err := r.api.NetworkConnect(ctx, n.Name, client.NetworkConnectOptions{Container: id, EndpointConfig: ep})
+	if err != nil && ep.IPAMConfig != nil && cerrdefs.IsInvalidArgument(err) {
+		// No subnet of its own: the engine picks (API 1.41 to 1.52 alike).
+		ep.IPAMConfig = nil
+		_, err = r.api.NetworkConnect(ctx, n.Name, client.NetworkConnectOptions{Container: id, EndpointConfig: ep})
+	}
+	if err != nil {
+		return fmt.Errorf("join network %s as %s: %w", n.Name, strings.Join(n.Aliases, ", "), err)
+	}
+	return nil
+}
+
+func address(ep *network.EndpointSettings) string {
+	if ep == nil {
+		return "none"
+	}
+	var out []string
+	for _, a := range []netip.Addr{ep.IPAddress, ep.GlobalIPv6Address} {
+		if a.IsValid() {
+			out = append(out, a.String())
+		}
+	}
+	return cmp.Or(strings.Join(out, ", "), "none")
 }
 
 // restartPolicy is Docker's restart policy for one written as `docker run

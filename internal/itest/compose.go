@@ -104,14 +104,19 @@ type ComposeProject struct {
 	State    string
 	SiteURL  string // http://127.0.0.1:port, Host SiteHost
 	ViaProxy bool
-	Env      map[string]string // for handoff and the compose tool: WEB_RELEASE, WORKER_RELEASE
+	Env      map[string]string // for handoff and the compose tool: WEB_RELEASE, WORKER_RELEASE, WEB_BOOT_DELAY
 	v1       bool
+	opts     ComposeOptions
 }
 
 // ComposeOptions vary a project.
 type ComposeOptions struct {
 	ViaProxy bool   // Caddy → handoff proxy (a compose service) → app
 	Tool     string // "v5" (default) or "v1" (docker-compose 1.29.2: no top-level name:)
+	// HoldDB: web holds one connection to db, as a database pool does,
+	// and is healthy only while it works (testapp's HOLD).
+	HoldDB     bool
+	BackSubnet string // the back network's own subnet ("" : the engine picks one)
 }
 
 // NewComposeProject writes the project; Up starts it. Everything it makes
@@ -124,7 +129,7 @@ func NewComposeProject(t testing.TB, o ComposeOptions) *ComposeProject {
 		tool = "v5"
 	}
 	p := &ComposeProject{T: t, API: Docker(t), Bin: Build(t), Tool: ComposeTool(t, tool), Name: UniqueName(), Dir: t.TempDir(), State: t.TempDir(),
-		ViaProxy: o.ViaProxy, Env: map[string]string{"WEB_RELEASE": "web0", "WORKER_RELEASE": "worker0"}, v1: tool == "v1"}
+		ViaProxy: o.ViaProxy, Env: map[string]string{"WEB_RELEASE": "web0", "WORKER_RELEASE": "worker0"}, v1: tool == "v1", opts: o}
 	port := FreePort(t)
 	p.SiteURL = "http://127.0.0.1:" + Itoa(port)
 	for _, d := range []string{"caddy", "proxy", "ticks"} {
@@ -178,7 +183,13 @@ func (p *ComposeProject) composeFile(port int) string {
       health: {path: /health, interval: 100ms, successes: 2}
       drain_timeout: 10s
 `
-	proxySvc := ""
+	proxySvc, webEnv, back := "", "", "  back: {}\n"
+	if p.opts.HoldDB {
+		webEnv = `, BOOT_DELAY: "${WEB_BOOT_DELAY:-0s}", HOLD: "db:8000"`
+	}
+	if p.opts.BackSubnet != "" {
+		back = "  back:\n    ipam: {config: [{subnet: " + p.opts.BackSubnet + "}]}\n"
+	}
 	if p.ViaProxy {
 		handoff = `x-handoff:
   proxy: handoff
@@ -210,7 +221,7 @@ func (p *ComposeProject) composeFile(port int) string {
     networks: [front]
 ` + proxySvc + `  web:
     image: ` + TestImage + `-${WEB_RELEASE}
-    environment: {DRAIN_GRACE: "0s"}
+    environment: {DRAIN_GRACE: "0s"` + webEnv + `}
     expose: ["8000"]
     restart: unless-stopped
     depends_on: [db]
@@ -231,8 +242,7 @@ volumes:
   caddy-data: {}
 networks:
   front: {}
-  back: {}
-`
+` + back
 }
 
 // ReleaseImage builds the app image of a release (its RELEASE baked in, so

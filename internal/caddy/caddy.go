@@ -45,7 +45,7 @@ func New(address, route, caddyfilePath, stateDir string) (*Proxy, error) {
 	}
 	p := &Proxy{admin: a, route: Route(route)}
 	if caddyfilePath != "" {
-		p.caddyfile = &caddyfile{path: caddyfilePath, backups: backupDir(stateDir)}
+		p.caddyfile = &caddyfile{path: caddyfilePath, state: stateDir}
 	}
 	return p, nil
 }
@@ -428,7 +428,11 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	advice := advise(hs[0].handler, p.admin.address)
 	if p.caddyfile != nil {
 		if _, err := p.caddyfile.plan(p.host(), hs[0].dials[0], hs[0].dials[0]); err != nil {
-			advice = append(advice, "out of step: "+err.Error())
+			msg := "out of step: " + err.Error()
+			if prev, ok := p.caddyfile.previous(); ok {
+				msg += "; the version before handoff's last switch is " + prev
+			}
+			advice = append(advice, msg)
 		}
 	}
 	return advice, nil

@@ -1,7 +1,13 @@
 package caddy
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -152,4 +158,85 @@ func TestMaintenanceRoutesAreTheServicesOwn(t *testing.T) {
 	require.False(t, isMaintenanceOf("handoff-maintenance-web-", "web"))
 	require.False(t, isMaintenanceOf("handoff-maintenance-web-2-0", "web-20"))
 	require.True(t, isMaintenanceOf("handoff-maintenance-web-2-0", "web-2"))
+}
+
+// What Caddy 2.11 serves for a site with a forward_auth, a php_fastcgi and
+// the app (caddy adapt of such a site, trimmed).
+const siteWithHelpers = `{"apps":{"http":{"servers":{"srv0":{"routes":[
+ {"match":[{"host":["app.example.com"]}],"handle":[{"handler":"subroute","routes":[
+   {"handle":[
+     {"handler":"reverse_proxy","handle_response":[{"match":{"status_code":[2]}}],"rewrite":{"method":"GET","uri":"/verify"},"upstreams":[{"dial":"auth:9091"}]},
+     {"handler":"reverse_proxy","upstreams":[{"dial":"app:8000"}]}]},
+   {"match":[{"path":["/ws/*"]}],"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"app:8000"}]}]},
+   {"match":[{"path":["*.php"]}],"handle":[{"handler":"reverse_proxy","transport":{"protocol":"fastcgi"},"upstreams":[{"dial":"php:9000"}]}]}]}]}
+]}}}}}`
+
+// A site's handlers that dial the service's upstream are switched
+// together; its forward_auth and php_fastcgi are not the service.
+func TestSelectHandlersOfASiteWithSeveral(t *testing.T) {
+	var cfg map[string]any
+	require.NoError(t, json.Unmarshal([]byte(siteWithHelpers), &cfg))
+	all := findProxies(cfg)
+	require.Len(t, all, 4)
+
+	hs, err := selectHandlers(all, "app.example.com", nil)
+	require.NoError(t, err)
+	require.Len(t, hs, 2)
+	for _, h := range hs {
+		require.Equal(t, []string{"app:8000"}, h.dials)
+	}
+
+	// After the first deploy the app is at a container's address.
+	all[1].dials, all[2].dials = []string{"127.0.0.1:32768"}, []string{"127.0.0.1:32768"}
+	hs, err = selectHandlers(all, "app.example.com", []string{"127.0.0.1:32768"})
+	require.NoError(t, err)
+	require.Len(t, hs, 2)
+
+	// Two plain handlers for two upstreams: say which route would name each.
+	all[2].dials = []string{"api:9000"}
+	_, err = selectHandlers(all, "app.example.com", nil)
+	require.ErrorIs(t, err, deploy.ErrNoRoute)
+	require.ErrorContains(t, err, "name it with --caddy-route 127.0.0.1:32768 or --caddy-route api:9000")
+	hs, err = selectHandlers(all, "app.example.com", []string{"api:9000"})
+	require.NoError(t, err, "the service's own upstream tells")
+	require.Equal(t, []string{"api:9000"}, hs[0].dials)
+}
+
+// fakeCaddy answers GET /config/ with cfg, as Caddy's admin API would.
+func fakeCaddy(t *testing.T, cfg string) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/config/" {
+			http.Error(w, "not in this fake", http.StatusNotImplemented)
+			return
+		}
+		io.WriteString(w, cfg)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A Caddyfile that does not name the upstream is refused by the preflight,
+// before anything starts, and the refusal says it is one: it is not a
+// failed switch. Status then says where the version before handoff's last
+// write is.
+func TestPreflightRefusalSaysItIsOne(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	file := filepath.Join(dir, "Caddyfile")
+	require.NoError(t, os.WriteFile(file, []byte("api.example.com {\n\treverse_proxy 127.0.0.1:9\n}\n"), 0o644))
+	p, err := New(fakeCaddy(t, twoSites), "api.example.com", file, state)
+	require.NoError(t, err)
+
+	_, err = p.Preflight(context.Background(), "localhost:8000", nil)
+	require.ErrorIs(t, err, deploy.ErrProxy, "exit 5, as the README says for a Caddyfile out of step")
+	require.ErrorContains(t, err, "refused before the deploy started anything: the Caddyfile "+file+" does not name upstream localhost:8000")
+	require.NotContains(t, err.Error(), "proxy switch failed")
+
+	real, err := filepath.EvalSymlinks(file)
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Dir(BackupPath(state, real)), 0o700))
+	require.NoError(t, os.WriteFile(BackupPath(state, real), []byte("before\n"), 0o600))
+	advice, err := p.Advice(context.Background(), "localhost:8000")
+	require.NoError(t, err)
+	require.Contains(t, advice[len(advice)-1], "out of step: ")
+	require.Contains(t, advice[len(advice)-1], "the version before handoff's last switch is "+BackupPath(state, real))
 }

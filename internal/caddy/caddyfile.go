@@ -32,9 +32,9 @@ const lockWait = 2 * time.Minute
 // only ever replaces its own upstream in the text as it is just before
 // the write.
 type caddyfile struct {
-	path    string                      // as the user gave it
-	backups string                      // where the previous version is kept ("" : nowhere)
-	env     func(string) (string, bool) // reads {$VAR} in site addresses; nil: os.LookupEnv
+	path  string                      // as the user gave it
+	state string                      // handoff's state directory, where the previous version is kept ("" : nowhere)
+	env   func(string) (string, bool) // reads {$VAR} in site addresses; nil: os.LookupEnv
 }
 
 // target is the file to read and write: a symbolic link's target, so that
@@ -166,29 +166,29 @@ func (f caddyfile) replace(host, from, to string) error {
 // backup keeps the previous version in handoff's state directory, never
 // beside the file: a copy there would be read by `import sites/*`.
 func (f caddyfile) backup(target string, data []byte) error {
-	if f.backups == "" {
+	if f.state == "" {
 		return nil
 	}
-	return atomicfile.Write(f.backupPath(target), data, 0o600)
+	return atomicfile.Write(BackupPath(f.state, target), data, 0o600)
 }
 
-// backupPath is where the previous version of target is kept.
-func (f caddyfile) backupPath(target string) string {
-	name := strings.ReplaceAll(strings.TrimPrefix(filepath.Clean(target), "/"), "/", "_")
-	return filepath.Join(f.backups, name+".previous")
+// previous says where the version of the file before handoff's last
+// write is kept, if there is one.
+func (f caddyfile) previous() (string, bool) {
+	target, err := f.target()
+	if err != nil || f.state == "" {
+		return "", false
+	}
+	path := BackupPath(f.state, target)
+	_, err = os.Stat(path)
+	return path, err == nil
 }
 
 // BackupPath says where the previous version of the Caddyfile at target
 // (a real file, not a link) is kept under handoff's state directory.
 func BackupPath(stateDir, target string) string {
-	return caddyfile{backups: backupDir(stateDir)}.backupPath(target)
-}
-
-func backupDir(stateDir string) string {
-	if stateDir == "" {
-		return ""
-	}
-	return filepath.Join(stateDir, "caddyfile-backups")
+	name := strings.ReplaceAll(strings.TrimPrefix(filepath.Clean(target), "/"), "/", "_")
+	return filepath.Join(stateDir, "caddyfile-backups", name+".previous")
 }
 
 // edit is one upstream a rewrite replaces: src[start:end] is from.

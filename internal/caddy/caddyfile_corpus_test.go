@@ -36,7 +36,7 @@ type corpusCase struct {
 	refusedBy string
 }
 
-func readCorpus(t *testing.T) []corpusCase {
+func readCorpus(t testing.TB) []corpusCase {
 	t.Helper()
 	paths, err := filepath.Glob("testdata/caddyfiles/*.caddyfile")
 	require.NoError(t, err)
@@ -100,4 +100,61 @@ func TestCaddyfileCorpusRewrite(t *testing.T) {
 			require.Equal(t, before, back.out)
 		})
 	}
+}
+
+// FuzzRewriteUpstream: for any file, the rewrite refuses (and leaves the
+// text as it is), or changes it only where from was an upstream, to to,
+// every other token staying as it was; and switching back gives the file
+// again.
+func FuzzRewriteUpstream(f *testing.F) {
+	const to = "127.0.0.1:32768"
+	for _, c := range readCorpus(f) {
+		host := c.route
+		if host == "upstream" {
+			host = ""
+		}
+		f.Add(renderCorpus(c.src, "127.0.0.1:8001"), host, "127.0.0.1:8001")
+	}
+	f.Add(sampleCaddyfile, "api.example.com", "localhost:8000")
+	f.Add(twoServices, "", "127.0.0.1:1001")
+	f.Fuzz(func(t *testing.T, src, host, from string) {
+		if !plainAddress(from) || strings.Contains(src, to) || strings.Contains(from, to) || strings.Contains(to, from) {
+			t.Skip()
+		}
+		rw, err := rewriteUpstream(src, host, from, to, noEnv)
+		if err != nil || len(rw.edits) == 0 {
+			require.Equal(t, src, rw.out, "a refusal changes nothing")
+			return
+		}
+		var b strings.Builder
+		last := 0
+		for _, e := range rw.edits {
+			require.GreaterOrEqual(t, e.start, last, "edits in order, apart")
+			require.Equal(t, from, src[e.start:e.end], "only the upstream is replaced")
+			b.WriteString(src[last:e.start] + to)
+			last = e.end
+		}
+		b.WriteString(src[last:])
+		require.Equal(t, b.String(), rw.out, "nothing but the edits changed")
+
+		before, err := lexCaddyfile(src)
+		require.NoError(t, err)
+		after, err := lexCaddyfile(rw.out)
+		require.NoError(t, err, "the new file still reads")
+		require.Len(t, after, len(before), "the same tokens")
+		edited := 0
+		for i := range before {
+			if before[i].text == after[i].text {
+				require.Equal(t, before[i].line, after[i].line)
+				continue
+			}
+			require.Equal(t, strings.TrimSuffix(before[i].text, from)+to, after[i].text, "token %d", i)
+			edited++
+		}
+		require.Equal(t, len(rw.edits), edited, "one token per edit")
+
+		back, err := rewriteUpstream(rw.out, host, to, from, noEnv)
+		require.NoError(t, err)
+		require.Equal(t, src, back.out, "switching back gives the file again")
+	})
 }

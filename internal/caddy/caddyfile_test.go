@@ -30,8 +30,8 @@ func TestConcurrentWritersOfOneCaddyfileKeepEachOthersChanges(t *testing.T) {
 	path := filepath.Join(dir, "Caddyfile")
 	require.NoError(t, os.WriteFile(path, []byte(twoServices), 0o644))
 	state := t.TempDir()
-	api := caddyfile{path: path, backups: backupDir(state)}
-	web := caddyfile{path: path, backups: backupDir(state)}
+	api := caddyfile{path: path, state: state}
+	web := caddyfile{path: path, state: state}
 	for round := 1; round <= 50; round++ {
 		var wg sync.WaitGroup
 		for _, c := range []struct {
@@ -109,7 +109,7 @@ func TestCaddyfileWriteKeepsLinkModeOwnerAndBacksUpElsewhere(t *testing.T) {
 	link := filepath.Join(dir, "Caddyfile")
 	require.NoError(t, os.Symlink(real, link))
 	state := t.TempDir()
-	f := caddyfile{path: link, backups: backupDir(state)}
+	f := caddyfile{path: link, state: state}
 	require.NoError(t, f.check())
 
 	require.NoError(t, f.replace("api.example.com", addr(1001), addr(1002)))
@@ -138,4 +138,33 @@ func TestCaddyfileThatCannotBeWrittenIsRefusedUpFront(t *testing.T) {
 	require.ErrorIs(t, err, deploy.ErrConfig)
 	require.ErrorContains(t, err, "cannot write the Caddyfile's directory /proc")
 	require.ErrorContains(t, err, "nothing was changed")
+}
+
+// A site address written {$VAR} is read with handoff's environment when it
+// has the variable; without it, the site is taken by what it proxies to,
+// and the rewrite says so.
+func TestSiteAddressPlaceholders(t *testing.T) {
+	const src = "{$APP_HOSTNAME} {\n\treverse_proxy app:8000\n}\n\nother.example.com {\n\treverse_proxy app:9000\n}\n"
+	env := func(v string) func(string) (string, bool) {
+		return func(name string) (string, bool) { return v, name == "APP_HOSTNAME" && v != "" }
+	}
+	rw, err := rewriteUpstream(src, "app.example.com", "app:8000", "127.0.0.1:1", env("app.example.com"))
+	require.NoError(t, err)
+	require.Len(t, rw.edits, 1)
+	require.Empty(t, rw.notes, "resolved as Caddy would")
+
+	rw, err = rewriteUpstream(src, "app.example.com", "app:8000", "127.0.0.1:1", env("elsewhere.example.com"))
+	require.NoError(t, err)
+	require.Empty(t, rw.edits, "the variable names another site")
+
+	rw, err = rewriteUpstream(src, "app.example.com", "app:8000", "127.0.0.1:1", env(""))
+	require.NoError(t, err)
+	require.Len(t, rw.edits, 1)
+	require.Equal(t, []string{"the Caddyfile's site {$APP_HOSTNAME} is taken for app.example.com: its address is not set in handoff's environment, and it proxies to app:8000, which in Caddy only app.example.com's route does"}, rw.notes)
+
+	rw, err = rewriteUpstream(src, "other.example.com", "app:9000", "127.0.0.1:1", env(""))
+	require.NoError(t, err)
+	require.Len(t, rw.edits, 1)
+	require.Empty(t, rw.notes, "the placeholder site proxies elsewhere: not taken")
+	require.Contains(t, rw.out, "other.example.com {\n\treverse_proxy 127.0.0.1:1\n")
 }

@@ -177,15 +177,18 @@ func siteHandlers(site []proxyHandler, route Route, known []string) ([]proxyHand
 		return ours, nil
 	}
 	main := slices.DeleteFunc(slices.Clone(site), proxyHandler.auxiliary)
-	if len(main) > 0 && len(upstreamsOf(main)) == 1 {
+	if len(main) == 0 {
+		main = site
+	}
+	ups := upstreamsOf(main)
+	if len(ups) == 1 {
 		return main, nil
 	}
-	ups := upstreamsOf(site)
 	var names []string
 	for _, u := range ups {
 		names = append(names, "--caddy-route "+u)
 	}
-	return nil, fmt.Errorf("%w: site %s proxies to %d upstreams (%s); handoff cannot tell which one is the service's: name it with %s", deploy.ErrNoRoute, route, len(ups), summary(site), strings.Join(names, " or "))
+	return nil, fmt.Errorf("%w: site %s proxies to %d upstreams (%s); handoff cannot tell which one is the service's: name it with %s", deploy.ErrNoRoute, route, len(ups), summary(main), strings.Join(names, " or "))
 }
 
 // upstreamsOf lists the distinct upstreams the handlers dial, in order;

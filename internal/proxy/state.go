@@ -64,11 +64,17 @@ func SaveState(path string, services []ServiceState) error {
 		}
 		f.Services = append(f.Services, raw)
 	}
-	data, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
+	// Not HTML-escaped: an entry kept as it was is written as it was
+	// (json.Marshal would turn its "&" into "\u0026"), and a maintenance
+	// page stays readable.
+	var data bytes.Buffer
+	enc := json.NewEncoder(&data)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(f); err != nil {
 		return err
 	}
-	return atomicfile.Write(path, data, 0o600)
+	return atomicfile.Write(path, data.Bytes(), 0o600)
 }
 
 // Restore puts back the services of the state file, paused ones paused.

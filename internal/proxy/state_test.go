@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,3 +149,123 @@ func compactJSON(t *testing.T, raw []byte) string {
 	require.NoError(t, json.Compact(&b, raw))
 	return b.String()
 }
+
+// FuzzStateFile: whatever the state file holds, the proxy starts without
+// a panic and loses nothing of it: every entry it read is served or kept
+// as it was, a file it could not read whole is copied aside byte for
+// byte, and what it writes back it reads again the same way.
+func FuzzStateFile(f *testing.F) {
+	for _, seed := range []string{
+		`{"services": []}`,
+		`{"services": [{"name": "web", "listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}]}`,
+		`{"services": [{"name": "web", "listen": "127.0.0.1:8001", "upstream": "127.0.0.1:1", "paused": true, "pause_max_wait": "30s", "pause_until": "2026-12-01T20:10:00Z"}, {"name": "web", "listen": "127.0.0.1:8002", "upstream": "127.0.0.1:2"}]}`,
+		`{"services": [{"name": 42}, "x", null, [], {"name": "api", "listen": "nope", "upstream": "x"}]}`,
+		`{"services": [{"name": "web", "listen": "127.0.0.1:8001", "upstream": "127.0.0.1:1", "maintenance": {"page": "<p>down</p>", "retry_after": 60}}], "version": 2}`,
+		`{"services": [{"name": "web", "listen": "127.0.0.1:8001", "upstr`,
+		`{"unreadable": "at byte 3", "copy": "/x"}`,
+		`{"services": [{"unreadable": "at byte 3: unexpected EOF", "copy": "/var/lib/handoff/proxy.json.damaged-1"}]}`,
+		`{"Services": [{"name": "a", "listen": ":8003", "upstream": "[::1]:80", "pause_max_wait": "-1s", "paused": true}]}`,
+		``, `null`, `[]`, `{"services": {}}`, `{} {}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "proxy.json")
+		require.NoError(t, os.WriteFile(path, data, 0o600))
+		in, damage := readStateFile(data)
+
+		p := fuzzServer(t, path)
+		require.NoError(t, p.Restore(path))
+		p.change.Lock()
+		require.NoError(t, p.save(func(l []ServiceState) []ServiceState { return l }))
+		p.change.Unlock()
+
+		out, err := os.ReadFile(path)
+		require.NoError(t, err)
+		saved, outDamage := readStateFile(out)
+		require.NoError(t, outDamage, "what the proxy writes it reads whole:\n%s", out)
+		kept := map[string]int{}
+		for _, raw := range saved {
+			kept[compact(raw)]++
+		}
+		served := map[string]bool{}
+		for _, raw := range in {
+			st, why := readEntry(raw)
+			if why == "" && served[st.Name] {
+				why = "a second entry"
+			}
+			served[st.Name] = served[st.Name] || why == ""
+			if why != "" {
+				require.Positive(t, kept[compact(raw)], "entry %s is kept as it was in:\n%s", raw, out)
+				continue
+			}
+			got, err := p.Get(st.Name)
+			require.NoError(t, err)
+			require.Equal(t, st.Listen, got.Listen)
+			if got.Unrestored == "" {
+				require.Equal(t, st.Upstream, got.Upstream)
+			}
+		}
+		if damage != nil {
+			copies, _ := filepath.Glob(path + ".damaged-*")
+			require.Len(t, copies, 1)
+			found, err := os.ReadFile(copies[0])
+			require.NoError(t, err)
+			require.Equal(t, data, found, "the damaged file is copied as it was")
+		}
+
+		again := fuzzServer(t, path)
+		require.NoError(t, again.Restore(path))
+		require.Equal(t, describe(p.List()), describe(again.List()), "restored the same from what it wrote")
+	})
+}
+
+// fuzzServer is a server whose listeners are make-believe: an address
+// with a 9 in it cannot be listened on, the others accept nothing.
+func fuzzServer(t *testing.T, path string) *Server {
+	listen := func(_, addr string) (net.Listener, error) {
+		if strings.Contains(addr, "9") {
+			return nil, errors.New("address already in use")
+		}
+		return newIdleListener(), nil
+	}
+	p := NewServer(listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: newFakeClock(), Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	p.probe = func(*slog.Logger, string, string) {}
+	t.Cleanup(func() {
+		for _, s := range p.List() {
+			if s.Unrestored == "" {
+				_ = p.Delete(s.Name)
+			}
+		}
+	})
+	return p
+}
+
+func compact(raw []byte) string {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
+}
+
+func describe(list []ServiceState) []string {
+	var out []string
+	for _, s := range list {
+		out = append(out, fmt.Sprintf("%q %q %q paused=%v until=%s maint=%v listening=%v unrestored=%q", s.Name, s.Listen, s.Upstream, s.Paused, s.PauseUntil, s.Maintenance != nil, s.NotListening == nil, s.Unrestored))
+	}
+	return out
+}
+
+// idleListener accepts nothing until it is closed.
+type idleListener struct {
+	done chan struct{}
+	once sync.Once
+}
+
+func newIdleListener() *idleListener { return &idleListener{done: make(chan struct{})} }
+
+func (l *idleListener) Accept() (net.Conn, error) { <-l.done; return nil, net.ErrClosed }
+func (l *idleListener) Close() error              { l.once.Do(func() { close(l.done) }); return nil }
+func (l *idleListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }

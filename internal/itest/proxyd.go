@@ -14,8 +14,9 @@ import (
 
 // ProxyDaemon is a running `handoff proxy`.
 type ProxyDaemon struct {
-	Socket  string
-	PIDFile string
+	Socket    string
+	PIDFile   string
+	StateFile string
 	Listen  string // the service's stable address (set by the scenario)
 	logPath string
 	bin     string
@@ -28,9 +29,21 @@ type ProxyDaemon struct {
 // the end (a restart replaces it) is stopped when the test ends.
 func StartProxy(t testing.TB, bin string, handover time.Duration) *ProxyDaemon {
 	t.Helper()
+	return StartProxyWithState(t, bin, handover, "")
+}
+
+// StartProxyWithState is StartProxy with a state file that holds state
+// ("": none) before the proxy starts.
+func StartProxyWithState(t testing.TB, bin string, handover time.Duration, state string) *ProxyDaemon {
+	t.Helper()
 	dir := t.TempDir()
-	d := &ProxyDaemon{Socket: filepath.Join(dir, "proxy.sock"), PIDFile: filepath.Join(dir, "proxy.pid"), logPath: filepath.Join(dir, "proxy.log"), t: t}
-	d.args = []string{"proxy", "--socket", d.Socket, "--state-file", filepath.Join(dir, "state.json"),
+	d := &ProxyDaemon{Socket: filepath.Join(dir, "proxy.sock"), PIDFile: filepath.Join(dir, "proxy.pid"), StateFile: filepath.Join(dir, "state.json"), logPath: filepath.Join(dir, "proxy.log"), t: t}
+	if state != "" {
+		if err := os.WriteFile(d.StateFile, []byte(state), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.args = []string{"proxy", "--socket", d.Socket, "--state-file", d.StateFile,
 		"--pid-file", d.PIDFile, "--handover-timeout", handover.String()}
 	d.bin = bin
 	d.StartAgain()

@@ -4,6 +4,9 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,4 +106,122 @@ func startOn(t *testing.T, api *client.Client, network string) string {
 	_, err = api.ContainerStart(ctx, created.ID, client.ContainerStartOptions{})
 	require.NoError(t, err)
 	return created.ID
+}
+
+// Compose settings that were accepted and dropped reach the release on a
+// real engine: restart on-failure:3 (Docker refused the whole string when
+// the release was created, after its release job had run), a pids limit,
+// a bind's selinux label and propagation, a volume's nocopy (compose
+// v5.6.0 does not know use_service_name_alias yet: the unit test has it).
+// A volume's subpath is refused on this
+// engine (API 1.41 would mount the whole volume) before the release job
+// runs.
+func TestComposeSettingsReachTheRelease(t *testing.T) {
+	BuildComposeImages(t)
+	api, bin, tool := Docker(t), Build(t), ComposeTool(t, "v5")
+	project := func(t *testing.T, app string) (string, func(args ...string) Result) {
+		name, dir := UniqueName(), t.TempDir()
+		for _, d := range []string{"out", "shared"} {
+			require.NoError(t, os.Mkdir(filepath.Join(dir, d), 0o777))
+		}
+		yml := "name: " + name + "\nservices:\n  app:\n    image: " + TestImage + "\n    command: [worker]\n" +
+			"    environment: {RELEASE: \"${APP_RELEASE:-a0}\", MIGRATIONS: /out/migrations.log}\n" + app +
+			"    x-handoff: {release: [migrate]}\nvolumes:\n  cache: {}\n  tenants: {}\nnetworks:\n  back: {}\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte(yml), 0o644))
+		env := append(os.Environ(), "HANDOFF_STATE_DIR="+t.TempDir(), "HANDOFF_COMPOSE="+tool, "APP_RELEASE=a1")
+		t.Cleanup(func() {
+			cmd := exec.Command(tool, "-p", name, "down", "-v", "-t", "1")
+			cmd.Dir, cmd.Env = dir, env
+			_ = cmd.Run()
+			list, err := api.ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", "com.docker.compose.project="+name)})
+			if err == nil {
+				for _, c := range list.Items {
+					remove(api, c.ID)
+				}
+			}
+			_, _ = api.NetworkRemove(context.Background(), name+"_back", client.NetworkRemoveOptions{})
+			for _, v := range []string{"_cache", "_tenants"} {
+				_, _ = api.VolumeRemove(context.Background(), name+v, client.VolumeRemoveOptions{Force: true})
+			}
+		})
+		return dir, func(args ...string) Result {
+			t.Helper()
+			if args[0] == "compose" {
+				cmd := exec.Command(tool, append([]string{"-p", name}, args[1:]...)...)
+				cmd.Dir, cmd.Env = dir, env
+				out, err := cmd.CombinedOutput()
+				require.NoError(t, err, "%s", out)
+				return Result{Stdout: string(out)}
+			}
+			return HandoffEnv(t, bin, dir, "", env, append([]string{args[0], "-f", "compose.yaml", "-p", name}, args[1:]...)...)
+		}
+	}
+
+	t.Run("applied", func(t *testing.T) {
+		dir, run := project(t, `    restart: on-failure:3
+    deploy: {resources: {limits: {pids: 64}}}
+    volumes:
+      - {type: bind, source: ./out, target: /out, bind: {selinux: z}}
+      - {type: bind, source: ./shared, target: /shared, read_only: true, bind: {propagation: private}}
+      - {type: volume, source: cache, target: /cache, volume: {nocopy: true}}
+    networks: [back]
+`)
+		run("compose", "up", "-d")
+		r := run("deploy", "app")
+		require.Equal(t, 0, r.Code, r.String())
+		migrations, err := os.ReadFile(filepath.Join(dir, "out", "migrations.log"))
+		require.NoError(t, err)
+		require.Equal(t, "a1\n", string(migrations), "the release job ran once")
+
+		var live container.InspectResponse
+		for _, c := range listService(t, api, "app") {
+			if c.Config.Labels["com.docker.compose.project.working_dir"] == dir {
+				live = c
+			}
+		}
+		require.NotNil(t, live.State, "a release of app runs")
+		require.True(t, live.State.Running)
+		require.Equal(t, container.RestartPolicy{Name: "on-failure", MaximumRetryCount: 3}, live.HostConfig.RestartPolicy)
+		require.NotNil(t, live.HostConfig.PidsLimit)
+		require.Equal(t, int64(64), *live.HostConfig.PidsLimit)
+		mounts := map[string]container.MountPoint{}
+		for _, m := range live.Mounts {
+			mounts[m.Destination] = m
+		}
+		require.Equal(t, "z", mounts["/out"].Mode)
+		require.Equal(t, "private", string(mounts["/shared"].Propagation))
+		require.False(t, mounts["/shared"].RW)
+		require.Equal(t, "nocopy", mounts["/cache"].Mode)
+	})
+
+	t.Run("subpath refused on API 1.41", func(t *testing.T) {
+		dir, run := project(t, `    volumes:
+      - {type: bind, source: ./out, target: /out}
+      - {type: volume, source: tenants, target: /data, volume: {subpath: acme}}
+    networks: [back]
+`)
+		out := run("compose", "up", "-d")
+		t.Logf("docker compose v5.6.0 on API 1.41: %s", out.Stdout)
+		r := run("deploy", "app")
+		t.Logf("%s", r)
+		require.NotEqual(t, 0, r.Code, r.String())
+		require.Contains(t, r.Stderr, "mounts acme of volume ")
+		require.Contains(t, r.Stderr, "cannot mount part of a volume")
+		_, err := os.Stat(filepath.Join(dir, "out", "migrations.log"))
+		require.True(t, os.IsNotExist(err), "the release job did not run")
+	})
+}
+
+// listService inspects the containers of compose service service.
+func listService(t *testing.T, api *client.Client, service string) []container.InspectResponse {
+	t.Helper()
+	list, err := api.ContainerList(context.Background(), client.ContainerListOptions{Filters: make(client.Filters).Add("label", "com.docker.compose.service="+service)})
+	require.NoError(t, err)
+	var out []container.InspectResponse
+	for _, c := range list.Items {
+		res, err := api.ContainerInspect(context.Background(), c.ID, client.ContainerInspectOptions{})
+		require.NoError(t, err)
+		out = append(out, res.Container)
+	}
+	return out
 }

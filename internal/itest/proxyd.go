@@ -17,11 +17,11 @@ type ProxyDaemon struct {
 	Socket    string
 	PIDFile   string
 	StateFile string
-	Listen  string // the service's stable address (set by the scenario)
-	logPath string
-	bin     string
-	args    []string
-	t       testing.TB
+	Listen    string // the service's stable address (set by the scenario)
+	logPath   string
+	bin       string
+	args      []string
+	t         testing.TB
 }
 
 // StartProxy runs `handoff proxy` with its files in a temporary directory

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -34,7 +37,12 @@ same binary (an upgrade or restart without dropping anything).`,
 			}
 			o.Log = slog.New(slog.NewTextHandler(c.io.Err, nil))
 			o.Socket, o.Trusted = socket, trusted
-			return proxy.RunDaemon(cmd.Context(), o)
+			// SIGHUP is the proxy's restart (systemctl reload), never its
+			// stop, whatever the other commands make of it: only SIGINT
+			// and SIGTERM end the daemon.
+			ctx, stop := signal.NotifyContext(context.WithoutCancel(cmd.Context()), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return proxy.RunDaemon(ctx, o)
 		},
 	}
 	f := cmd.Flags()

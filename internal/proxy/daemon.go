@@ -138,7 +138,18 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("handoff proxy: %w", err)
 	}
-	log.Info("handoff proxy ready", "socket", o.Socket, "state", o.StateFile, "services", len(srv.List()), "pid", os.Getpid())
+	served, notListening, kept := 0, 0, 0
+	for _, st := range srv.List() {
+		switch {
+		case st.Unrestored != "":
+			kept++
+		case st.NotListening != nil:
+			notListening++
+		default:
+			served++
+		}
+	}
+	log.Info("handoff proxy ready", "socket", o.Socket, "state", o.StateFile, "services", served, "not_listening", notListening, "entries_not_restored", kept, "pid", os.Getpid())
 
 	select {
 	case <-upg.Exit():

@@ -49,7 +49,8 @@ var keys = map[string]handling{
 	"cap_drop": {applied, ""}, "logging": {applied, ""}, "stop_signal": {applied, ""},
 	"stop_grace_period": {applied, ""}, "ports": {applied, ""}, "expose": {applied, ""},
 	"pull_policy": {applied, ""}, "scale": {applied, ""},
-	"container_name": {applied, ""}, "network_mode": {applied, ""}, // refused with their reasons by supported
+	"container_name": {refused, "two releases cannot have one name while a deploy runs"}, // supported says more
+	"network_mode":   {refused, "a proxy must reach two releases at once, on networks"},
 
 	"profiles":           {ignored, "it chooses which services a project has; handoff deploys the services it is named"},
 	"depends_on":         {ignored, "it orders the start of `docker compose up`; a deploy replaces one service and starts no other"},

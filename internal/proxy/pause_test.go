@@ -153,3 +153,39 @@ func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
 	require.Equal(t, Duration(MaxPauseWait), st.MaxWait)
 	require.WithinDuration(t, before.Add(10*time.Minute+PauseLeaseMargin), st.PauseUntil, 5*time.Second)
 }
+
+// A pause is kept across a restart, and both its wait and the number of
+// requests it holds are bounded.
+func TestPauseIsSavedAndBounded(t *testing.T) {
+	p, path, a, listen := savingOne(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, err := p.Pause("web", time.Hour, 0)
+	require.ErrorIs(t, err, ErrBadInput, "a wait beyond MaxPauseWait is refused")
+	_, err = p.Pause("web", 2*time.Minute, 0)
+	require.NoError(t, err)
+	require.NoError(t, p.Delete("web"))
+
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Contains(t, string(raw), `"services": []`)
+
+	// As a restarted process finds it: paused, with its wait.
+	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: listen, Upstream: a.addr(), Paused: true, MaxWait: Duration(2 * time.Minute)}}))
+	q := NewServer(net.Listen, quiet, Options{})
+	t.Cleanup(func() { _ = q.Delete("web") })
+	require.NoError(t, q.Restore(path))
+	st, err := q.Get("web")
+	require.NoError(t, err)
+	require.True(t, st.Paused)
+	require.Equal(t, Duration(2*time.Minute), st.MaxWait)
+
+	s, _ := q.get("web")
+	s.gate.waiting.Store(MaxHeld)
+	resp, err := http.Get("http://" + listen + "/")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "beyond MaxHeld a request is answered at once")
+	require.Contains(t, string(body), "too many requests held")
+	s.gate.waiting.Store(0)
+}

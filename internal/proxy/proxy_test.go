@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -394,4 +396,49 @@ func TestHandoverWaitsForWebSockets(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "the open WebSocket kept the handover waiting")
 	_, _, err = ws.Read(ctx)
 	require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(err), "%v", err)
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
+func readState(t *testing.T, path string) []ServiceState {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var f stateFile
+	require.NoError(t, json.Unmarshal(raw, &f))
+	var out []ServiceState
+	for _, e := range f.Services {
+		var st ServiceState
+		require.NoError(t, json.Unmarshal(e, &st))
+		out = append(out, st)
+	}
+	return out
+}
+
+// savingOne has service "web" on a free address, sent to backend "a", in a
+// server that saves its state to path.
+func savingOne(t *testing.T) (p *Server, path string, a *backend, listen string) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "proxy.json")
+	p = NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	a = newBackend(t, "a")
+	listen = freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+	return p, path, a, listen
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -269,3 +270,70 @@ func newIdleListener() *idleListener { return &idleListener{done: make(chan stru
 func (l *idleListener) Accept() (net.Conn, error) { <-l.done; return nil, net.ErrClosed }
 func (l *idleListener) Close() error              { l.once.Do(func() { close(l.done) }); return nil }
 func (l *idleListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// Saves are one at a time and in order: after switching two services at
+// once, the file holds both new upstreams, every round.
+func TestConcurrentSwitchesAllReachTheStateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	t.Cleanup(func() {
+		for _, s := range p.List() {
+			_ = p.Delete(s.Name)
+		}
+	})
+	for _, name := range []string{"web", "api"} {
+		_, err := p.Put(name, freeAddr(t), "127.0.0.1:1")
+		require.NoError(t, err)
+	}
+	for round := range 200 {
+		to := fmt.Sprintf("127.0.0.1:%d", 2000+round)
+		var wg sync.WaitGroup
+		for _, name := range []string{"web", "api"} {
+			wg.Go(func() {
+				_, err := p.Switch(name, "", to)
+				require.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		for _, st := range readState(t, path) {
+			require.Equal(t, to, st.Upstream, "round %d: %s", round, st.Name)
+		}
+	}
+}
+
+// A change that cannot be saved is not made, and the caller is told: a
+// deploy must never believe a switch that a restart would undo.
+func TestAChangeThatCannotBeSavedIsNotMade(t *testing.T) {
+	failing := false
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Save: func([]ServiceState) error {
+		if failing {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}})
+	t.Cleanup(func() { failing = false; _ = p.Delete("web") })
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	listen := freeAddr(t)
+	_, err := p.Put("web", listen, a.addr())
+	require.NoError(t, err)
+
+	failing = true
+	_, err = p.Switch("web", a.addr(), b.addr())
+	require.ErrorIs(t, err, ErrNotSaved)
+	require.ErrorContains(t, err, "no space left on device")
+	st, _ := p.Get("web")
+	require.Equal(t, a.addr(), st.Upstream, "still on a")
+	rel, _ := get(t, http.DefaultClient, "http://"+listen+"/")
+	require.Equal(t, "a", rel)
+	_, err = p.Pause("web", time.Second, 0)
+	require.ErrorIs(t, err, ErrNotSaved)
+	st, _ = p.Get("web")
+	require.False(t, st.Paused)
+
+	srv := httptest.NewServer(ControlHandler(p))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/v1/services/web/switch", "application/json", bytes.NewReader([]byte(fmt.Sprintf(`{"from": %q, "to": %q}`, a.addr(), b.addr()))))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusInternalServerError, resp.StatusCode, "the control call fails")
+}

@@ -86,3 +86,15 @@ func TestAnUnnamedEntryStopsFirstDeploys(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnrestored)
 	require.ErrorContains(t, err, "which may be shop's")
 }
+
+// A change to a name the proxy holds only an unrestored entry for says
+// so, not "no such service".
+func TestAChangeToAnUnrestoredEntrySaysWhy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"services": [{"name": "api", "listen": "127.0.0.1:9002", "upstream": 7002}]}`), 0o600))
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	require.NoError(t, p.Restore(path))
+	_, err := NewControl(controlSocket(t, p), "api").Pause(context.Background(), 0, 0)
+	require.ErrorContains(t, err, "422")
+	require.ErrorContains(t, err, "could not be restored")
+}

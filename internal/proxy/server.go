@@ -522,6 +522,11 @@ func (p *Server) get(name string) (*service, error) {
 	defer p.mu.Unlock()
 	s, ok := p.services[name]
 	if !ok {
+		for _, st := range p.kept {
+			if st.Name == name {
+				return nil, fmt.Errorf("%w: %s: %s", ErrUnrestored, name, st.Unrestored)
+			}
+		}
 		return nil, fmt.Errorf("%w: %s", ErrNoService, name)
 	}
 	return s, nil

@@ -86,7 +86,10 @@ func TestADeletedServiceIsNotListenedForAgain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "proxy.json")
 	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: "127.0.0.1:9001", Upstream: "127.0.0.1:1"}}))
 	var tries atomic.Int64
-	refuse := func(string, string) (net.Listener, error) { tries.Add(1); return nil, errors.New("address already in use") }
+	refuse := func(string, string) (net.Listener, error) {
+		tries.Add(1)
+		return nil, errors.New("address already in use")
+	}
 	clock := newFakeClock()
 	p := NewServer(refuse, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock})
 	require.NoError(t, p.Restore(path))

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/hostcmd"
 )
 
 // Tool is what the user's own compose tool says of a service.
@@ -55,7 +56,7 @@ func Ask(ctx context.Context, o Options, service string) Tool {
 }
 
 func run(ctx context.Context, tool []string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, tool[0], append(tool[1:], args...)...)
+	cmd := hostcmd.CommandContext(ctx, tool[0], append(tool[1:], args...)...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	err := cmd.Run()

@@ -25,6 +25,7 @@ type fakeRuntime struct {
 	pullErr    error
 	jobs       [][]string // release jobs run, in order
 	jobExit    int
+	jobErr     error  // what Job returns before running, if set
 	jobBlock   bool   // a job runs until its context ends
 	onJob      func() // runs as a job starts (a Ctrl-C at that moment)
 }
@@ -121,10 +122,13 @@ func (f *fakeRuntime) Job(ctx context.Context, _ Service, imageID string, cmd []
 	f.mu.Lock()
 	f.record("job " + strings.Join(cmd, " "))
 	f.jobs = append(f.jobs, cmd)
-	block, code, onJob := f.jobBlock, f.jobExit, f.onJob
+	block, code, onJob, jobErr := f.jobBlock, f.jobExit, f.onJob, f.jobErr
 	f.mu.Unlock()
 	if onJob != nil {
 		onJob()
+	}
+	if jobErr != nil {
+		return -1, jobErr
 	}
 	fmt.Fprintf(out, "job on %s\n", imageID)
 	if block {

@@ -163,6 +163,10 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 	case err != nil && ctx.Err() != nil:
 		// Interrupted (Ctrl-C, SIGTERM, SIGHUP): it ends as an interrupted run does.
 		return fmt.Errorf("%w: %q was stopped, interrupted: %w; nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), ctx.Err())
+	case errors.Is(err, ErrConfig):
+		// Refused before it ran (a setting this engine cannot apply):
+		// a configuration error, not a job that failed.
+		return fmt.Errorf("release job %q not started: %w; nothing changed", strings.Join(job.Command, " "), err)
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrReleaseJob, err)
 	}

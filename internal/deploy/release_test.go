@@ -93,6 +93,20 @@ func TestAFailingReleaseJobLeavesTheOldReleaseServing(t *testing.T) {
 	require.Equal(t, 3, *findPhase(t, rec, PhaseRelease).ExitCode)
 }
 
+// A job the runtime refuses to create (a setting this engine cannot apply)
+// is a configuration error (exit 2), not a failed job (exit 8): it never ran.
+func TestAReleaseJobTheRuntimeRefusesIsAConfigurationError(t *testing.T) {
+	r := newRig(t)
+	r.rt.jobErr = fmt.Errorf("create web-job: %w: this Docker engine cannot mount part of a volume", ErrConfig)
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrConfig)
+	require.NotErrorIs(t, err, ErrReleaseJob)
+	require.Contains(t, err.Error(), `release job "migrate" not started`)
+	require.Empty(t, r.proxy.switches)
+}
+
 func TestAReleaseJobThatRunsTooLongIsStopped(t *testing.T) {
 	r := newRig(t)
 	r.rt.jobBlock = true

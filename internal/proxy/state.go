@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -99,8 +100,8 @@ func (p *Server) Restore(path string) error {
 		if err := atomicfile.Write(copyPath, data, 0o600); err != nil {
 			return fmt.Errorf("read state %s: %v, and keep a copy of it: %w (the file was left as it is; free some space or fix it by hand, then start again)", path, damage, err)
 		}
-		why := fmt.Sprintf("the state file %s could not be read whole at start (%v): the services it holds past that point are not served; the file as it was found is kept at %s", path, damage, copyPath)
-		p.log.Error("state: "+why+"; put them back from the copy (fix it, move it in place of the state file and restart handoff proxy), then remove this note from the state file", "copy", copyPath)
+		p.log.Error(fmt.Sprintf("state: the state file %s could not be read whole (%v): what could not be read of it is not served; the file as it was found is kept at %s: "+
+			"put what is missing back from the copy (mend it, move it in place of the state file, restart handoff proxy); the state file now holds an entry that says so until it is removed", path, damage, copyPath))
 		raw, _ := json.Marshal(unreadableEntry{Unreadable: damage.Error(), Copy: copyPath})
 		entries = append(entries, raw)
 	}
@@ -127,9 +128,9 @@ func readStateFile(data []byte) ([]json.RawMessage, error) {
 	}
 	var services json.RawMessage
 	var unknown []string
-	for k, v := range top {
+	for _, k := range slices.Sorted(maps.Keys(top)) {
 		if strings.EqualFold(k, "services") && services == nil {
-			services = v
+			services = top[k]
 			continue
 		}
 		unknown = append(unknown, strconv.Quote(k))
@@ -139,7 +140,6 @@ func readStateFile(data []byte) ([]json.RawMessage, error) {
 		return nil, fmt.Errorf("\"services\" is not a list: %w", err)
 	}
 	if len(unknown) > 0 {
-		slices.Sort(unknown)
 		return entries, fmt.Errorf("it holds more than services: %s", strings.Join(unknown, ", "))
 	}
 	return entries, nil
@@ -257,7 +257,7 @@ func readEntry(raw json.RawMessage) (savedService, string) {
 }
 
 func unreadableWhy(u unreadableEntry) string {
-	return fmt.Sprintf("the state file could not be read whole at a start (%s): the services it held past that point are not served; the file as it was is kept at %s: put them back from it, then remove this entry", u.Unreadable, u.Copy)
+	return fmt.Sprintf("the state file could not be read whole at a start (%s): what could not be read of it is not served; the file as it was is kept at %s: put what is missing back from it, then remove this entry from the state file", u.Unreadable, u.Copy)
 }
 
 func isHostPort(s string) bool {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,12 +65,7 @@ func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
 // Through the control socket, as `handoff maintenance` uses it.
 func TestMaintenanceThroughTheClient(t *testing.T) {
 	p, _, listen := serveOne(t)
-	socket := filepath.Join(t.TempDir(), "c.sock")
-	ln, err := net.Listen("unix", socket)
-	require.NoError(t, err)
-	srv := &http.Server{Handler: ControlHandler(p)}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	socket := controlSocket(t, p)
 
 	cl := NewControl(socket, "web")
 	was, err := cl.MaintenanceOff(context.Background(), "web")

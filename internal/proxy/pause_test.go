@@ -141,12 +141,7 @@ func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
 	}
 
 	p, _, _ := serveOne(t)
-	socket := filepath.Join(t.TempDir(), "c.sock")
-	ln, err := net.Listen("unix", socket)
-	require.NoError(t, err)
-	srv := &http.Server{Handler: ControlHandler(p)}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	socket := controlSocket(t, p)
 	before := time.Now()
 	require.NoError(t, NewControl(socket, "web").Pauser().Pause(context.Background(), 10*time.Minute))
 	st, _ := p.Get("web")

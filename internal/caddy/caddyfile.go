@@ -128,7 +128,7 @@ func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
 		return rw, fmt.Errorf("the Caddyfile %s: %w; nothing was changed", f.path, err)
 	}
 	if len(rw.edits) == 0 {
-		return rw, errNotInCaddyfile(f.path, host, from, rw.placeholders)
+		return rw, errNotInCaddyfile(f.path, host, from, rw)
 	}
 	return rw, nil
 }
@@ -200,6 +200,7 @@ type rewrite struct {
 	edits        []edit
 	notes        []string // sites taken for the route by what they proxy to
 	placeholders []string // upstreams of the route's sites written as {$VAR}
+	imports      []string // files the file imports, where the route may be written
 }
 
 // rewriteUpstream replaces the upstream from with to in a Caddyfile,
@@ -226,10 +227,11 @@ func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)
 	if err != nil {
 		return rw, fmt.Errorf("read the Caddyfile: %w", err)
 	}
-	blocks, err := parseBlocks(tokens)
+	blocks, imports, err := parseBlocks(tokens)
 	if err != nil {
 		return rw, fmt.Errorf("read the Caddyfile: %w", err)
 	}
+	rw.imports = imports
 	type scan struct {
 		ups     []upstreamRef
 		imports []importRef
@@ -297,6 +299,7 @@ func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)
 		for _, imp := range scans[s].imports {
 			sn, ok := snippets[imp.name]
 			if !ok {
+				rw.imports = append(rw.imports, imp.name)
 				continue
 			}
 			for _, u := range scans[sn].ups {
@@ -410,14 +413,17 @@ func servesHost(addrs []string, host string) bool {
 }
 
 // errNotInCaddyfile explains why a switch was refused before it acted.
-func errNotInCaddyfile(path, host, from string, placeholders []string) error {
+func errNotInCaddyfile(path, host, from string, rw rewrite) error {
 	where := "anywhere"
 	if host != "" {
 		where = "in the site block for " + host
 	}
 	hint := "fix the Caddyfile, or leave out --caddyfile"
-	if len(placeholders) > 0 {
-		hint = fmt.Sprintf("its upstream is written %s, which handoff cannot rewrite: write the address itself, or leave out --caddyfile", strings.Join(slices.Compact(placeholders), ", "))
+	switch {
+	case len(rw.placeholders) > 0:
+		hint = fmt.Sprintf("its upstream is written %s, which handoff cannot rewrite: write the address itself, or leave out --caddyfile", strings.Join(slices.Compact(rw.placeholders), ", "))
+	case len(rw.imports) > 0:
+		hint = fmt.Sprintf("it imports %s: if the site is written in an imported file, give that file as --caddyfile; else fix the Caddyfile, or leave out --caddyfile", strings.Join(slices.Compact(rw.imports), ", "))
 	}
 	return &notNamedError{fmt.Sprintf("the Caddyfile %s does not name upstream %s %s, so a Caddy restart would undo the switch; nothing was changed (%s)", path, from, where, hint)}
 }

@@ -36,37 +36,50 @@ func lexCaddyfile(src string) ([]token, error) {
 	if strings.HasPrefix(src, "\uFEFF") {
 		i = len("\uFEFF")
 	}
+	// A backslash escapes the next character, as in Caddy's lexer, where
+	// the escape outlives spaces and comments: a backslash anywhere in a
+	// comment escapes the newline that ends it, and chains the next line
+	// onto the tokens before.
+	escaped := false
 	for i < len(src) {
 		r, size := utf8.DecodeRuneInString(src[i:])
 		switch {
+		case r == '\\' && !escaped:
+			escaped = true
+			i++
+			continue
 		case r == '\n':
-			line += 1 + skipped
-			skipped = 0
+			if escaped {
+				skipped++
+			} else {
+				line += 1 + skipped
+				skipped = 0
+			}
+			escaped = false
 			i++
 			continue
 		case unicode.IsSpace(r):
 			i += size
 			continue
-		case r == '\\' && escapedNewline(src[i+1:]) > 0:
-			// An escaped newline chains the next line's tokens onto this one.
-			skipped++
-			i += 1 + escapedNewline(src[i+1:])
-			continue
 		case r == '#':
 			for i < len(src) && src[i] != '\n' {
+				escaped = escaped || src[i] == '\\'
 				i++
 			}
 			continue
 		}
 		t := token{start: i, inner: i, line: line}
 		var err error
-		switch r {
-		case '"', '`':
+		switch {
+		case (r == '"' || r == '`') && escaped:
+			err = fmt.Errorf("handoff does not read a backslash before an opening quote")
+		case r == '"' || r == '`':
 			t.quote, t.inner = r, i+1
 			i, err = lexQuoted(src, i+1, r, &t, &line, &skipped)
 		default:
-			i, err = lexBare(src, i, &t, &line, &skipped)
+			i, err = lexBare(src, i, escaped, &t, &line, &skipped)
 		}
+		escaped = false
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", t.line, err)
 		}
@@ -80,18 +93,6 @@ func lexCaddyfile(src string) ([]token, error) {
 		out = append(out, t)
 	}
 	return out, nil
-}
-
-// escapedNewline is the length of the new line s starts with ("\n" or
-// "\r\n"), 0 if it starts with none.
-func escapedNewline(s string) int {
-	switch {
-	case strings.HasPrefix(s, "\n"):
-		return 1
-	case strings.HasPrefix(s, "\r\n"):
-		return 2
-	}
-	return 0
 }
 
 // lexQuoted reads a quoted token from i, just after its opening quote.
@@ -131,37 +132,38 @@ func lexQuoted(src string, i int, q rune, t *token, line, skipped *int) (int, er
 	return i, fmt.Errorf("a quote %c is never closed", q)
 }
 
-// lexBare reads an unquoted token, or a heredoc (<<MARKER ... MARKER).
-func lexBare(src string, i int, t *token, line, skipped *int) (int, error) {
+// lexBare reads an unquoted token from i, or a heredoc (<<MARKER ...
+// MARKER); escaped: a backslash before i escapes its first character.
+func lexBare(src string, i int, escaped bool, t *token, line, skipped *int) (int, error) {
 	var b strings.Builder
+	heredoc := true
 	for i < len(src) {
-		c := src[i]
-		if c == '\\' && i+1 < len(src) {
-			next := src[i+1]
-			if escapedNewline(src[i+1:]) > 0 {
-				break // an escaped newline ends the token and chains the line
-			}
-			if r, _ := utf8.DecodeRuneInString(src[i+1:]); unicode.IsSpace(r) {
-				i++ // an escaped space still ends the token
-				break
-			}
-			if next != '<' {
-				b.WriteByte('\\')
-			}
-			b.WriteByte(next)
-			i += 2
-			continue
-		}
-		if c == '\n' || c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' {
-			break
-		}
 		r, size := utf8.DecodeRuneInString(src[i:])
 		if unicode.IsSpace(r) {
 			break
 		}
+		if r == '\\' && !escaped {
+			// The escape of the next character; before a space or a
+			// newline, it ends the token and outlives it.
+			next, _ := utf8.DecodeRuneInString(src[i+1:])
+			if i+1 >= len(src) || unicode.IsSpace(next) {
+				break
+			}
+			escaped = true
+			i++
+			continue
+		}
+		if escaped {
+			if r == '<' {
+				heredoc = false // an escaped '<' starts no heredoc
+			} else {
+				b.WriteByte('\\')
+			}
+		}
+		escaped = false
 		b.WriteString(src[i : i+size])
 		i += size
-		if b.Len() == 2 && b.String() == "<<" && src[t.start:t.start+2] == "<<" {
+		if heredoc && b.Len() == 2 && b.String() == "<<" {
 			return lexHeredoc(src, i, t, line, skipped)
 		}
 	}
@@ -232,13 +234,17 @@ func (b cfBlock) describe() string {
 // parseBlocks groups tokens into top-level blocks as Caddy's parser does:
 // addresses up to a "{" (on more lines while one ends with a comma), the
 // body to its matching "}"; a site without braces runs to the end.
-func parseBlocks(tokens []token) ([]cfBlock, error) {
+// It returns the top-level imports too: what they bring is not in this
+// file.
+func parseBlocks(tokens []token) ([]cfBlock, []string, error) {
 	var out []cfBlock
+	var imports []string
 	for i := 0; i < len(tokens); {
 		if tokens[i].quote == 0 && tokens[i].text == "import" {
-			// A top-level import (files, or a snippet of whole sites):
-			// what it brings is not in this file.
 			i++
+			if i < len(tokens) && !newLine(tokens, i) {
+				imports = append(imports, tokens[i].text)
+			}
 			for i < len(tokens) && !newLine(tokens, i) {
 				i++
 			}
@@ -266,7 +272,7 @@ func parseBlocks(tokens []token) ([]cfBlock, error) {
 		}
 		if i >= len(tokens) || !tokens[i].brace("{") {
 			if b.kind != siteBlock {
-				return nil, fmt.Errorf("line %d: %s has no braces", b.keys[0].line, b.describe())
+				return nil, nil, fmt.Errorf("line %d: %s has no braces", b.keys[0].line, b.describe())
 			}
 			// A site without braces (Caddy allows it for the one site of a
 			// file): it runs to the end.
@@ -284,13 +290,13 @@ func parseBlocks(tokens []token) ([]cfBlock, error) {
 			}
 		}
 		if depth > 0 {
-			return nil, fmt.Errorf("line %d: the block opened here is never closed", tokens[i].line)
+			return nil, nil, fmt.Errorf("line %d: the block opened here is never closed", tokens[i].line)
 		}
 		b.from, b.to = i+1, j-1
 		out = append(out, b)
 		i = j
 	}
-	return out, nil
+	return out, imports, nil
 }
 
 // proxyDirectives are the directives whose arguments (after a matcher)

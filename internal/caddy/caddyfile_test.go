@@ -168,3 +168,39 @@ func TestSiteAddressPlaceholders(t *testing.T) {
 	require.Empty(t, rw.notes, "the placeholder site proxies elsewhere: not taken")
 	require.Contains(t, rw.out, "other.example.com {\n\treverse_proxy 127.0.0.1:1\n")
 }
+
+// A Caddyfile that leaves the site to an imported file says so: that file
+// is the one to give.
+func TestNotNamedInAFileThatImportsSites(t *testing.T) {
+	f := caddyfile{path: "/etc/caddy/Caddyfile", env: noEnv}
+	_, err := f.rewrite("{\n\temail ops@example.com\n}\n\nimport sites/*.caddy\n", "app.example.com", "app:8000", "127.0.0.1:1")
+	require.ErrorContains(t, err, "does not name upstream app:8000 in the site block for app.example.com")
+	require.ErrorContains(t, err, "it imports sites/*.caddy: if the site is written in an imported file, give that file as --caddyfile")
+}
+
+// The lexer reads backslashes as Caddy 2.11 does (checked with caddy
+// adapt): one in a comment escapes the newline that ends it, so the next
+// line's tokens are arguments of the directive before the comment; and
+// "\#" starts a comment too.
+func TestLexerEscapesAsCaddyDoes(t *testing.T) {
+	upstreams := func(src string) []string {
+		t.Helper()
+		tokens, err := lexCaddyfile(src)
+		require.NoError(t, err)
+		blocks, _, err := parseBlocks(tokens)
+		require.NoError(t, err)
+		require.Len(t, blocks, 1)
+		ups, _ := scanBody(tokens, blocks[0].from, blocks[0].to)
+		var out []string
+		for _, u := range ups {
+			out = append(out, tokens[u.tok].text)
+		}
+		return out
+	}
+	// Caddy dials a:1, respond:80 and hi:80 for this one.
+	require.Equal(t, []string{"a:1", "respond", "hi"}, upstreams(":9999 {\n\treverse_proxy a:1 # see C:\\dir\n\trespond hi\n}\n"))
+	require.Equal(t, []string{"a:1"}, upstreams(":9999 {\n\t\\# reverse_proxy b:2 {\n\treverse_proxy a:1\n}\n"))
+	require.Equal(t, []string{"a:1"}, upstreams(":9999 {\n\treverse_proxy \\\n\t\ta:1\n\trespond \"\\\"quoted\\\" {\"\n}\n"))
+	_, err := lexCaddyfile(":9999 {\n\trespond \\\"x\"\n}\n")
+	require.ErrorContains(t, err, "line 2: handoff does not read a backslash before an opening quote")
+}

@@ -201,7 +201,7 @@ func proxyProblems(list []proxy.ServiceState) []string {
 	for _, s := range list {
 		switch {
 		case s.Unrestored != "":
-			out = append(out, fmt.Sprintf("%s: not served: its entry in the state file could not be restored: %s (the entry is kept in the file as it was)", or(s.Name, "an entry without a name"), s.Unrestored))
+			out = append(out, fmt.Sprintf("%s: not restored from the state file, so not served: %s (the entry is kept in the file as it was)", or(s.Name, "(unnamed entry)"), s.Unrestored))
 		case s.NotListening != nil:
 			f := s.NotListening
 			out = append(out, fmt.Sprintf("%s: not listening on %s since %s (%d attempts): %s; handoff proxy keeps trying", s.Name, s.Listen, f.Since.Local().Format(time.DateTime), f.Attempts, f.Error))

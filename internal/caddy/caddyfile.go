@@ -244,11 +244,34 @@ func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)
 			snippets[b.name] = i
 		}
 	}
-	// The sites that import each snippet, directly or through another.
+	// What each site imports, directly or through another snippet, and
+	// the upstreams written in its own lines (an argument of an import
+	// included: `import proxy app:8000`).
+	imported := make([][]int, len(blocks))
+	own := make([][]int, len(blocks))
 	importers := map[int][]int{}
 	for s, b := range blocks {
 		if b.kind != siteBlock {
 			continue
+		}
+		for _, u := range scans[s].ups {
+			if u.arg < 0 {
+				own[s] = append(own[s], u.tok)
+			}
+		}
+		for _, imp := range scans[s].imports {
+			sn, ok := snippets[imp.name]
+			if !ok {
+				rw.imports = append(rw.imports, imp.name)
+				continue
+			}
+			for _, u := range scans[sn].ups {
+				for n, k := range imp.args {
+					if n == u.arg || (u.argsTo && u.arg >= 0 && n > u.arg) {
+						own[s] = append(own[s], k)
+					}
+				}
+			}
 		}
 		seen := map[int]bool{}
 		var visit func(imports []importRef)
@@ -259,11 +282,25 @@ func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)
 					continue
 				}
 				seen[sn] = true
+				imported[s] = append(imported[s], sn)
 				importers[sn] = append(importers[sn], s)
 				visit(scans[sn].imports)
 			}
 		}
 		visit(scans[s].imports)
+	}
+	// The upstreams written in a snippet itself.
+	inSnippet := func(sn int) []int {
+		var out []int
+		for _, u := range scans[sn].ups {
+			if u.arg < 0 {
+				out = append(out, u.tok)
+			}
+		}
+		return out
+	}
+	names := func(toks []int) bool {
+		return slices.ContainsFunc(toks, func(k int) bool { return isUpstream(tokens[k], from) })
 	}
 	ours := make([]bool, len(blocks))
 	for s, b := range blocks {
@@ -273,68 +310,48 @@ func rewriteUpstream(src, host, from, to string, env func(string) (string, bool)
 		switch m := siteMatch(b, host, env); {
 		case host == "" || m == matchYes:
 			ours[s] = true
-		case m == matchUnknown && slices.ContainsFunc(scans[s].ups, func(u upstreamRef) bool { return isUpstream(tokens[u.tok], from) }):
+		case m == matchUnknown && (names(own[s]) || slices.ContainsFunc(imported[s], func(sn int) bool { return names(inSnippet(sn)) })):
 			ours[s] = true
 			rw.notes = append(rw.notes, fmt.Sprintf("the Caddyfile's %s is taken for %s: its address is not set in handoff's environment, and it proxies to %s, which in Caddy only %s's route does", b.describe(), host, from, host))
 		}
 	}
 	marked := map[int]bool{}
-	mark := func(k int) {
-		if isUpstream(tokens[k], from) {
-			marked[k] = true
-		} else if strings.Contains(tokens[k].text, "{$") {
-			rw.placeholders = append(rw.placeholders, tokens[k].text)
-		}
-	}
-	for s, b := range blocks {
-		if b.kind != siteBlock || !ours[s] {
-			continue
-		}
-		for _, u := range scans[s].ups {
-			if u.arg < 0 {
-				mark(u.tok)
-			}
-		}
-		// An upstream passed to a snippet: `import proxy app:8000`.
-		for _, imp := range scans[s].imports {
-			sn, ok := snippets[imp.name]
-			if !ok {
-				rw.imports = append(rw.imports, imp.name)
-				continue
-			}
-			for _, u := range scans[sn].ups {
-				for n, k := range imp.args {
-					if n == u.arg || (u.argsTo && u.arg >= 0 && n > u.arg) {
-						mark(k)
-					}
-				}
+	mark := func(toks []int) {
+		for _, k := range toks {
+			if isUpstream(tokens[k], from) {
+				marked[k] = true
+			} else if strings.Contains(tokens[k].text, "{$") {
+				rw.placeholders = append(rw.placeholders, tokens[k].text)
 			}
 		}
 	}
-	for sn, sites := range importers {
-		if !slices.ContainsFunc(scans[sn].ups, func(u upstreamRef) bool { return u.arg < 0 && isUpstream(tokens[u.tok], from) }) {
+	for s := range blocks {
+		if ours[s] {
+			mark(own[s])
+		}
+	}
+	// A snippet is rewritten when all the sites that import it are ours.
+	for _, sn := range slices.Sorted(maps.Keys(importers)) {
+		if !names(inSnippet(sn)) {
 			continue
 		}
-		var theirs, mine []string
-		for _, s := range sites {
+		var theirs []string
+		mine := false
+		for _, s := range importers[sn] {
 			if ours[s] {
-				mine = append(mine, blocks[s].describe())
+				mine = true
 			} else {
 				theirs = append(theirs, blocks[s].describe())
 			}
 		}
-		if len(mine) == 0 {
+		if !mine {
 			continue
 		}
 		if len(theirs) > 0 {
-			return rewrite{out: src}, fmt.Errorf("upstream %s is written in the Caddyfile's %s, which %s imports too: rewriting it would switch %s as well (give %s its own reverse_proxy line, or set --caddy-route %s to switch every site that uses it)",
+			return rewrite{out: src}, fmt.Errorf("upstream %s is written in %s, which %s imports too: rewriting it would switch %s as well (give %s its own reverse_proxy line, or set --caddy-route %s to switch every site that uses it)",
 				from, blocks[sn].describe(), strings.Join(theirs, " and "), strings.Join(theirs, " and "), host, from)
 		}
-		for _, u := range scans[sn].ups {
-			if u.arg < 0 {
-				mark(u.tok)
-			}
-		}
+		mark(inSnippet(sn))
 	}
 	var b strings.Builder
 	last := 0

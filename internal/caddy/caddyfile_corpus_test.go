@@ -34,6 +34,7 @@ type corpusCase struct {
 	route     string
 	refuse    string
 	refusedBy string
+	note      string
 }
 
 func readCorpus(t testing.TB) []corpusCase {
@@ -58,6 +59,8 @@ func readCorpus(t testing.TB) []corpusCase {
 				c.refuse = v
 			case "refused-by":
 				c.refusedBy = v
+			case "note":
+				c.note = v
 			}
 		}
 		require.NotEmpty(t, c.route, "%s has no route line", p)
@@ -95,6 +98,9 @@ func TestCaddyfileCorpusRewrite(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Equal(t, after, rw.out)
+			if c.note != "" {
+				require.Contains(t, strings.Join(rw.notes, "\n"), c.note)
+			}
 			back, err := f.rewrite(rw.out, host, new, old)
 			require.NoError(t, err)
 			require.Equal(t, before, back.out)

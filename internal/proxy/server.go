@@ -135,16 +135,36 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.serve(w)
 		return
 	}
-	if err := s.gate.wait(r.Context()); err != nil {
+	t, err := s.admit(r.Context())
+	if err != nil {
 		if r.Context().Err() == nil {
 			s.log.Warn("503: request held by a pause", "service", s.name, "method", r.Method, "uri", r.RequestURI, "err", err)
 			http.Error(w, "503 Service Unavailable: "+s.name+" is paused ("+err.Error()+"); try again shortly", http.StatusServiceUnavailable)
 		}
 		return
 	}
-	t := s.acquire()
 	defer t.done()
 	t.serve(w, r)
+}
+
+// admit counts a request in flight, and only then looks at the pause
+// gate. A deploy that paused and then saw nothing in flight runs its
+// release job: no request may start on the old release after it looked.
+// Counting first makes that so (the two atomics are sequentially
+// consistent: either the deploy sees the count or the request sees the
+// pause); a request that finds the service paused uncounts itself, waits
+// at the gate, and is counted again once it opens.
+func (s *service) admit(ctx context.Context) (*target, error) {
+	for {
+		t := s.acquire()
+		if !s.gate.held.Load() {
+			return t, nil
+		}
+		t.done()
+		if err := s.gate.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // acquire counts a request in flight on the current target, then checks

@@ -58,3 +58,34 @@ func TestFrozenServerRefusesChanges(t *testing.T) {
 	_, err = p.Switch("web", a.addr(), "127.0.0.1:2")
 	require.NoError(t, err)
 }
+
+// A pause that lands between a request's look at the pause gate and its
+// counting in flight must still hold it: the deploy that paused and then
+// saw nothing in flight runs its release job, and this request would run
+// old code against a half-migrated database. The hook runs in that window.
+func TestAPauseNeverLetsARequestItDidNotCountReachTheOldRelease(t *testing.T) {
+	p, a, listen := serveOne(t)
+	var hitsA atomic.Int64
+	a.Config.Handler = countingHandler(a.Config.Handler, &hitsA)
+
+	var sawInFlight int64 = -1
+	var once sync.Once
+	acquireHook = func() {
+		once.Do(func() {
+			_, err := p.Pause("web", time.Minute, time.Hour)
+			require.NoError(t, err)
+			st, _ := p.Get("web")
+			sawInFlight = st.InFlight // what a deploy's wait before the job sees now
+		})
+	}
+	t.Cleanup(func() { acquireHook = nil })
+
+	done := make(chan string, 1)
+	go func() { rel, _ := get(t, http.DefaultClient, "http://"+listen+"/"); done <- rel }()
+	require.Eventually(t, func() bool { st, _ := p.Get("web"); return st.Held == 1 }, 5*time.Second, time.Millisecond, "the request is held")
+	require.Zero(t, sawInFlight, "the deploy saw nothing in flight")
+	require.Zero(t, hitsA.Load(), "and nothing reached the old release while paused")
+	_, err := p.Resume("web")
+	require.NoError(t, err)
+	require.Equal(t, "a", <-done, "resumed, it went on")
+}

@@ -62,7 +62,7 @@ func TestUsageErrorsAreOneLineAndExit2(t *testing.T) {
 
 	_, stderr, code = run(t, "deploy", "--service", "web", "--image", "x", "stray")
 	require.Equal(t, ExitUsage, code)
-	require.Contains(t, stderr, `unexpected argument "stray": services are named with a compose file (-f compose.yaml SERVICE), and a URL goes with --verify`)
+	require.Contains(t, stderr, `unexpected argument "stray": handoff.yml describes web; other services are named with a compose file (-f compose.yaml SERVICE), and a URL goes with --verify`)
 }
 
 func TestHistoryOfANewServiceIsEmpty(t *testing.T) {

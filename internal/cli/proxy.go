@@ -55,21 +55,21 @@ same binary (an upgrade or restart without dropping anything).`,
 	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")
 	var maxWait, lease time.Duration
 	pause := &cobra.Command{
-		Use:   "pause",
+		Use:   "pause [service]",
 		Short: "Hold the service's new requests (each for at most --max-wait) until resume or --lease ends, e.g. during a migration",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return proxyControl(c, socket, args, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
 		},
 	}
 	pause.Flags().DurationVar(&maxWait, "max-wait", proxy.DefaultPauseWait, "a held request gets 503 after this long")
 	pause.Flags().DurationVar(&lease, "lease", proxy.DefaultPauseLease, "if no resume comes within this long, the proxy lets requests go on by itself (at most "+proxy.MaxPauseLease.String()+"); pause again to extend it")
 	resume := &cobra.Command{
-		Use:   "resume",
+		Use:   "resume [service]",
 		Short: "Release the requests a pause holds",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return proxyControl(c, socket, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return proxyControl(c, socket, args, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
 		},
 	}
 	status := &cobra.Command{
@@ -84,8 +84,8 @@ same binary (an upgrade or restart without dropping anything).`,
 	return cmd
 }
 
-func proxyControl(c *common, socket string, act func(*proxy.Client) (proxy.ServiceState, error)) error {
-	s, err := c.settings(context.Background(), nil)
+func proxyControl(c *common, socket string, args []string, act func(*proxy.Client) (proxy.ServiceState, error)) error {
+	s, err := c.settings(context.Background(), args)
 	if err != nil {
 		return err
 	}

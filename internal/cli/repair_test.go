@@ -25,3 +25,17 @@ func TestRepairTakesTheComposeServiceToRepair(t *testing.T) {
 	_, stderr, _ = run(t, "-f", file, "--state-dir", dir, "repair", "web", "worker")
 	require.Contains(t, stderr, "accepts at most 1 arg")
 }
+
+// handoff's messages say `handoff repair web` and `handoff proxy resume web`;
+// with handoff.yml the service's own name is taken, another refused.
+func TestTheServicesOwnNameIsTakenWithHandoffYML(t *testing.T) {
+	t.Setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+	dir := t.TempDir()
+	for _, args := range [][]string{{"repair", "web"}, {"proxy", "resume", "web", "--socket", filepath.Join(dir, "none.sock")}, {"proxy", "pause", "web", "--socket", filepath.Join(dir, "none.sock")}} {
+		_, stderr, _ := run(t, append([]string{"--service", "web", "--state-dir", dir}, args...)...)
+		require.NotContains(t, stderr, "unexpected argument", "%v", args)
+		_, stderr, code := run(t, append([]string{"--service", "api", "--state-dir", dir}, args...)...)
+		require.Equal(t, ExitUsage, code, "%v: %s", args, stderr)
+		require.Contains(t, stderr, `unexpected argument "web": handoff.yml describes api`)
+	}
+}

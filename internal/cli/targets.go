@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 
@@ -31,10 +32,12 @@ func (c *common) targets(ctx context.Context, args []string) ([]target, error) {
 				return nil, err
 			}
 			if f.Compose == nil {
-				if len(args) > 0 {
-					return nil, fmt.Errorf("%w: unexpected argument %q: services are named with a compose file (-f compose.yaml SERVICE), and a URL goes with --verify", errUsage, args[0])
-				}
 				s, err := config.Resolve(f, c.overrides)
+				// The service's own name is taken (what handoff's messages
+				// say to run names it); any other is a mistake.
+				if len(args) > 0 && (err != nil || len(args) > 1 || args[0] != s.Service.Name) {
+					return nil, fmt.Errorf("%w: unexpected argument %q: handoff.yml describes %s; other services are named with a compose file (-f compose.yaml SERVICE), and a URL goes with --verify", errUsage, args[0], cmp.Or(s.Service.Name, "one service"))
+				}
 				return []target{{Settings: s}}, err
 			}
 			// handoff.yml points at the compose project.

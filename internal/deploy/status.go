@@ -52,7 +52,7 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	case v.live == nil && v.expected != nil && v.upstream == "":
 		st.Problem = d.routeLost(svc, v)
 	case v.live == nil && v.expected != nil:
-		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair`", d.describe(), v.upstream, v.expected.Name, v.expected.whereNow())
+		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair %s`", d.describe(), v.upstream, v.expected.Name, v.expected.whereNow(), svc.Name)
 	case v.live == nil && v.upstream == "":
 		st.Problem = "nothing deployed yet through " + d.describe()
 	case v.live == nil:
@@ -94,7 +94,7 @@ func (d *Deployer) interrupted(ctx context.Context, rec *Record) string {
 		return fmt.Sprintf("a %s is running now (pid %d, phase %s)", rec.Kind, rec.PID, rec.Phase)
 	}
 	unlock()
-	return fmt.Sprintf("the %s %s was interrupted in phase %s (pid %d is gone); `handoff repair` or the next deploy repairs what it left", rec.Kind, rec.ID, rec.Phase, rec.PID)
+	return fmt.Sprintf("the %s %s was interrupted in phase %s (pid %d is gone); `handoff repair %s` or the next deploy repairs what it left", rec.Kind, rec.ID, rec.Phase, rec.PID, rec.Service)
 }
 
 func (d *Deployer) release(c Container, now time.Time) Release {

@@ -191,7 +191,7 @@ func (d *Deployer) routeLost(svc Service, v *view) string {
 	if !c.Running {
 		now, fix = "is not running", "to start it and point the proxy at it again"
 	}
-	return fmt.Sprintf("%s has no route for %s, while %s, the release in service, %s; run `handoff repair` %s", d.describe(), svc.Name, c.Name, now, fix)
+	return fmt.Sprintf("%s has no route for %s, while %s, the release in service, %s; run `handoff repair %s` %s", d.describe(), svc.Name, c.Name, now, svc.Name, fix)
 }
 
 // whereNow says how a release the proxy lost track of is now.

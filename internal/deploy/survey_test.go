@@ -22,7 +22,7 @@ func TestAProxyThatForgotTheRouteStopsNothingAndRepairPointsItBack(t *testing.T)
 	st, err := r.d.Status(context.Background(), testService())
 	require.NoError(t, err)
 	require.False(t, st.Agree)
-	require.Equal(t, "fake proxy has no route for web, while web-2, the release in service, runs on 127.0.0.1:40001; run `handoff repair` to point the proxy at it again", st.Problem)
+	require.Equal(t, "fake proxy has no route for web, while web-2, the release in service, runs on 127.0.0.1:40001; run `handoff repair web` to point the proxy at it again", st.Problem)
 
 	rec, err := r.d.Repair(context.Background(), testService())
 	require.NoError(t, err)

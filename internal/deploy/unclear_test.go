@@ -107,7 +107,7 @@ func TestRepairFollowsAReleaseThatMoved(t *testing.T) {
 	st, err := r.d.Status(context.Background(), testService())
 	require.NoError(t, err)
 	require.False(t, st.Agree)
-	require.Equal(t, "fake proxy points at 127.0.0.1:40001, where no container answers: web-2, the release in service, now listens on 127.0.0.1:49999; run `handoff repair`", st.Problem)
+	require.Equal(t, "fake proxy points at 127.0.0.1:40001, where no container answers: web-2, the release in service, now listens on 127.0.0.1:49999; run `handoff repair web`", st.Problem)
 
 	r.rt.calls = nil
 	rec, err := r.d.Repair(context.Background(), testService())
@@ -133,7 +133,7 @@ func TestRepairStartsAStoppedLiveRelease(t *testing.T) {
 	r.rt.find("web-2").Running = false
 	st, err := r.d.Status(context.Background(), testService())
 	require.NoError(t, err)
-	require.Contains(t, st.Problem, "web-2, the release in service, is not running; run `handoff repair`")
+	require.Contains(t, st.Problem, "web-2, the release in service, is not running; run `handoff repair web`")
 
 	r.rt.calls = nil
 	_, err = r.d.Repair(context.Background(), testService())
@@ -149,7 +149,7 @@ func TestStatusTellsAnInterruptedDeploy(t *testing.T) {
 	r.history.recs = []Record{{ID: "x", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseDrain, PID: 4242}}
 	st, err := r.d.Status(context.Background(), testService())
 	require.NoError(t, err)
-	require.Equal(t, "the deploy x was interrupted in phase drain (pid 4242 is gone); `handoff repair` or the next deploy repairs what it left", st.Problem)
+	require.Equal(t, "the deploy x was interrupted in phase drain (pid 4242 is gone); `handoff repair web` or the next deploy repairs what it left", st.Problem)
 	r.d.Locker = noLock{err: ErrLocked}
 	st, err = r.d.Status(context.Background(), testService())
 	require.NoError(t, err)

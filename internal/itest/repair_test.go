@@ -22,7 +22,7 @@ func TestAProxyThatLostTheRouteIsRepairedWithoutStoppingTheRelease(t *testing.T)
 
 	r := s.Run("status")
 	require.Contains(t, r.Stdout, "has no route for "+s.Service+", while "+s.Service+"-1, the release in service, runs on", r.String())
-	require.Contains(t, r.Stdout, "run `handoff repair`")
+	require.Contains(t, r.Stdout, "run `handoff repair ")
 
 	r = s.Run("repair")
 	require.Equal(t, 0, r.Code, r.String())

@@ -22,7 +22,7 @@ test-faults:
 FUZZTIME ?= 5m
 fuzz:
 	for target in $$(scripts/fuzz-targets.sh); do \
-	  go test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) "./$${target%%:*}" || exit 1; \
+	  go test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s "./$${target%%:*}" || exit 1; \
 	done
 
 # Deploys under load, side by side: restart, script, handoff. N=20 by default.

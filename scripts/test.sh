@@ -51,7 +51,7 @@ go test -count=1 -timeout 25m "$@" ./...
 # each for a short fixed time here (past its committed corpus, which the run
 # above already replayed); `make fuzz` runs each for longer.
 for target in $(scripts/fuzz-targets.sh); do
-  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${HANDOFF_FUZZTIME:-10s}" "./${target%%:*}"
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${HANDOFF_FUZZTIME:-10s}" -fuzzminimizetime 2s "./${target%%:*}"
 done
 
 # The fault matrix's last row restarts the Docker engine itself, so it runs

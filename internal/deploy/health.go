@@ -70,6 +70,39 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 	}
 }
 
+// confirmHealthy checks c again once it was given the service's names:
+// Docker gives a container aliases only as it joins a network, so it left
+// and joined each network again, which may have cut what it had open
+// there. Nobody is sent to it before this passes. A check that fails is
+// tried twice more an interval apart (the network comes back at once, an
+// app that lost its connections does not).
+func (d *Deployer) confirmHealthy(ctx context.Context, svc Service, c Container) error {
+	h := svc.Health
+	kind := effectiveKind(h.Kind, c)
+	why := ""
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			select {
+			case <-d.after(h.Interval):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		state, err := d.Runtime.Inspect(ctx, c.ID)
+		if err != nil {
+			return fmt.Errorf("inspect %s: %w", c.Name, err)
+		}
+		if reason := crashed(c, state); reason != "" {
+			return &HealthError{Container: c.Name, Reason: reason + ", after it joined its networks again to be given the service's names"}
+		}
+		var ok bool
+		if ok, why = d.probe(ctx, kind, h, state); ok || kind == HealthRunning {
+			return nil
+		}
+	}
+	return &HealthError{Container: c.Name, Reason: "healthy, then not after it joined its networks again to be given the service's names (Docker gives them only so): " + why}
+}
+
 // reportCheck tells the user what the health wait sees: the check's
 // answer as it changes, and on a terminal which check it was.
 func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why string, passes, checks int) {

@@ -214,6 +214,12 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 		d.unlessUsed(ctx, rec, next, abandon)
 		return d.fail(ctx, rec, fmt.Errorf("give %s the service's network aliases: %w; %s", next.Name, err, d.leftAsIs(view, next)))
 	}
+	if svc.hasAliases() {
+		if err := d.confirmHealthy(ctx, svc, next); err != nil {
+			d.unlessUsed(ctx, rec, next, abandon)
+			return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+		}
+	}
 
 	err = d.phase(rec, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
 		return d.switchTo(ctx, rec, view, next)

@@ -104,6 +104,17 @@ type Network struct {
 	Aliases []string
 }
 
+// hasAliases says whether the service gives its releases names on a
+// network (Announce joins such a network again to give them).
+func (s Service) hasAliases() bool {
+	for _, n := range s.Networks {
+		if len(n.Aliases) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Mount is a named volume mounted with options -v has no words for.
 type Mount struct {
 	Source   string // the volume's name

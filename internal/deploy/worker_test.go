@@ -123,3 +123,41 @@ func TestReachOf(t *testing.T) {
 	require.Equal(t, ReachNetwork, reachOf("web:8000"))
 	require.Equal(t, ReachNetwork, reachOf("shop-web-3:8000"))
 }
+
+// Giving a release its names makes it leave and join each network again
+// (Docker gives aliases no other way), which may cut what it had open: it
+// is checked once more before the switch, and one that is no longer
+// healthy is not switched to; the old release serves on.
+func TestAReleaseUnhealthyAfterItsNamesAreGivenIsNotSwitchedTo(t *testing.T) {
+	r := newRig(t)
+	clock := newFakeClock()
+	r.d.Now, r.d.After = clock.Now, clock.After
+	r.rt.healthy = func(c Container) Container {
+		c.Health = "healthy"
+		if c.Release == 2 && len(r.rt.announced) > 0 {
+			c.Health, c.HealthOutput = "unhealthy", "database connection lost"
+		}
+		return c
+	}
+	svc := testService()
+	svc.Networks = []Network{{Name: "shop_default", Aliases: []string{"web"}}}
+	_, err := r.d.Deploy(context.Background(), svc)
+	var he *HealthError
+	require.ErrorAs(t, err, &he)
+	require.Contains(t, err.Error(), "healthy, then not after it joined its networks again")
+	require.Contains(t, err.Error(), "database connection lost")
+	require.Empty(t, r.proxy.switches, "not switched to")
+	require.Equal(t, []string{"web-2"}, r.rt.announced)
+
+	// Without names to give nothing is joined again, and nothing checked again.
+	r2 := newRig(t)
+	r2.rt.healthy = func(c Container) Container {
+		c.Health = "healthy"
+		if c.Release == 2 && len(r2.rt.announced) > 0 {
+			c.Health = "unhealthy"
+		}
+		return c
+	}
+	_, err = r2.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+}

@@ -85,6 +85,12 @@ func addMaintenance(servers map[string]any, hs []proxyHandler, m deploy.Maintena
 func handlerRoute(servers map[string]any, path string) (routeList, int, error) {
 	bad := fmt.Errorf("%w: unexpected handler path %s in Caddy's config; run the command again", deploy.ErrProxy, path)
 	parts := strings.Split(strings.TrimPrefix(path, "/config/apps/http/servers/"), "/")
+	if i := slices.Index(parts, "named_routes"); i >= 0 && i+1 < len(parts) {
+		// A named route is one route, invoked from the sites: there is no
+		// list to put a page route in front of it without changing what
+		// every site that invokes it does.
+		return routeList{}, 0, fmt.Errorf("%w: the service's reverse_proxy is in the named route %s (`&(%s)`, reached by `invoke`), where handoff cannot put a maintenance page in front of it alone; move the reverse_proxy into the site, or answer with a page in the Caddyfile (`respond` or `file_server` in a handle block) while it is down", deploy.ErrProxy, parts[i+1], parts[i+1])
+	}
 	k := len(parts) - 4 // …/routes/I/handle/J
 	if k < 1 || parts[k] != "routes" || parts[k+2] != "handle" {
 		return routeList{}, 0, bad

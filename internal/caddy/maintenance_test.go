@@ -271,3 +271,19 @@ func containsFunc(list []any, f func(string) bool) bool {
 	}
 	return false
 }
+
+// A reverse_proxy in a named route (`&(app) {…}`, reached by `invoke`) has
+// no route list to put a page in front of it alone: refused with what to
+// do, and Caddy's config is left as it was.
+func TestMaintenanceOfANamedRouteIsRefusedClearly(t *testing.T) {
+	// &(app) { reverse_proxy 127.0.0.1:8001 }  example.com:8080 { invoke app }
+	const named = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"invoke","name":"app"}]}]}],"terminal":true}],"named_routes":{"app":{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"}]}]}},"automatic_https":{"disable":true}}}`
+	fa := startFakeAdmin(t, named)
+	api, err := New(fa.address, "127.0.0.1:8001", "", "")
+	require.NoError(t, err)
+	err = api.MaintenanceOn(t.Context(), deploy.Maintenance{Service: "api"}, nil)
+	require.ErrorIs(t, err, deploy.ErrProxy)
+	require.Contains(t, err.Error(), "named route app")
+	require.Contains(t, err.Error(), "move the reverse_proxy into the site")
+	require.JSONEq(t, named, string(fa.servers))
+}

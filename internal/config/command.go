@@ -30,7 +30,7 @@ func SplitCommand(s string) ([]string, error) {
 		return nil, fmt.Errorf("%w: %q in %q; write it as a list, or as [sh, -c, '%s']",
 			ErrShellOperator, op, s, strings.ReplaceAll(s, "'", "''"))
 	}
-	words, err := shellwords.Parse(s)
+	words, err := shellwords.Parse(joinLines(s))
 	if err != nil {
 		return nil, fmt.Errorf("split %q into words: %w; write it as a list", s, err)
 	}
@@ -57,6 +57,11 @@ func shellOperator(s string) string {
 		case c == '"':
 			double = !double
 			continue
+		case c == '\n' && !double && strings.TrimSpace(s[i:]) != "":
+			// A shell runs the next line as a command of its own;
+			// shellwords would pass it as more arguments. A trailing
+			// newline (YAML's `|`) ends the command and is no operator.
+			return "\n"
 		}
 		for _, op := range shellOperators {
 			if !strings.HasPrefix(s[i:], op) {
@@ -68,4 +73,29 @@ func shellOperator(s string) string {
 		}
 	}
 	return ""
+}
+
+// joinLines removes each backslash-newline outside single quotes, as a
+// shell does (a line continued); shellwords would keep it as a word.
+func joinLines(s string) string {
+	var b strings.Builder
+	single := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case single:
+			single = c != '\''
+		case c == '\\' && i+1 < len(s) && s[i+1] == '\n':
+			i++
+			continue
+		case c == '\\' && i+1 < len(s):
+			b.WriteByte(c)
+			i++
+			c = s[i]
+		case c == '\'':
+			single = true
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }

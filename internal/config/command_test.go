@@ -59,3 +59,22 @@ func TestSplitCommandRefusesUnclosedQuotes(t *testing.T) {
 	require.ErrorContains(t, err, `split "echo \"unclosed" into words`)
 	require.ErrorContains(t, err, "write it as a list")
 }
+
+// A command on several lines (YAML's `|`) is several commands to a shell;
+// shellwords would run them as one, the later lines its arguments. A
+// trailing newline, or one inside quotes, is not a second command.
+func TestSplitCommandRefusesSeveralLines(t *testing.T) {
+	_, err := SplitCommand("./app migrate\n./app seed\n")
+	require.ErrorIs(t, err, ErrShellOperator)
+	require.ErrorContains(t, err, `"\n" in "./app migrate\n./app seed\n"`)
+
+	words, err := SplitCommand("./app migrate --all\n")
+	require.NoError(t, err)
+	require.Equal(t, []string{"./app", "migrate", "--all"}, words)
+	words, err = SplitCommand("./app say 'two\nlines'")
+	require.NoError(t, err)
+	require.Equal(t, []string{"./app", "say", "two\nlines"}, words)
+	words, err = SplitCommand("./app migrate \\\n  --all")
+	require.NoError(t, err, "a backslash-newline continues the line")
+	require.Equal(t, []string{"./app", "migrate", "--all"}, words)
+}

@@ -25,9 +25,10 @@ type fakeRuntime struct {
 	pullErr    error
 	jobs       [][]string // release jobs run, in order
 	jobExit    int
-	jobErr     error  // what Job returns before running, if set
-	jobBlock   bool   // a job runs until its context ends
-	onJob      func() // runs as a job starts (a Ctrl-C at that moment)
+	jobErr     error                                       // what Job returns before running, if set
+	exec       func(id string, cmd []string) (int, string) // what Exec answers, if set (else exit 0)
+	jobBlock   bool                                        // a job runs until its context ends
+	onJob      func()                                      // runs as a job starts (a Ctrl-C at that moment)
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -199,7 +200,16 @@ func (f *fakeRuntime) Inspect(_ context.Context, id string) (Container, error) {
 	return f.healthy(*c), nil
 }
 
-func (f *fakeRuntime) Exec(context.Context, string, []string) (int, string, error) { return 0, "", nil }
+func (f *fakeRuntime) Exec(_ context.Context, id string, cmd []string) (int, string, error) {
+	f.mu.Lock()
+	exec := f.exec
+	f.mu.Unlock()
+	if exec != nil {
+		code, out := exec(id, cmd)
+		return code, out, nil
+	}
+	return 0, "", nil
+}
 
 func (f *fakeRuntime) Logs(context.Context, string, int) (string, error) { return f.logs, nil }
 

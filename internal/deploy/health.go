@@ -96,7 +96,14 @@ func (d *Deployer) confirmHealthy(ctx context.Context, svc Service, c Container)
 			return &HealthError{Container: c.Name, Reason: reason + ", after it joined its networks again to be given the service's names"}
 		}
 		var ok bool
-		if ok, why = d.probe(ctx, kind, h, state); ok || kind == HealthRunning {
+		if kind == HealthDocker && len(state.CheckCommand) > 0 {
+			// Docker's status is the last check's, from before the
+			// networks were joined again: run the check itself now.
+			ok, why = d.probe(ctx, HealthCmd, HealthCheck{Command: state.CheckCommand, Timeout: h.Timeout}, state)
+		} else {
+			ok, why = d.probe(ctx, kind, h, state)
+		}
+		if ok || kind == HealthRunning {
 			return nil
 		}
 	}

@@ -23,6 +23,7 @@ type Container struct {
 	Health       string        // Docker's health status: "", starting, healthy, unhealthy
 	HealthOutput string        // the last Docker health check's output
 	HasCheck     bool          // the container has a Docker HEALTHCHECK
+	CheckCommand []string      // its HEALTHCHECK's command as an exec runs it (CMD-SHELL through /bin/sh -c)
 	CheckWindow  time.Duration // how long its HEALTHCHECK allows to become healthy: start period + retries × (interval + timeout)
 	Port         int           // the app's port inside the container
 	Upstream     string        // host:port the proxy dials; "" when not published

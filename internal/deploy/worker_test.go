@@ -149,6 +149,24 @@ func TestAReleaseUnhealthyAfterItsNamesAreGivenIsNotSwitchedTo(t *testing.T) {
 	require.Empty(t, r.proxy.switches, "not switched to")
 	require.Equal(t, []string{"web-2"}, r.rt.announced)
 
+	// The image's HEALTHCHECK: Docker's status is still the one from before
+	// the networks were joined again, so the check itself is run.
+	r3 := newRig(t)
+	r3.rt.healthy = func(c Container) Container {
+		c.Health, c.HasCheck, c.CheckCommand = "healthy", true, []string{"/app", "check"}
+		return c
+	}
+	r3.rt.exec = func(string, []string) (int, string) {
+		if len(r3.rt.announced) > 0 {
+			return 1, "database connection lost"
+		}
+		return 0, ""
+	}
+	_, err = r3.d.Deploy(context.Background(), svc)
+	require.ErrorAs(t, err, &he)
+	require.Contains(t, err.Error(), "/app check exited 1: database connection lost")
+	require.Empty(t, r3.proxy.switches, "not switched to")
+
 	// Without names to give nothing is joined again, and nothing checked again.
 	r2 := newRig(t)
 	r2.rt.healthy = func(c Container) Container {

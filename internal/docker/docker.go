@@ -216,6 +216,7 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 		c.Release, _ = strconv.Atoi(in.Config.Labels[LabelRelease])
 		c.Port, _ = strconv.Atoi(in.Config.Labels[LabelPort])
 		c.HasCheck, c.CheckWindow = checkWindow(in.Config.Healthcheck)
+		c.CheckCommand = checkCommand(in.Config.Healthcheck)
 	}
 	c.Created, _ = time.Parse(time.RFC3339Nano, in.Created)
 	if s := in.State; s != nil {
@@ -277,6 +278,20 @@ const (
 
 // checkWindow says whether hc is a real check, and how long it gives a
 // container to become healthy before Docker calls it unhealthy.
+// checkCommand is a HEALTHCHECK's test as an exec runs it, as Docker
+// itself runs it: CMD's words, or CMD-SHELL's string through /bin/sh -c.
+func checkCommand(hc *container.HealthConfig) []string {
+	switch {
+	case hc == nil || len(hc.Test) < 2:
+		return nil
+	case hc.Test[0] == "CMD":
+		return hc.Test[1:]
+	case hc.Test[0] == "CMD-SHELL":
+		return []string{"/bin/sh", "-c", hc.Test[1]}
+	}
+	return nil
+}
+
 func checkWindow(hc *container.HealthConfig) (bool, time.Duration) {
 	if hc == nil || len(hc.Test) == 0 || hc.Test[0] == "NONE" {
 		return false, 0

@@ -13,6 +13,13 @@ import (
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
+func TestCheckCommand(t *testing.T) {
+	require.Nil(t, checkCommand(nil))
+	require.Nil(t, checkCommand(&container.HealthConfig{Test: []string{"NONE"}}))
+	require.Equal(t, []string{"/app", "check"}, checkCommand(&container.HealthConfig{Test: []string{"CMD", "/app", "check"}}))
+	require.Equal(t, []string{"/bin/sh", "-c", "curl -f localhost || exit 1"}, checkCommand(&container.HealthConfig{Test: []string{"CMD-SHELL", "curl -f localhost || exit 1"}}))
+}
+
 func TestCheckWindow(t *testing.T) {
 	ok, _ := checkWindow(nil)
 	require.False(t, ok)

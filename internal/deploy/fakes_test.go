@@ -247,6 +247,7 @@ type fakeProxy struct {
 	switchesTried []string
 	onSwitch      func() // runs as a switch is tried (a Ctrl-C at that moment)
 	onInFlight    func() // runs as requests in flight are counted
+	inFlightErr   error  // InFlight fails with it, if set
 }
 
 func (p *fakeProxy) Upstream(context.Context, []string) (string, error) {
@@ -302,9 +303,15 @@ func (p *fakeProxy) PointsAt(_ context.Context, upstream string) ([]string, erro
 	return out, nil
 }
 
-func (p *fakeProxy) InFlight(context.Context, string) (InFlight, error) {
+func (p *fakeProxy) InFlight(ctx context.Context, _ string) (InFlight, error) {
 	if p.onInFlight != nil {
 		p.onInFlight()
+	}
+	if p.inFlightErr != nil {
+		return InFlight{}, p.inFlightErr
+	}
+	if ctx.Err() != nil {
+		return InFlight{}, ctx.Err()
 	}
 	if len(p.inFlight) == 0 {
 		return InFlight{Reported: true}, nil

@@ -191,8 +191,11 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 	noted, waited := "", false
 	for {
 		in, err := d.Proxy.InFlight(ctx, upstream)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err() // interrupted (Ctrl-C, SIGTERM, SIGHUP): ends as interrupted, exit 130
+		}
 		if err != nil {
-			return fmt.Errorf("%w: count the requests in flight on %s before the release job: %v", ErrReleaseJob, upstream, err)
+			return fmt.Errorf("%w: count the requests in flight on %s before the release job: %w; the release job did not run", ErrProxy, upstream, err)
 		}
 		if in.Note != "" && in.Note != noted {
 			d.note(rec, "release: "+in.Note)

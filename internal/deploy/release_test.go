@@ -376,3 +376,34 @@ func TestAnInterruptedReleaseJobEndsAsInterrupted(t *testing.T) {
 	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
 	require.False(t, rec.Held)
 }
+
+// While the deploy waits for the requests in flight before its job: a
+// Ctrl-C (or SIGTERM, SIGHUP) ends it as interrupted, exit 130, and a
+// proxy that cannot count is a proxy error, exit 5; the job runs in
+// neither case and the held requests are let go.
+func TestTheWaitBeforeTheJobEndsAsInterruptedOrAsAProxyError(t *testing.T) {
+	r := newRig(t)
+	p := &fakePauser{}
+	r.d.Pauser = p
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.proxy.onInFlight = cancel
+	svc := testService()
+	svc.Release = &Job{Command: []string{"migrate"}, Pause: true, Timeout: time.Minute}
+	rec, err := r.d.Deploy(ctx, svc)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrReleaseJob)
+	require.Equal(t, OutcomeInterrupted, rec.Outcome)
+	require.NotContains(t, r.rt.calls, "job migrate")
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
+
+	r = newRig(t)
+	p = &fakePauser{}
+	r.d.Pauser = p
+	r.proxy.inFlightErr = errors.New("dial unix /run/handoff-proxy.sock: connection refused")
+	_, err = r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrProxy)
+	require.Contains(t, err.Error(), "connection refused; the release job did not run")
+	require.NotContains(t, r.rt.calls, "job migrate")
+	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)
+}

@@ -67,3 +67,71 @@ func (c *fakeClock) Advance(d time.Duration) {
 		t.f()
 	}
 }
+
+// passingClock is a Clock on which time passes as it is read (each Now is
+// a millisecond after the last), so a lease that has not ended when it is
+// checked may have ended by the time its timer is set. A timer set for a
+// time already past is due at once: RunDue fires it, in its own goroutine
+// as a timer does, wherever the test says the scheduler may run it. Later
+// timers never fire.
+type passingClock struct {
+	mu    sync.Mutex
+	now   time.Time
+	due   []func()
+	fired sync.WaitGroup
+	fires int
+}
+
+func newPassingClock(now time.Time) *passingClock { return &passingClock{now: now} }
+
+func (c *passingClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now
+	c.now = c.now.Add(time.Millisecond)
+	return now
+}
+
+func (c *passingClock) AfterFunc(d time.Duration, f func()) func() bool {
+	if d > 0 {
+		return func() bool { return true }
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.due = append(c.due, f)
+	return func() bool { return false } // due at once: as good as fired
+}
+
+// RunDue fires the timers due and gives them up to wait to finish (one
+// may be blocked until its caller goes on).
+func (c *passingClock) RunDue(wait time.Duration) {
+	c.mu.Lock()
+	due := c.due
+	c.due, c.fires = nil, c.fires+len(due)
+	c.mu.Unlock()
+	var done sync.WaitGroup
+	for _, f := range due {
+		done.Add(1)
+		c.fired.Add(1)
+		go func() {
+			defer c.fired.Done()
+			defer done.Done()
+			f()
+		}()
+	}
+	finished := make(chan struct{})
+	go func() { done.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(wait):
+	}
+}
+
+// Fired is how many timers have fired; Wait waits for them to finish.
+func (c *passingClock) Fired() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fires
+}
+
+func (c *passingClock) Wait() { c.fired.Wait() }

@@ -184,3 +184,45 @@ func TestPauseIsSavedAndBounded(t *testing.T) {
 	require.Contains(t, string(body), "too many requests held")
 	s.gate.waiting.Store(0)
 }
+
+// A restored pause whose lease ends as it is restored lets its requests go
+// on, and the state file it saves then still holds every service: the
+// lease does not save while the services after it are being restored
+// (the file would lose them until the next change, and a restart before
+// that would forget them).
+func TestALeaseEndingDuringRestoreSavesEveryService(t *testing.T) {
+	start := time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+	clock := newPassingClock(start)
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	require.NoError(t, SaveState(path, []ServiceState{
+		{Name: "web", Listen: "127.0.0.1:8001", Upstream: "127.0.0.1:1", Paused: true, MaxWait: Duration(time.Minute),
+			PausedSince: start.Add(-time.Minute), PauseUntil: start.Add(time.Millisecond)},
+		{Name: "api", Listen: "127.0.0.1:8002", Upstream: "127.0.0.1:1"},
+		{Name: "admin", Listen: "127.0.0.1:8003", Upstream: "127.0.0.1:1"},
+	}))
+	// Each listen is where the lease's timer, due, runs.
+	listen := func(_, _ string) (net.Listener, error) {
+		clock.RunDue(200 * time.Millisecond)
+		return newIdleListener(), nil
+	}
+	p := NewServer(listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock, Save: func(st []ServiceState) error { return SaveState(path, st) }})
+	p.probe = func(*slog.Logger, string, string) {}
+	t.Cleanup(func() {
+		for _, s := range p.List() {
+			_ = p.Delete(s.Name)
+		}
+	})
+
+	require.NoError(t, p.Restore(path))
+	clock.RunDue(0)
+	clock.Wait()
+	require.Equal(t, 1, clock.Fired(), "web's lease ended as it was restored")
+	saved := readState(t, path)
+	require.Equal(t, []string{"admin", "api", "web"}, names(saved), "every service is still in the state file")
+	for _, s := range saved {
+		require.False(t, s.Paused, "%s is saved not paused: its lease has ended", s.Name)
+	}
+	st, err := p.Get("web")
+	require.NoError(t, err)
+	require.False(t, st.Paused)
+}

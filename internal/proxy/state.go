@@ -86,7 +86,15 @@ func SaveState(path string, services []ServiceState) error {
 // aside first, what can be read of it is restored, and the file is written
 // again with an entry that says where the copy is. A target that does not
 // answer a TCP connect is served all the same (the app may be starting).
+//
+// Restore is one change: a pause's lease that ends meanwhile, or a listen
+// tried again, waits for it, so none saves the state file while only some
+// of its services are back (the others would be lost from the file). It
+// takes the change lock itself, not begin: a restart asked for meanwhile
+// waits for it too, and a process frozen before it serves what it restores.
 func (p *Server) Restore(path string) error {
+	p.change.Lock()
+	defer p.change.Unlock()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

@@ -393,6 +393,7 @@ func TestTheWaitBeforeTheJobEndsAsInterruptedOrAsAProxyError(t *testing.T) {
 	rec, err := r.d.Deploy(ctx, svc)
 	require.ErrorIs(t, err, context.Canceled)
 	require.NotErrorIs(t, err, ErrReleaseJob)
+	require.NotErrorIs(t, err, ErrProxy)
 	require.Equal(t, OutcomeInterrupted, rec.Outcome)
 	require.NotContains(t, r.rt.calls, "job migrate")
 	require.Equal(t, []string{"pause 2m0s", "resume"}, p.calls)

@@ -163,6 +163,9 @@ func (r *Runtime) Describe(ctx context.Context, id string, port int) (Descriptio
 	if in.HostConfig != nil {
 		d.Binds = in.HostConfig.Binds
 		d.Restart = string(in.HostConfig.RestartPolicy.Name)
+		if n := in.HostConfig.RestartPolicy.MaximumRetryCount; n > 0 {
+			d.Restart += ":" + strconv.Itoa(n) // on-failure:N, as restartPolicy takes it
+		}
 		if m := string(in.HostConfig.NetworkMode); m != "" && m != "default" && m != "bridge" {
 			d.Networks = append(d.Networks, m)
 		}

@@ -59,7 +59,7 @@ func fakeEngine(t *testing.T, bound string, port int) *Runtime {
 	inspect := map[string]any{"Id": "c1", "Name": "/byhand", "Created": "2026-12-01T10:00:00Z",
 		"Config":          map[string]any{"Image": "app", "Labels": map[string]string{}},
 		"State":           map[string]any{"Running": true, "Status": "running", "StartedAt": "2026-12-01T10:00:01Z"},
-		"HostConfig":      map[string]any{},
+		"HostConfig":      map[string]any{"RestartPolicy": map[string]any{"Name": "on-failure", "MaximumRetryCount": 3}},
 		"NetworkSettings": map[string]any{"Ports": map[string]any{"80/tcp": []any{map[string]any{"HostIp": bound, "HostPort": strconv.Itoa(port)}}}},
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -78,4 +78,13 @@ func fakeEngine(t *testing.T, bound string, port int) *Runtime {
 	require.NoError(t, err)
 	t.Cleanup(func() { api.Close() })
 	return &Runtime{api: api}
+}
+
+// What `handoff init` writes down keeps a restart policy's retry count:
+// on-failure:3, not on-failure (which retries for ever).
+func TestDescribeKeepsTheRetryCount(t *testing.T) {
+	r := fakeEngine(t, "127.0.0.1", 8000)
+	d, err := r.Describe(t.Context(), "c1", 80)
+	require.NoError(t, err)
+	require.Equal(t, "on-failure:3", d.Restart)
 }

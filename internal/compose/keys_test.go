@@ -123,6 +123,12 @@ func TestComposeSettings(t *testing.T) {
 		{name: "replicas one", yml: head + "    deploy: {replicas: 1}\n", want: func(t *testing.T, svc deploy.Service) {}},
 		{name: "limits pids", yml: head + "    deploy: {resources: {limits: {pids: 100}}}\n",
 			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, int64(100), svc.PidsLimit) }},
+		{name: "init tty stdin_open", yml: head + "    init: true\n    tty: true\n    stdin_open: true\n",
+			want: func(t *testing.T, svc deploy.Service) {
+				require.True(t, *svc.Init)
+				require.True(t, svc.TTY)
+				require.True(t, svc.StdinOpen)
+			}},
 		{name: "pids_limit", yml: head + "    pids_limit: 50\n",
 			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, int64(50), svc.PidsLimit) }},
 		{name: "reservations devices", yml: head + "    deploy: {resources: {reservations: {devices: [{driver: nvidia, count: 1, capabilities: [gpu]}]}}}\n",

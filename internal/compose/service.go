@@ -167,6 +167,7 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		svc.Logging = &deploy.Logging{Driver: s.Logging.Driver, Options: s.Logging.Options}
 	}
 	svc.Memory, svc.CPUs, svc.PidsLimit = int64(s.MemLimit), float64(s.CPUS), s.PidsLimit
+	svc.Init, svc.TTY, svc.StdinOpen = s.Init, s.Tty, s.StdinOpen
 	if s.Deploy != nil && s.Deploy.Resources.Limits != nil {
 		if m := int64(s.Deploy.Resources.Limits.MemoryBytes); m != 0 {
 			svc.Memory = m

@@ -60,6 +60,12 @@ type Service struct {
 	Memory    int64 // bytes, 0: no limit
 	CPUs      float64
 	PidsLimit int64 // most processes at once, 0: no limit
+	// Init runs an init process as PID 1 that reaps zombies and forwards
+	// signals (nil: the engine's default); TTY and StdinOpen give the
+	// container a terminal and an open stdin, as compose's tty and
+	// stdin_open (apps that buffer output or exit without them).
+	Init           *bool
+	TTY, StdinOpen bool
 	// Reach is how the proxy reaches a release; ReachAuto: as it reaches
 	// the live one.
 	Reach Reach

@@ -118,8 +118,11 @@ func (r *Runtime) spec(ctx context.Context, svc deploy.Service, imageID string) 
 		WorkingDir:  svc.WorkingDir,
 		StopSignal:  svc.StopSignal,
 		StopTimeout: &stopSeconds,
+		Tty:         svc.TTY,
+		OpenStdin:   svc.StdinOpen,
 	}
 	host := &container.HostConfig{
+		Init:   svc.Init,
 		Binds:  svc.Volumes,
 		Mounts: mounts(svc.Mounts),
 		Resources: container.Resources{

@@ -160,6 +160,9 @@ func TestComposeSettingsReachTheRelease(t *testing.T) {
 	t.Run("applied", func(t *testing.T) {
 		dir, run := project(t, `    restart: on-failure:3
     deploy: {resources: {limits: {pids: 64}}}
+    init: true
+    tty: true
+    stdin_open: true
     volumes:
       - {type: bind, source: ./out, target: /out, bind: {selinux: z}}
       - {type: bind, source: ./shared, target: /shared, read_only: true, bind: {propagation: private}}
@@ -184,6 +187,10 @@ func TestComposeSettingsReachTheRelease(t *testing.T) {
 		require.Equal(t, container.RestartPolicy{Name: "on-failure", MaximumRetryCount: 3}, live.HostConfig.RestartPolicy)
 		require.NotNil(t, live.HostConfig.PidsLimit)
 		require.Equal(t, int64(64), *live.HostConfig.PidsLimit)
+		require.NotNil(t, live.HostConfig.Init)
+		require.True(t, *live.HostConfig.Init)
+		require.True(t, live.Config.Tty)
+		require.True(t, live.Config.OpenStdin)
 		mounts := map[string]container.MountPoint{}
 		for _, m := range live.Mounts {
 			mounts[m.Destination] = m

@@ -129,6 +129,12 @@ func FuzzRewriteUpstream(f *testing.F) {
 	f.Add(":9 {\n\t\\# x {\n\treverse_proxy a:1\n}\n", "", "a:1")
 	f.Add("a.test {\n\trespond \\<<A\n\treverse_proxy a:1\n}\n", "a.test", "a:1")
 	f.Add("a.test {\n\trespond <<A\n\t{ a:1\n\tA 200\n\treverse_proxy \"a:1\" \"{\"\n}\n", "a.test", "a:1")
+	// The heredoc marker mid-line (the heredoc ends there), on the first
+	// body line (the next line is arguments), and padding that does not
+	// match.
+	f.Add("a.test {\n\trespond <<A\n\t\tx\n\t\tyA 200\n\treverse_proxy a:1\n}\n", "a.test", "a:1")
+	f.Add("(s) {\n\trespond {args[0]}\n}\na.test {\n\timport s <<A\n\tA\n\treverse_proxy a:1\n\treverse_proxy a:1\n}\n", "a.test", "a:1")
+	f.Add("a.test {\n\trespond <<A\n\treverse_proxy a:1\n\t\tA\n\treverse_proxy a:1\n}\n", "a.test", "a:1")
 	f.Fuzz(func(t *testing.T, src, host, from string) {
 		if !plainAddress(from) || strings.Contains(src, to) || strings.Contains(from, to) || strings.Contains(to, from) {
 			t.Skip()
@@ -189,4 +195,74 @@ func FuzzRewriteUpstream(f *testing.F) {
 			t.Fatalf("switching back does not give the file again (%v)", err)
 		}
 	})
+}
+
+// Heredocs are read as Caddy 2.11.9 reads them (each case checked with
+// caddy adapt): one ends at its marker's first occurrence, even mid-line
+// (Caddy's lexer does not look for the marker alone on a line), and what
+// is left of that line is more tokens; what precedes the marker there is
+// padding every earlier body line must start with. Caddy's parser counts
+// one line too many for a heredoc that ends on its first line, so the
+// next line's tokens are its directive's arguments.
+func TestHeredocEndsWhereCaddysDoes(t *testing.T) {
+	const from, to = "127.0.0.1:8000", "127.0.0.1:32768"
+	for _, c := range []struct {
+		name, src string
+		want      string // the rewritten file, with @TO@ for to
+		refuse    string
+	}{{
+		name: "marker mid-line ends it",
+		src:  ":9 {\n\trespond <<HTML\n\t\t<p>x</p>\n\t\t<p>HTML 201\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: ":9 {\n\trespond <<HTML\n\t\t<p>x</p>\n\t\t<p>HTML 201\n\treverse_proxy @TO@\n}\n",
+	}, {
+		// Caddy dials 127.0.0.1:8000 here: the heredoc ends at "<p>HTML".
+		name: "marker mid-line on its first line, the lines after are directives",
+		src:  "(s) {\n\trespond {args[0]}\n}\n:9 {\n\timport s <<HTML\n\t\t<p>HTML is here</p>\n\t\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: "(s) {\n\trespond {args[0]}\n}\n:9 {\n\timport s <<HTML\n\t\t<p>HTML is here</p>\n\t\treverse_proxy @TO@\n}\n",
+	}, {
+		name: "a proxy written in the body is text",
+		src:  ":9 {\n\trespond <<HTML\n\t\t<p>x</p>\n\t\treverse_proxy 127.0.0.1:8000\n\t\tHTML 200\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: ":9 {\n\trespond <<HTML\n\t\t<p>x</p>\n\t\treverse_proxy 127.0.0.1:8000\n\t\tHTML 200\n\treverse_proxy @TO@\n}\n",
+	}, {
+		name: "indented closing marker, a blank line in the body",
+		src:  ":9 {\n\trespond <<HTML\n\t\t\t<p>x</p>\n\n\t\tHTML 200\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: ":9 {\n\trespond <<HTML\n\t\t\t<p>x</p>\n\n\t\tHTML 200\n\treverse_proxy @TO@\n}\n",
+	}, {
+		name: "CRLF",
+		src:  ":9 {\r\n\trespond <<HTML\r\n\t\tx\r\n\t\treverse_proxy 127.0.0.1:8000\r\n\t\tHTML 200\r\n\treverse_proxy 127.0.0.1:8000\r\n}\r\n",
+		want: ":9 {\r\n\trespond <<HTML\r\n\t\tx\r\n\t\treverse_proxy 127.0.0.1:8000\r\n\t\tHTML 200\r\n\treverse_proxy @TO@\r\n}\r\n",
+	}, {
+		// Caddy dials 127.0.0.1:8000 once, for the last line: the line
+		// after the heredoc is import's arguments.
+		name: "closing marker on the first body line, the next line is arguments",
+		src:  "(s) {\n\trespond {args[0]}\n}\n:9 {\n\timport s <<EOF\n\tEOF\n\treverse_proxy 127.0.0.1:8000\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: "(s) {\n\trespond {args[0]}\n}\n:9 {\n\timport s <<EOF\n\tEOF\n\treverse_proxy 127.0.0.1:8000\n\treverse_proxy @TO@\n}\n",
+	}, {
+		name: "<< and a space is a plain token",
+		src:  ":9 {\n\trespond << 200\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: ":9 {\n\trespond << 200\n\treverse_proxy @TO@\n}\n",
+	}, {
+		name: "braces in quotes and backticks are text, a backslash in backticks too",
+		src:  ":9 {\n\trespond `a \\\\ \"} {` 200\n\theader X \"{\"\n\theader Y `}`\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		want: ":9 {\n\trespond `a \\\\ \"} {` 200\n\theader X \"{\"\n\theader Y `}`\n\treverse_proxy @TO@\n}\n",
+	}, {
+		name:   "body line without the closing marker's padding",
+		src:    ":9 {\n\trespond <<HTML\n\t<p>\n\t\tHTML 200\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		refuse: `line 2: heredoc <<HTML: line 3 does not start with "\t\t", the padding before its closing marker`,
+	}, {
+		name:   "marker not of letters, digits, dashes and underscores",
+		src:    ":9 {\n\trespond <<H.T\n\tx\n\tH.T 200\n\treverse_proxy 127.0.0.1:8000\n}\n",
+		refuse: `line 2: heredoc marker "H.T" is not valid`,
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			rw, err := rewriteUpstream(c.src, "", from, to, noEnv)
+			if c.refuse != "" {
+				require.EqualError(t, err, "read the Caddyfile: "+c.refuse)
+				require.Equal(t, c.src, rw.out)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, strings.ReplaceAll(c.want, "@TO@", to), rw.out)
+		})
+	}
 }

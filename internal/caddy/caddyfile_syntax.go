@@ -171,26 +171,74 @@ func lexBare(src string, i int, escaped bool, t *token, line, skipped *int) (int
 	return i, nil
 }
 
-// lexHeredoc reads a heredoc from i, just after its "<<".
+// lexHeredoc reads a heredoc from i, just after its "<<", as Caddy 2.11's
+// lexer does. The marker runs to the end of the line (a space, or the end
+// of the file, makes "<<..." a plain token instead). The heredoc ends at
+// the marker's first occurrence, even mid-line, not only at a line holding
+// it alone: what is left of that line is more tokens, and what precedes
+// the marker there is padding that every earlier body line must start
+// with.
 func lexHeredoc(src string, i int, t *token, line, skipped *int) (int, error) {
-	nl := strings.IndexByte(src[i:], '\n')
-	if nl < 0 {
-		return i, fmt.Errorf("a heredoc marker is not followed by a new line")
+	var m strings.Builder
+	j := i
+	for ; j < len(src) && src[j] != '\n'; j++ {
+		switch src[j] {
+		case ' ':
+			t.text = "<<" + m.String()
+			return j, nil
+		case '\r':
+			continue // Caddy skips CR there
+		}
+		m.WriteByte(src[j])
 	}
-	marker := strings.TrimSuffix(src[i:i+nl], "\r")
-	if marker == "" || strings.ContainsAny(marker, "< \t") {
+	marker := m.String()
+	if j == len(src) {
+		t.text = "<<" + marker
+		return j, nil
+	}
+	if !isHeredocMarker(marker) {
 		return i, fmt.Errorf("heredoc marker %q is not valid", marker)
 	}
-	body := i + nl + 1
+	body := j + 1
 	end := strings.Index(src[body:], marker)
 	if end < 0 {
 		return i, fmt.Errorf("heredoc %s is never closed", marker)
 	}
+	raw := src[body : body+end]
+	last := strings.LastIndexByte(raw, '\n')
+	padding := raw[last+1:]
+	var text strings.Builder
+	lines := strings.Split(raw[:last+1], "\n")
+	lines = lines[:len(lines)-1]
+	for n, l := range lines {
+		if l != "" && l != "\r" && !strings.HasPrefix(l, padding) {
+			return i, fmt.Errorf("heredoc <<%s: line %d does not start with %q, the padding before its closing marker", marker, *line+*skipped+1+n, padding)
+		}
+		text.WriteString(strings.ReplaceAll(strings.TrimPrefix(l, padding), "\r", "") + "\n")
+	}
 	t.quote, t.inner = '<', body
-	t.text = src[body : body+end]
-	t.breaks = 1 + strings.Count(t.text, "\n")
-	*skipped += t.breaks
+	t.text = strings.TrimSuffix(text.String(), "\n")
+	*skipped += 1 + len(lines)
+	// Caddy's parser takes a heredoc to span its text's lines plus two:
+	// one line too many when it ends on its first line, so that the next
+	// line's tokens are read as this line's.
+	t.breaks = 1 + max(len(lines), 1)
 	return body + end + len(marker), nil
+}
+
+// isHeredocMarker says whether s may be a heredoc marker for Caddy: ASCII
+// letters, digits, dashes and underscores.
+func isHeredocMarker(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // newLine says whether tokens[i] starts a line, as Caddy's parser sees it.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 func newProxyCmd(c *common) *cobra.Command {
@@ -52,24 +53,24 @@ same binary (an upgrade or restart without dropping anything).`,
 	f.StringVar(&o.Metrics, "metrics", "", "serve Prometheus metrics on this address, like 127.0.0.1:9100 (docs/metrics.md)")
 	f.DurationVar(&o.DialRetry, "dial-retry", proxy.DefaultDialRetry, "how long a request waits for an app that refuses connections (restarting) before it gets a 502")
 	f.StringSliceVar(&trustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1/128"}, "front proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host are kept and appended to; \"none\" trusts nobody")
-	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+proxy.DefaultSocket+")")
+	cmd.PersistentFlags().StringVar(&socket, "socket", "", "control socket (default handoff_proxy.socket in handoff.yml, else "+wire.DefaultSocket+")")
 	var maxWait, lease time.Duration
 	pause := &cobra.Command{
 		Use:   "pause [service]",
 		Short: "Hold the service's new requests (each for at most --max-wait) until resume or --lease ends, e.g. during a migration",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return proxyControl(c, socket, args, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
+			return proxyControl(c, socket, args, func(cl *proxy.Client) (wire.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
 		},
 	}
-	pause.Flags().DurationVar(&maxWait, "max-wait", proxy.DefaultPauseWait, "a held request gets 503 after this long")
-	pause.Flags().DurationVar(&lease, "lease", proxy.DefaultPauseLease, "if no resume comes within this long, the proxy lets requests go on by itself (at most "+proxy.MaxPauseLease.String()+"); pause again to extend it")
+	pause.Flags().DurationVar(&maxWait, "max-wait", wire.DefaultPauseWait, "a held request gets 503 after this long")
+	pause.Flags().DurationVar(&lease, "lease", wire.DefaultPauseLease, "if no resume comes within this long, the proxy lets requests go on by itself (at most "+wire.MaxPauseLease.String()+"); pause again to extend it")
 	resume := &cobra.Command{
 		Use:   "resume [service]",
 		Short: "Release the requests a pause holds",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return proxyControl(c, socket, args, func(cl *proxy.Client) (proxy.ServiceState, error) { return cl.Resume(cmd.Context()) })
+			return proxyControl(c, socket, args, func(cl *proxy.Client) (wire.ServiceState, error) { return cl.Resume(cmd.Context()) })
 		},
 	}
 	status := &cobra.Command{
@@ -84,7 +85,7 @@ same binary (an upgrade or restart without dropping anything).`,
 	return cmd
 }
 
-func proxyControl(c *common, socket string, args []string, act func(*proxy.Client) (proxy.ServiceState, error)) error {
+func proxyControl(c *common, socket string, args []string, act func(*proxy.Client) (wire.ServiceState, error)) error {
 	s, err := c.settings(context.Background(), args)
 	if err != nil {
 		return err
@@ -102,7 +103,7 @@ func proxyControl(c *common, socket string, args []string, act func(*proxy.Clien
 		fmt.Fprintf(c.io.Out, " (until %s unless resumed)", st.PauseUntil.Local().Format(time.DateTime))
 	}
 	fmt.Fprintln(c.io.Out)
-	for _, line := range proxyProblems([]proxy.ServiceState{st}) {
+	for _, line := range proxyProblems([]wire.ServiceState{st}) {
 		fmt.Fprintln(c.io.Out, line)
 	}
 	return nil
@@ -196,7 +197,7 @@ func proxyStatus(ctx context.Context, c *common, socket string) error {
 
 // proxyProblems says, one line each, which services the proxy knows but
 // does not serve, and why.
-func proxyProblems(list []proxy.ServiceState) []string {
+func proxyProblems(list []wire.ServiceState) []string {
 	var out []string
 	for _, s := range list {
 		switch {

@@ -17,6 +17,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/docker"
 	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 	"github.com/handoff-dev/handoff/internal/state"
 )
 
@@ -68,7 +69,7 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.overrides.CaddyRoute, "caddy-route", "", "the route to switch: site host (api.example.com) or current upstream (localhost:8000)")
 	f.StringVar(&c.overrides.Caddyfile, "caddyfile", "", "Caddyfile to keep in step with each switch")
 	f.StringVar(&c.overrides.Proxy, "proxy", "", "what switches the service: caddy (default) or handoff (a running handoff proxy)")
-	f.StringVar(&c.overrides.ProxySocket, "proxy-socket", "", "control socket of handoff proxy (default "+proxy.DefaultSocket+")")
+	f.StringVar(&c.overrides.ProxySocket, "proxy-socket", "", "control socket of handoff proxy (default "+wire.DefaultSocket+")")
 	f.StringVar(&c.overrides.ProxyListen, "proxy-listen", "", "with --proxy handoff: the stable address the service is served on, like 127.0.0.1:9001")
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")

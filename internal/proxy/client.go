@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
-
-// DefaultSocket is where `handoff proxy` listens for control by default.
-const DefaultSocket = "/run/handoff/proxy.sock"
 
 // Client drives one service of a running `handoff proxy` through its
 // control socket: it is the deploy.Proxy for `proxy: handoff`.
@@ -31,7 +29,7 @@ var _ deploy.Proxy = (*Client)(nil)
 // NewClient returns the deploy.Proxy for service, served on listen.
 func NewClient(socket, service, listen string) (*Client, error) {
 	if socket == "" {
-		socket = DefaultSocket
+		socket = wire.DefaultSocket
 	}
 	if listen == "" {
 		return nil, fmt.Errorf("%w: proxy: handoff needs handoff_proxy.listen (or --proxy-listen), the stable address the front proxy points at, like 127.0.0.1:9001", deploy.ErrConfig)
@@ -56,19 +54,19 @@ func NewControl(socket, service string) *Client {
 // Pause holds the service's new requests, each for at most maxWait, and
 // the whole pause for at most lease (0: DefaultPauseLease), after which
 // the proxy lets them go on by itself.
-func (c *Client) Pause(ctx context.Context, maxWait, lease time.Duration) (ServiceState, error) {
+func (c *Client) Pause(ctx context.Context, maxWait, lease time.Duration) (wire.ServiceState, error) {
 	in := map[string]string{"max_wait": maxWait.String()}
 	if lease > 0 {
 		in["lease"] = lease.String()
 	}
-	var st ServiceState
+	var st wire.ServiceState
 	err := c.call(ctx, http.MethodPost, "/pause", in, &st)
 	return st, c.found(err)
 }
 
 // MaintenanceOn answers the service's requests with m's page.
 func (c *Client) MaintenanceOn(ctx context.Context, m deploy.Maintenance, _ []string) error {
-	in := MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow}
+	in := wire.MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow}
 	return c.found(c.call(ctx, http.MethodPut, "/maintenance", in, nil))
 }
 
@@ -86,9 +84,9 @@ func (c *Client) MaintenanceOff(ctx context.Context, _ string) (bool, error) {
 
 // Pauser is c as the deploy procedure holds requests with during a
 // release job. Its Pause is given how long the hold may last (the job's
-// timeout): each request is held at most that or MaxPauseWait, whichever
-// is less, and the pause has a lease of that plus PauseLeaseMargin (at
-// most MaxPauseLease), so that a deploy killed before it resumes (SIGKILL,
+// timeout): each request is held at most that or wire.MaxPauseWait, whichever
+// is less, and the pause has a lease of that plus wire.PauseLeaseMargin (at
+// most wire.MaxPauseLease), so that a deploy killed before it resumes (SIGKILL,
 // an OOM kill, a cancelled CI job) does not leave the service paused.
 func (c *Client) Pauser() deploy.Pauser { return pauser{c} }
 
@@ -103,9 +101,9 @@ func (p pauser) Pause(ctx context.Context, hold time.Duration) error {
 // pauseWaits is the max wait and lease of a deploy's pause of hold.
 func pauseWaits(hold time.Duration) (maxWait, lease time.Duration) {
 	if hold <= 0 {
-		return MaxPauseWait, 0
+		return wire.MaxPauseWait, 0
 	}
-	return min(hold, MaxPauseWait), min(hold+PauseLeaseMargin, MaxPauseLease)
+	return min(hold, wire.MaxPauseWait), min(hold+wire.PauseLeaseMargin, wire.MaxPauseLease)
 }
 
 func (p pauser) Resume(ctx context.Context) error {
@@ -114,15 +112,15 @@ func (p pauser) Resume(ctx context.Context) error {
 }
 
 // Resume releases them.
-func (c *Client) Resume(ctx context.Context) (ServiceState, error) {
-	var st ServiceState
+func (c *Client) Resume(ctx context.Context) (wire.ServiceState, error) {
+	var st wire.ServiceState
 	err := c.call(ctx, http.MethodPost, "/resume", map[string]string{}, &st)
 	return st, c.found(err)
 }
 
 // List returns every service the proxy serves.
-func (c *Client) List(ctx context.Context) ([]ServiceState, error) {
-	var list []ServiceState
+func (c *Client) List(ctx context.Context) ([]wire.ServiceState, error) {
+	var list []wire.ServiceState
 	err := c.do(ctx, http.MethodGet, "/v1/services", nil, &list)
 	return list, err
 }
@@ -143,7 +141,7 @@ func (c *Client) Describe() string {
 // A service the proxy cannot listen for yet has its target all the same.
 // The proxy may have lost the route, though: when its state file has an
 // entry under this name it could not restore, or entries it could not
-// read a name from, Upstream fails (ErrUnrestored) instead of saying "".
+// read a name from, Upstream fails (wire.ErrUnrestored) instead of saying "".
 func (c *Client) Upstream(ctx context.Context, _ []string) (string, error) {
 	st, err := c.get(ctx)
 	if errors.Is(err, errNotThere) {
@@ -167,13 +165,13 @@ func (c *Client) unnamedEntries(ctx context.Context) error {
 	return nil
 }
 
-// unrestoredError is ErrUnrestored, and deploy.ErrProxy for the exit code.
+// unrestoredError is wire.ErrUnrestored, and deploy.ErrProxy for the exit code.
 type unrestoredError struct{ msg string }
 
 func (e unrestoredError) Error() string { return e.msg }
 
 func (e unrestoredError) Is(target error) bool {
-	return target == ErrUnrestored || target == deploy.ErrProxy
+	return target == wire.ErrUnrestored || target == deploy.ErrProxy
 }
 
 // Preflight checks that the proxy answers and serves the service where the
@@ -212,7 +210,7 @@ func (c *Client) PointsAt(ctx context.Context, upstream string) ([]string, error
 
 // Switch points the service at to; on its first deploy it creates it.
 func (c *Client) Switch(ctx context.Context, from, to string) error {
-	var st ServiceState
+	var st wire.ServiceState
 	var err error
 	if from == "" {
 		err = c.call(ctx, http.MethodPut, "", map[string]string{"listen": c.listen, "upstream": to}, &st)
@@ -265,10 +263,10 @@ var errNotThere = errors.New("service not in the proxy")
 const restartRetry = 15 * time.Second
 
 // get is the service's state. A name the proxy knows only from an entry
-// of its state file it could not restore is an ErrUnrestored, never "no
+// of its state file it could not restore is an wire.ErrUnrestored, never "no
 // such service": the route may be lost, not absent.
-func (c *Client) get(ctx context.Context) (ServiceState, error) {
-	var st ServiceState
+func (c *Client) get(ctx context.Context) (wire.ServiceState, error) {
+	var st wire.ServiceState
 	err := c.call(ctx, http.MethodGet, "", nil, &st)
 	if err == nil && st.Unrestored != "" {
 		return st, unrestoredError{fmt.Sprintf("handoff proxy could not restore %s from its state file: %s; mend that entry of the state file and restart handoff proxy, or delete it (curl --unix-socket %s -X DELETE http://proxy/v1/services/%s) and deploy again", c.service, st.Unrestored, c.socket, c.service)}

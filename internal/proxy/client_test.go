@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
+
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
@@ -57,7 +59,7 @@ func TestTheClientTellsAKnownServiceFromNoRoute(t *testing.T) {
 	api, err := NewClient(socket, "api", "127.0.0.1:9002")
 	require.NoError(t, err)
 	_, err = api.Upstream(ctx, nil)
-	require.ErrorIs(t, err, ErrUnrestored)
+	require.ErrorIs(t, err, wire.ErrUnrestored)
 	require.ErrorIs(t, err, deploy.ErrProxy)
 	require.ErrorContains(t, err, "handoff proxy could not restore api from its state file")
 	require.ErrorIs(t, api.Switch(ctx, "", "127.0.0.1:7003"), deploy.ErrProxy, "a first deploy does not overwrite the entry")
@@ -83,7 +85,7 @@ func TestAnUnnamedEntryStopsFirstDeploys(t *testing.T) {
 	shop, err := NewClient(controlSocket(t, p), "shop", "127.0.0.1:9003")
 	require.NoError(t, err)
 	_, err = shop.Upstream(context.Background(), nil)
-	require.ErrorIs(t, err, ErrUnrestored)
+	require.ErrorIs(t, err, wire.ErrUnrestored)
 	require.ErrorContains(t, err, "which may be shop's")
 }
 

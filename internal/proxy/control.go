@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // ControlHandler is the control API, served on a unix socket (mode 0600).
@@ -32,7 +34,7 @@ func ControlHandler(p *Server) http.Handler {
 		reply(w, st, err)
 	})
 	mux.HandleFunc("PUT /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var in struct{ Listen, Upstream string }
+		var in wire.PutRequest
 		if !decode(w, r, &in) {
 			return
 		}
@@ -40,7 +42,7 @@ func ControlHandler(p *Server) http.Handler {
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/switch", func(w http.ResponseWriter, r *http.Request) {
-		var in struct{ From, To string }
+		var in wire.SwitchRequest
 		if !decode(w, r, &in) {
 			return
 		}
@@ -52,7 +54,7 @@ func ControlHandler(p *Server) http.Handler {
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/retire", func(w http.ResponseWriter, r *http.Request) {
-		var in struct{ Upstream string }
+		var in wire.RetireRequest
 		if !decode(w, r, &in) {
 			return
 		}
@@ -60,10 +62,7 @@ func ControlHandler(p *Server) http.Handler {
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/pause", func(w http.ResponseWriter, r *http.Request) {
-		var in struct {
-			MaxWait string `json:"max_wait"`
-			Lease   string `json:"lease"`
-		}
+		var in wire.PauseRequest
 		if r.ContentLength != 0 && !decode(w, r, &in) {
 			return
 		}
@@ -90,7 +89,7 @@ func ControlHandler(p *Server) http.Handler {
 		reply(w, st, err)
 	})
 	mux.HandleFunc("PUT /v1/services/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
-		var in MaintenanceState
+		var in wire.MaintenanceState
 		if !decode(w, r, &in) {
 			return
 		}
@@ -130,11 +129,11 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = http.StatusBadRequest
 		case errors.Is(err, ErrRestarting):
 			status = http.StatusServiceUnavailable
-		case errors.Is(err, ErrUnrestored):
+		case errors.Is(err, wire.ErrUnrestored):
 			status = http.StatusUnprocessableEntity
 		}
 		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		_ = json.NewEncoder(w).Encode(wire.ErrorReply{Error: err.Error()})
 		return
 	}
 	_ = json.NewEncoder(w).Encode(v)

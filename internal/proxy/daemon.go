@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // Defaults of the daemon.
@@ -42,7 +44,7 @@ type DaemonOptions struct {
 // then hands over its connections gently (Handover).
 func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if o.Socket == "" {
-		o.Socket = DefaultSocket
+		o.Socket = wire.DefaultSocket
 	}
 	if o.StateFile == "" {
 		o.StateFile = DefaultStateFile

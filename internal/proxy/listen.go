@@ -1,15 +1,10 @@
 package proxy
 
-import "time"
+import (
+	"time"
 
-// ListenFailure says why a service kept from the state file does not
-// listen: its address could not be listened on at start (the port still
-// held by another process, a LAN address not up yet) nor since.
-type ListenFailure struct {
-	Error    string    `json:"error"`    // the last attempt's
-	Since    time.Time `json:"since"`    // the first failure
-	Attempts int       `json:"attempts"` // failed so far
-}
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
+)
 
 // A failed listen is tried again after listenRetryFirst, then twice as
 // long each time up to listenRetryMax.
@@ -23,7 +18,7 @@ const (
 // next attempt.
 func (p *Server) listenFailed(s *service, err error) {
 	prev := s.listenFail.Load()
-	f := &ListenFailure{Error: err.Error(), Since: p.clock.Now(), Attempts: 1}
+	f := &wire.ListenFailure{Error: err.Error(), Since: p.clock.Now(), Attempts: 1}
 	if prev != nil {
 		f.Since, f.Attempts = prev.Since, prev.Attempts+1
 	}

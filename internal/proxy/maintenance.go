@@ -3,25 +3,17 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
-)
 
-// MaintenanceState is a service's maintenance page, as the control API
-// takes it and the state file keeps it.
-type MaintenanceState struct {
-	Page       string   `json:"page"`
-	RetryAfter int      `json:"retry_after"` // seconds
-	Allow      []string `json:"allow,omitempty"`
-}
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
+)
 
 // MaxPage bounds a maintenance page, which every answer carries (and the
 // control API reads at most 1 MiB of JSON).
 const MaxPage = 512 << 10
 
-func (m *MaintenanceState) allows(path string) bool { return slices.Contains(m.Allow, path) }
-
-func (m *MaintenanceState) serve(w http.ResponseWriter) {
+// serveMaintenance answers a request with the service's maintenance page.
+func serveMaintenance(w http.ResponseWriter, m *wire.MaintenanceState) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
@@ -32,7 +24,7 @@ func (m *MaintenanceState) serve(w http.ResponseWriter) {
 
 // Maintenance answers the service's requests with m (nil: ends it). It is
 // saved first: it holds across a restart of the proxy.
-func (p *Server) Maintenance(name string, m *MaintenanceState) (ServiceState, error) {
+func (p *Server) Maintenance(name string, m *wire.MaintenanceState) (ServiceState, error) {
 	if m != nil && (m.Page == "" || len(m.Page) > MaxPage || m.RetryAfter < 0) {
 		return ServiceState{}, fmt.Errorf("%w: a maintenance page must have a body of at most %d bytes and a Retry-After of 0 s or more", ErrBadInput, MaxPage)
 	}

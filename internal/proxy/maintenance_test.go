@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
+
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
@@ -30,7 +32,7 @@ func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
 	p, path, _, listen := savingOne(t)
 
 	m := deploy.Maintenance{Service: "web", Message: "Back at 10 <b>sharp</b>", RetryAfter: 90 * time.Second, Allow: []string{"/healthz"}}
-	_, err := p.Maintenance("web", &MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow})
+	_, err := p.Maintenance("web", &wire.MaintenanceState{Page: m.Body(), RetryAfter: m.RetryAfterSeconds(), Allow: m.Allow})
 	require.NoError(t, err)
 	code, h, body := fetch(t, "http://"+listen+"/orders?id=1")
 	require.Equal(t, http.StatusServiceUnavailable, code)
@@ -58,7 +60,7 @@ func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
 	require.True(t, strings.HasPrefix(body, "a "), body)
 	require.Nil(t, readState(t, path)[0].Maintenance)
 
-	_, err = q.Maintenance("web", &MaintenanceState{})
+	_, err = q.Maintenance("web", &wire.MaintenanceState{})
 	require.ErrorIs(t, err, ErrBadInput, "an empty page is refused")
 }
 

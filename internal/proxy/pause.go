@@ -3,41 +3,29 @@ package proxy
 import (
 	"fmt"
 	"time"
-)
 
-// The lease of a pause: how long the proxy holds requests for a pause no
-// one resumes (a deploy killed by SIGKILL, an SSH hangup, a cancelled CI
-// job), after which it lets them go on by itself.
-const (
-	// DefaultPauseLease is the lease of a pause made without one, as
-	// `handoff proxy pause` by a person makes it.
-	DefaultPauseLease = 15 * time.Minute
-	// MaxPauseLease bounds any lease.
-	MaxPauseLease = 24 * time.Hour
-	// PauseLeaseMargin is what a deploy's pause holds beyond the time its
-	// release job may take (see Client.Pauser).
-	PauseLeaseMargin = 30 * time.Second
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // Pause holds the service's new requests until Resume, each for at most
-// wait (default DefaultPauseWait, at most MaxPauseWait), and the whole
-// pause for at most lease (default DefaultPauseLease, at most
-// MaxPauseLease): then the proxy lets them go on by itself and says so in
+// wait (default wire.DefaultPauseWait, at most wire.MaxPauseWait), and the whole
+// pause for at most lease (default wire.DefaultPauseLease, at most
+// wire.MaxPauseLease): then the proxy lets them go on by itself and says so in
 // its log. A pause and its lease are saved: they hold across a restart of
 // the proxy, and a pause whose lease ended meanwhile is not restored.
 // Pausing a paused service sets a new wait and lease.
 func (p *Server) Pause(name string, wait, lease time.Duration) (ServiceState, error) {
 	if wait <= 0 {
-		wait = DefaultPauseWait
+		wait = wire.DefaultPauseWait
 	}
-	if wait > MaxPauseWait {
-		return ServiceState{}, fmt.Errorf("%w: max_wait %s: a request may be held at most %s", ErrBadInput, wait, MaxPauseWait)
+	if wait > wire.MaxPauseWait {
+		return ServiceState{}, fmt.Errorf("%w: max_wait %s: a request may be held at most %s", ErrBadInput, wait, wire.MaxPauseWait)
 	}
 	if lease <= 0 {
-		lease = DefaultPauseLease
+		lease = wire.DefaultPauseLease
 	}
-	if lease > MaxPauseLease {
-		return ServiceState{}, fmt.Errorf("%w: lease %s: a pause may hold at most %s", ErrBadInput, lease, MaxPauseLease)
+	if lease > wire.MaxPauseLease {
+		return ServiceState{}, fmt.Errorf("%w: lease %s: a pause may hold at most %s", ErrBadInput, lease, wire.MaxPauseLease)
 	}
 	now := p.clock.Now()
 	until := now.Add(lease)
@@ -49,7 +37,7 @@ func (p *Server) Pause(name string, wait, lease time.Duration) (ServiceState, er
 		return now
 	}
 	return p.update(name, func(st *ServiceState) {
-		st.Paused, st.MaxWait, st.PausedSince, st.PauseUntil = true, Duration(wait), since(st.Paused, st.PausedSince), until
+		st.Paused, st.MaxWait, st.PausedSince, st.PauseUntil = true, wire.Duration(wait), since(st.Paused, st.PausedSince), until
 	}, func(s *service) {
 		ps := s.gate.state()
 		p.hold(s, wait, since(ps.paused, ps.since), until)
@@ -105,7 +93,7 @@ func (p *Server) leaseEnded(s *service, id uint64) {
 
 // restorePause holds s's requests as the state file says, unless the
 // pause's lease has ended meanwhile. A pause saved without a lease (by an
-// earlier handoff) gets DefaultPauseLease from now.
+// earlier handoff) gets wire.DefaultPauseLease from now.
 func (p *Server) restorePause(s *service, st savedService) {
 	now := p.clock.Now()
 	until, since := st.PauseUntil, st.PausedSince
@@ -113,7 +101,7 @@ func (p *Server) restorePause(s *service, st savedService) {
 		since = now
 	}
 	if until.IsZero() {
-		until = now.Add(DefaultPauseLease)
+		until = now.Add(wire.DefaultPauseLease)
 		p.log.Warn("state: a pause saved without a lease gets one", "service", st.Name, "lease_until", until)
 	}
 	if !now.Before(until) {
@@ -121,9 +109,9 @@ func (p *Server) restorePause(s *service, st savedService) {
 			"paused_since", st.PausedSince, "lease_until", until)
 		return
 	}
-	wait := min(time.Duration(st.MaxWait), MaxPauseWait)
+	wait := min(time.Duration(st.MaxWait), wire.MaxPauseWait)
 	if wait <= 0 {
-		wait = DefaultPauseWait
+		wait = wire.DefaultPauseWait
 	}
 	p.hold(s, wait, since, until)
 	p.log.Warn("state: restored paused, as it was; `handoff proxy resume` releases it", "service", st.Name, "max_wait", wait, "lease_until", until)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // A pause saved with a lease that ran out while the proxy was down is not
@@ -104,13 +106,13 @@ func TestAResumedPauseOutlivesNoLease(t *testing.T) {
 }
 
 // A pause restored with time left on its lease ends when the lease does;
-// a person's pause, made without a lease, gets DefaultPauseLease.
+// a person's pause, made without a lease, gets wire.DefaultPauseLease.
 func TestARestoredPauseKeepsItsLease(t *testing.T) {
 	clock := newFakeClock()
 	path := filepath.Join(t.TempDir(), "proxy.json")
 	listen := freeAddr(t)
-	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: listen, Upstream: "127.0.0.1:1", Paused: true, MaxWait: Duration(time.Minute),
-		PausedSince: clock.Now().Add(-time.Minute), PauseUntil: clock.Now().Add(time.Minute)}}))
+	require.NoError(t, SaveState(path, []ServiceState{{ServiceState: wire.ServiceState{Name: "web", Listen: listen, Upstream: "127.0.0.1:1", Paused: true, MaxWait: wire.Duration(time.Minute),
+		PausedSince: clock.Now().Add(-time.Minute), PauseUntil: clock.Now().Add(time.Minute)}}}))
 	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock})
 	t.Cleanup(func() { _ = p.Delete("web") })
 	require.NoError(t, p.Restore(path))
@@ -123,17 +125,17 @@ func TestARestoredPauseKeepsItsLease(t *testing.T) {
 
 	st, err := p.Pause("web", 0, 0)
 	require.NoError(t, err)
-	require.Equal(t, clock.Now().Add(DefaultPauseLease), st.PauseUntil)
+	require.Equal(t, clock.Now().Add(wire.DefaultPauseLease), st.PauseUntil)
 }
 
 // A deploy's pause lasts its release job's timeout plus a margin; each
-// request is held at most MaxPauseWait.
+// request is held at most wire.MaxPauseWait.
 func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
 	for _, c := range []struct{ hold, wait, lease time.Duration }{
-		{2 * time.Minute, 2 * time.Minute, 2*time.Minute + PauseLeaseMargin},
-		{time.Hour, MaxPauseWait, time.Hour + PauseLeaseMargin},
-		{0, MaxPauseWait, 0},
-		{48 * time.Hour, MaxPauseWait, MaxPauseLease},
+		{2 * time.Minute, 2 * time.Minute, 2*time.Minute + wire.PauseLeaseMargin},
+		{time.Hour, wire.MaxPauseWait, time.Hour + wire.PauseLeaseMargin},
+		{0, wire.MaxPauseWait, 0},
+		{48 * time.Hour, wire.MaxPauseWait, wire.MaxPauseLease},
 	} {
 		wait, lease := pauseWaits(c.hold)
 		require.Equal(t, c.wait, wait, "hold %s", c.hold)
@@ -145,8 +147,8 @@ func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
 	before := time.Now()
 	require.NoError(t, NewControl(socket, "web").Pauser().Pause(context.Background(), 10*time.Minute))
 	st, _ := p.Get("web")
-	require.Equal(t, Duration(MaxPauseWait), st.MaxWait)
-	require.WithinDuration(t, before.Add(10*time.Minute+PauseLeaseMargin), st.PauseUntil, 5*time.Second)
+	require.Equal(t, wire.Duration(wire.MaxPauseWait), st.MaxWait)
+	require.WithinDuration(t, before.Add(10*time.Minute+wire.PauseLeaseMargin), st.PauseUntil, 5*time.Second)
 }
 
 // A pause is kept across a restart, and both its wait and the number of
@@ -155,7 +157,7 @@ func TestPauseIsSavedAndBounded(t *testing.T) {
 	p, path, a, listen := savingOne(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	_, err := p.Pause("web", time.Hour, 0)
-	require.ErrorIs(t, err, ErrBadInput, "a wait beyond MaxPauseWait is refused")
+	require.ErrorIs(t, err, ErrBadInput, "a wait beyond wire.MaxPauseWait is refused")
 	_, err = p.Pause("web", 2*time.Minute, 0)
 	require.NoError(t, err)
 	require.NoError(t, p.Delete("web"))
@@ -165,14 +167,14 @@ func TestPauseIsSavedAndBounded(t *testing.T) {
 	require.Contains(t, string(raw), `"services": []`)
 
 	// As a restarted process finds it: paused, with its wait.
-	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: listen, Upstream: a.addr(), Paused: true, MaxWait: Duration(2 * time.Minute)}}))
+	require.NoError(t, SaveState(path, []ServiceState{{ServiceState: wire.ServiceState{Name: "web", Listen: listen, Upstream: a.addr(), Paused: true, MaxWait: wire.Duration(2 * time.Minute)}}}))
 	q := NewServer(net.Listen, quiet, Options{})
 	t.Cleanup(func() { _ = q.Delete("web") })
 	require.NoError(t, q.Restore(path))
 	st, err := q.Get("web")
 	require.NoError(t, err)
 	require.True(t, st.Paused)
-	require.Equal(t, Duration(2*time.Minute), st.MaxWait)
+	require.Equal(t, wire.Duration(2*time.Minute), st.MaxWait)
 
 	s, _ := q.get("web")
 	s.gate.waiting.Store(MaxHeld)
@@ -195,10 +197,10 @@ func TestALeaseEndingDuringRestoreSavesEveryService(t *testing.T) {
 	clock := newPassingClock(start)
 	path := filepath.Join(t.TempDir(), "proxy.json")
 	require.NoError(t, SaveState(path, []ServiceState{
-		{Name: "web", Listen: "127.0.0.1:8001", Upstream: "127.0.0.1:1", Paused: true, MaxWait: Duration(time.Minute),
-			PausedSince: start.Add(-time.Minute), PauseUntil: start.Add(time.Millisecond)},
-		{Name: "api", Listen: "127.0.0.1:8002", Upstream: "127.0.0.1:1"},
-		{Name: "admin", Listen: "127.0.0.1:8003", Upstream: "127.0.0.1:1"},
+		{ServiceState: wire.ServiceState{Name: "web", Listen: "127.0.0.1:8001", Upstream: "127.0.0.1:1", Paused: true, MaxWait: wire.Duration(time.Minute),
+			PausedSince: start.Add(-time.Minute), PauseUntil: start.Add(time.Millisecond)}},
+		{ServiceState: wire.ServiceState{Name: "api", Listen: "127.0.0.1:8002", Upstream: "127.0.0.1:1"}},
+		{ServiceState: wire.ServiceState{Name: "admin", Listen: "127.0.0.1:8003", Upstream: "127.0.0.1:1"}},
 	}))
 	// Each listen is where the lease's timer, due, runs.
 	listen := func(_, _ string) (net.Listener, error) {

@@ -23,6 +23,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 	"golang.org/x/net/http2"
 )
 
@@ -164,7 +166,7 @@ func TestInFlightRequestsDrainOnTheOldTarget(t *testing.T) {
 
 	st, err := p.Switch("web", a.addr(), b.addr())
 	require.NoError(t, err)
-	require.Equal(t, []DrainingState{{Upstream: a.addr(), InFlight: 1}}, st.Draining)
+	require.Equal(t, []wire.DrainingState{{Upstream: a.addr(), InFlight: 1}}, st.Draining)
 	close(a.release)
 	require.Equal(t, "a", <-done)
 	require.Eventually(t, func() bool {

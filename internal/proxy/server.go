@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // Errors the control API maps to statuses.
@@ -22,15 +24,10 @@ var (
 	ErrBadInput   = errors.New("bad request")
 	ErrNotSaved   = errors.New("the state file could not be written; nothing was changed")
 	ErrRestarting = errors.New("handoff proxy is restarting; try again in a moment")
-	ErrUnrestored = errors.New("the service's entry in the state file could not be restored")
 )
 
-// Bounds of a pause: how long one request may be held, and how many.
-const (
-	DefaultPauseWait = 30 * time.Second
-	MaxPauseWait     = 5 * time.Minute
-	MaxHeld          = 10000
-)
+// MaxHeld bounds how many requests a pause holds (wire has how long).
+const MaxHeld = 10000
 
 // Listen opens a listening socket; tableflip's Upgrader.Listen in the
 // daemon (so sockets survive a restart), net.Listen in tests.
@@ -111,11 +108,11 @@ type service struct {
 	dialRetry time.Duration
 	metrics   *Metrics
 
-	maint atomic.Pointer[MaintenanceState]
+	maint atomic.Pointer[wire.MaintenanceState]
 
 	// listenFail: the service was kept from the state file but its
 	// address cannot be listened on yet; it is tried again.
-	listenFail atomic.Pointer[ListenFailure]
+	listenFail atomic.Pointer[wire.ListenFailure]
 
 	mu        sync.Mutex
 	draining  []*target
@@ -131,8 +128,8 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.closing.Load() {
 		w.Header().Set("Connection", "close")
 	}
-	if m := s.maint.Load(); m != nil && !m.allows(r.URL.Path) {
-		m.serve(w)
+	if m := s.maint.Load(); m != nil && !slices.Contains(m.Allow, r.URL.Path) {
+		serveMaintenance(w, m)
 		return
 	}
 	t, err := s.admit(r.Context())
@@ -186,42 +183,13 @@ func (s *service) acquire() *target {
 	}
 }
 
-// ServiceState is a service as the control API and the state file show it.
+// ServiceState is a service as the server holds it: what the control
+// API shows, and for an entry of the state file it could not restore,
+// that entry as the file holds it (written back as it was).
 type ServiceState struct {
-	Name     string          `json:"name"`
-	Listen   string          `json:"listen"`
-	Upstream string          `json:"upstream"`
-	InFlight int64           `json:"in_flight"`
-	Draining []DrainingState `json:"draining,omitempty"`
-	Paused   bool            `json:"paused,omitempty"`
-	MaxWait  Duration        `json:"pause_max_wait,omitempty"` // how long a paused request may be held
-	Held     int64           `json:"held,omitempty"`           // requests a pause holds now
-	// HandoverPending: a restart's previous process is still finishing
-	// requests this one cannot count; a drain must wait for it.
-	HandoverPending bool `json:"handover_pending,omitempty"`
-	// PausedSince and PauseUntil: when the pause began, and its lease:
-	// when the proxy lets the requests go on by itself if no resume came.
-	PausedSince time.Time `json:"paused_since,omitzero"`
-	PauseUntil  time.Time `json:"pause_until,omitzero"`
-	// Maintenance: the service answers 503 with a page, but on Allow's paths.
-	Maintenance *MaintenanceState `json:"maintenance,omitempty"`
-	// NotListening: the service is known (saved, and switched as any
-	// other) but its address cannot be listened on yet; the proxy tries
-	// again until it can. Nothing reaches either release meanwhile.
-	NotListening *ListenFailure `json:"not_listening,omitempty"`
-	// Unrestored: an entry of the state file under this name (which may be
-	// "") that could not be used, and why. It is kept in the file as it
-	// was and nothing is served for it; Listen and Upstream are what could
-	// be read of it.
-	Unrestored string `json:"unrestored,omitempty"`
+	wire.ServiceState
 
 	raw json.RawMessage // an Unrestored entry as the state file holds it
-}
-
-// DrainingState is an old target still finishing requests.
-type DrainingState struct {
-	Upstream string `json:"upstream"`
-	InFlight int64  `json:"in_flight"`
 }
 
 // Put creates a service listening on listen and sending to upstream, or,
@@ -237,7 +205,7 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 	defer unlock()
 	if s, err := p.get(name); err != nil {
 		if kept, ok := p.keptEntry(name); ok {
-			return ServiceState{}, fmt.Errorf("%w: %s: %s; fix that entry in the state file and restart handoff proxy, or delete the service first", ErrUnrestored, name, kept.Unrestored)
+			return ServiceState{}, fmt.Errorf("%w: %s: %s; fix that entry in the state file and restart handoff proxy, or delete the service first", wire.ErrUnrestored, name, kept.Unrestored)
 		}
 	} else {
 		if s.listen != listen {
@@ -250,7 +218,7 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 		return ServiceState{}, err
 	}
 	err = p.save(func(list []ServiceState) []ServiceState {
-		return append(list, ServiceState{Name: name, Listen: listen, Upstream: upstream})
+		return append(list, ServiceState{ServiceState: wire.ServiceState{Name: name, Listen: listen, Upstream: upstream}})
 	})
 	if err != nil {
 		s.ln.Close()
@@ -544,7 +512,7 @@ func (p *Server) get(name string) (*service, error) {
 	if !ok {
 		for _, st := range p.kept {
 			if st.Name == name {
-				return nil, fmt.Errorf("%w: %s: %s", ErrUnrestored, name, st.Unrestored)
+				return nil, fmt.Errorf("%w: %s: %s", wire.ErrUnrestored, name, st.Unrestored)
 			}
 		}
 		return nil, fmt.Errorf("%w: %s", ErrNoService, name)
@@ -587,10 +555,10 @@ func (s *service) retireAll() {
 func (p *Server) state(s *service) ServiceState {
 	cur := s.current.Load()
 	ps := s.gate.state()
-	st := ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
-		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}
+	st := ServiceState{ServiceState: wire.ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
+		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}}
 	if ps.paused {
-		st.MaxWait, st.PausedSince, st.PauseUntil = Duration(ps.maxFor), ps.since, ps.until
+		st.MaxWait, st.PausedSince, st.PauseUntil = wire.Duration(ps.maxFor), ps.since, ps.until
 	}
 	if f := s.listenFail.Load(); f != nil {
 		copied := *f
@@ -599,7 +567,7 @@ func (p *Server) state(s *service) ServiceState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range s.draining {
-		st.Draining = append(st.Draining, DrainingState{Upstream: t.upstream, InFlight: t.inFlight.Load()})
+		st.Draining = append(st.Draining, wire.DrainingState{Upstream: t.upstream, InFlight: t.inFlight.Load()})
 	}
 	return st
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/atomicfile"
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // The state file is what the proxy keeps across restarts: each service's
@@ -31,14 +32,14 @@ type stateFile struct {
 
 // savedService is one entry of the state file.
 type savedService struct {
-	Name        string            `json:"name"`
-	Listen      string            `json:"listen"`
-	Upstream    string            `json:"upstream"`
-	Paused      bool              `json:"paused,omitempty"`
-	MaxWait     Duration          `json:"pause_max_wait,omitempty"`
-	PausedSince time.Time         `json:"paused_since,omitzero"`
-	PauseUntil  time.Time         `json:"pause_until,omitzero"`
-	Maintenance *MaintenanceState `json:"maintenance,omitempty"`
+	Name        string                 `json:"name"`
+	Listen      string                 `json:"listen"`
+	Upstream    string                 `json:"upstream"`
+	Paused      bool                   `json:"paused,omitempty"`
+	MaxWait     wire.Duration          `json:"pause_max_wait,omitempty"`
+	PausedSince time.Time              `json:"paused_since,omitzero"`
+	PauseUntil  time.Time              `json:"pause_until,omitzero"`
+	Maintenance *wire.MaintenanceState `json:"maintenance,omitempty"`
 }
 
 // unreadableEntry stands in the state file for the part of a damaged file
@@ -214,7 +215,7 @@ func (p *Server) restoreEntry(i int, raw json.RawMessage) {
 		}
 	}
 	if why != "" {
-		p.keep(ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Unrestored: why, raw: slices.Clone(raw)})
+		p.keep(ServiceState{ServiceState: wire.ServiceState{Name: st.Name, Listen: st.Listen, Upstream: st.Upstream, Unrestored: why}, raw: slices.Clone(raw)})
 		p.log.Error("state: an entry could not be restored; it is kept in the state file as it was", "index", i, "service", st.Name, "why", why)
 		return
 	}
@@ -294,26 +295,6 @@ func (p *Server) keptEntry(name string) (ServiceState, bool) {
 		}
 	}
 	return ServiceState{}, false
-}
-
-// Duration is a time.Duration written as text ("30s") in JSON.
-type Duration time.Duration
-
-// MarshalJSON writes "30s".
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads "30s".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
 }
 
 // checkUpstream logs a restored service whose upstream does not answer.

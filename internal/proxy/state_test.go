@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 // A service whose address cannot be listened on at start (the port still
@@ -84,7 +86,7 @@ func TestAServiceThatCannotListenAtStartIsKeptInTheStateFile(t *testing.T) {
 // Retrying stops with the service: a deleted one is not listened for.
 func TestADeletedServiceIsNotListenedForAgain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "proxy.json")
-	require.NoError(t, SaveState(path, []ServiceState{{Name: "web", Listen: "127.0.0.1:9001", Upstream: "127.0.0.1:1"}}))
+	require.NoError(t, SaveState(path, []ServiceState{{ServiceState: wire.ServiceState{Name: "web", Listen: "127.0.0.1:9001", Upstream: "127.0.0.1:1"}}}))
 	var tries atomic.Int64
 	refuse := func(string, string) (net.Listener, error) {
 		tries.Add(1)

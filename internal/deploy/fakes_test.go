@@ -248,6 +248,23 @@ type fakeProxy struct {
 	onSwitch      func() // runs as a switch is tried (a Ctrl-C at that moment)
 	onInFlight    func() // runs as requests in flight are counted
 	inFlightErr   error  // InFlight fails with it, if set
+
+	count func(upstream string) int // requests in flight on upstream, if set (the contract suite's front counts them)
+}
+
+// NewFakeProxy is the fake for the contract suite (proxy_contract_test.go,
+// in package deploy_test since proxytest imports deploy): its route points
+// at upstream, and InFlight reports what count says.
+func NewFakeProxy(upstream string, count func(upstream string) int) Proxy {
+	return &fakeProxy{upstream: upstream, count: count}
+}
+
+// LoseNextReply makes the fake p's next switch take and then fail, as one
+// whose reply was lost does; lost says whether one did.
+func LoseNextReply(p Proxy) (lost func() bool) {
+	f := p.(*fakeProxy)
+	f.switchErr, f.applyAnyway = ErrProxyUnreached, true
+	return func() bool { return f.switchErr == nil }
 }
 
 func (p *fakeProxy) Upstream(context.Context, []string) (string, error) {
@@ -303,7 +320,7 @@ func (p *fakeProxy) PointsAt(_ context.Context, upstream string) ([]string, erro
 	return out, nil
 }
 
-func (p *fakeProxy) InFlight(ctx context.Context, _ string) (InFlight, error) {
+func (p *fakeProxy) InFlight(ctx context.Context, upstream string) (InFlight, error) {
 	if p.onInFlight != nil {
 		p.onInFlight()
 	}
@@ -312,6 +329,9 @@ func (p *fakeProxy) InFlight(ctx context.Context, _ string) (InFlight, error) {
 	}
 	if ctx.Err() != nil {
 		return InFlight{}, ctx.Err()
+	}
+	if p.count != nil {
+		return InFlight{Requests: p.count(upstream), Reported: true}, nil
 	}
 	if len(p.inFlight) == 0 {
 		return InFlight{Reported: true}, nil

@@ -1,0 +1,113 @@
+package deploy_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"testing"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/deploy/proxytest"
+)
+
+// The unit tests' fake proxy keeps the contract the real ones keep, so
+// that what the procedure's tests prove with it holds of them.
+func TestProxyContractFake(t *testing.T) {
+	proxytest.Run(t, proxytest.Harness{New: func(t *testing.T, upstream string) proxytest.Instance {
+		f := &front{running: map[string]int{}}
+		f.proxy = &lockedProxy{p: deploy.NewFakeProxy(upstream, f.count)}
+		srv := httptest.NewServer(f)
+		t.Cleanup(srv.Close)
+		return proxytest.Instance{Proxy: f.proxy, Front: srv.URL, Route: "the service's route",
+			LoseReply: func() func() bool {
+				f.proxy.mu.Lock()
+				defer f.proxy.mu.Unlock()
+				return deploy.LoseNextReply(f.proxy.p)
+			}}
+	}})
+}
+
+// front is the fake's data plane: each request goes to the route's
+// upstream of the moment, and is counted there until it ends.
+type front struct {
+	proxy   *lockedProxy
+	mu      sync.Mutex
+	running map[string]int
+}
+
+func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	up, err := f.proxy.Upstream(r.Context(), nil)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	f.add(up, 1)
+	defer f.add(up, -1)
+	httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: up}).ServeHTTP(w, r)
+}
+
+func (f *front) add(upstream string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.running[upstream] += n
+}
+
+func (f *front) count(upstream string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.running[upstream]
+}
+
+// lockedProxy is the fake, one call at a time: the front reads its route
+// while the suite switches it.
+type lockedProxy struct {
+	mu sync.Mutex
+	p  deploy.Proxy
+}
+
+func (l *lockedProxy) Upstream(ctx context.Context, known []string) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.Upstream(ctx, known)
+}
+
+func (l *lockedProxy) Preflight(ctx context.Context, upstream string, known []string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.Preflight(ctx, upstream, known)
+}
+
+func (l *lockedProxy) Switch(ctx context.Context, from, to string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.Switch(ctx, from, to)
+}
+
+func (l *lockedProxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.PointsAt(ctx, upstream)
+}
+
+func (l *lockedProxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.InFlight(ctx, upstream)
+}
+
+func (l *lockedProxy) Retire(ctx context.Context, upstream string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.Retire(ctx, upstream)
+}
+
+func (l *lockedProxy) Advice(ctx context.Context, upstream string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.Advice(ctx, upstream)
+}
+
+func (l *lockedProxy) Describe() string { return l.p.Describe() }

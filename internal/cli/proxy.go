@@ -16,6 +16,7 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
@@ -60,7 +61,9 @@ same binary (an upgrade or restart without dropping anything).`,
 		Short: "Hold the service's new requests (each for at most --max-wait) until resume or --lease ends, e.g. during a migration",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return proxyControl(c, socket, args, func(cl *proxy.Client) (wire.ServiceState, error) { return cl.Pause(cmd.Context(), maxWait, lease) })
+			return proxyControl(c, socket, args, func(cl *proxyclient.Control) (wire.ServiceState, error) {
+				return cl.Pause(cmd.Context(), maxWait, lease)
+			})
 		},
 	}
 	pause.Flags().DurationVar(&maxWait, "max-wait", wire.DefaultPauseWait, "a held request gets 503 after this long")
@@ -70,7 +73,7 @@ same binary (an upgrade or restart without dropping anything).`,
 		Short: "Release the requests a pause holds",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return proxyControl(c, socket, args, func(cl *proxy.Client) (wire.ServiceState, error) { return cl.Resume(cmd.Context()) })
+			return proxyControl(c, socket, args, func(cl *proxyclient.Control) (wire.ServiceState, error) { return cl.Resume(cmd.Context()) })
 		},
 	}
 	status := &cobra.Command{
@@ -85,12 +88,12 @@ same binary (an upgrade or restart without dropping anything).`,
 	return cmd
 }
 
-func proxyControl(c *common, socket string, args []string, act func(*proxy.Client) (wire.ServiceState, error)) error {
+func proxyControl(c *common, socket string, args []string, act func(*proxyclient.Control) (wire.ServiceState, error)) error {
 	s, err := c.settings(context.Background(), args)
 	if err != nil {
 		return err
 	}
-	cl := proxy.NewControl(or(socket, s.HandoffProxy.Socket), s.Service.Name)
+	cl := proxyclient.NewControl(or(socket, s.HandoffProxy.Socket), s.Service.Name)
 	st, err := act(cl)
 	if err != nil {
 		return err
@@ -150,7 +153,7 @@ func proxyStatus(ctx context.Context, c *common, socket string) error {
 			socket = f.HandoffProxy.Socket
 		}
 	}
-	list, err := proxy.NewControl(socket, "").List(ctx)
+	list, err := proxyclient.NewControl(socket, "").List(ctx)
 	if err != nil {
 		return err
 	}

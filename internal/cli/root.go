@@ -16,7 +16,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/docker"
-	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
 	"github.com/handoff-dev/handoff/internal/state"
 )
@@ -115,9 +115,11 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 	case s.Service.Rollout != deploy.RolloutBlueGreen:
 		// no route, no proxy: a worker
 	case s.Proxy == config.ProxyHandoff:
-		var cl *proxy.Client
-		cl, err = proxy.NewClient(s.HandoffProxy.Socket, s.Service.Name, s.HandoffProxy.Listen)
-		switcher, pauser = cl, cl.Pauser()
+		var cl *proxyclient.Proxy
+		cl, err = proxyclient.New(proxyclient.NewControl(s.HandoffProxy.Socket, s.Service.Name), s.HandoffProxy.Listen)
+		if err == nil {
+			switcher, pauser = cl, cl.Pauser()
+		}
 	default:
 		switcher, err = caddy.New(s.Caddy.Admin, s.Caddy.Route, s.Caddy.Caddyfile, dir)
 	}

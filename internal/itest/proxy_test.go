@@ -16,7 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
-	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
 )
 
 // Through `handoff proxy`, Caddy is never reloaded: consecutive deploys
@@ -129,14 +129,14 @@ func TestHandoffProxyStartedWhileAServicesPortIsTaken(t *testing.T) {
 	require.Contains(t, status.Stdout, "address already in use")
 
 	ctx := context.Background()
-	cl, err := proxy.NewClient(d.Socket, "api", api)
+	cl, err := proxyclient.New(proxyclient.NewControl(d.Socket, "api"), api)
 	require.NoError(t, err)
 	require.NoError(t, cl.Switch(ctx, a, b), "another service is changed meanwhile")
 	require.Equal(t, "b", fetchBody(t, "http://"+api+"/"))
 	state, err := os.ReadFile(d.StateFile)
 	require.NoError(t, err)
 	require.Contains(t, string(state), web, "web is still in the state file")
-	up, err := proxy.NewControl(d.Socket, "web").Upstream(ctx, nil)
+	up, err := proxyclient.NewControl(d.Socket, "web").Upstream(ctx, nil)
 	require.NoError(t, err)
 	require.Equal(t, a, up, "the deploy side sees web's route")
 

@@ -10,19 +10,19 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
-	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
 )
 
 // pausedDeploy has v1 live through handoff proxy and handoff.yml for v2,
 // whose release job (with release_pause) runs for a minute; jobRuns waits,
 // once the deploy is started, until the job runs and requests are held.
-func pausedDeploy(t *testing.T, timeout string) (s *Scenario, ctl *proxy.Client, jobRuns func()) {
+func pausedDeploy(t *testing.T, timeout string) (s *Scenario, ctl *proxyclient.Control, jobRuns func()) {
 	s = NewScenario(t, ScenarioOptions{HandoffProxy: true})
 	data := sharedDir(t)
 	s.Deploy(Config{Release: "v1"})
 	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"MIGRATIONS": "/data/m.log", "MIGRATE_DELAY": "1m"},
 		Extra: "volumes: [\"" + data + ":/data\"]\nrelease: migrate\nrelease_pause: true\nrelease_timeout: " + timeout + "\n"})
-	ctl = proxy.NewControl(s.Proxy.Socket, s.Service)
+	ctl = proxyclient.NewControl(s.Proxy.Socket, s.Service)
 	return s, ctl, func() {
 		WaitFor(t, 30*time.Second, "the release job to start", func() bool {
 			_, err := os.Stat(filepath.Join(data, "m.log"))
@@ -32,7 +32,7 @@ func pausedDeploy(t *testing.T, timeout string) (s *Scenario, ctl *proxy.Client,
 	}
 }
 
-func paused(t *testing.T, ctl *proxy.Client) bool {
+func paused(t *testing.T, ctl *proxyclient.Control) bool {
 	t.Helper()
 	list, err := ctl.List(t.Context())
 	require.NoError(t, err)
@@ -89,7 +89,7 @@ func TestAReleasePauseWaitsForTheRequestInFlight(t *testing.T) {
 	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
 	data := sharedDir(t)
 	s.Deploy(Config{Release: "v1"})
-	ctl := proxy.NewControl(s.Proxy.Socket, s.Service)
+	ctl := proxyclient.NewControl(s.Proxy.Socket, s.Service)
 
 	type answer struct {
 		code    int

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -62,25 +61,4 @@ func TestMaintenancePageIsServedSavedAndTakenAway(t *testing.T) {
 
 	_, err = q.Maintenance("web", &wire.MaintenanceState{})
 	require.ErrorIs(t, err, ErrBadInput, "an empty page is refused")
-}
-
-// Through the control socket, as `handoff maintenance` uses it.
-func TestMaintenanceThroughTheClient(t *testing.T) {
-	p, _, listen := serveOne(t)
-	socket := controlSocket(t, p)
-
-	cl := NewControl(socket, "web")
-	was, err := cl.MaintenanceOff(context.Background(), "web")
-	require.NoError(t, err)
-	require.False(t, was)
-	require.NoError(t, cl.MaintenanceOn(context.Background(), deploy.Maintenance{Service: "web"}, nil))
-	code, h, body := fetch(t, "http://"+listen+"/")
-	require.Equal(t, http.StatusServiceUnavailable, code)
-	require.Equal(t, "300", h.Get("Retry-After"))
-	require.Contains(t, body, "Down for maintenance")
-	was, err = cl.MaintenanceOff(context.Background(), "web")
-	require.NoError(t, err)
-	require.True(t, was)
-	code, _, _ = fetch(t, "http://"+listen+"/")
-	require.Equal(t, http.StatusOK, code)
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -126,29 +125,6 @@ func TestARestoredPauseKeepsItsLease(t *testing.T) {
 	st, err := p.Pause("web", 0, 0)
 	require.NoError(t, err)
 	require.Equal(t, clock.Now().Add(wire.DefaultPauseLease), st.PauseUntil)
-}
-
-// A deploy's pause lasts its release job's timeout plus a margin; each
-// request is held at most wire.MaxPauseWait.
-func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
-	for _, c := range []struct{ hold, wait, lease time.Duration }{
-		{2 * time.Minute, 2 * time.Minute, 2*time.Minute + wire.PauseLeaseMargin},
-		{time.Hour, wire.MaxPauseWait, time.Hour + wire.PauseLeaseMargin},
-		{0, wire.MaxPauseWait, 0},
-		{48 * time.Hour, wire.MaxPauseWait, wire.MaxPauseLease},
-	} {
-		wait, lease := pauseWaits(c.hold)
-		require.Equal(t, c.wait, wait, "hold %s", c.hold)
-		require.Equal(t, c.lease, lease, "hold %s", c.hold)
-	}
-
-	p, _, _ := serveOne(t)
-	socket := controlSocket(t, p)
-	before := time.Now()
-	require.NoError(t, NewControl(socket, "web").Pauser().Pause(context.Background(), 10*time.Minute))
-	st, _ := p.Get("web")
-	require.Equal(t, wire.Duration(wire.MaxPauseWait), st.MaxWait)
-	require.WithinDuration(t, before.Add(10*time.Minute+wire.PauseLeaseMargin), st.PauseUntil, 5*time.Second)
 }
 
 // A pause is kept across a restart, and both its wait and the number of

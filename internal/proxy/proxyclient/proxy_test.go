@@ -1,0 +1,194 @@
+package proxyclient
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/proxy"
+	"github.com/handoff-dev/handoff/internal/proxy/wire"
+)
+
+// The client is tested against the real data plane: a proxy.Server whose
+// control API is served on a unix socket.
+
+// controlSocket serves p's control API on a unix socket.
+func controlSocket(t *testing.T, p *proxy.Server) string {
+	t.Helper()
+	socket := filepath.Join(t.TempDir(), "c.sock")
+	ln, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	srv := &http.Server{Handler: proxy.ControlHandler(p)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return socket
+}
+
+// newServer is a data plane with nothing saved; its "web" is deleted
+// (its listener closed) when the test ends.
+func newServer(t *testing.T) *proxy.Server {
+	p := proxy.NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), proxy.Options{})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	return p
+}
+
+// serveOne has service "web" on a free address, sent to an app that
+// answers "ok"; it returns the server, its control socket and web's address.
+func serveOne(t *testing.T) (*proxy.Server, string, string) {
+	t.Helper()
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") }))
+	t.Cleanup(app.Close)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	listen := l.Addr().String()
+	l.Close()
+	p := newServer(t)
+	_, err = p.Put("web", listen, strings.TrimPrefix(app.URL, "http://"))
+	require.NoError(t, err)
+	return p, controlSocket(t, p), listen
+}
+
+func newProxy(t *testing.T, socket, service, listen string) *Proxy {
+	t.Helper()
+	p, err := New(NewControl(socket, service), listen)
+	require.NoError(t, err)
+	return p
+}
+
+// The deploy side never takes a service the proxy knows but does not
+// serve for one it has no route for: a service it cannot listen for has
+// its upstream, and an entry it could not restore is an error, not "".
+func TestTheClientTellsAKnownServiceFromNoRoute(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { held.Close() })
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	data := fmt.Sprintf(`{"services": [{"name": "web", "listen": %q, "upstream": "127.0.0.1:7001"}, {"name": "api", "listen": "127.0.0.1:9002", "upstream": 7002}]}`, held.Addr().String())
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+	p := newServer(t)
+	require.NoError(t, p.Restore(path))
+	socket := controlSocket(t, p)
+	ctx := context.Background()
+
+	web := newProxy(t, socket, "web", held.Addr().String())
+	up, err := web.Upstream(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:7001", up)
+	notes, err := web.Preflight(ctx, up, nil)
+	require.NoError(t, err)
+	require.Len(t, notes, 1)
+	require.Contains(t, notes[0], "cannot listen on "+held.Addr().String())
+
+	api := newProxy(t, socket, "api", "127.0.0.1:9002")
+	_, err = api.Upstream(ctx, nil)
+	require.ErrorIs(t, err, wire.ErrUnrestored)
+	require.ErrorIs(t, err, deploy.ErrProxy)
+	require.ErrorContains(t, err, "handoff proxy could not restore api from its state file")
+	require.ErrorIs(t, api.Switch(ctx, "", "127.0.0.1:7003"), deploy.ErrProxy, "a first deploy does not overwrite the entry")
+
+	shop := newProxy(t, socket, "shop", "127.0.0.1:9003")
+	up, err = shop.Upstream(ctx, nil)
+	require.NoError(t, err, "a named entry is not shop's")
+	require.Empty(t, up)
+
+	require.NoError(t, p.Delete("api"), "an entry kept is deleted by its name")
+	_, err = api.Upstream(ctx, nil)
+	require.NoError(t, err)
+}
+
+// An entry without a name may be any service's: none is taken for a
+// first deploy while it is there.
+func TestAnUnnamedEntryStopsFirstDeploys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"services": [{"name": 7}]}`), 0o600))
+	p := newServer(t)
+	require.NoError(t, p.Restore(path))
+	shop := newProxy(t, controlSocket(t, p), "shop", "127.0.0.1:9003")
+	_, err := shop.Upstream(context.Background(), nil)
+	require.ErrorIs(t, err, wire.ErrUnrestored)
+	require.ErrorContains(t, err, "which may be shop's")
+}
+
+// A change to a name the proxy holds only an unrestored entry for says
+// so, not "no such service".
+func TestAChangeToAnUnrestoredEntrySaysWhy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"services": [{"name": "api", "listen": "127.0.0.1:9002", "upstream": 7002}]}`), 0o600))
+	p := newServer(t)
+	require.NoError(t, p.Restore(path))
+	_, err := NewControl(controlSocket(t, p), "api").Pause(context.Background(), 0, 0)
+	require.ErrorContains(t, err, "422")
+	require.ErrorContains(t, err, "could not be restored")
+}
+
+// The deploy side asks for a listen address it can be served on.
+func TestNewNeedsAListenAddress(t *testing.T) {
+	for _, listen := range []string{"", "9001"} {
+		_, err := New(NewControl("", "web"), listen)
+		require.ErrorIs(t, err, deploy.ErrConfig, "listen %q", listen)
+	}
+}
+
+// Through the control socket, as `handoff maintenance` uses it.
+func TestMaintenanceThroughTheClient(t *testing.T) {
+	_, socket, listen := serveOne(t)
+	cl := newProxy(t, socket, "web", listen)
+	was, err := cl.MaintenanceOff(context.Background(), "web")
+	require.NoError(t, err)
+	require.False(t, was)
+	require.NoError(t, cl.MaintenanceOn(context.Background(), deploy.Maintenance{Service: "web"}, nil))
+	resp, body := fetch(t, "http://"+listen+"/")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, "300", resp.Header.Get("Retry-After"))
+	require.Contains(t, body, "Down for maintenance")
+	was, err = cl.MaintenanceOff(context.Background(), "web")
+	require.NoError(t, err)
+	require.True(t, was)
+	resp, _ = fetch(t, "http://"+listen+"/")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// fetch is url's answer and its body.
+func fetch(t *testing.T, url string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	return resp, string(b)
+}
+
+// A deploy's pause lasts its release job's timeout plus a margin; each
+// request is held at most wire.MaxPauseWait.
+func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
+	for _, c := range []struct{ hold, wait, lease time.Duration }{
+		{2 * time.Minute, 2 * time.Minute, 2*time.Minute + wire.PauseLeaseMargin},
+		{time.Hour, wire.MaxPauseWait, time.Hour + wire.PauseLeaseMargin},
+		{0, wire.MaxPauseWait, 0},
+		{48 * time.Hour, wire.MaxPauseWait, wire.MaxPauseLease},
+	} {
+		wait, lease := pauseWaits(c.hold)
+		require.Equal(t, c.wait, wait, "hold %s", c.hold)
+		require.Equal(t, c.lease, lease, "hold %s", c.hold)
+	}
+
+	p, socket, listen := serveOne(t)
+	before := time.Now()
+	require.NoError(t, newProxy(t, socket, "web", listen).Pauser().Pause(context.Background(), 10*time.Minute))
+	st, _ := p.Get("web")
+	require.Equal(t, wire.Duration(wire.MaxPauseWait), st.MaxWait)
+	require.WithinDuration(t, before.Add(10*time.Minute+wire.PauseLeaseMargin), st.PauseUntil, 5*time.Second)
+}

@@ -35,72 +35,72 @@ func (d *Deployer) Deploy(ctx context.Context, svc Service) (*Record, error) {
 	if err := svc.Validate(); err != nil {
 		return nil, err
 	}
-	rec, err := d.deploy(ctx, svc)
-	if rec != nil {
-		d.afterHooks(ctx, svc, rec)
+	r, err := d.deploy(ctx, svc)
+	if r == nil {
+		return nil, err
 	}
-	return rec, err
+	d.afterHooks(ctx, r)
+	return r.rec, err
 }
 
-func (d *Deployer) deploy(ctx context.Context, svc Service) (*Record, error) {
+func (d *Deployer) deploy(ctx context.Context, svc Service) (*run, error) {
 	unlock, err := d.Locker.Lock(ctx, svc.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 
-	rec := newRecord(svc.Name, KindDeploy, d.pid(), d.now())
-	view, err := d.survey(ctx, svc, rec)
-	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+	r := d.newRun(svc, KindDeploy)
+	if err := d.survey(ctx, r); err != nil {
+		return r, d.fail(ctx, r, err)
 	}
-	view.adoptExpected(rec)
+	r.view.adoptExpected(r.rec)
 
 	var imageID string
-	err = d.phase(rec, PhaseImage, d.imageDetail(svc), func() error {
-		imageID, err = d.image(ctx, svc, rec)
+	err = d.phase(r, PhaseImage, d.imageDetail(svc), func() error {
+		imageID, err = d.image(ctx, svc, r.rec)
 		return err
 	})
 	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+		return r, d.fail(ctx, r, err)
 	}
-	return rec, d.roll(ctx, svc, rec, view, imageID)
+	return r, d.roll(ctx, r, imageID)
 }
 
 // roll starts a new release of svc from imageID and puts it in service as
 // the service's rollout says: blue/green behind a proxy, or, for a service
 // no proxy routes to, start-first or stop-first.
-func (d *Deployer) roll(ctx context.Context, svc Service, rec *Record, view *view, imageID string) error {
+func (d *Deployer) roll(ctx context.Context, r *run, imageID string) error {
+	svc, rec, view := &r.svc, r.rec, r.view
 	rec.Image, rec.ImageID = svc.Image, imageID
 	if svc.Port == 0 && view.live != nil {
 		svc.Port = view.live.Port
 	}
 	if svc.Port == 0 && svc.Rollout == RolloutBlueGreen {
-		return d.fail(ctx, rec, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
+		return d.fail(ctx, r, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
 	}
 	if svc.Reach == ReachAuto {
 		svc.Reach = reachOf(view.upstream)
 	}
-	release := view.nextRelease(svc)
+	release := view.nextRelease(*svc)
 	rec.ToRelease, rec.To = release, svc.ContainerName(release)
-	if rec.Kind == KindDeploy {
-		if err := d.releaseWork(ctx, svc, rec, view.upstream, imageID); err != nil {
-			return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.untouched(view)))
+	if r.kind == KindDeploy {
+		if err := d.releaseWork(ctx, r, imageID); err != nil {
+			return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.untouched(view)))
 		}
 	}
 	if svc.Rollout != RolloutBlueGreen {
-		return d.replace(ctx, svc, rec, view, release, imageID)
+		return d.replace(ctx, r, release, imageID)
 	}
 
-	var next Container
-	err := d.phase(rec, PhaseStart, rec.To, func() (err error) {
-		next, err = d.Runtime.Run(ctx, svc, release, imageID)
+	err := d.phase(r, PhaseStart, rec.To, func() (err error) {
+		r.next, err = d.Runtime.Run(ctx, *svc, release, imageID)
 		return err
 	})
 	if err != nil {
-		return d.fail(ctx, rec, err)
+		return d.fail(ctx, r, err)
 	}
-	return d.handoff(ctx, svc, rec, view, next, d.discard)
+	return d.handoff(ctx, r, d.discard)
 }
 
 // reachOf says how a proxy that dials upstream reaches a container: by a
@@ -125,42 +125,42 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	}
 	defer unlock()
 
-	rec := newRecord(svc.Name, KindRollback, d.pid(), d.now())
-	view, err := d.survey(ctx, svc, rec)
-	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+	r := d.newRun(svc, KindRollback)
+	rec := r.rec
+	if err := d.survey(ctx, r); err != nil {
+		return rec, d.fail(ctx, r, err)
 	}
-	view.adoptExpected(rec)
-	target, err := d.rollbackTarget(svc, view, to)
+	r.view.adoptExpected(rec)
+	target, err := d.rollbackTarget(svc, r.view, to)
 	if errors.Is(err, ErrNothingToRoll) && (svc.RemoveRetired || svc.Rollout != RolloutBlueGreen) {
-		return rec, d.rollbackToImage(ctx, svc, rec, view, to)
+		return rec, d.rollbackToImage(ctx, r, to)
 	}
 	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+		return rec, d.fail(ctx, r, err)
 	}
 	rec.ToRelease, rec.To, rec.Image, rec.ImageID = target.Release, target.Name, target.Image, target.ImageID
 
-	var next Container
-	err = d.phase(rec, PhaseStart, target.Name, func() error {
-		next, err = d.Runtime.Start(ctx, target.ID, svc.Restart)
+	err = d.phase(r, PhaseStart, target.Name, func() error {
+		r.next, err = d.Runtime.Start(ctx, target.ID, svc.Restart)
 		return err
 	})
 	if err != nil {
-		return rec, d.fail(ctx, rec, err)
+		return rec, d.fail(ctx, r, err)
 	}
 	// A rollback target that fails is stopped again, never removed: it may be
 	// the only copy of that release.
-	return rec, d.handoff(ctx, svc, rec, view, next, d.stopQuietly(svc))
+	return rec, d.handoff(ctx, r, d.stopQuietly(svc))
 }
 
 // rollbackToImage runs an earlier release's image again as a new release.
-func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record, view *view, to int) error {
+func (d *Deployer) rollbackToImage(ctx context.Context, r *run, to int) error {
+	svc, rec, view := &r.svc, r.rec, r.view
 	from := view.rollbackRecord(to)
 	if from == nil {
 		if to != 0 {
-			return d.fail(ctx, rec, fmt.Errorf("%w: the history has no release %d of %s that served (see `handoff history`)", ErrNothingToRoll, to, svc.Name))
+			return d.fail(ctx, r, fmt.Errorf("%w: the history has no release %d of %s that served (see `handoff history`)", ErrNothingToRoll, to, svc.Name))
 		}
-		return d.fail(ctx, rec, fmt.Errorf("%w: the history has no release of %s before %s", ErrNothingToRoll, svc.Name, view.liveName()))
+		return d.fail(ctx, r, fmt.Errorf("%w: the history has no release of %s before %s", ErrNothingToRoll, svc.Name, view.liveName()))
 	}
 	svc.Image, svc.Build = from.Image, nil
 	var imageID string
@@ -168,7 +168,7 @@ func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record
 	if from.ToRelease == 0 {
 		ran = "as the container handoff adopted ran it"
 	}
-	err := d.phase(rec, PhaseImage, fmt.Sprintf("%s (%s, %s)", from.Image, shortID(from.ImageID), ran), func() (err error) {
+	err := d.phase(r, PhaseImage, fmt.Sprintf("%s (%s, %s)", from.Image, shortID(from.ImageID), ran), func() (err error) {
 		imageID, err = d.Runtime.ImageID(ctx, from.ImageID)
 		if errors.Is(err, ErrImageNotFound) && from.Digest != "" {
 			// Removed from the host since: the registry still has the
@@ -181,9 +181,9 @@ func (d *Deployer) rollbackToImage(ctx context.Context, svc Service, rec *Record
 		return err
 	})
 	if err != nil {
-		return d.fail(ctx, rec, err)
+		return d.fail(ctx, r, err)
 	}
-	return d.roll(ctx, svc, rec, view, imageID)
+	return d.roll(ctx, r, imageID)
 }
 
 func shortID(id string) string {
@@ -194,12 +194,13 @@ func shortID(id string) string {
 	return id
 }
 
-// handoff is the part deploy and rollback share: wait until next is
+// handoff is the part deploy and rollback share: wait until r.next is
 // healthy, switch the proxy to it, drain the old upstream, retire the old
-// container. abandon undoes next when a step before the switch fails.
-func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *view, next Container, abandon func(context.Context, Container)) error {
+// container. abandon undoes r.next when a step before the switch fails.
+func (d *Deployer) handoff(ctx context.Context, r *run, abandon func(context.Context, Container)) error {
+	svc, rec, view, next := r.svc, r.rec, r.view, r.next
 	rec.NewUpstream = next.Upstream
-	err := d.phase(rec, PhaseHealth, d.healthDetail(svc, next), func() error {
+	err := d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error {
 		return d.waitHealthy(ctx, svc, next)
 	})
 	if err != nil {
@@ -208,63 +209,64 @@ func (d *Deployer) handoff(ctx context.Context, svc Service, rec *Record, view *
 			he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), next.ID, DefaultLogLines)
 		}
 		d.unlessUsed(ctx, rec, next, abandon)
-		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
 	if err := d.Runtime.Announce(ctx, next, svc); err != nil {
 		d.unlessUsed(ctx, rec, next, abandon)
-		return d.fail(ctx, rec, fmt.Errorf("give %s the service's network aliases: %w; %s", next.Name, err, d.leftAsIs(view, next)))
+		return d.fail(ctx, r, fmt.Errorf("give %s the service's network aliases: %w; %s", next.Name, err, d.leftAsIs(view, next)))
 	}
 	if svc.hasAliases() {
 		if err := d.confirmHealthy(ctx, svc, next); err != nil {
 			d.unlessUsed(ctx, rec, next, abandon)
-			return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+			return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 		}
 	}
 
-	err = d.phase(rec, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
-		return d.switchTo(ctx, rec, view, next)
+	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
+		return d.switchTo(ctx, r)
 	})
-	if err != nil && !rec.Switched {
+	if err != nil && !r.inService {
 		d.unlessUsed(ctx, rec, next, abandon)
 		if errors.Is(err, ErrUnclear) {
-			return d.fail(ctx, rec, err)
+			return d.fail(ctx, r, err)
 		}
-		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
 	if err != nil {
 		// Switched, but interrupted or not finished: nothing is undone; the
 		// next deploy drains and stops what is left.
-		return d.fail(ctx, rec, fmt.Errorf("%w; %s serves now, %s is left running (the next deploy drains and stops it)", err, next.Name, view.liveName()))
+		return d.fail(ctx, r, fmt.Errorf("%w; %s serves now, %s is left running (the next deploy drains and stops it)", err, next.Name, view.liveName()))
 	}
 
 	// From here on users are served by next: a failure below is reported, but
 	// never undoes the switch. A first deploy through an empty proxy had no
 	// old upstream: nothing to drain.
 	if view.upstream != "" && !SameUpstream(view.upstream, next.Upstream) {
-		err = d.phase(rec, PhaseDrain, view.upstream, func() error {
+		err = d.phase(r, PhaseDrain, view.upstream, func() error {
 			return d.drain(ctx, svc, rec, view.upstream)
 		})
 		if err != nil {
-			return d.fail(ctx, rec, err)
+			return d.fail(ctx, r, err)
 		}
 	}
-	err = d.phase(rec, PhaseRetire, view.liveName(), func() error {
-		return d.retire(ctx, svc, rec, view.live, next)
+	err = d.phase(r, PhaseRetire, view.liveName(), func() error {
+		return d.retire(ctx, r)
 	})
 	if err != nil {
-		return d.fail(ctx, rec, err)
+		return d.fail(ctx, r, err)
 	}
-	return d.succeed(rec)
+	return d.succeed(r)
 }
 
-// switchTo points the proxy at next. An error does not say whether the
+// switchTo points the proxy at r.next. An error does not say whether the
 // change was made (the reply may be lost after Caddy applied it, the read
 // back may fail, the user may press Ctrl-C): the proxy is read again, and
 // what it points at now decides, never the error.
-func (d *Deployer) switchTo(ctx context.Context, rec *Record, v *view, next Container) error {
+func (d *Deployer) switchTo(ctx context.Context, r *run) error {
+	v, next := r.view, r.next
 	err := d.Proxy.Switch(ctx, v.upstream, next.Upstream)
 	if err == nil {
-		rec.Switched = true
+		r.inService = true
 		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -277,8 +279,8 @@ func (d *Deployer) switchTo(ctx context.Context, rec *Record, v *view, next Cont
 	case !SameUpstream(now, next.Upstream):
 		return err // not applied: the proxy still points elsewhere
 	}
-	d.note(rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), next.Upstream))
-	rec.Switched = true
+	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), next.Upstream))
+	r.inService = true
 	if ferr := d.Proxy.Switch(rctx, v.upstream, next.Upstream); ferr != nil {
 		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, next.Upstream, ferr)
 	}
@@ -355,24 +357,26 @@ func (d *Deployer) stopQuietly(svc Service) func(context.Context, Container) {
 }
 
 // phase records that a phase is about to act, runs it, and records how it
-// went. Before the switch a phase that cannot be recorded does not act
-// (nothing users see has changed); after it, the procedure goes on to
-// leave production consistent, and says the history is behind.
-func (d *Deployer) phase(rec *Record, name, detail string, act func() error) error {
+// went. Before the release is in service a phase that cannot be recorded
+// does not act (nothing users see has changed); after, the procedure goes
+// on to leave production consistent, and says the history is behind.
+func (d *Deployer) phase(r *run, name, detail string, act func() error) error {
+	rec := r.rec
 	start := d.now()
 	rec.Phase = name
 	rec.Phases = append(rec.Phases, PhaseRecord{Name: name, Started: start})
-	if err := d.History.Save(rec); err != nil {
-		if !rec.Switched {
+	if err := d.save(r); err != nil {
+		if !r.inService {
 			return fmt.Errorf("record phase %s before acting: %w (nothing was changed for it)", name, err)
 		}
 		d.note(rec, fmt.Sprintf("could not record phase %s in the history (%v); going on, since the switch is made", name, err))
 	}
 	d.Report.PhaseStart(name, detail)
+	r.exitCode = nil
 	err := act()
 	took := d.now().Sub(start)
 	p := &rec.Phases[len(rec.Phases)-1]
-	p.Duration = took
+	p.Duration, p.ExitCode = took, r.exitCode
 	if err != nil {
 		p.Error = err.Error()
 	}
@@ -385,23 +389,24 @@ func (d *Deployer) note(rec *Record, msg string) {
 	d.Report.Note(msg)
 }
 
-func (d *Deployer) fail(ctx context.Context, rec *Record, err error) error {
+func (d *Deployer) fail(ctx context.Context, r *run, err error) error {
+	rec := r.rec
 	rec.Outcome = OutcomeFailed
 	if ctx.Err() != nil {
 		rec.Outcome = OutcomeInterrupted
 	}
 	rec.Error = err.Error()
 	rec.Finished = d.now()
-	if serr := d.History.Save(rec); serr != nil {
+	if serr := d.save(r); serr != nil {
 		d.Report.Note(fmt.Sprintf("could not save the history: %v", serr))
 	}
 	return err
 }
 
-func (d *Deployer) succeed(rec *Record) error {
-	rec.Outcome = OutcomeSucceeded
-	rec.Finished = d.now()
-	if err := d.History.Save(rec); err != nil {
+func (d *Deployer) succeed(r *run) error {
+	r.rec.Outcome = OutcomeSucceeded
+	r.rec.Finished = d.now()
+	if err := d.save(r); err != nil {
 		d.Report.Note(fmt.Sprintf("deployed, but could not save the history: %v", err))
 	}
 	return nil

@@ -33,8 +33,10 @@ const (
 	PhaseRecover = "recover"
 )
 
-// Record is one deploy or rollback as kept in the history. It is saved
-// before each phase acts, so an interrupted deploy shows where it stopped.
+// Record is one deploy, rollback or repair as kept in the history. It is
+// written from the procedure's run and saved before each phase acts, so an
+// interrupted deploy shows where it stopped; the steps never decide by it.
+// Its JSON is what history files hold: a field is added, never renamed.
 type Record struct {
 	ID          string        `json:"id"`
 	Service     string        `json:"service"`
@@ -55,7 +57,7 @@ type Record struct {
 	To          string        `json:"to_container,omitempty"`
 	OldUpstream string        `json:"old_upstream,omitempty"`
 	NewUpstream string        `json:"new_upstream,omitempty"`
-	Switched    bool          `json:"switched"`
+	Switched    bool          `json:"switched"`                // To was put in service: the proxy switched to it, or (no route) it replaced From
 	Held        bool          `json:"held_requests,omitempty"` // the proxy holds the service's requests for the release job
 	FromStopped bool          `json:"from_stopped,omitempty"`  // the old release was stopped (kept for rollback)
 	FromRemoved bool          `json:"from_removed,omitempty"`  // and then removed (its image kept)

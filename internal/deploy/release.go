@@ -106,9 +106,10 @@ func (d *Deployer) imageDetail(svc Service) string {
 // pre_deploy hook, then the release job. Either failing aborts the deploy
 // with the old release serving, untouched. live is the upstream the
 // service is served by now ("" : none yet).
-func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, live, imageID string) error {
+func (d *Deployer) releaseWork(ctx context.Context, r *run, imageID string) error {
+	svc, rec := r.svc, r.rec
 	if svc.Hooks.PreDeploy != "" {
-		err := d.phase(rec, PhaseHook, svc.Hooks.PreDeploy, func() error {
+		err := d.phase(r, PhaseHook, svc.Hooks.PreDeploy, func() error {
 			return d.hook(ctx, svc, rec, "pre_deploy", svc.Hooks.PreDeploy)
 		})
 		if err != nil {
@@ -118,15 +119,16 @@ func (d *Deployer) releaseWork(ctx context.Context, svc Service, rec *Record, li
 	if svc.Release == nil {
 		return nil
 	}
-	return d.phase(rec, PhaseRelease, strings.Join(svc.Release.Command, " "), func() error {
-		return d.releaseJob(ctx, svc, rec, live, imageID)
+	return d.phase(r, PhaseRelease, strings.Join(svc.Release.Command, " "), func() error {
+		return d.releaseJob(ctx, r, imageID)
 	})
 }
 
-// releaseJob runs svc's release job in a one-off container of imageID.
-// With release_pause, new requests are held first, and the job waits
-// until those the old release still runs on live have finished.
-func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, live, imageID string) error {
+// releaseJob runs the service's release job in a one-off container of
+// imageID. With release_pause, new requests are held first, and the job
+// waits until those the old release still runs have finished.
+func (d *Deployer) releaseJob(ctx context.Context, r *run, imageID string) error {
+	svc, rec := r.svc, r.rec
 	job := svc.Release
 	if job.Pause {
 		if d.Pauser == nil {
@@ -134,8 +136,8 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 		}
 		// Recorded first: a handoff killed while they are held leaves a
 		// record that says so, and the next deploy or repair lets them go.
-		rec.Held = true
-		if err := d.History.Save(rec); err != nil {
+		r.held = true
+		if err := d.save(r); err != nil {
 			return fmt.Errorf("record that requests are held, before holding them: %w (nothing was changed)", err)
 		}
 		// A request is held through the wait for those in flight and the
@@ -144,19 +146,18 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 			// The pause may have been made and its answer lost: resuming is
 			// harmless either way, and nothing may stay held for a job
 			// that never ran.
-			d.resume(ctx, svc, rec)
+			d.resume(ctx, r)
 			return fmt.Errorf("%w: hold the requests of %s before the release job: %v", ErrReleaseJob, svc.Name, err)
 		}
 		d.note(rec, "requests held while the release job runs")
-		defer d.resume(ctx, svc, rec)
-		if err := d.waitIdle(ctx, rec, live, job.Timeout); err != nil {
+		defer d.resume(ctx, r)
+		if err := d.waitIdle(ctx, r, job.Timeout); err != nil {
 			return err
 		}
 	}
 	jctx, cancel := context.WithTimeout(ctx, job.Timeout)
 	defer cancel()
 	code, err := d.Runtime.Job(jctx, svc, imageID, job.Command, d.Report.Output())
-	p := &rec.Phases[len(rec.Phases)-1]
 	switch {
 	case err != nil && ctx.Err() == nil && jctx.Err() != nil:
 		return fmt.Errorf("%w: %q did not finish within %s (release_timeout); it was stopped and nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), job.Timeout)
@@ -170,7 +171,7 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrReleaseJob, err)
 	}
-	p.ExitCode = &code
+	r.exitCode = &code
 	if code != 0 {
 		return fmt.Errorf("%w: %q exited with %d (its output is above); the new release was not started", ErrReleaseJob, strings.Join(job.Command, " "), code)
 	}
@@ -178,11 +179,13 @@ func (d *Deployer) releaseJob(ctx context.Context, svc Service, rec *Record, liv
 }
 
 // waitIdle waits, once new requests are held, until none of the service's
-// is in flight on upstream, for at most timeout, shown as the drain is.
+// is in flight on the upstream it is served by now ("" : none yet), for at
+// most timeout, shown as the drain is.
 // When time is up the job does not run: a migration under old code still
 // serving is what release_pause exists to prevent; the deploy fails with
 // the old release serving, and the held requests are let go.
-func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, timeout time.Duration) error {
+func (d *Deployer) waitIdle(ctx context.Context, r *run, timeout time.Duration) error {
+	rec, upstream := r.rec, r.view.upstream
 	if upstream == "" || d.Proxy == nil {
 		return nil // nothing serves yet
 	}
@@ -209,8 +212,8 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 		}
 		if !d.now().Before(deadline) {
 			on := upstream
-			if rec.From != "" {
-				on += " (" + rec.From + ")"
+			if r.view.live != nil {
+				on += " (" + r.view.live.Name + ")"
 			}
 			return fmt.Errorf("%w: %d request(s) still in flight on %s after %s (release_timeout): the release job did not run beside them; the held requests are let go; let those requests end (long uploads, streams, WebSockets), or raise release_timeout",
 				ErrReleaseJob, in.Requests, on, timeout)
@@ -226,19 +229,21 @@ func (d *Deployer) waitIdle(ctx context.Context, rec *Record, upstream string, t
 }
 
 // resume lets the requests a release job held go on.
-func (d *Deployer) resume(ctx context.Context, svc Service, rec *Record) {
+func (d *Deployer) resume(ctx context.Context, r *run) {
+	svc, rec := r.svc, r.rec
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	if err := d.Pauser.Resume(rctx); err != nil {
 		d.note(rec, fmt.Sprintf("could not let the held requests of %s go on: %v; run `handoff proxy resume %s`", svc.Name, err, svc.Name))
 		return
 	}
-	rec.Held = false
+	r.held = false
 }
 
 // afterHooks runs post_deploy or on_failure once a deploy has ended, and
 // records how they went. They never change the deploy's outcome.
-func (d *Deployer) afterHooks(ctx context.Context, svc Service, rec *Record) {
+func (d *Deployer) afterHooks(ctx context.Context, r *run) {
+	svc, rec := r.svc, r.rec
 	name, cmd := "post_deploy", svc.Hooks.PostDeploy
 	if rec.Outcome != OutcomeSucceeded {
 		name, cmd = "on_failure", svc.Hooks.OnFailure
@@ -251,7 +256,7 @@ func (d *Deployer) afterHooks(ctx context.Context, svc Service, rec *Record) {
 	} else {
 		d.note(rec, name+" hook ran")
 	}
-	if err := d.History.Save(rec); err != nil {
+	if err := d.save(r); err != nil {
 		d.Report.Note(fmt.Sprintf("could not save the history: %v", err))
 	}
 }

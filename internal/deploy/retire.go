@@ -51,13 +51,15 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 	}
 }
 
-// retire stops the old container (SIGTERM, then SIGKILL after the stop
-// timeout), keeps it for rollback, and removes releases beyond svc.Keep;
-// the stop and the pruning of older releases run at the same time.
-func (d *Deployer) retire(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
-	if rec.OldUpstream != "" {
-		if err := d.Proxy.Retire(ctx, rec.OldUpstream); err != nil {
-			return fmt.Errorf("end what still runs on %s: %w", rec.OldUpstream, err)
+// retire ends what still runs on the upstream the switch left, stops the
+// old container (SIGTERM, then SIGKILL after the stop timeout), keeps it
+// for rollback, and removes releases beyond svc.Keep; the stop and the
+// pruning of older releases run at the same time.
+func (d *Deployer) retire(ctx context.Context, r *run) error {
+	svc, rec, old, live := r.svc, r.rec, r.view.live, r.next
+	if left := r.view.upstream; left != "" {
+		if err := d.Proxy.Retire(ctx, left); err != nil {
+			return fmt.Errorf("end what still runs on %s: %w", left, err)
 		}
 	}
 	stopOld := old != nil && !SameUpstream(old.Upstream, live.Upstream)

@@ -23,11 +23,13 @@ type view struct {
 
 // survey reads Docker and the proxy, and repairs what an interrupted
 // procedure left behind, so that every procedure starts from a clean state.
-func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view, error) {
+func (d *Deployer) survey(ctx context.Context, r *run) error {
+	svc, rec := r.svc, r.rec
 	v, err := d.look(ctx, svc)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	r.view = v
 	switch {
 	case d.Proxy == nil && v.live == nil:
 		d.note(rec, fmt.Sprintf("first deploy of %s: nothing of it runs yet", svc.Name))
@@ -53,20 +55,16 @@ func (d *Deployer) survey(ctx context.Context, svc Service, rec *Record) (*view,
 			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
 		}
 	}
-	rec.OldUpstream = v.upstream
 	if d.Proxy != nil {
 		notes, err := d.Proxy.Preflight(ctx, v.upstream, v.known(Container{}))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, n := range notes {
 			d.note(rec, n)
 		}
 	}
-	if err := d.recover(ctx, svc, rec, v); err != nil {
-		return nil, err
-	}
-	return v, nil
+	return d.recover(ctx, svc, rec, v)
 }
 
 // look gathers the view without changing anything; status uses it too.

@@ -13,26 +13,26 @@ import (
 // signal and grace period. stop-first, for what must never run twice: the
 // old one stops first, and the service has a gap until the new one is
 // healthy; if the new one fails, the old one is started again.
-func (d *Deployer) replace(ctx context.Context, svc Service, rec *Record, view *view, release int, imageID string) error {
-	old := view.live
+func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID string) error {
+	svc, rec, old := r.svc, r.rec, r.view.live
 	if svc.Rollout == RolloutStopFirst && old != nil {
 		d.note(rec, fmt.Sprintf("stop-first: %s stops before %s starts; %s has a gap until %s is healthy", old.Name, rec.To, svc.Name, rec.To))
-		err := d.phase(rec, PhaseRetire, old.Name, func() error {
+		err := d.phase(r, PhaseRetire, old.Name, func() error {
 			return d.Runtime.Stop(ctx, old.ID, svc.StopTimeout)
 		})
 		if err != nil {
-			return d.fail(ctx, rec, err)
+			return d.fail(ctx, r, err)
 		}
 	}
 
-	var next Container
-	err := d.phase(rec, PhaseStart, rec.To, func() (err error) {
-		next, err = d.Runtime.Run(ctx, svc, release, imageID)
+	err := d.phase(r, PhaseStart, rec.To, func() (err error) {
+		r.next, err = d.Runtime.Run(ctx, svc, release, imageID)
 		return err
 	})
+	next := r.next
 	if err == nil {
 		rec.NewUpstream = next.Upstream
-		err = d.phase(rec, PhaseHealth, d.healthDetail(svc, next), func() error {
+		err = d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error {
 			return d.waitHealthy(ctx, svc, next)
 		})
 		var he *HealthError
@@ -47,12 +47,12 @@ func (d *Deployer) replace(ctx context.Context, svc Service, rec *Record, view *
 		}
 	}
 	if err != nil {
-		return d.fail(ctx, rec, fmt.Errorf("%w; %s", err, d.workerLeft(ctx, svc, rec, old)))
+		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.workerLeft(ctx, svc, rec, old)))
 	}
-	rec.Switched = true // in service: the history's word for it
+	r.inService = true // saved as the record's Switched: the history's word for it
 
 	if svc.Rollout == RolloutStartFirst && old != nil {
-		err = d.phase(rec, PhaseRetire, old.Name, func() error {
+		err = d.phase(r, PhaseRetire, old.Name, func() error {
 			if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {
 				return fmt.Errorf("stop %s: %w (%s runs beside it; stop it with `docker stop %s`)", old.Name, err, rec.To, old.Name)
 			}
@@ -60,15 +60,15 @@ func (d *Deployer) replace(ctx context.Context, svc Service, rec *Record, view *
 			return nil
 		})
 		if err != nil {
-			return d.fail(ctx, rec, err)
+			return d.fail(ctx, r, err)
 		}
 	} else if old != nil {
 		rec.FromStopped = true
 	}
 	if err := d.prune(ctx, svc, rec, old, next); err != nil {
-		return d.fail(ctx, rec, err)
+		return d.fail(ctx, r, err)
 	}
-	return d.succeed(rec)
+	return d.succeed(r)
 }
 
 // workerLeft says what runs after a failed replace, and for stop-first

@@ -17,11 +17,12 @@ import (
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/proxy"
 	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyd"
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
 func newProxyCmd(c *common) *cobra.Command {
-	o := proxy.DaemonOptions{}
+	o := proxyd.Options{}
 	var socket string
 	var trustedProxies []string
 	cmd := &cobra.Command{
@@ -44,13 +45,13 @@ same binary (an upgrade or restart without dropping anything).`,
 			// and SIGTERM end the daemon.
 			ctx, stop := signal.NotifyContext(context.WithoutCancel(cmd.Context()), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return proxy.RunDaemon(ctx, o)
+			return proxyd.Run(ctx, o)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.StateFile, "state-file", proxy.DefaultStateFile, "services, kept across restarts")
+	f.StringVar(&o.StateFile, "state-file", proxyd.DefaultStateFile, "services, kept across restarts")
 	f.StringVar(&o.PIDFile, "pid-file", "", "write the serving process's pid here (systemd PIDFile=)")
-	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxy.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
+	f.DurationVar(&o.HandoverTimeout, "handover-timeout", proxyd.DefaultHandoverTimeout, "after a restart, how long the old process waits for its client connections to end")
 	f.StringVar(&o.Metrics, "metrics", "", "serve Prometheus metrics on this address, like 127.0.0.1:9100 (docs/metrics.md)")
 	f.DurationVar(&o.DialRetry, "dial-retry", proxy.DefaultDialRetry, "how long a request waits for an app that refuses connections (restarting) before it gets a 502")
 	f.StringSliceVar(&trustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1/128"}, "front proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host are kept and appended to; \"none\" trusts nobody")

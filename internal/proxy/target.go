@@ -1,13 +1,3 @@
-// Package proxy is `handoff proxy`: a small long-running switch between the
-// front proxy (Caddy, nginx, or nothing) and the containers. The front
-// points at one stable loopback port per service and is never reloaded by
-// a deploy; a deploy switches the service's target here, per request, and
-// no client connection is closed by it.
-//
-// server.go is the switch (one listener per service), target.go one
-// upstream and what is in flight on it, control.go the control API on a
-// unix socket, state.go the state file, client.go the deploy.Proxy that
-// `handoff deploy` uses to drive it.
 package proxy
 
 import (

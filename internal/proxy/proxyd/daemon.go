@@ -1,4 +1,9 @@
-package proxy
+// Package proxyd is the life of the `handoff proxy` daemon: its sockets
+// (the services' listeners and the control socket, inherited across a
+// restart with tableflip), SIGHUP's handover to a new process, the pid
+// file, the metrics listener and the state file's path. What it serves is
+// the data plane, internal/proxy.
+package proxyd
 
 import (
 	"context"
@@ -17,6 +22,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 
+	"github.com/handoff-dev/handoff/internal/proxy"
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
 )
 
@@ -26,23 +32,23 @@ const (
 	DefaultHandoverTimeout = 2 * time.Minute
 )
 
-// DaemonOptions configure `handoff proxy`.
-type DaemonOptions struct {
+// Options configure `handoff proxy`.
+type Options struct {
 	Socket          string         // control socket, mode 0600
 	StateFile       string         // services, restored at start
 	PIDFile         string         // for systemd's PIDFile= and ExecReload=kill -HUP
 	HandoverTimeout time.Duration  // how long an old process waits for its connections after an upgrade
-	Trusted         []netip.Prefix // front proxies whose X-Forwarded-* headers are kept (DefaultTrusted)
-	DialRetry       time.Duration  // how long a request waits for an app refusing connections (DefaultDialRetry)
+	Trusted         []netip.Prefix // front proxies whose X-Forwarded-* headers are kept (proxy.DefaultTrusted)
+	DialRetry       time.Duration  // how long a request waits for an app refusing connections (proxy.DefaultDialRetry)
 	Metrics         string         // host:port to serve Prometheus metrics on ("" : none)
 	Log             *slog.Logger
 }
 
-// RunDaemon serves until ctx ends or a new process takes over. SIGHUP
+// Run serves until ctx ends or a new process takes over. SIGHUP
 // starts a new process of the same binary that inherits every listening
 // socket (tableflip): nothing is refused while it starts, and this one
-// then hands over its connections gently (Handover).
-func RunDaemon(ctx context.Context, o DaemonOptions) error {
+// then hands over its connections gently (proxy.Server.Handover).
+func Run(ctx context.Context, o Options) error {
 	if o.Socket == "" {
 		o.Socket = wire.DefaultSocket
 	}
@@ -53,7 +59,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		o.HandoverTimeout = DefaultHandoverTimeout
 	}
 	if o.Trusted == nil {
-		o.Trusted = DefaultTrusted
+		o.Trusted = proxy.DefaultTrusted
 	}
 	log := o.Log
 	upg, err := tableflip.New(tableflip.Options{PIDFile: o.PIDFile})
@@ -61,12 +67,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return fmt.Errorf("handoff proxy: %w", err)
 	}
 	defer upg.Stop()
-	var metrics *Metrics
+	var metrics *proxy.Metrics
 	if o.Metrics != "" {
-		metrics = NewMetrics()
+		metrics = proxy.NewMetrics()
 	}
-	srv := NewServer(upg.Listen, log, Options{
-		Save:      func(st []ServiceState) error { return SaveState(o.StateFile, st) },
+	srv := proxy.NewServer(upg.Listen, log, proxy.Options{
+		Save:      func(st []proxy.ServiceState) error { return proxy.SaveState(o.StateFile, st) },
 		Trusted:   o.Trusted,
 		DialRetry: o.DialRetry,
 		Metrics:   metrics,
@@ -119,7 +125,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	if err != nil {
 		return err
 	}
-	control := &http.Server{Handler: ControlHandler(srv), ReadHeaderTimeout: 10 * time.Second}
+	control := &http.Server{Handler: proxy.ControlHandler(srv), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := control.Serve(ctl); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error("control API", "err", err)

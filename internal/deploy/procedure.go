@@ -51,7 +51,7 @@ func (d *Deployer) deploy(ctx context.Context, svc Service) (*run, error) {
 	defer unlock()
 
 	r := d.newRun(svc, KindDeploy)
-	if err := d.survey(ctx, r); err != nil {
+	if err := d.begin(ctx, r); err != nil {
 		return r, d.fail(ctx, r, err)
 	}
 	r.view.adoptExpected(r.rec)
@@ -103,6 +103,46 @@ func (d *Deployer) roll(ctx context.Context, r *run, imageID string) error {
 	return d.handoff(ctx, r, d.discard)
 }
 
+// begin is how every procedure starts: survey what exists, check that the
+// proxy can be switched, and finish what an interrupted procedure left, as
+// a recorded phase when there is something to recover.
+func (d *Deployer) begin(ctx context.Context, r *run) error {
+	left, err := d.survey(ctx, r)
+	if err != nil {
+		return err
+	}
+	if err := d.preflight(ctx, r); err != nil {
+		return err
+	}
+	if !left.toRecover() {
+		for _, lo := range left.containers {
+			d.noteInUse(r.rec, lo)
+		}
+		return nil
+	}
+	return d.phase(r, PhaseRecover, left.describe(r.view), func() error {
+		return d.recoverInterrupted(ctx, r, left)
+	})
+}
+
+// preflight asks the proxy, before anything is started, whether a switch
+// away from the route's upstream could be made and kept; the proxy may
+// bring its own files in step (a Caddyfile an interrupted switch left
+// behind) and says so, for the record.
+func (d *Deployer) preflight(ctx context.Context, r *run) error {
+	if d.Proxy == nil {
+		return nil
+	}
+	notes, err := d.Proxy.Preflight(ctx, r.view.upstream, r.view.known(Container{}))
+	if err != nil {
+		return err
+	}
+	for _, n := range notes {
+		d.note(r.rec, n)
+	}
+	return nil
+}
+
 // reachOf says how a proxy that dials upstream reaches a container: by a
 // name on a Docker network (it runs in a container too), or on the host.
 func reachOf(upstream string) Reach {
@@ -127,7 +167,7 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 
 	r := d.newRun(svc, KindRollback)
 	rec := r.rec
-	if err := d.survey(ctx, r); err != nil {
+	if err := d.begin(ctx, r); err != nil {
 		return rec, d.fail(ctx, r, err)
 	}
 	r.view.adoptExpected(rec)

@@ -65,6 +65,10 @@ func TestAHistoryAnEarlierVersionSavedStillDrivesStatusAndRepair(t *testing.T) {
 	require.Equal(t, []string{"stop web-1"}, r.rt.calls, "web-1, left running after the switch, drained and stopped; web-2 serves on")
 	require.Equal(t, []string{"resume"}, p.calls, "the held requests let go")
 	require.Equal(t, "web-2", rec.To)
+	require.Equal(t, PhaseRecover, rec.Phase, "what it did is a recorded phase")
+	require.Len(t, rec.Phases, 1)
+	require.Equal(t, "127.0.0.1:30002", rec.NewUpstream, "repaired: web-2 serves there")
+	require.Contains(t, rec.Notes, "stopping web-1: an earlier release left running after its switch")
 	old := r.history.recs[1]
 	require.Equal(t, OutcomeInterrupted, old.Outcome)
 	require.False(t, old.Held)

@@ -7,7 +7,7 @@ import (
 
 // Repair brings the proxy and the release in service back in step after
 // something outside a procedure moved them apart, and finishes what an
-// interrupted procedure left (survey does that part). The release the
+// interrupted procedure left (the recover phase, as every procedure does). The release the
 // history last put in service is started again if it stopped, waited on
 // until healthy, and the proxy pointed at where it listens now. When the
 // proxy already points at a running release, nothing else is done.
@@ -21,12 +21,15 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 
 	r := d.newRun(svc, KindRepair)
 	rec := r.rec
-	if err := d.survey(ctx, r); err != nil {
+	if err := d.begin(ctx, r); err != nil {
 		return rec, d.fail(ctx, r, err)
 	}
 	view := r.view
 	if view.live != nil {
 		rec.From, rec.To, rec.FromRelease, rec.ToRelease = view.live.Name, view.live.Name, view.live.Release, view.live.Release
+		if rec.Phase == PhaseRecover {
+			rec.NewUpstream = view.live.Upstream // it recovered what was left: repaired, and this serves
+		}
 		d.note(rec, fmt.Sprintf("%s points at %s, which serves: nothing to repair", d.describe(), view.live.Name))
 		return rec, d.succeed(r)
 	}

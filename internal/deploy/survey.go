@@ -21,13 +21,14 @@ type view struct {
 	history  []Record
 }
 
-// survey reads Docker and the proxy, and repairs what an interrupted
-// procedure left behind, so that every procedure starts from a clean state.
-func (d *Deployer) survey(ctx context.Context, r *run) error {
+// survey reads Docker, the history and the proxy without changing
+// anything: it gives the run its view, notes what it found, and says what
+// an interrupted procedure left (recoverInterrupted finishes it).
+func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 	svc, rec := r.svc, r.rec
 	v, err := d.look(ctx, svc)
 	if err != nil {
-		return err
+		return leftovers{}, err
 	}
 	r.view = v
 	switch {
@@ -55,16 +56,7 @@ func (d *Deployer) survey(ctx context.Context, r *run) error {
 			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
 		}
 	}
-	if d.Proxy != nil {
-		notes, err := d.Proxy.Preflight(ctx, v.upstream, v.known(Container{}))
-		if err != nil {
-			return err
-		}
-		for _, n := range notes {
-			d.note(rec, n)
-		}
-	}
-	return d.recover(ctx, svc, rec, v)
+	return d.leftBehind(ctx, v), nil
 }
 
 // look gathers the view without changing anything; status uses it too.
@@ -198,109 +190,6 @@ func (c *Container) whereNow() string {
 		return "is not running"
 	}
 	return "now listens on " + c.Upstream
-}
-
-// recover finishes what an interrupted procedure left: records still marked
-// running become interrupted (we hold the lock, so nobody is running them),
-// containers that never went live are removed, and older ones still running
-// after a switch are drained and stopped. Nothing a route of the proxy
-// points at is touched, nor the release the history put in service.
-func (d *Deployer) recover(ctx context.Context, svc Service, rec *Record, v *view) error {
-	for i := range v.history {
-		h := &v.history[i]
-		if h.Outcome != OutcomeRunning {
-			continue
-		}
-		h.Outcome, h.Error = OutcomeInterrupted, "interrupted in phase "+h.Phase+" (found by "+rec.ID+")"
-		if err := d.History.Save(h); err != nil {
-			return fmt.Errorf("mark interrupted %s: %w", h.ID, err)
-		}
-		d.note(rec, fmt.Sprintf("an earlier %s (%s) was interrupted in phase %s; repairing", h.Kind, h.ID, h.Phase))
-		if h.Held && d.Pauser != nil {
-			d.note(rec, "letting go the requests its release job held")
-			if err := d.Pauser.Resume(ctx); err != nil {
-				return fmt.Errorf("let go the requests an interrupted release job held: %w (run `handoff proxy resume %s`)", err, svc.Name)
-			}
-			h.Held = false
-			if err := d.History.Save(h); err != nil {
-				return fmt.Errorf("record %s: %w", h.ID, err)
-			}
-		}
-	}
-	changed := false
-	for _, c := range v.releases {
-		if (v.live != nil && c.ID == v.live.ID) || (v.expected != nil && c.ID == v.expected.ID) {
-			continue
-		}
-		if !c.Running {
-			if v.neverServed(c) && v.createdByInterrupted(c) {
-				// Created by a deploy killed before it started it.
-				d.note(rec, fmt.Sprintf("removing %s: created by an interrupted deploy, never started", c.Name))
-				if err := d.Runtime.Remove(ctx, c.ID); err != nil {
-					return fmt.Errorf("remove leftover %s: %w", c.Name, err)
-				}
-				changed = true
-			}
-			continue
-		}
-		if why := d.inUse(ctx, c); why != "" {
-			d.note(rec, fmt.Sprintf("leaving %s running: %s", c.Name, why))
-			continue
-		}
-		changed = true
-		if v.neverServed(c) && (v.live == nil || c.Release > v.live.Release) {
-			d.note(rec, fmt.Sprintf("removing %s: left running by an interrupted deploy, never in service", c.Name))
-			if err := d.Runtime.Remove(ctx, c.ID); err != nil {
-				return fmt.Errorf("remove leftover %s: %w", c.Name, err)
-			}
-			continue
-		}
-		d.note(rec, fmt.Sprintf("stopping %s: an earlier release left running after its switch", c.Name))
-		if err := d.drainLeftover(ctx, svc, rec, c.Upstream); err != nil {
-			return err
-		}
-		if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
-			return fmt.Errorf("stop leftover %s: %w", c.Name, err)
-		}
-	}
-	if !changed {
-		return nil
-	}
-	// What we removed or stopped is no longer in the view.
-	releases, err := d.Runtime.Releases(ctx, svc.Name)
-	if err != nil {
-		return err
-	}
-	v.releases = releases
-	v.live, v.expected = v.find(v.live), v.find(v.expected)
-	return nil
-}
-
-// find is c as the view's releases have it now (the view's pointers go
-// stale when the releases are read again).
-func (v *view) find(c *Container) *Container {
-	if c == nil {
-		return nil
-	}
-	for i := range v.releases {
-		if v.releases[i].ID == c.ID {
-			return &v.releases[i]
-		}
-	}
-	return c // adopted: not among the releases
-}
-
-// drainLeftover waits for what may still run on a leftover's upstream, when
-// the proxy can tell; blind waits are for the upstream a switch just left.
-func (d *Deployer) drainLeftover(ctx context.Context, svc Service, rec *Record, upstream string) error {
-	if d.Proxy == nil {
-		return nil
-	}
-	in, err := d.Proxy.InFlight(ctx, upstream)
-	if err != nil || !in.Reported || in.Requests == 0 {
-		return nil
-	}
-	return d.drain(ctx, svc, rec, upstream)
 }
 
 // setFrom records the release being replaced, and the image it runs.

@@ -64,13 +64,13 @@ func (d *Deployer) deploy(ctx context.Context, svc Service) (*run, error) {
 	if err != nil {
 		return r, d.fail(ctx, r, err)
 	}
-	return r, d.roll(ctx, r, imageID)
+	return r, d.runNewRelease(ctx, r, imageID)
 }
 
-// roll starts a new release of svc from imageID and puts it in service as
-// the service's rollout says: blue/green behind a proxy, or, for a service
-// no proxy routes to, start-first or stop-first.
-func (d *Deployer) roll(ctx context.Context, r *run, imageID string) error {
+// runNewRelease starts a new release of the service from imageID and puts
+// it in service as the service's rollout says: blue/green behind a proxy,
+// or, for a service no proxy routes to, start-first or stop-first.
+func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) error {
 	svc, rec, view := &r.svc, r.rec, r.view
 	rec.Image, rec.ImageID = svc.Image, imageID
 	if svc.Port == 0 && view.live != nil {
@@ -100,7 +100,7 @@ func (d *Deployer) roll(ctx context.Context, r *run, imageID string) error {
 	if err != nil {
 		return d.fail(ctx, r, err)
 	}
-	return d.handoff(ctx, r, d.discard)
+	return d.putInService(ctx, r, d.discard)
 }
 
 // begin is how every procedure starts: survey what exists, check that the
@@ -189,7 +189,7 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	}
 	// A rollback target that fails is stopped again, never removed: it may be
 	// the only copy of that release.
-	return rec, d.handoff(ctx, r, d.stopQuietly(svc))
+	return rec, d.putInService(ctx, r, d.stopQuietly(svc))
 }
 
 // rollbackToImage runs an earlier release's image again as a new release.
@@ -223,7 +223,7 @@ func (d *Deployer) rollbackToImage(ctx context.Context, r *run, to int) error {
 	if err != nil {
 		return d.fail(ctx, r, err)
 	}
-	return d.roll(ctx, r, imageID)
+	return d.runNewRelease(ctx, r, imageID)
 }
 
 func shortID(id string) string {
@@ -234,10 +234,11 @@ func shortID(id string) string {
 	return id
 }
 
-// handoff is the part deploy and rollback share: wait until r.next is
-// healthy, switch the proxy to it, drain the old upstream, retire the old
-// container. abandon undoes r.next when a step before the switch fails.
-func (d *Deployer) handoff(ctx context.Context, r *run, abandon func(context.Context, Container)) error {
+// putInService is the part deploy, rollback and repair share: wait until
+// r.next is healthy, switch the proxy to it, drain the old upstream, retire
+// the old container. abandon undoes r.next when a step before the switch
+// fails.
+func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(context.Context, Container)) error {
 	svc, rec, view, next := r.svc, r.rec, r.view, r.next
 	rec.NewUpstream = next.Upstream
 	err := d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error {

@@ -155,7 +155,7 @@ func (d *Deployer) recoverInterrupted(ctx context.Context, r *run, l leftovers) 
 		return err
 	}
 	v.releases = releases
-	v.live, v.expected = v.find(v.live), v.find(v.expected)
+	v.live, v.expected = v.current(v.live), v.current(v.expected)
 	return nil
 }
 
@@ -163,9 +163,9 @@ func (d *Deployer) noteInUse(rec *Record, lo leftover) {
 	d.note(rec, fmt.Sprintf("leaving %s running: %s", lo.c.Name, lo.why))
 }
 
-// find is c as the view's releases have it now (the view's pointers go
+// current is c as the view's releases have it now (the view's pointers go
 // stale when the releases are read again).
-func (v *view) find(c *Container) *Container {
+func (v *view) current(c *Container) *Container {
 	if c == nil {
 		return nil
 	}

@@ -65,5 +65,5 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		r.inService = true
 		return rec, d.succeed(r)
 	}
-	return rec, d.handoff(ctx, r, keep)
+	return rec, d.putInService(ctx, r, keep)
 }

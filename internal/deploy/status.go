@@ -39,7 +39,7 @@ type Release struct {
 // service's health check once against the live release.
 func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	svc = svc.WithDefaults()
-	v, err := d.look(ctx, svc)
+	v, err := d.readView(ctx, svc)
 	if err != nil {
 		return nil, err
 	}

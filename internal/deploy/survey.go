@@ -26,7 +26,7 @@ type view struct {
 // an interrupted procedure left (recoverInterrupted finishes it).
 func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 	svc, rec := r.svc, r.rec
-	v, err := d.look(ctx, svc)
+	v, err := d.readView(ctx, svc)
 	if err != nil {
 		return leftovers{}, err
 	}
@@ -59,8 +59,8 @@ func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 	return d.leftBehind(ctx, v), nil
 }
 
-// look gathers the view without changing anything; status uses it too.
-func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
+// readView gathers the view without changing anything; status uses it too.
+func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return nil, err
@@ -71,7 +71,7 @@ func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
 	}
 	v := &view{releases: releases, history: history}
 	if d.Proxy == nil {
-		return v, d.lookUnrouted(ctx, svc, v)
+		return v, d.liveUnrouted(ctx, svc, v)
 	}
 	// A container adopted on the first deploy carries no labels: only the
 	// history knows it, and where it listens now (a rollback to it may have
@@ -107,9 +107,9 @@ func (d *Deployer) look(ctx context.Context, svc Service) (*view, error) {
 	return v, nil
 }
 
-// lookUnrouted finds the live release of a service no proxy routes to:
+// liveUnrouted finds the live release of a service no proxy routes to:
 // the newest one running, or on a first deploy the one to adopt.
-func (d *Deployer) lookUnrouted(ctx context.Context, svc Service, v *view) error {
+func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error {
 	for i := range v.releases {
 		if v.releases[i].Running {
 			v.live = &v.releases[i]
@@ -128,12 +128,12 @@ func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) erro
 	if len(svc.Adopt) == 0 {
 		return nil
 	}
-	found, err := d.Runtime.Find(ctx, svc.Adopt)
-	if err != nil || len(found) == 0 {
+	labelled, err := d.Runtime.Find(ctx, svc.Adopt)
+	if err != nil || len(labelled) == 0 {
 		return err
 	}
-	found[0].Adopted = true
-	v.live = &found[0]
+	labelled[0].Adopted = true
+	v.live = &labelled[0]
 	return nil
 }
 

@@ -77,13 +77,27 @@ func (p *Proxy) handlers(ctx context.Context, known []string) (all, route []prox
 	return all, route, etag, err
 }
 
-// Upstream returns the route's current upstream.
-func (p *Proxy) Upstream(ctx context.Context, known []string) (string, error) {
+// Route returns the route as Caddy serves it: the reverse_proxy's
+// upstreams, one release whose name Caddy does not keep.
+func (p *Proxy) Route(ctx context.Context, known []string) (deploy.Route, error) {
 	_, hs, _, err := p.handlers(ctx, known)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return hs[0].dials[0], nil
+	return deploy.Route{{Endpoints: hs[0].dials, Weight: 100}}, nil
+}
+
+// single is the one upstream of a route Caddy's adapter sets ("" for no
+// route); a route of several is refused, as Caddy could not yet be given it.
+func single(r deploy.Route) (string, error) {
+	eps := r.Endpoints()
+	switch {
+	case len(eps) == 0:
+		return "", nil
+	case len(eps) == 1 && len(r.Serving()) == 1:
+		return eps[0], nil
+	}
+	return "", fmt.Errorf("%w: Caddy's adapter sets a route of one upstream, not %s", deploy.ErrProxy, r)
 }
 
 // PointsAt names every reverse_proxy of Caddy that dials upstream.
@@ -104,9 +118,10 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 // they are one. A Caddyfile that an interrupted switch left naming an
 // earlier release of the service (one of known) is brought in step with
 // Caddy first, and said so.
-func (p *Proxy) Preflight(ctx context.Context, upstream string, known []string) ([]string, error) {
-	if upstream == "" {
-		return nil, nil
+func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []string) ([]string, error) {
+	upstream, err := single(current)
+	if err != nil || upstream == "" {
+		return nil, err
 	}
 	all, hs, _, err := p.handlers(ctx, known)
 	if err != nil {
@@ -189,12 +204,23 @@ func (p *Proxy) host() string {
 	return string(p.route)
 }
 
-// Switch points the route from one upstream to the other in one admin call
-// (one Caddy reload), guarded by the config's Etag, reads it back, and
+// SetRoute points the route from one upstream to the other in one admin
+// call (one Caddy reload), guarded by the config's Etag, reads it back, and
 // writes the Caddyfile. The Caddyfile is locked and checked before Caddy is
-// touched. A route already at to is a switch whose answer was lost: only
-// the Caddyfile may be left to do.
-func (p *Proxy) Switch(ctx context.Context, from, to string) error {
+// touched. A route already at to is a change whose answer was lost: only
+// the Caddyfile may be left to do. A route at neither is ErrConflict.
+func (p *Proxy) SetRoute(ctx context.Context, fromRoute, toRoute deploy.Route) error {
+	from, err := single(fromRoute)
+	if err != nil {
+		return err
+	}
+	to, err := single(toRoute)
+	if err != nil {
+		return err
+	}
+	if to == "" {
+		return fmt.Errorf("%w: Caddy's adapter cannot remove the route of %s", deploy.ErrProxy, p.route)
+	}
 	if p.caddyfile != nil {
 		unlock, err := p.caddyfile.lock(ctx)
 		if err != nil {

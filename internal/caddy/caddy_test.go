@@ -226,7 +226,7 @@ func TestPreflightRefusalSaysItIsOne(t *testing.T) {
 	p, err := New(fakeCaddy(t, twoSites), "api.example.com", file, state)
 	require.NoError(t, err)
 
-	_, err = p.Preflight(context.Background(), "localhost:8000", nil)
+	_, err = p.Preflight(context.Background(), deploy.Only("web-1", "localhost:8000"), nil)
 	require.ErrorIs(t, err, deploy.ErrProxy, "exit 5, as the README says for a Caddyfile out of step")
 	require.ErrorContains(t, err, "refused before the deploy started anything: the Caddyfile "+file+" does not name upstream localhost:8000")
 	require.NotContains(t, err.Error(), "proxy switch failed")

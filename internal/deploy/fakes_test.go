@@ -231,10 +231,10 @@ func (f *fakeRuntime) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-// fakeProxy is a route with one upstream, beside other routes of the same
-// proxy that the deploy must not disturb.
+// fakeProxy is a route, beside other routes of the same proxy that the
+// deploy must not disturb.
 type fakeProxy struct {
-	upstream     string
+	route        Route
 	others       map[string]string // other routes: name → upstream
 	switchErr    error
 	applyAnyway  bool  // the switch takes although it reports switchErr (a lost reply)
@@ -256,7 +256,7 @@ type fakeProxy struct {
 // in package deploy_test since proxytest imports deploy): its route points
 // at upstream, and InFlight reports what count says.
 func NewFakeProxy(upstream string, count func(upstream string) int) Proxy {
-	return &fakeProxy{upstream: upstream, count: count}
+	return &fakeProxy{route: Only("", upstream), count: count}
 }
 
 // LoseNextReply makes the fake p's next switch take and then fail, as one
@@ -267,40 +267,44 @@ func LoseNextReply(p Proxy) (lost func() bool) {
 	return func() bool { return f.switchErr == nil }
 }
 
-func (p *fakeProxy) Upstream(context.Context, []string) (string, error) {
+func (p *fakeProxy) Route(context.Context, []string) (Route, error) {
 	if p.readBackErr != nil && len(p.switchesTried) > 0 {
-		return "", p.readBackErr
+		return nil, p.readBackErr
 	}
-	return p.upstream, nil
+	return slices.Clone(p.route), nil
 }
 
-func (p *fakeProxy) Preflight(context.Context, string, []string) ([]string, error) {
+// at is the route's endpoints, as the tests name them.
+func (p *fakeProxy) at() string { return strings.Join(p.route.Endpoints(), ",") }
+
+func (p *fakeProxy) Preflight(context.Context, Route, []string) ([]string, error) {
 	return nil, p.preflightErr
 }
 
-func (p *fakeProxy) Switch(_ context.Context, from, to string) error {
-	p.switchesTried = append(p.switchesTried, from+" → "+to)
+func (p *fakeProxy) SetRoute(_ context.Context, from, to Route) error {
+	change := strings.Join(from.Endpoints(), ",") + " → " + strings.Join(to.Endpoints(), ",")
+	p.switchesTried = append(p.switchesTried, change)
 	if p.onSwitch != nil {
 		p.onSwitch()
 		p.onSwitch = nil
 	}
-	if p.upstream == to && p.switchErr == nil {
+	if Same(p.route, to) && p.switchErr == nil {
 		return nil // already there: finishing a switch that took
 	}
 	if p.switchErr != nil {
 		err := p.switchErr
 		if p.applyAnyway {
-			p.switches = append(p.switches, from+" → "+to)
-			p.upstream = to
+			p.switches = append(p.switches, change)
+			p.route = slices.Clone(to)
 			p.switchErr = nil // the next call (finishing) works
 		}
 		return err
 	}
-	if from != p.upstream {
+	if !Same(from, p.route) {
 		return ErrConflict
 	}
-	p.switches = append(p.switches, from+" → "+to)
-	p.upstream = to
+	p.switches = append(p.switches, change)
+	p.route = slices.Clone(to)
 	return nil
 }
 
@@ -309,7 +313,7 @@ func (p *fakeProxy) PointsAt(_ context.Context, upstream string) ([]string, erro
 		return nil, p.readBackErr
 	}
 	var out []string
-	if p.upstream == upstream {
+	if slices.Contains(p.route.Endpoints(), upstream) {
 		out = append(out, "the service's route")
 	}
 	for name, u := range p.others {

@@ -83,21 +83,29 @@ type InFlight struct {
 	Note     string // why requests are counted that cannot be seen, for the record
 }
 
-// Proxy switches the service's route between upstreams. internal/caddy
-// implements it for Caddy, internal/proxy for `handoff proxy`.
+// Proxy sets the service's route: which releases' endpoints get its
+// requests, and in what shares. internal/caddy implements it for Caddy,
+// internal/proxy/proxyclient for `handoff proxy`; internal/deploy/proxytest
+// is the contract every implementation keeps.
 type Proxy interface {
-	// Upstream returns the route's current upstream; known lists the upstreams
-	// of the service's containers, for routes found by upstream.
-	Upstream(ctx context.Context, known []string) (string, error)
-	// Preflight checks, before anything is started, that a switch away from
-	// upstream could be made and kept. It may bring the proxy's own files in
-	// step with what it serves (a Caddyfile an interrupted switch left
-	// behind: it names one of known); it returns what it did, for the record.
-	Preflight(ctx context.Context, upstream string, known []string) ([]string, error)
-	// Switch points the route from one upstream to the other, atomically,
-	// and verifies it. When the route already points at to, it finishes
-	// what a switch whose answer was lost left undone, and succeeds.
-	Switch(ctx context.Context, from, to string) error
+	// Route returns the service's route as the proxy serves it now; empty:
+	// no route yet. known lists the endpoints of the service's containers,
+	// for routes found by upstream. Release names may be "" (a proxy that
+	// keeps only endpoints and weights): compare routes with Same.
+	Route(ctx context.Context, known []string) (Route, error)
+	// Preflight checks, before anything is started, that a change away
+	// from the current route could be made and kept. It may bring the
+	// proxy's own files in step with what it serves (a Caddyfile an
+	// interrupted switch left behind: it names one of known); it returns
+	// what it did, for the record.
+	Preflight(ctx context.Context, current Route, known []string) ([]string, error)
+	// SetRoute changes the route from from to to, atomically, and verifies
+	// it. When the route already is to (Same), it finishes what a change
+	// whose answer was lost left undone, and succeeds. When it is neither
+	// from nor to, it changes nothing and fails with ErrConflict. A route
+	// the proxy cannot serve (weights it has no way to split by) is refused
+	// with ErrProxy before anything changes.
+	SetRoute(ctx context.Context, from, to Route) error
 	// PointsAt names every route of this proxy that sends traffic to
 	// upstream now, the service's own included: what points at a container
 	// must never be stopped or removed under it.
@@ -107,7 +115,8 @@ type Proxy interface {
 	// Retire ends what still runs on a drained upstream before its container
 	// stops (WebSockets get a close frame); a proxy that cannot, does nothing.
 	Retire(ctx context.Context, upstream string) error
-	// Advice lists settings missing for a deploy without failures.
+	// Advice lists settings missing for a deploy without failures; upstream
+	// is one endpoint of the route.
 	Advice(ctx context.Context, upstream string) ([]string, error)
 	// Describe names the proxy and route for messages ("Caddy at ... route app.test").
 	Describe() string

@@ -133,7 +133,7 @@ func (d *Deployer) preflight(ctx context.Context, r *run) error {
 	if d.Proxy == nil {
 		return nil
 	}
-	notes, err := d.Proxy.Preflight(ctx, r.view.upstream, r.view.known(Container{}))
+	notes, err := d.Proxy.Preflight(ctx, r.view.route, r.view.known(Container{}))
 	if err != nil {
 		return err
 	}
@@ -305,24 +305,25 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 // what it points at now decides, never the error.
 func (d *Deployer) switchTo(ctx context.Context, r *run) error {
 	v, next := r.view, r.next
-	err := d.Proxy.Switch(ctx, v.upstream, next.Upstream)
+	to := Only(next.Name, next.Upstream)
+	err := d.Proxy.SetRoute(ctx, v.route, to)
 	if err == nil {
 		r.inService = true
 		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	now, rerr := d.Proxy.Upstream(rctx, v.known(next))
+	now, rerr := d.Proxy.Route(rctx, v.known(next))
 	switch {
 	case rerr != nil:
 		return fmt.Errorf("%w: %v; reading %s back failed too (%v), so it may point at %s or at %s: both are left running; see `handoff status`, then run `handoff repair`",
 			ErrUnclear, err, d.Proxy.Describe(), rerr, v.liveName(), next.Name)
-	case !SameUpstream(now, next.Upstream):
+	case !Same(now, to):
 		return err // not applied: the proxy still points elsewhere
 	}
 	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), next.Upstream))
 	r.inService = true
-	if ferr := d.Proxy.Switch(rctx, v.upstream, next.Upstream); ferr != nil {
+	if ferr := d.Proxy.SetRoute(rctx, v.route, to); ferr != nil {
 		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, next.Upstream, ferr)
 	}
 	return ctx.Err() // interrupted: stop here; what is left is the next deploy's to drain

@@ -23,7 +23,7 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	r := &rig{rt: newFakeRuntime(), history: &memHistory{}, report: &quietReporter{}}
 	live := r.rt.add(Container{ID: "id-web-1", Name: "web-1", Service: "web", Release: 1, Running: true, Port: 8000, Upstream: "127.0.0.1:30001"})
-	r.proxy = &fakeProxy{upstream: live.Upstream}
+	r.proxy = &fakeProxy{route: Only(live.Name, live.Upstream)}
 	r.d = &Deployer{Runtime: r.rt, Proxy: r.proxy, History: r.history, Locker: noLock{}, Report: r.report, PID: 42}
 	return r
 }
@@ -172,7 +172,7 @@ func TestFirstDeployAdoptsTheServingContainer(t *testing.T) {
 	r := newRig(t)
 	r.rt.containers = nil
 	r.rt.add(Container{ID: "byhand", Name: "byhand", Running: true, Port: 8000, Upstream: "localhost:8000"})
-	r.proxy.upstream = "localhost:8000"
+	r.proxy.route = Only("", "localhost:8000")
 	svc := testService()
 	svc.Port = 0 // taken from the adopted container
 	rec, err := r.d.Deploy(context.Background(), svc)
@@ -237,7 +237,7 @@ func TestInterruptedDrainIsFinished(t *testing.T) {
 	r := newRig(t)
 	// A deploy switched to web-2 and died while draining web-1.
 	r.rt.add(Container{ID: "id-web-2", Name: "web-2", Service: "web", Release: 2, Running: true, Upstream: "127.0.0.1:30002"})
-	r.proxy.upstream = "127.0.0.1:30002"
+	r.proxy.route = Only("", "127.0.0.1:30002")
 	r.history.recs = []Record{{ID: "old", Service: "web", Outcome: OutcomeRunning, Phase: PhaseDrain, ToRelease: 2, Switched: true}}
 
 	_, err := r.d.Deploy(context.Background(), testService())
@@ -276,7 +276,7 @@ func TestCancelledHealthWaitRemovesNewContainer(t *testing.T) {
 func TestFirstDeployThroughAnEmptyProxy(t *testing.T) {
 	r := newRig(t)
 	r.rt.containers = nil
-	r.proxy.upstream = ""
+	r.proxy.route = Only("", "")
 	rec, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
 	require.Equal(t, []string{" → 127.0.0.1:40001"}, r.proxy.switches)

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -39,11 +40,12 @@ type front struct {
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	up, err := f.proxy.Upstream(r.Context(), nil)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
+	route, err := f.proxy.Route(r.Context(), nil)
+	if err != nil || len(route.Serving()) == 0 {
+		http.Error(w, fmt.Sprintf("no route (%v)", err), http.StatusBadGateway)
 		return
 	}
+	up := route.Serving()[0]
 	f.add(up, 1)
 	defer f.add(up, -1)
 	httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: up}).ServeHTTP(w, r)
@@ -68,22 +70,22 @@ type lockedProxy struct {
 	p  deploy.Proxy
 }
 
-func (l *lockedProxy) Upstream(ctx context.Context, known []string) (string, error) {
+func (l *lockedProxy) Route(ctx context.Context, known []string) (deploy.Route, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.p.Upstream(ctx, known)
+	return l.p.Route(ctx, known)
 }
 
-func (l *lockedProxy) Preflight(ctx context.Context, upstream string, known []string) ([]string, error) {
+func (l *lockedProxy) Preflight(ctx context.Context, current deploy.Route, known []string) ([]string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.p.Preflight(ctx, upstream, known)
+	return l.p.Preflight(ctx, current, known)
 }
 
-func (l *lockedProxy) Switch(ctx context.Context, from, to string) error {
+func (l *lockedProxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.p.Switch(ctx, from, to)
+	return l.p.SetRoute(ctx, from, to)
 }
 
 func (l *lockedProxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {

@@ -53,7 +53,7 @@ func TestAHistoryAnEarlierVersionSavedStillDrivesStatusAndRepair(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(saved), &r.history.recs))
 	require.Equal(t, 0, *r.history.recs[0].Phases[1].ExitCode)
 	r.rt.add(Container{ID: "id-web-2", Name: "web-2", Service: "web", Release: 2, Running: true, Port: 8000, Upstream: "127.0.0.1:30002"})
-	r.proxy.upstream = "127.0.0.1:30002"
+	r.proxy.route = Only("", "127.0.0.1:30002")
 
 	st, err := r.d.Status(context.Background(), testService())
 	require.NoError(t, err)
@@ -162,7 +162,7 @@ func historyScenarios() []historyScenario {
 		{"a deploy after one killed in its drain", func(t *testing.T) *rig {
 			r := newRig(t)
 			r.rt.add(Container{ID: "id-web-2", Name: "web-2", Service: "web", Release: 2, Running: true, Upstream: "127.0.0.1:30002"})
-			r.proxy.upstream = "127.0.0.1:30002"
+			r.proxy.route = Only("", "127.0.0.1:30002")
 			r.history.recs = []Record{{ID: "killed", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseDrain, ToRelease: 2, To: "web-2", Switched: true}}
 			_, err := r.d.Deploy(ctx, testService())
 			require.NoError(t, err)
@@ -227,7 +227,7 @@ func historyScenarios() []historyScenario {
 		}},
 		{"repairs: a lost route, a stopped release, nothing to repair", func(t *testing.T) *rig {
 			r := deployed(t)
-			r.proxy.upstream = ""
+			r.proxy.route = Only("", "")
 			_, err := r.d.Repair(ctx, testService())
 			require.NoError(t, err)
 			r.rt.find("web-2").Running = false

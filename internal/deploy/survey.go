@@ -11,7 +11,8 @@ import (
 // what the proxy points at, and which container that is.
 type view struct {
 	releases []Container // newest first
-	upstream string      // the route's current upstream
+	route    Route       // the route as the proxy serves it
+	upstream string      // the route's one endpoint ("" : no route)
 	live     *Container  // the running container serving upstream; nil if none found
 	// expected is, when no container serves upstream, the release the
 	// history last put in service, as it is now: stopped, or listening
@@ -77,11 +78,16 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	// history knows it, and where it listens now (a rollback to it may have
 	// brought it back on another port) is one of the route's upstreams.
 	v.adopted = d.adopted(ctx, v)
-	upstream, err := d.Proxy.Upstream(ctx, v.known(Container{}))
+	route, err := d.Proxy.Route(ctx, v.known(Container{}))
 	if err != nil {
 		return nil, err
 	}
-	v.upstream = upstream
+	// A route of several endpoints is read, but not acted on yet.
+	upstream, err := route.single(d.Proxy)
+	if err != nil {
+		return nil, err
+	}
+	v.route, v.upstream = route, upstream
 	for i := range releases {
 		if releases[i].Running && SameUpstream(releases[i].Upstream, upstream) {
 			v.live = &releases[i]

@@ -16,7 +16,7 @@ func TestAProxyThatForgotTheRouteStopsNothingAndRepairPointsItBack(t *testing.T)
 	r := newRig(t)
 	_, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
-	r.proxy.upstream = "" // the proxy has no route for web any more
+	r.proxy.route = Only("", "") // the proxy has no route for web any more
 	r.rt.calls = nil
 
 	st, err := r.d.Status(context.Background(), testService())
@@ -28,7 +28,7 @@ func TestAProxyThatForgotTheRouteStopsNothingAndRepairPointsItBack(t *testing.T)
 	require.NoError(t, err)
 	require.Equal(t, OutcomeSucceeded, rec.Outcome)
 	require.Empty(t, r.rt.calls, "nothing started, stopped or removed")
-	require.Equal(t, "127.0.0.1:40001", r.proxy.upstream)
+	require.Equal(t, "127.0.0.1:40001", r.proxy.at())
 	require.Equal(t, " → 127.0.0.1:40001", r.proxy.switches[len(r.proxy.switches)-1])
 	require.Contains(t, strings.Join(rec.Notes, "\n"), "fake proxy has no route for web")
 
@@ -43,7 +43,7 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 	r := newRig(t)
 	_, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
-	r.proxy.upstream = ""
+	r.proxy.route = Only("", "")
 	r.rt.calls = nil
 
 	rec, err := r.d.Deploy(context.Background(), testService())

@@ -20,7 +20,7 @@ func TestLostReplyAfterTheSwitchTookGoesOn(t *testing.T) {
 	rec, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
 	require.True(t, rec.Switched)
-	require.Equal(t, "127.0.0.1:40001", r.proxy.upstream)
+	require.Equal(t, "127.0.0.1:40001", r.proxy.at())
 	require.Equal(t, []string{"run web-2", "stop web-1"}, r.rt.calls, "web-2 kept, web-1 drained and stopped")
 	require.Contains(t, strings.Join(rec.Notes, "\n"), "points at 127.0.0.1:40001: it took")
 }
@@ -112,7 +112,7 @@ func TestRepairFollowsAReleaseThatMoved(t *testing.T) {
 	r.rt.calls = nil
 	rec, err := r.d.Repair(context.Background(), testService())
 	require.NoError(t, err)
-	require.Equal(t, "127.0.0.1:49999", r.proxy.upstream)
+	require.Equal(t, "127.0.0.1:49999", r.proxy.at())
 	require.Empty(t, r.rt.calls, "nothing started, stopped or removed")
 	require.Equal(t, KindRepair, rec.Kind)
 	st, err = r.d.Status(context.Background(), testService())

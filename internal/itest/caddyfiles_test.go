@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/handoff-dev/handoff/internal/caddy"
+	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
 // Every Caddyfile of the corpus (internal/caddy/testdata/caddyfiles, its
@@ -69,13 +70,13 @@ func corpusCase(t *testing.T, bin, src string) {
 	require.NoError(t, err)
 	ctx := context.Background()
 	var notes []string
-	cur, err := p.Upstream(ctx, nil)
+	cur, err := p.Route(ctx, nil)
 	if err == nil {
-		require.Equal(t, old, cur, "the route's upstream")
+		require.Equal(t, []string{old}, cur.Endpoints(), "the route's upstream")
 		notes, err = p.Preflight(ctx, cur, nil)
 	}
 	if err == nil && len(head["refuse"]) == 0 {
-		err = p.Switch(ctx, cur, next)
+		err = p.SetRoute(ctx, cur, deploy.Only("web-2", next))
 	}
 	if want := head["refuse"]; len(want) > 0 {
 		require.Error(t, err, "refused")

@@ -65,7 +65,7 @@ func TestProxyContractHandoffProxy(t *testing.T) {
 		listen := "127.0.0.1:" + Itoa(FreePort(t))
 		p, err := newClient(lossy.path, "web", listen)
 		require.NoError(t, err)
-		require.NoError(t, p.Switch(t.Context(), "", upstream), "the service's first deploy")
+		require.NoError(t, p.SetRoute(t.Context(), nil, deploy.Only("web-1", upstream)), "the service's first deploy")
 		return proxytest.Instance{Proxy: p, Front: "http://" + listen, Route: "service web",
 			Saved: func() string { return readFile(t, d.StateFile) },
 			LoseReply: func() func() bool {

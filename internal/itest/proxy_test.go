@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
 )
 
@@ -131,7 +132,7 @@ func TestHandoffProxyStartedWhileAServicesPortIsTaken(t *testing.T) {
 	ctx := context.Background()
 	cl, err := proxyclient.New(proxyclient.NewControl(d.Socket, "api"), api)
 	require.NoError(t, err)
-	require.NoError(t, cl.Switch(ctx, a, b), "another service is changed meanwhile")
+	require.NoError(t, cl.SetRoute(ctx, deploy.Only("api-1", a), deploy.Only("api-2", b)), "another service is changed meanwhile")
 	require.Equal(t, "b", fetchBody(t, "http://"+api+"/"))
 	state, err := os.ReadFile(d.StateFile)
 	require.NoError(t, err)

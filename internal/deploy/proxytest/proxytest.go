@@ -67,7 +67,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("preflight is clean", func(t *testing.T) {
 		a := newBackend(t, "a")
 		in := h.New(t, a.addr)
-		notes, err := in.Proxy.Preflight(ctx(t), a.addr, []string{a.addr})
+		notes, err := in.Proxy.Preflight(ctx(t), a.route(), []string{a.addr})
 		require.NoError(t, err)
 		require.Empty(t, notes, "a proxy in step with itself has nothing to bring in step, so names nothing it did")
 		_, err = in.Proxy.Advice(ctx(t), a.addr)
@@ -78,24 +78,24 @@ func Run(t *testing.T, h Harness) {
 	t.Run("switch reads back and serves", func(t *testing.T) {
 		a, b := newBackend(t, "a"), newBackend(t, "b")
 		in := h.New(t, a.addr)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
 		requireAt(t, in, b, a)
 	})
 
 	t.Run("switch again is done already", func(t *testing.T) {
 		a, b := newBackend(t, "a"), newBackend(t, "b")
 		in := h.New(t, a.addr)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr), "a route already at to: the switch finishes and succeeds")
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()), "a route already at to: the switch finishes and succeeds")
 		requireAt(t, in, b, a)
 	})
 
-	t.Run("switch from a stale upstream", func(t *testing.T) {
+	t.Run("switch from a stale route", func(t *testing.T) {
 		a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
 		in := h.New(t, a.addr)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, c.addr), "someone else's switch")
-		err := in.Proxy.Switch(ctx(t), a.addr, b.addr)
-		require.ErrorIs(t, err, deploy.ErrConflict, "the route points at neither from nor to")
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), c.route()), "someone else's switch")
+		err := in.Proxy.SetRoute(ctx(t), a.route(), b.route())
+		require.ErrorIs(t, err, deploy.ErrConflict, "the route is neither from nor to")
 		requireAt(t, in, c, a, b)
 	})
 
@@ -104,7 +104,7 @@ func Run(t *testing.T, h Harness) {
 		in := h.New(t, a.addr)
 		requirePointsAt(t, in, a, true)
 		requirePointsAt(t, in, b, false)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
 		requirePointsAt(t, in, b, true)
 		requirePointsAt(t, in, a, false)
 	})
@@ -114,7 +114,7 @@ func Run(t *testing.T, h Harness) {
 		in := h.New(t, a.addr)
 		slow := a.slowThrough(t, in)
 		requireInFlight(t, in, a, 1, h.MayNotCount)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
 		requireInFlight(t, in, a, 1, h.MayNotCount)
 		requireInFlight(t, in, b, 0, false)
 		require.Equal(t, "b", get(t, in.Front), "new requests go to the new upstream meanwhile")
@@ -126,7 +126,7 @@ func Run(t *testing.T, h Harness) {
 		a, b := newBackend(t, "a"), newBackend(t, "b")
 		in := h.New(t, a.addr)
 		slow := a.slowThrough(t, in)
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
 		require.Equal(t, "a", slow.end(t))
 		requireDrained(t, in, a, h.MayNotCount)
 		require.NoError(t, in.Proxy.Retire(ctx(t), a.addr))
@@ -142,15 +142,15 @@ func Run(t *testing.T, h Harness) {
 			t.Skip(cmp.Or(in.NoLoseReply, "the harness has no way to lose a reply"))
 		}
 		lost := in.LoseReply()
-		err := in.Proxy.Switch(ctx(t), a.addr, b.addr)
+		err := in.Proxy.SetRoute(ctx(t), a.route(), b.route())
 		require.True(t, lost(), "the reply to the switch was lost")
 		t.Logf("the switch whose reply was lost: %v", err)
-		up, err := in.Proxy.Upstream(ctx(t), []string{a.addr, b.addr})
+		got, err := in.Proxy.Route(ctx(t), []string{a.addr, b.addr})
 		require.NoError(t, err)
-		require.True(t, deploy.SameUpstream(up, b.addr), "read back: the switch took (%s, not %s)", up, b.addr)
+		require.True(t, deploy.Same(got, b.route()), "read back: the switch took (%s, not %s)", got, b.route())
 		// What the procedure does next: the same switch, which finishes
 		// what the lost reply left undone.
-		require.NoError(t, in.Proxy.Switch(ctx(t), a.addr, b.addr))
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()))
 		requireAt(t, in, b, a)
 	})
 
@@ -170,9 +170,9 @@ func ctx(t *testing.T) context.Context {
 // request through the front.
 func requireAt(t *testing.T, in Instance, b *backend, left ...*backend) {
 	t.Helper()
-	up, err := in.Proxy.Upstream(ctx(t), []string{b.addr})
+	got, err := in.Proxy.Route(ctx(t), []string{b.addr})
 	require.NoError(t, err)
-	require.True(t, deploy.SameUpstream(up, b.addr), "Upstream reads back %s, not %s (%s)", up, b.addr, b.name)
+	require.True(t, deploy.Same(got, b.route()), "Route reads back %s, not %s", got, b.route())
 	if in.Saved != nil {
 		saved := in.Saved()
 		require.True(t, names(saved, b.addr), "the saved configuration names the route's upstream %s:\n%s", b.addr, saved)
@@ -288,6 +288,9 @@ func newBackend(t *testing.T, name string) *backend {
 	b.addr = strings.TrimPrefix(srv.URL, "http://")
 	return b
 }
+
+// route is the route that sends everything to b.
+func (b *backend) route() deploy.Route { return deploy.Only(b.name, b.addr) }
 
 func (b *backend) end() { b.once.Do(func() { close(b.release) }) }
 

@@ -88,14 +88,32 @@ func (p *Proxy) Describe() string {
 	return fmt.Sprintf("handoff proxy at %s (%s on %s)", p.ctl.socket, p.ctl.service, p.listen)
 }
 
-// Upstream is the service's current target (see Control.Upstream).
-func (p *Proxy) Upstream(ctx context.Context, known []string) (string, error) {
-	return p.ctl.Upstream(ctx, known)
+// Route is the service's current target as a route of one endpoint (see
+// Control.Upstream); empty before its first deploy.
+func (p *Proxy) Route(ctx context.Context, known []string) (deploy.Route, error) {
+	up, err := p.ctl.Upstream(ctx, known)
+	if err != nil || up == "" {
+		return nil, err
+	}
+	return deploy.Only("", up), nil
+}
+
+// oneTarget is the one endpoint of a route handoff proxy can be given
+// today ("" for no route).
+func (p *Proxy) oneTarget(r deploy.Route) (string, error) {
+	eps := r.Endpoints()
+	switch {
+	case len(eps) == 0:
+		return "", nil
+	case len(eps) == 1 && len(r) == 1 && r[0].Weight > 0:
+		return eps[0], nil
+	}
+	return "", fmt.Errorf("%w: handoff proxy takes one endpoint per route until its data plane has a route API (several targets with weights per service); %s cannot be given %s", deploy.ErrProxy, p.ctl.service, r)
 }
 
 // Preflight checks that the proxy answers and serves the service where the
 // file says.
-func (p *Proxy) Preflight(ctx context.Context, _ string, _ []string) ([]string, error) {
+func (p *Proxy) Preflight(ctx context.Context, _ deploy.Route, _ []string) ([]string, error) {
 	st, err := p.ctl.get(ctx)
 	if errors.Is(err, errNotThere) {
 		return nil, nil
@@ -127,10 +145,22 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 	return out, nil
 }
 
-// Switch points the service at to; on its first deploy it creates it.
-func (p *Proxy) Switch(ctx context.Context, from, to string) error {
+// SetRoute points the service at to's one endpoint through the control
+// API's switch; on its first deploy it creates it. The proxy changes
+// nothing and answers a conflict when the service is at neither.
+func (p *Proxy) SetRoute(ctx context.Context, fromRoute, toRoute deploy.Route) error {
+	from, err := p.oneTarget(fromRoute)
+	if err != nil {
+		return err
+	}
+	to, err := p.oneTarget(toRoute)
+	if err != nil {
+		return err
+	}
+	if to == "" {
+		return fmt.Errorf("%w: handoff proxy's client cannot remove the route of %s", deploy.ErrProxy, p.ctl.service)
+	}
 	var st wire.ServiceState
-	var err error
 	if from == "" {
 		err = p.ctl.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: p.listen, Upstream: to}, &st)
 	} else {

@@ -83,28 +83,28 @@ func TestTheClientTellsAKnownServiceFromNoRoute(t *testing.T) {
 	ctx := context.Background()
 
 	web := newProxy(t, socket, "web", held.Addr().String())
-	up, err := web.Upstream(ctx, nil)
+	route, err := web.Route(ctx, nil)
 	require.NoError(t, err)
-	require.Equal(t, "127.0.0.1:7001", up)
-	notes, err := web.Preflight(ctx, up, nil)
+	require.Equal(t, []string{"127.0.0.1:7001"}, route.Endpoints())
+	notes, err := web.Preflight(ctx, route, nil)
 	require.NoError(t, err)
 	require.Len(t, notes, 1)
 	require.Contains(t, notes[0], "cannot listen on "+held.Addr().String())
 
 	api := newProxy(t, socket, "api", "127.0.0.1:9002")
-	_, err = api.Upstream(ctx, nil)
+	_, err = api.Route(ctx, nil)
 	require.ErrorIs(t, err, wire.ErrUnrestored)
 	require.ErrorIs(t, err, deploy.ErrProxy)
 	require.ErrorContains(t, err, "handoff proxy could not restore api from its state file")
-	require.ErrorIs(t, api.Switch(ctx, "", "127.0.0.1:7003"), deploy.ErrProxy, "a first deploy does not overwrite the entry")
+	require.ErrorIs(t, api.SetRoute(ctx, nil, deploy.Only("web-1", "127.0.0.1:7003")), deploy.ErrProxy, "a first deploy does not overwrite the entry")
 
 	shop := newProxy(t, socket, "shop", "127.0.0.1:9003")
-	up, err = shop.Upstream(ctx, nil)
+	route, err = shop.Route(ctx, nil)
 	require.NoError(t, err, "a named entry is not shop's")
-	require.Empty(t, up)
+	require.Empty(t, route)
 
 	require.NoError(t, p.Delete("api"), "an entry kept is deleted by its name")
-	_, err = api.Upstream(ctx, nil)
+	_, err = api.Route(ctx, nil)
 	require.NoError(t, err)
 }
 
@@ -116,7 +116,7 @@ func TestAnUnnamedEntryStopsFirstDeploys(t *testing.T) {
 	p := newServer(t)
 	require.NoError(t, p.Restore(path))
 	shop := newProxy(t, controlSocket(t, p), "shop", "127.0.0.1:9003")
-	_, err := shop.Upstream(context.Background(), nil)
+	_, err := shop.Route(context.Background(), nil)
 	require.ErrorIs(t, err, wire.ErrUnrestored)
 	require.ErrorContains(t, err, "which may be shop's")
 }

@@ -17,7 +17,9 @@ import (
 //	GET    /v1/services                 every service
 //	GET    /v1/services/{name}          one service, with in-flight counts
 //	PUT    /v1/services/{name}          {"listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}
+//	                                     or {"listen": ..., "route": [{"release": "web-7", "endpoints": ["127.0.0.1:32768"], "weight": 100}]}
 //	POST   /v1/services/{name}/switch   {"from": "...", "to": "..."}
+//	PUT    /v1/services/{name}/route    {"from": [backends...], "to": [backends...]}
 //	POST   /v1/services/{name}/retire   {"upstream": "..."}: end what still runs on it
 //	POST   /v1/services/{name}/pause    {"max_wait": "30s", "lease": "15m"}
 //	POST   /v1/services/{name}/resume
@@ -38,7 +40,24 @@ func ControlHandler(p *Server) http.Handler {
 		if !decode(w, r, &in) {
 			return
 		}
-		st, err := p.Put(r.PathValue("name"), in.Listen, in.Upstream)
+		var st ServiceState
+		var err error
+		switch {
+		case len(in.Route) > 0 && in.Upstream != "":
+			err = errors.Join(ErrBadInput, errors.New("a service takes an upstream or a route, not both"))
+		case len(in.Route) > 0:
+			st, err = p.PutRoute(r.PathValue("name"), in.Listen, in.Route)
+		default:
+			st, err = p.Put(r.PathValue("name"), in.Listen, in.Upstream)
+		}
+		reply(w, st, err)
+	})
+	mux.HandleFunc("PUT /v1/services/{name}/route", func(w http.ResponseWriter, r *http.Request) {
+		var in wire.RouteRequest
+		if !decode(w, r, &in) {
+			return
+		}
+		st, err := p.Route(r.PathValue("name"), in.From, in.To)
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/switch", func(w http.ResponseWriter, r *http.Request) {

@@ -61,6 +61,6 @@ func (p *Server) retryListen(s *service) {
 	s.mu.Unlock()
 	f := s.listenFail.Swap(nil)
 	p.start(s)
-	p.log.Info("listening for the service at last", "service", s.name, "listen", s.listen, "upstream", s.current.Load().upstream,
+	p.log.Info("listening for the service at last", "service", s.name, "listen", s.listen, "upstream", describeRoute(s.route.Load().spec()),
 		"not_listening_for", p.clock.Now().Sub(f.Since).Round(time.Millisecond), "attempts", f.Attempts+1)
 }

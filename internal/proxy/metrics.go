@@ -36,7 +36,7 @@ func NewMetrics() *Metrics {
 		refs: map[[2]string]int{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handoff_proxy_requests_total",
-			Help: "Requests answered, by service, target (the upstream a release listens on) and status class (2xx, 3xx, 4xx, 5xx).",
+			Help: "Requests answered, by service, target (an endpoint of a release: the upstream it listens on) and status class (2xx, 3xx, 4xx, 5xx).",
 		}, []string{"service", "target", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "handoff_proxy_request_duration_seconds",
@@ -195,9 +195,27 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(listeningDesc, prometheus.GaugeValue, boolValue(st.NotListening == nil), st.Name)
-		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(st.InFlight), st.Name, st.Upstream)
+		// One series per endpoint: an endpoint taking requests again while
+		// its old target still drains is counted once, with both.
+		perEndpoint, order := map[string]int64{}, []string{}
+		count := func(endpoint string, n int64) {
+			if _, ok := perEndpoint[endpoint]; !ok {
+				order = append(order, endpoint)
+			}
+			perEndpoint[endpoint] += n
+		}
+		for _, b := range st.Route {
+			if b.Weight > 0 {
+				for _, e := range b.Endpoints {
+					count(e.Endpoint, e.InFlight)
+				}
+			}
+		}
 		for _, d := range st.Draining {
-			ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(d.InFlight), st.Name, d.Upstream)
+			count(d.Upstream, d.InFlight)
+		}
+		for _, e := range order {
+			ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(perEndpoint[e]), st.Name, e)
 		}
 		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, float64(st.Held), st.Name)
 		ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, boolValue(st.Paused), st.Name)

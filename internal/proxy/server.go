@@ -20,7 +20,7 @@ import (
 // Errors the control API maps to statuses.
 var (
 	ErrNoService  = errors.New("no such service")
-	ErrNotFrom    = errors.New("the service's target is not the one named")
+	ErrNotFrom    = errors.New("the service's target (or route) is not the one named")
 	ErrBadInput   = errors.New("bad request")
 	ErrNotSaved   = errors.New("the state file could not be written; nothing was changed")
 	ErrRestarting = errors.New("handoff proxy is restarting; try again in a moment")
@@ -54,8 +54,8 @@ type Options struct {
 // DefaultTrusted is loopback: the front proxy on the same host.
 var DefaultTrusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
-// Server is the switch: one listener per service, each request sent to the
-// service's current target.
+// Server is the switch: one listener per service, each request sent along
+// the service's route to one of its endpoints (targets).
 type Server struct {
 	listen Listen
 	log    *slog.Logger
@@ -71,7 +71,7 @@ type Server struct {
 	handoverPending atomic.Bool
 
 	clock Clock
-	// probe checks a restored service's upstream and logs what it finds.
+	// probe checks a restored service's endpoint and logs what it finds.
 	probe func(log *slog.Logger, name, upstream string)
 
 	mu       sync.Mutex
@@ -97,10 +97,10 @@ func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
 type service struct {
 	name      string
 	listen    string
-	current   atomic.Pointer[target]
-	http      *http.Server // HTTP/1.1 connections
-	h2c       *http.Server // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
-	ln        net.Listener // nil while the service cannot listen (listenFail says why)
+	route     atomic.Pointer[route] // never nil once made
+	http      *http.Server          // HTTP/1.1 connections
+	h2c       *http.Server          // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
+	ln        net.Listener          // nil while the service cannot listen (listenFail says why)
 	conns     *connTracker
 	closing   atomic.Bool // handing over: every answer says Connection: close
 	log       *slog.Logger
@@ -114,14 +114,16 @@ type service struct {
 	// address cannot be listened on yet; it is tried again.
 	listenFail atomic.Pointer[wire.ListenFailure]
 
+	// mu guards draining and route changes (not the route's reads).
 	mu        sync.Mutex
-	draining  []*target
+	draining  []*target // endpoints that take no new requests, still tracked
 	gate      *gate
 	stopRetry func() bool // the next listen tried again, while listenFail
 }
 
-// acquireHook, when set by a test, runs between reading the current target
-// and counting a request on it: the window a switch must not slip through.
+// acquireHook, when set by a test, runs between picking a request's
+// endpoint and counting the request on it: the window a switch must not
+// slip through.
 var acquireHook func()
 
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -164,14 +166,15 @@ func (s *service) admit(ctx context.Context) (*target, error) {
 	}
 }
 
-// acquire counts a request in flight on the current target, then checks
-// that the target was not switched away meanwhile. A deploy that saw the
-// switch and then nothing in flight on the old target stops its container:
-// no request may reach that target after it looked. Counting first makes
-// that so; a request that lost the race counts itself on the new target.
+// acquire counts a request in flight on the endpoint the route picks, then
+// checks that the endpoint was not switched away meanwhile (it left the
+// route, or its backend's weight became 0). A deploy that saw the switch
+// and then nothing in flight on an old endpoint stops its container: no
+// request may reach that endpoint after it looked. Counting first makes
+// that so; a request that lost the race picks again from the new route.
 func (s *service) acquire() *target {
 	for {
-		t := s.current.Load()
+		t := s.route.Load().pick()
 		if acquireHook != nil {
 			acquireHook()
 		}
@@ -198,6 +201,18 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 	if name == "" || listen == "" || upstream == "" {
 		return ServiceState{}, fmt.Errorf("%w: a service needs a name, a listen address and an upstream", ErrBadInput)
 	}
+	return p.PutRoute(name, listen, oneEndpoint(upstream))
+}
+
+// PutRoute creates a service listening on listen and sending along the
+// route spec, or, if it exists on that address, leaves it as it is.
+func (p *Server) PutRoute(name, listen string, spec []wire.Backend) (ServiceState, error) {
+	if name == "" || listen == "" {
+		return ServiceState{}, fmt.Errorf("%w: a service needs a name and a listen address", ErrBadInput)
+	}
+	if err := checkRoute(spec); err != nil {
+		return ServiceState{}, err
+	}
 	unlock, err := p.begin()
 	if err != nil {
 		return ServiceState{}, err
@@ -213,16 +228,16 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 		}
 		return p.state(s), nil
 	}
-	s, err := p.open(name, listen, upstream)
+	s, err := p.open(name, listen, spec)
 	if err != nil {
 		return ServiceState{}, err
 	}
 	err = p.save(func(list []ServiceState) []ServiceState {
-		return append(list, ServiceState{ServiceState: wire.ServiceState{Name: name, Listen: listen, Upstream: upstream}})
+		return append(list, ServiceState{ServiceState: wire.ServiceState{Name: name, Listen: listen, Upstream: singleUpstream(spec), Route: specState(spec)}})
 	})
 	if err != nil {
 		s.ln.Close()
-		s.current.Load().forget()
+		s.forgetTargets()
 		return ServiceState{}, err
 	}
 	p.serve(s)
@@ -230,23 +245,25 @@ func (p *Server) Put(name, listen, upstream string) (ServiceState, error) {
 }
 
 // open listens for a new service; serve then adds it and starts serving.
-func (p *Server) open(name, listen, upstream string) (*service, error) {
+func (p *Server) open(name, listen string, spec []wire.Backend) (*service, error) {
 	ln, err := p.listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("%w: listen on %s: %v", ErrBadInput, listen, err)
 	}
-	s := p.newService(name, listen, upstream)
+	s := p.newService(name, listen, spec)
 	s.ln = ln
 	return s, nil
 }
 
 // newService makes a service that does not listen yet.
-func (p *Server) newService(name, listen, upstream string) *service {
+func (p *Server) newService(name, listen string, spec []wire.Backend) *service {
 	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, metrics: p.opts.Metrics}
 	if s.dialRetry == 0 {
 		s.dialRetry = DefaultDialRetry
 	}
-	s.current.Store(s.newTarget(upstream))
+	s.mu.Lock()
+	s.setRoute(s.newRoute(spec, nil))
+	s.mu.Unlock()
 	s.http, s.h2c = newHTTPServer(s, s.conns, false), newHTTPServer(s, s.conns, true)
 	return s
 }
@@ -262,7 +279,7 @@ func (p *Server) add(s *service) {
 func (p *Server) serve(s *service) {
 	p.add(s)
 	p.start(s)
-	p.log.Info("service added", "service", s.name, "listen", s.listen, "upstream", s.current.Load().upstream)
+	p.log.Info("service added", "service", s.name, "listen", s.listen, "upstream", describeRoute(s.route.Load().spec()))
 }
 
 // start serves s on its listener.
@@ -284,55 +301,21 @@ func (s *service) listener() net.Listener {
 	return s.ln
 }
 
-// Switch points the service at to, if it points at from now. Requests
-// already running stay on from until they end; the next ones go to to.
-// The state file has the new target before any request goes to it.
+// Switch points the service at to, if it points at from now (its route is
+// one endpoint, from; "": whatever it is): the route becomes to alone, of
+// weight 100. Requests already running stay where they are until they
+// end; the next ones go to to. The state file has the new target before
+// any request goes to it.
 func (p *Server) Switch(name, from, to string) (ServiceState, error) {
-	unlock, err := p.begin()
-	if err != nil {
-		return ServiceState{}, err
-	}
-	defer unlock()
-	s, err := p.get(name)
-	if err != nil {
-		return ServiceState{}, err
-	}
-	old := s.current.Load()
-	if old.upstream == to {
-		return p.state(s), nil // already there: a repeated switch whose answer was lost
-	}
-	if from != "" && old.upstream != from {
-		return ServiceState{}, fmt.Errorf("%w: %s points at %s, not %s", ErrNotFrom, name, old.upstream, from)
-	}
-	{
-		err := p.save(func(list []ServiceState) []ServiceState {
-			for i := range list {
-				if list[i].Name == name {
-					list[i].Upstream = to
-				}
-			}
-			return list
-		})
-		if err != nil {
-			return ServiceState{}, err
+	return p.reroute(name, func(cur []wire.Backend) ([]wire.Backend, error) {
+		switch up := singleUpstream(cur); {
+		case up == to:
+			return nil, nil // already there: a repeated switch whose answer was lost
+		case from != "" && up != from:
+			return nil, fmt.Errorf("%w: %s points at %s, not %s", ErrNotFrom, name, describeRoute(cur), from)
 		}
-		s.mu.Lock()
-		s.current.Store(s.newTarget(to))
-		old.drain()
-		// Targets already drained out have nothing left to track.
-		s.draining = slices.DeleteFunc(s.draining, func(t *target) bool {
-			if t.inFlight.Load() != 0 {
-				return false
-			}
-			t.forget()
-			return true
-		})
-		s.draining = append(s.draining, old)
-		s.mu.Unlock()
-		p.opts.Metrics.switched(name)
-		p.log.Info("switched", "service", name, "from", old.upstream, "to", to)
-	}
-	return p.state(s), nil
+		return oneEndpoint(to), nil
+	})
 }
 
 // Retire ends what still runs on a drained-out upstream (at the deploy's
@@ -362,6 +345,18 @@ func (p *Server) Retire(name, upstream string) (ServiceState, error) {
 // state file as edit says first, then, once that is saved, the service
 // itself (apply). A change that cannot be saved is not made.
 func (p *Server) update(name string, edit func(*ServiceState), apply func(*service)) (ServiceState, error) {
+	return p.changing(name, func(s *service) error {
+		if err := p.saveEntry(name, edit); err != nil {
+			return err
+		}
+		apply(s)
+		return nil
+	})
+}
+
+// changing runs change on one service, one change at a time, and answers
+// with the service's state after it.
+func (p *Server) changing(name string, change func(*service) error) (ServiceState, error) {
 	unlock, err := p.begin()
 	if err != nil {
 		return ServiceState{}, err
@@ -371,7 +366,16 @@ func (p *Server) update(name string, edit func(*ServiceState), apply func(*servi
 	if err != nil {
 		return ServiceState{}, err
 	}
-	err = p.save(func(list []ServiceState) []ServiceState {
+	if err := change(s); err != nil {
+		return ServiceState{}, err
+	}
+	return p.state(s), nil
+}
+
+// saveEntry saves the state with the entry of service name edited.
+// Callers hold p.change.
+func (p *Server) saveEntry(name string, edit func(*ServiceState)) error {
+	return p.save(func(list []ServiceState) []ServiceState {
 		for i := range list {
 			if list[i].Name == name {
 				edit(&list[i])
@@ -379,11 +383,6 @@ func (p *Server) update(name string, edit func(*ServiceState), apply func(*servi
 		}
 		return list
 	})
-	if err != nil {
-		return ServiceState{}, err
-	}
-	apply(s)
-	return p.state(s), nil
 }
 
 // Delete stops listening for the service, and forgets any entry of the
@@ -524,7 +523,8 @@ func (p *Server) get(name string) (*service, error) {
 func (s *service) inFlight() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := s.current.Load().inFlight.Load()
+	var n int64
+	s.route.Load().live(func(t *target) { n += t.inFlight.Load() })
 	for _, t := range s.draining {
 		n += t.inFlight.Load()
 	}
@@ -535,7 +535,7 @@ func (s *service) inFlight() int64 {
 func (s *service) forgetTargets() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.current.Load().forget()
+	s.route.Load().live((*target).forget)
 	for _, t := range s.draining {
 		t.forget()
 	}
@@ -546,16 +546,16 @@ func (s *service) forgetTargets() {
 func (s *service) retireAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.current.Load().retire()
+	s.route.Load().live((*target).retire)
 	for _, t := range s.draining {
 		t.retire()
 	}
 }
 
 func (p *Server) state(s *service) ServiceState {
-	cur := s.current.Load()
+	upstream, inFlight, backends := s.route.Load().state()
 	ps := s.gate.state()
-	st := ServiceState{ServiceState: wire.ServiceState{Name: s.name, Listen: s.listen, Upstream: cur.upstream, InFlight: cur.inFlight.Load(),
+	st := ServiceState{ServiceState: wire.ServiceState{Name: s.name, Listen: s.listen, Upstream: upstream, InFlight: inFlight, Route: backends,
 		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}}
 	if ps.paused {
 		st.MaxWait, st.PausedSince, st.PauseUntil = wire.Duration(ps.maxFor), ps.since, ps.until

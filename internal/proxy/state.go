@@ -21,7 +21,8 @@ import (
 )
 
 // The state file is what the proxy keeps across restarts: each service's
-// address, upstream, pause and maintenance page. Nothing in it is ever
+// address, route (its upstream when that is one endpoint), pause and
+// maintenance page. Nothing in it is ever
 // dropped because this process cannot use it: an entry it cannot read is
 // written back as it was, a service it cannot listen for is kept and its
 // address tried again, and a file it cannot read whole is copied aside
@@ -35,6 +36,7 @@ type savedService struct {
 	Name        string                 `json:"name"`
 	Listen      string                 `json:"listen"`
 	Upstream    string                 `json:"upstream"`
+	Route       []wire.Backend         `json:"route,omitempty"`
 	Paused      bool                   `json:"paused,omitempty"`
 	MaxWait     wire.Duration          `json:"pause_max_wait,omitempty"`
 	PausedSince time.Time              `json:"paused_since,omitzero"`
@@ -59,7 +61,7 @@ func SaveState(path string, services []ServiceState) error {
 			f.Services = append(f.Services, s.raw)
 			continue
 		}
-		raw, err := json.Marshal(savedService{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Paused: s.Paused, MaxWait: s.MaxWait,
+		raw, err := json.Marshal(savedService{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Route: savedRoute(s.Route), Paused: s.Paused, MaxWait: s.MaxWait,
 			PausedSince: s.PausedSince, PauseUntil: s.PauseUntil, Maintenance: s.Maintenance})
 		if err != nil {
 			return err
@@ -77,6 +79,20 @@ func SaveState(path string, services []ServiceState) error {
 		return err
 	}
 	return atomicfile.Write(path, data.Bytes(), 0o600)
+}
+
+// savedRoute is the route an entry of the state file carries: none for
+// the one endpoint of weight 100 that Put and Switch make (its upstream
+// says it all, as the files of versions before routes did), so that those
+// files stay as they were and a downgrade reads them. Any other route is
+// written whole, beside its upstream when it has one endpoint of weight >
+// 0 (a version before routes serves that endpoint alone).
+func savedRoute(route []wire.BackendState) []wire.Backend {
+	spec := wire.Spec(route)
+	if up := singleUpstream(spec); up != "" && sameRoute(spec, oneEndpoint(up)) {
+		return nil
+	}
+	return spec
 }
 
 // Restore puts back the services of the state file, paused ones paused.
@@ -219,7 +235,11 @@ func (p *Server) restoreEntry(i int, raw json.RawMessage) {
 		p.log.Error("state: an entry could not be restored; it is kept in the state file as it was", "index", i, "service", st.Name, "why", why)
 		return
 	}
-	s := p.newService(st.Name, st.Listen, st.Upstream)
+	spec := st.Route
+	if len(spec) == 0 {
+		spec = oneEndpoint(st.Upstream)
+	}
+	s := p.newService(st.Name, st.Listen, spec)
 	if st.Paused {
 		p.restorePause(s, st)
 	}
@@ -235,7 +255,11 @@ func (p *Server) restoreEntry(i int, raw json.RawMessage) {
 	}
 	s.ln = ln
 	p.serve(s)
-	go p.probe(p.log, st.Name, st.Upstream)
+	for _, b := range spec {
+		for _, e := range b.Endpoints {
+			go p.probe(p.log, st.Name, e)
+		}
+	}
 }
 
 // readEntry reads one entry, or says why it cannot be used.
@@ -253,14 +277,18 @@ func readEntry(raw json.RawMessage) (savedService, string) {
 	switch {
 	case st.Name == "":
 		return st, "it has no name"
-	case st.Listen == "" || st.Upstream == "":
-		return st, "it needs both a listen address and an upstream"
+	case st.Listen == "" || (st.Upstream == "" && len(st.Route) == 0):
+		return st, "it needs both a listen address and an upstream (or a route)"
 	case !isHostPort(st.Listen):
 		return st, fmt.Sprintf("listen %q is not host:port", st.Listen)
-	case !isHostPort(st.Upstream):
+	case len(st.Route) == 0 && !isHostPort(st.Upstream):
 		return st, fmt.Sprintf("upstream %q is not host:port", st.Upstream)
 	case strings.ContainsAny(st.Name, "/?#") || st.Name != strings.TrimSpace(st.Name):
 		return st, fmt.Sprintf("name %q cannot be a service's", st.Name)
+	case len(st.Route) > 0:
+		if err := checkRoute(st.Route); err != nil {
+			return st, err.Error()
+		}
 	}
 	return st, ""
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,15 +17,24 @@ import (
 	"time"
 )
 
-// target is one upstream: its reverse proxy, its own connection pool (so
-// that its idle connections can be closed when it is drained), and the
-// requests in flight on it, WebSockets and streams included.
+// target is one endpoint of a route (an upstream): its reverse proxy, its
+// own connection pool (so that its idle connections can be closed when it
+// is drained), and the requests in flight on it, WebSockets and streams
+// included.
 type target struct {
 	upstream  string
 	proxy     *httputil.ReverseProxy
 	transport *http.Transport
 	inFlight  atomic.Int64
 	draining  atomic.Bool
+
+	// down: it refused a connection and has not answered since; it gets
+	// no new requests while another endpoint of its backend is up, and is
+	// probed (route.go) until it answers.
+	down    atomic.Bool
+	gone    atomic.Bool // forgotten: its service was deleted; no more probes
+	service string
+	log     *slog.Logger
 
 	// cutting: the drain deadline came; every connection to the app is
 	// closed, so what still runs on this target, streams and upgraded
@@ -42,8 +52,8 @@ type target struct {
 // reverse proxy that forwards as the service's trust settings say and
 // logs every upstream error it answers for.
 func (s *service) newTarget(upstream string) *target {
-	t := &target{upstream: upstream, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
-	dial := dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry)
+	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
+	dial := dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry, t.dialed)
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -116,11 +126,13 @@ const dialRetryInterval = 100 * time.Millisecond
 // dialRetrying dials like d, but tries a refused connection again for up
 // to wait. Nothing of the request has been sent when a dial fails, so a
 // retry is safe for every method, and the request body is left untouched.
-func dialRetrying(d *net.Dialer, wait time.Duration) func(context.Context, string, string) (net.Conn, error) {
+// Each attempt's outcome is told to seen.
+func dialRetrying(d *net.Dialer, wait time.Duration, seen func(error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		deadline := time.Now().Add(wait)
 		for {
 			conn, err := d.DialContext(ctx, network, addr)
+			seen(err)
 			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(dialRetryInterval).After(deadline) {
 				return conn, err
 			}
@@ -254,8 +266,24 @@ func (t *target) track(conn net.Conn, err error) (net.Conn, error) {
 	return c, nil
 }
 
-// forget lets go of what t holds beyond its connections: its metrics.
-func (t *target) forget() { t.metrics.forget() }
+// dialed is told each dial's outcome: a refusal marks t down, a
+// connection up.
+func (t *target) dialed(err error) {
+	if err == nil {
+		if t.down.Load() {
+			t.answered()
+		}
+		return
+	}
+	t.refused(err)
+}
+
+// forget lets go of what t holds beyond its connections: its metrics, its
+// probe.
+func (t *target) forget() {
+	t.gone.Store(true)
+	t.metrics.forget()
+}
 
 func (t *target) done() {
 	if t.inFlight.Add(-1) == 0 && t.draining.Load() {

@@ -143,7 +143,7 @@ func TestLostConnectionsAreRetriedOnlyForRequestsThatMayBeSentTwice(t *testing.T
 	require.Zero(t, dropping.Load())
 
 	dropping.Store(1)
-	p.services["web"].current.Load().transport.CloseIdleConnections() // a new connection, dropped
+	p.services["web"].route.Load().single.transport.CloseIdleConnections() // a new connection, dropped
 	resp, err = http.Post("http://"+listen+"/", "text/plain", bytes.NewReader([]byte("x")))
 	require.NoError(t, err)
 	resp.Body.Close()

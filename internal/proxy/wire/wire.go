@@ -15,8 +15,8 @@ import (
 const DefaultSocket = "/run/handoff/proxy.sock"
 
 // ServicesPath is the control API's list of services; one service is
-// ServicesPath/{name}, its actions under it (/switch, /retire, /pause,
-// /resume, /maintenance).
+// ServicesPath/{name}, its actions under it (/switch, /route, /retire,
+// /pause, /resume, /maintenance).
 const ServicesPath = "/v1/services"
 
 // Bounds of a pause: how long one request may be held, and the lease: how
@@ -38,10 +38,18 @@ const (
 
 // ServiceState is a service as the control API and the state file show it.
 type ServiceState struct {
-	Name     string          `json:"name"`
-	Listen   string          `json:"listen"`
-	Upstream string          `json:"upstream"`
-	InFlight int64           `json:"in_flight"`
+	Name   string `json:"name"`
+	Listen string `json:"listen"`
+	// Upstream is the route's one endpoint of weight > 0 when it has
+	// exactly one (what Put and Switch make), else "".
+	Upstream string `json:"upstream"`
+	// InFlight counts the requests on the route's endpoints of weight > 0.
+	InFlight int64 `json:"in_flight"`
+	// Route is where new requests go: its backends (releases), their
+	// weights and endpoints. A backend of weight 0 gets none (it drains).
+	Route []BackendState `json:"route,omitempty"`
+	// Draining: every endpoint still finishing requests that new ones no
+	// longer go to (it left the route, or its backend has weight 0).
 	Draining []DrainingState `json:"draining,omitempty"`
 	Paused   bool            `json:"paused,omitempty"`
 	MaxWait  Duration        `json:"pause_max_wait,omitempty"` // how long a paused request may be held
@@ -66,7 +74,54 @@ type ServiceState struct {
 	Unrestored string `json:"unrestored,omitempty"`
 }
 
-// DrainingState is an old target still finishing requests.
+// Backend is one release in a route: its endpoints (host:port), and its
+// share of the new requests (Weight out of the route's sum of weights).
+type Backend struct {
+	Release   string   `json:"release"`
+	Endpoints []string `json:"endpoints"`
+	Weight    int      `json:"weight"`
+}
+
+// MaxWeight bounds a backend's weight, MaxBackends a route's backends and
+// MaxEndpoints a backend's endpoints.
+const (
+	MaxWeight    = 1000
+	MaxBackends  = 16
+	MaxEndpoints = 256
+)
+
+// BackendState is a backend of a service's route as the proxy runs it.
+type BackendState struct {
+	Release   string          `json:"release"`
+	Weight    int             `json:"weight"`
+	Endpoints []EndpointState `json:"endpoints"`
+}
+
+// EndpointState is one endpoint of a backend: its requests in flight, and
+// Down while it refuses connections (it gets no new requests while any
+// other endpoint of its backend is up; the proxy probes it until it
+// answers again).
+type EndpointState struct {
+	Endpoint string `json:"endpoint"`
+	InFlight int64  `json:"in_flight"`
+	Down     bool   `json:"down,omitempty"`
+}
+
+// Spec is the route a state shows, without its counts: what a
+// RouteRequest's From names.
+func Spec(route []BackendState) []Backend {
+	out := make([]Backend, 0, len(route))
+	for _, b := range route {
+		eps := make([]string, 0, len(b.Endpoints))
+		for _, e := range b.Endpoints {
+			eps = append(eps, e.Endpoint)
+		}
+		out = append(out, Backend{Release: b.Release, Endpoints: eps, Weight: b.Weight})
+	}
+	return out
+}
+
+// DrainingState is an old endpoint still finishing requests.
 type DrainingState struct {
 	Upstream string `json:"upstream"`
 	InFlight int64  `json:"in_flight"`
@@ -89,10 +144,12 @@ type MaintenanceState struct {
 	Allow      []string `json:"allow,omitempty"`
 }
 
-// PutRequest creates a service (PUT ServicesPath/{name}).
+// PutRequest creates a service (PUT ServicesPath/{name}), sending to
+// Upstream or, instead, along Route.
 type PutRequest struct {
-	Listen   string `json:"listen"`
-	Upstream string `json:"upstream"`
+	Listen   string    `json:"listen"`
+	Upstream string    `json:"upstream,omitempty"`
+	Route    []Backend `json:"route,omitempty"`
 }
 
 // SwitchRequest points a service from one upstream to another (POST .../switch).
@@ -101,7 +158,16 @@ type SwitchRequest struct {
 	To   string `json:"to"`
 }
 
-// RetireRequest ends what still runs on an upstream (POST .../retire).
+// RouteRequest changes a service's route from From to To (PUT
+// .../route): applied only if the route is From now (409 otherwise; an
+// empty From: whatever it is), and answered as done when it is To
+// already. Backends and their endpoints are compared in any order.
+type RouteRequest struct {
+	From []Backend `json:"from"`
+	To   []Backend `json:"to"`
+}
+
+// RetireRequest ends what still runs on an upstream, one endpoint (POST .../retire).
 type RetireRequest struct {
 	Upstream string `json:"upstream"`
 }
@@ -116,7 +182,7 @@ type PauseRequest struct {
 
 // ErrorReply is the body of an answer that is not 2xx. Its status says
 // what went wrong: 400 a bad request, 404 no such service, 409 the
-// service's target is not the one named, 422 ErrUnrestored, 500 the state
+// service's target (or route) is not the one named, 422 ErrUnrestored, 500 the state
 // file could not be written (nothing changed), 503 the proxy is
 // restarting (try again: the new process takes the change).
 type ErrorReply struct {

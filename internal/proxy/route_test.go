@@ -317,3 +317,38 @@ func TestStateFileCarriesTheRoute(t *testing.T) {
 	require.Equal(t, map[string]any{"name": "web", "listen": listen, "upstream": b2.addr()}, entry(), "a switch's route is saved as old files were")
 	require.NoError(t, p.Delete("web"))
 }
+
+// Series are per endpoint and go with the last target of their endpoint:
+// 100 canaries and drains of three-replica releases leave as many series
+// as one does, and a scrape with weight-0 endpoints in the route (and in
+// the drain) has one in-flight series per endpoint.
+func TestMetricsPerEndpointAreDeletedWithTheirTargets(t *testing.T) {
+	m := NewMetrics()
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Metrics: m})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	release := func(i int) wire.Backend {
+		return wire.Backend{Release: fmt.Sprint("web-", i), Weight: 100, Endpoints: []string{
+			fmt.Sprintf("127.0.0.1:%d", 2000+3*i), fmt.Sprintf("127.0.0.1:%d", 2001+3*i), fmt.Sprintf("127.0.0.1:%d", 2002+3*i)}}
+	}
+	_, err := p.PutRoute("web", freeAddr(t), []wire.Backend{release(0)})
+	require.NoError(t, err)
+	for i := 1; i <= 100; i++ {
+		old, next := release(i-1), release(i)
+		old.Weight, next.Weight = 90, 10
+		_, err := p.Route("web", nil, []wire.Backend{old, next})
+		require.NoError(t, err)
+		old.Weight, next.Weight = 0, 100
+		_, err = p.Route("web", nil, []wire.Backend{next, old})
+		require.NoError(t, err)
+		families, err := m.reg.Gather()
+		require.NoError(t, err, "one series per label set")
+		for _, f := range families {
+			if f.GetName() == "handoff_proxy_requests_in_flight" {
+				require.Len(t, f.GetMetric(), 6, "the three endpoints of each release")
+			}
+		}
+		_, err = p.Route("web", nil, []wire.Backend{release(i)})
+		require.NoError(t, err)
+	}
+	require.LessOrEqual(t, targetSeries(t, m), 2*3*7, "the route's three endpoints and three draining")
+}

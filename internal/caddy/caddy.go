@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,6 +25,8 @@ type Proxy struct {
 	mu            sync.Mutex
 	tracksDrained bool // Caddy lists removed upstreams until they drain (2.11.2+)
 	versionRead   bool
+	versionOK     bool   // its version could be read
+	versionText   string // "v2.11.9"
 }
 
 var _ deploy.Proxy = (*Proxy)(nil)
@@ -84,11 +87,11 @@ func (p *Proxy) Route(ctx context.Context, known []string) (deploy.Route, error)
 	if err != nil {
 		return nil, err
 	}
-	return deploy.Route{{Endpoints: hs[0].dials, Weight: 100}}, nil
+	return routeOf(hs[0]), nil
 }
 
-// single is the one upstream of a route Caddy's adapter sets ("" for no
-// route); a route of several is refused, as Caddy could not yet be given it.
+// single is the one upstream of the route a preflight is asked about (""
+// for no route); the procedure acts on no route of several yet.
 func single(r deploy.Route) (string, error) {
 	eps := r.Endpoints()
 	switch {
@@ -97,7 +100,7 @@ func single(r deploy.Route) (string, error) {
 	case len(eps) == 1 && len(r.Serving()) == 1:
 		return eps[0], nil
 	}
-	return "", fmt.Errorf("%w: Caddy's adapter sets a route of one upstream, not %s", deploy.ErrProxy, r)
+	return "", fmt.Errorf("%w: the route %s has %d upstreams; handoff switches a route with exactly one", deploy.ErrNoRoute, r, len(eps))
 }
 
 // PointsAt names every reverse_proxy of Caddy that dials upstream.
@@ -204,22 +207,20 @@ func (p *Proxy) host() string {
 	return string(p.route)
 }
 
-// SetRoute points the route from one upstream to the other in one admin
-// call (one Caddy reload), guarded by the config's Etag, reads it back, and
-// writes the Caddyfile. The Caddyfile is locked and checked before Caddy is
-// touched. A route already at to is a change whose answer was lost: only
-// the Caddyfile may be left to do. A route at neither is ErrConflict.
-func (p *Proxy) SetRoute(ctx context.Context, fromRoute, toRoute deploy.Route) error {
-	from, err := single(fromRoute)
+// SetRoute writes the route's upstreams (and, when their weights differ,
+// a weighted_round_robin policy) in one admin call (one Caddy reload),
+// guarded by the config's Etag, reads it back, and writes the Caddyfile.
+// The Caddyfile is locked and checked before Caddy is touched. A route
+// already at to is a change whose answer was lost: only the Caddyfile may
+// be left to do. A route at neither is ErrConflict; weights this Caddy
+// cannot split by are refused before anything changes.
+func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
+	want, err := upstreamsFor(to)
 	if err != nil {
 		return err
 	}
-	to, err := single(toRoute)
-	if err != nil {
+	if err := p.canWeigh(ctx, want); err != nil {
 		return err
-	}
-	if to == "" {
-		return fmt.Errorf("%w: Caddy's adapter cannot remove the route of %s", deploy.ErrProxy, p.route)
 	}
 	if p.caddyfile != nil {
 		unlock, err := p.caddyfile.lock(ctx)
@@ -228,67 +229,126 @@ func (p *Proxy) SetRoute(ctx context.Context, fromRoute, toRoute deploy.Route) e
 		}
 		defer unlock()
 	}
+	known := append(from.Endpoints(), to.Endpoints()...)
 	for attempt := 1; ; attempt++ {
-		_, hs, etag, err := p.handlers(ctx, []string{from, to})
+		_, hs, etag, err := p.handlers(ctx, known)
 		if err != nil {
 			return err
 		}
-		now := hs[0].dials[0] // as Caddy spells it, which is how the Caddyfile spells it
-		if deploy.SameUpstream(now, to) {
-			return p.follow(from, now)
+		now := hs[0].dials // as Caddy spells them, which is how the Caddyfile spells them
+		if deploy.Same(routeOf(hs[0]), to) {
+			return p.follow(from.Endpoints(), now, want.weights)
 		}
-		if !deploy.SameUpstream(now, from) {
-			return fmt.Errorf("%w: Caddy now points %s at %s, not %s; run the deploy again", deploy.ErrConflict, p.route, now, from)
+		if !deploy.Same(routeOf(hs[0]), from) {
+			return fmt.Errorf("%w: Caddy now points %s at %s, not %s; run the deploy again", deploy.ErrConflict, p.route, spell(routeOf(hs[0])), spell(from))
 		}
 		if p.caddyfile != nil {
-			if _, err := p.caddyfile.plan(p.host(), now, now); err != nil {
+			if _, err := p.caddyfile.planRoute(p.host(), now, now); err != nil {
 				return fmt.Errorf("%w: %w", deploy.ErrProxy, err)
 			}
 		}
-		err = p.patchUpstream(ctx, hs, to, etag)
+		err = p.write(ctx, hs, want, etag)
 		if errors.Is(err, errChanged) && attempt < switchAttempts {
 			continue // something else changed Caddy's config: look again
 		}
 		if err != nil {
 			return err
 		}
-		if err := p.follow(now, to); err != nil {
+		if err := p.follow(now, want.dials, want.weights); err != nil {
 			// Caddy and the file must not disagree: put Caddy back.
-			if rerr := p.patchUpstream(context.WithoutCancel(ctx), hs, now, ""); rerr != nil {
-				return fmt.Errorf("%w: switched Caddy but could not write the Caddyfile (%v), and could not switch Caddy back (%v): Caddy serves %s, the file says %s", deploy.ErrProxy, err, rerr, to, now)
+			if rerr := p.restore(context.WithoutCancel(ctx), hs); rerr != nil {
+				return fmt.Errorf("%w: switched Caddy but could not write the Caddyfile (%v), and could not switch Caddy back (%v): Caddy serves %s, the file says %s", deploy.ErrProxy, err, rerr, want.describe(), strings.Join(now, " "))
 			}
-			return fmt.Errorf("%w: write the Caddyfile %s: %v; Caddy switched back to %s", deploy.ErrProxy, p.caddyfile.path, err, now)
+			return fmt.Errorf("%w: write the Caddyfile %s: %v; Caddy switched back to %s", deploy.ErrProxy, p.caddyfile.path, err, strings.Join(now, " "))
 		}
 		return nil
 	}
 }
 
+// spell is a route for Caddy's messages: its upstreams, with their
+// weights when these differ.
+func spell(r deploy.Route) string {
+	u, err := upstreamsFor(r)
+	if err != nil {
+		return r.String()
+	}
+	return u.describe()
+}
+
 // follow makes the Caddyfile say what Caddy now serves.
-func (p *Proxy) follow(from, to string) error {
-	if p.caddyfile == nil || from == to {
+func (p *Proxy) follow(from, to []string, weights []int) error {
+	if p.caddyfile == nil || slices.Equal(from, to) && len(to) == 1 {
 		return nil
 	}
-	return p.caddyfile.replace(p.host(), from, to)
+	return p.caddyfile.replaceRoute(p.host(), from, to, weights)
 }
 
 // errChanged: the config's Etag no longer matched (412); not our route's doing.
 var errChanged = errors.New("the config changed meanwhile")
 
-// patchUpstream replaces the handlers' upstreams with [to] in one change,
-// and reads each back. One handler: PATCH its upstreams (a POST on an
-// array would append). Several: PATCH the servers they live in, so that
-// every site moves in the same reload.
-func (p *Proxy) patchUpstream(ctx context.Context, hs []proxyHandler, to, etag string) error {
+// write puts u into the handlers in one change, and reads each back. One
+// handler whose policy stays: PATCH its upstreams (a POST on an array
+// would append); whose policy changes: PATCH the handler. Several: PATCH
+// the servers they live in, so that every site moves in the same reload.
+func (p *Proxy) write(ctx context.Context, hs []proxyHandler, u upstreams, etag string) error {
+	path, body := hs[0].path+"/upstreams", any(nil)
+	switch {
+	case len(hs) > 1:
+		var err error
+		if path, body, err = p.serversWith(ctx, hs, func(_ proxyHandler, h map[string]any) { u.apply(h) }); err != nil {
+			return err
+		}
+	case u.policyChanges(hs[0].handler):
+		h := maps.Clone(hs[0].handler)
+		u.apply(h)
+		path, body = hs[0].path, h
+	default:
+		h := map[string]any{}
+		u.apply(h)
+		body = h["upstreams"]
+	}
+	if err := p.patch(ctx, path, body, etag); err != nil {
+		return err
+	}
+	for _, h := range hs {
+		var got map[string]any
+		if _, err := p.admin.call(ctx, http.MethodGet, h.path, nil, nil, &got); err != nil {
+			return fmt.Errorf("%w: read back %s: %v", deploy.ErrProxy, h.path, err)
+		}
+		if !u.matches(got) {
+			return fmt.Errorf("%w: Caddy took the change but reads back %v at %s, not %s", deploy.ErrProxy, got["upstreams"], h.path, u.describe())
+		}
+	}
+	return nil
+}
+
+// restore puts the handlers' upstreams and load balancing back as they
+// were read, in one change.
+func (p *Proxy) restore(ctx context.Context, hs []proxyHandler) error {
+	put := func(was proxyHandler, h map[string]any) {
+		for _, k := range []string{"upstreams", "load_balancing"} {
+			if v, ok := was.handler[k]; ok {
+				h[k] = v
+			} else {
+				delete(h, k)
+			}
+		}
+	}
+	if len(hs) == 1 {
+		return p.patch(ctx, hs[0].path, hs[0].handler, "")
+	}
+	path, body, err := p.serversWith(ctx, hs, put)
+	if err != nil {
+		return err
+	}
+	return p.patch(ctx, path, body, "")
+}
+
+// patch is one change of Caddy's config, guarded by etag when set.
+func (p *Proxy) patch(ctx context.Context, path string, body any, etag string) error {
 	header := http.Header{}
 	if etag != "" {
 		header.Set("If-Match", etag)
-	}
-	path, body := hs[0].path+"/upstreams", any([]map[string]string{{"dial": to}})
-	if len(hs) > 1 {
-		var err error
-		if path, body, err = p.serversWith(ctx, hs, to); err != nil {
-			return err
-		}
 	}
 	if _, err := p.admin.call(ctx, http.MethodPatch, path, body, header, nil); err != nil {
 		switch {
@@ -299,20 +359,11 @@ func (p *Proxy) patchUpstream(ctx context.Context, hs []proxyHandler, to, etag s
 		}
 		return fmt.Errorf("%w: %v", deploy.ErrProxy, err)
 	}
-	for _, h := range hs {
-		var got []map[string]any
-		if _, err := p.admin.call(ctx, http.MethodGet, h.path+"/upstreams", nil, nil, &got); err != nil {
-			return fmt.Errorf("%w: read back %s: %v", deploy.ErrProxy, h.path, err)
-		}
-		if len(got) != 1 || got[0]["dial"] != to {
-			return fmt.Errorf("%w: Caddy took the change but reads back %v at %s, not %s", deploy.ErrProxy, got, h.path, to)
-		}
-	}
 	return nil
 }
 
-// serversWith is Caddy's servers object with the handlers' upstreams set to to.
-func (p *Proxy) serversWith(ctx context.Context, hs []proxyHandler, to string) (string, any, error) {
+// serversWith is Caddy's servers object with each of the handlers edited.
+func (p *Proxy) serversWith(ctx context.Context, hs []proxyHandler, edit func(was proxyHandler, h map[string]any)) (string, any, error) {
 	const servers = "/config/apps/http/servers"
 	var cfg map[string]any
 	if _, err := p.admin.call(ctx, http.MethodGet, servers, nil, nil, &cfg); err != nil {
@@ -324,7 +375,7 @@ func (p *Proxy) serversWith(ctx context.Context, hs []proxyHandler, to string) (
 		if !ok {
 			return "", nil, fmt.Errorf("%w: %s moved in Caddy's config; run the deploy again", deploy.ErrConflict, h.path)
 		}
-		handler["upstreams"] = []any{map[string]any{"dial": to}}
+		edit(h, handler)
 	}
 	return servers, cfg, nil
 }
@@ -375,15 +426,21 @@ func (p *Proxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight,
 // reportsDrain says whether this Caddy lists removed upstreams until they
 // drain: seen doing it, or a version of 2.11.2 or later.
 func (p *Proxy) reportsDrain(ctx context.Context) bool {
+	v, ok := p.caddyVersion(ctx)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tracksDrained || ok && !versionBefore(v, 2, 11, 2)
+}
+
+// caddyVersion is Caddy's version as read once from its /metrics.
+func (p *Proxy) caddyVersion(ctx context.Context) (string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.versionRead {
 		p.versionRead = true
-		if v, ok := p.version(ctx); ok && !versionBefore(v, 2, 11, 2) {
-			p.tracksDrained = true
-		}
+		p.versionText, p.versionOK = p.version(ctx)
 	}
-	return p.tracksDrained
+	return p.versionText, p.versionOK
 }
 
 // version reads Caddy's version from its admin /metrics (go_build_info),
@@ -453,7 +510,7 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	}
 	advice := advise(hs[0].handler, p.admin.address)
 	if p.caddyfile != nil {
-		if _, err := p.caddyfile.plan(p.host(), hs[0].dials[0], hs[0].dials[0]); err != nil {
+		if _, err := p.caddyfile.planRoute(p.host(), hs[0].dials, hs[0].dials); err != nil {
 			msg := "out of step: " + err.Error()
 			if prev, ok := p.caddyfile.previous(); ok {
 				msg += "; the version before handoff's last switch is " + prev

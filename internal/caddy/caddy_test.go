@@ -62,8 +62,10 @@ func TestSelectHandlers(t *testing.T) {
 	require.ErrorIs(t, err, deploy.ErrNoRoute)
 	require.ErrorContains(t, err, "it has: api.example.com → 127.0.0.1:32768; www.example.com,example.com → localhost:3000,localhost:3001")
 
-	_, err = selectHandlers(hs, "example.com", nil)
-	require.ErrorContains(t, err, "has 2 upstreams")
+	h, err = selectHandlers(hs, "example.com", nil)
+	require.NoError(t, err, "a route of several upstreams is read")
+	require.Equal(t, deploy.Route{{Endpoints: []string{"localhost:3000", "localhost:3001"}, Weight: 100}}, routeOf(h[0]))
+	require.ErrorContains(t, oneUpstream(h, "example.com"), "has 2 upstreams", "and refused where it would be acted on as one")
 }
 
 // A route named by its upstream is every site that dials it: they move together.

@@ -111,24 +111,41 @@ func (f caddyfile) read() (string, error) {
 // but the file's own: a refusal before the deploy and a failed switch say
 // different things.
 func (f caddyfile) plan(host, from, to string) (rewrite, error) {
+	return f.planRoute(host, []string{from}, []string{to})
+}
+
+// planRoute is plan for a route of several upstreams.
+func (f caddyfile) planRoute(host string, from, to []string) (rewrite, error) {
 	src, err := f.read()
 	if err != nil {
 		return rewrite{}, err
 	}
-	return f.rewrite(src, host, from, to)
+	return f.rewriteRoute(src, host, from, to, nil)
 }
 
 func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
+	return f.rewriteRoute(src, host, []string{from}, []string{to}, nil)
+}
+
+// rewriteRoute replaces the route's upstreams from by to, with weights
+// (nil: equal); one by one, it is rewriteUpstream.
+func (f caddyfile) rewriteRoute(src, host string, from, to []string, weights []int) (rewrite, error) {
 	env := f.env
 	if env == nil {
 		env = os.LookupEnv
 	}
-	rw, err := rewriteUpstream(src, host, from, to, env)
+	var rw rewrite
+	var err error
+	if len(from) == 1 && len(to) == 1 {
+		rw, err = rewriteUpstream(src, host, from[0], to[0], env)
+	} else {
+		rw, err = rewriteUpstreams(src, host, from, to, weights, env)
+	}
 	if err != nil {
 		return rw, fmt.Errorf("the Caddyfile %s: %w; nothing was changed", f.path, err)
 	}
 	if len(rw.edits) == 0 {
-		return rw, errNotInCaddyfile(f.path, host, from, rw)
+		return rw, errNotInCaddyfile(f.path, host, strings.Join(from, " "), rw)
 	}
 	return rw, nil
 }
@@ -138,17 +155,23 @@ func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
 // atomically, keeping its mode, owner and group. A file that already names
 // to and not from is left as it is.
 func (f caddyfile) replace(host, from, to string) error {
+	return f.replaceRoute(host, []string{from}, []string{to}, nil)
+}
+
+// replaceRoute is replace for a route of several upstreams, with weights
+// (nil: equal).
+func (f caddyfile) replaceRoute(host string, from, to []string, weights []int) error {
 	src, err := f.read()
 	if err != nil {
 		return err
 	}
-	rw, err := f.rewrite(src, host, from, to)
+	rw, err := f.rewriteRoute(src, host, from, to, weights)
 	if err != nil {
-		if _, already := f.rewrite(src, host, to, to); already == nil {
+		if _, already := f.rewriteRoute(src, host, to, to, weights); already == nil {
 			return nil
 		}
 		if errors.As(err, new(*notNamedError)) {
-			return fmt.Errorf("the Caddyfile %s no longer names %s (it was edited since handoff read it); handoff does not overwrite a change it did not make", f.path, from)
+			return fmt.Errorf("the Caddyfile %s no longer names %s (it was edited since handoff read it); handoff does not overwrite a change it did not make", f.path, strings.Join(from, " "))
 		}
 		return err
 	}

@@ -148,14 +148,26 @@ func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHan
 		}
 	}
 	for _, h := range found {
-		if len(h.dials) != 1 {
-			return nil, fmt.Errorf("%w: the reverse_proxy for %s has %d upstreams (%s); handoff switches a route with exactly one", deploy.ErrNoRoute, route, len(h.dials), strings.Join(h.dials, ", "))
+		if len(h.dials) == 0 {
+			return nil, oneUpstream(found, route)
 		}
-		if !deploy.SameUpstream(h.dials[0], found[0].dials[0]) {
+		if !deploy.Same(routeOf(h), routeOf(found[0])) {
 			return nil, fmt.Errorf("%w: the reverse_proxy handlers for %s point at different upstreams (%s); point them at one, or name a site host with --caddy-route", deploy.ErrNoRoute, route, summary(found))
 		}
 	}
 	return found, nil
+}
+
+// oneUpstream refuses handlers of other than one upstream, where what
+// reads the route acts on it as one (maintenance; adopting several
+// containers comes with replicas).
+func oneUpstream(hs []proxyHandler, route Route) error {
+	for _, h := range hs {
+		if len(h.dials) != 1 {
+			return fmt.Errorf("%w: the reverse_proxy for %s has %d upstreams (%s); handoff switches a route with exactly one", deploy.ErrNoRoute, route, len(h.dials), strings.Join(h.dials, ", "))
+		}
+	}
+	return nil
 }
 
 // siteHandlers picks, among the reverse_proxy handlers of one site, the

@@ -1,0 +1,99 @@
+package caddy
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+)
+
+func TestUpstreamsFor(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		route   deploy.Route
+		dials   []string
+		weights []int
+	}{
+		{"one release", deploy.Only("web-3", "a:1"), []string{"a:1"}, nil},
+		{"one release of two", deploy.Only("web-3", "a:1", "a:2"), []string{"a:1", "a:2"}, nil},
+		{"a canary", deploy.Route{{Release: "web-3", Endpoints: []string{"a:1"}, Weight: 90}, {Release: "web-4", Endpoints: []string{"b:1"}, Weight: 10}},
+			[]string{"a:1", "b:1"}, []int{9, 1}},
+		{"shares hold over releases of different sizes", deploy.Route{{Endpoints: []string{"a:1", "a:2", "a:3"}, Weight: 50}, {Endpoints: []string{"b:1", "b:2"}, Weight: 50}},
+			[]string{"a:1", "a:2", "a:3", "b:1", "b:2"}, []int{2, 2, 2, 3, 3}},
+		{"a release draining", deploy.Route{{Endpoints: []string{"a:1"}, Weight: 100}, {Endpoints: []string{"b:1"}, Weight: 0}},
+			[]string{"a:1", "b:1"}, []int{1, 0}},
+		{"equal in the end", deploy.Route{{Endpoints: []string{"a:1", "a:2"}, Weight: 50}, {Endpoints: []string{"b:1", "b:2"}, Weight: 50}},
+			[]string{"a:1", "a:2", "b:1", "b:2"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			u, err := upstreamsFor(c.route)
+			require.NoError(t, err)
+			require.Equal(t, c.dials, u.dials)
+			require.Equal(t, c.weights, u.weights)
+			h := map[string]any{"handler": "reverse_proxy"}
+			u.apply(h)
+			require.True(t, u.matches(h))
+			require.True(t, deploy.Same(routeOf(proxyHandler{dials: dials(h), handler: h}), c.route), "read back as written")
+		})
+	}
+	for _, bad := range []deploy.Route{nil, {{Endpoints: []string{"a:1"}, Weight: 0}}, {{Endpoints: []string{"a:1"}, Weight: 1}, {Endpoints: []string{"localhost:1", "a:1"}, Weight: 1}}} {
+		_, err := upstreamsFor(bad)
+		require.ErrorIs(t, err, deploy.ErrProxy, "%s", bad)
+	}
+}
+
+// Equal weights take away the weighted_round_robin handoff wrote, and
+// keep a policy of the user's own.
+func TestApplyKeepsTheUsersPolicy(t *testing.T) {
+	h := map[string]any{"load_balancing": map[string]any{"try_duration": 5e9}}
+	canary := upstreams{dials: []string{"a:1", "b:1"}, weights: []int{9, 1}}
+	canary.apply(h)
+	require.Equal(t, map[string]any{"policy": "weighted_round_robin", "weights": []any{9, 1}}, dig(h, "load_balancing", "selection_policy"))
+	upstreams{dials: []string{"b:1"}}.apply(h)
+	require.Equal(t, map[string]any{"try_duration": 5e9}, h["load_balancing"], "handoff's policy gone, the rest kept")
+
+	own := map[string]any{"load_balancing": map[string]any{"selection_policy": map[string]any{"policy": "least_conn"}}}
+	u := upstreams{dials: []string{"a:1", "a:2"}}
+	require.False(t, u.policyChanges(own))
+	u.apply(own)
+	require.Equal(t, "least_conn", dig(own, "load_balancing", "selection_policy", "policy"))
+}
+
+func TestCanWeighByVersion(t *testing.T) {
+	canary := upstreams{dials: []string{"a:1", "b:1"}, weights: []int{9, 1}}
+	drain := upstreams{dials: []string{"a:1", "b:1"}, weights: []int{1, 0}}
+	for _, c := range []struct {
+		version       string
+		canary, drain bool
+	}{
+		{"v2.6.2", false, false}, {"v2.7.6", true, false}, {"v2.9.1", true, true}, {"v2.11.9", true, true}, {"", true, true},
+	} {
+		p := proxyAt(t, c.version)
+		require.Equal(t, c.canary, p.canWeigh(context.Background(), canary) == nil, "%s canary", c.version)
+		err := p.canWeigh(context.Background(), drain)
+		require.Equal(t, c.drain, err == nil, "%s weight 0: %v", c.version, err)
+		if err != nil {
+			require.ErrorIs(t, err, deploy.ErrProxy)
+			require.ErrorContains(t, err, "Caddy "+c.version)
+		}
+		require.NoError(t, p.canWeigh(context.Background(), upstreams{dials: []string{"a:1", "a:2"}}), "equal weights need nothing")
+	}
+}
+
+// proxyAt is a Proxy whose admin API says it is Caddy version ("": a
+// build that does not say).
+func proxyAt(t *testing.T, version string) *Proxy {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" && version != "" {
+			w.Write([]byte(`go_build_info{checksum="",path="github.com/caddyserver/caddy/v2/cmd/caddy",version="` + version + `"} 1` + "\n"))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	p, err := New(srv.URL, "app.test", "", "")
+	require.NoError(t, err)
+	return p
+}

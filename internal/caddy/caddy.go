@@ -252,7 +252,7 @@ func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 			continue // something else changed Caddy's config: look again
 		}
 		if err != nil {
-			return err
+			return p.assumedWeights(ctx, want, err)
 		}
 		if err := p.follow(now, want.dials, want.weights); err != nil {
 			// Caddy and the file must not disagree: put Caddy back.

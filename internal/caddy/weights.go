@@ -2,6 +2,8 @@ package caddy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -96,7 +98,10 @@ func wrrWeights(handler map[string]any) ([]int, bool) {
 	out := make([]int, 0, len(list))
 	for _, w := range list {
 		switch n := w.(type) {
-		case float64: // as decoded from Caddy's JSON
+		case json.Number: // as the admin client decodes Caddy's JSON
+			i, _ := n.Int64()
+			out = append(out, int(i))
+		case float64:
 			out = append(out, int(n))
 		case int: // as apply writes it
 			out = append(out, n)
@@ -124,6 +129,15 @@ func (p *Proxy) canWeigh(ctx context.Context, u upstreams) error {
 		return fmt.Errorf("%w: Caddy %s takes no weight of 0 (2.9 does): it cannot keep an upstream of %s without sending it requests; upgrade Caddy", deploy.ErrProxy, v, p.route)
 	}
 	return nil
+}
+
+// assumedWeights says, on a change with weights that Caddy refused, what
+// canWeigh assumed of a Caddy whose version it could not read.
+func (p *Proxy) assumedWeights(ctx context.Context, u upstreams, err error) error {
+	if _, known := p.caddyVersion(ctx); known || u.weights == nil || !errors.Is(err, deploy.ErrProxy) {
+		return err
+	}
+	return fmt.Errorf("%w (Caddy's version could not be read from its /metrics, so handoff assumed it splits by weight: weighted_round_robin needs Caddy 2.7, a weight of 0 needs 2.9)", err)
 }
 
 // apply writes u into a reverse_proxy handler. Weights that differ set a

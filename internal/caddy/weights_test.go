@@ -2,8 +2,10 @@ package caddy
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -44,6 +46,16 @@ func TestUpstreamsFor(t *testing.T) {
 		_, err := upstreamsFor(bad)
 		require.ErrorIs(t, err, deploy.ErrProxy, "%s", bad)
 	}
+}
+
+func TestWrrWeightsAsCaddyAnswers(t *testing.T) {
+	var h map[string]any
+	dec := json.NewDecoder(strings.NewReader(`{"load_balancing":{"selection_policy":{"policy":"weighted_round_robin","weights":[9,1]}}}`))
+	dec.UseNumber() // as the admin client decodes
+	require.NoError(t, dec.Decode(&h))
+	ws, ok := wrrWeights(h)
+	require.True(t, ok)
+	require.Equal(t, []int{9, 1}, ws)
 }
 
 // Equal weights take away the weighted_round_robin handoff wrote, and

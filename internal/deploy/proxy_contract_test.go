@@ -18,7 +18,7 @@ import (
 // that what the procedure's tests prove with it holds of them.
 func TestProxyContractFake(t *testing.T) {
 	proxytest.Run(t, proxytest.Harness{New: func(t *testing.T, upstream string) proxytest.Instance {
-		f := &front{running: map[string]int{}}
+		f := &front{running: map[string]int{}, sent: map[string]int{}}
 		f.proxy = &lockedProxy{p: deploy.NewFakeProxy(upstream, f.count)}
 		srv := httptest.NewServer(f)
 		t.Cleanup(srv.Close)
@@ -37,6 +37,7 @@ type front struct {
 	proxy   *lockedProxy
 	mu      sync.Mutex
 	running map[string]int
+	sent    map[string]int // requests each endpoint was sent
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -45,10 +46,32 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("no route (%v)", err), http.StatusBadGateway)
 		return
 	}
-	up := route.Serving()[0]
+	up := f.pick(route)
 	f.add(up, 1)
 	defer f.add(up, -1)
 	httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: up}).ServeHTTP(w, r)
+}
+
+// pick is the endpoint a new request goes to: the one furthest behind its
+// share (a release's weight split over its endpoints), so that the split
+// is as exact as the weights.
+func (f *front) pick(route deploy.Route) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	best, behind := "", 0.0
+	for _, b := range route {
+		for _, e := range b.Endpoints {
+			if b.Weight == 0 {
+				continue
+			}
+			share := float64(b.Weight) / float64(len(b.Endpoints))
+			if next := float64(f.sent[e]+1) / share; best == "" || next < behind {
+				best, behind = e, next
+			}
+		}
+	}
+	f.sent[best]++
+	return best
 }
 
 func (f *front) add(upstream string, n int) {

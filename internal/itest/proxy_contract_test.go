@@ -27,7 +27,11 @@ import (
 // except that it cannot count requests on an upstream it no longer routes to.
 func TestProxyContractCaddy(t *testing.T) {
 	run := func(t *testing.T, bin string, old bool) {
-		proxytest.Run(t, proxytest.Harness{MayNotCount: old, New: func(t *testing.T, upstream string) proxytest.Instance {
+		var noWeights string
+		if old {
+			noWeights = "Caddy 2.6.2 has no weighted_round_robin (it came with 2.7)"
+		}
+		proxytest.Run(t, proxytest.Harness{MayNotCount: old, NoWeights: noWeights, New: func(t *testing.T, upstream string) proxytest.Instance {
 			c := StartCaddy(t, CaddyOptions{Upstream: upstream, Binary: bin, Plain: old})
 			fa := NewFaultyAdmin(t, c)
 			p, err := caddy.New(fa.Addr, SiteHost, c.File, t.TempDir())
@@ -59,20 +63,22 @@ func TestProxyContractHandoffProxy(t *testing.T) {
 	newClient := func(socket, service, listen string) (deploy.Proxy, error) {
 		return proxyclient.New(proxyclient.NewControl(socket, service), listen)
 	}
-	proxytest.Run(t, proxytest.Harness{New: func(t *testing.T, upstream string) proxytest.Instance {
-		d := StartProxy(t, bin, 5*time.Second)
-		lossy := newLossySocket(t, d.Socket)
-		listen := "127.0.0.1:" + Itoa(FreePort(t))
-		p, err := newClient(lossy.path, "web", listen)
-		require.NoError(t, err)
-		require.NoError(t, p.SetRoute(t.Context(), nil, deploy.Only("web-1", upstream)), "the service's first deploy")
-		return proxytest.Instance{Proxy: p, Front: "http://" + listen, Route: "service web",
-			Saved: func() string { return readFile(t, d.StateFile) },
-			LoseReply: func() func() bool {
-				lossy.arm.Store(true)
-				return lossy.lost.Load
-			}}
-	}})
+	proxytest.Run(t, proxytest.Harness{
+		OneEndpoint: "its client sets one endpoint per route until it is wired to the data plane's route API (several targets with weights)",
+		New: func(t *testing.T, upstream string) proxytest.Instance {
+			d := StartProxy(t, bin, 5*time.Second)
+			lossy := newLossySocket(t, d.Socket)
+			listen := "127.0.0.1:" + Itoa(FreePort(t))
+			p, err := newClient(lossy.path, "web", listen)
+			require.NoError(t, err)
+			require.NoError(t, p.SetRoute(t.Context(), nil, deploy.Only("web-1", upstream)), "the service's first deploy")
+			return proxytest.Instance{Proxy: p, Front: "http://" + listen, Route: "service web",
+				Saved: func() string { return readFile(t, d.StateFile) },
+				LoseReply: func() func() bool {
+					lossy.arm.Store(true)
+					return lossy.lost.Load
+				}}
+		}})
 }
 
 // lossySocket stands between a client and handoff proxy's control

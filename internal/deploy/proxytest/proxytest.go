@@ -34,6 +34,14 @@ type Harness struct {
 	// and 2.6.2 counts 0 on the one it routes to while a request runs there
 	// (the procedure asks Caddy only about upstreams the route left).
 	MayNotCount bool
+	// OneEndpoint, when set, says why this proxy takes a route of one
+	// endpoint only: a route of several, or with weights, is then refused
+	// with deploy.ErrProxy and changes nothing.
+	OneEndpoint string
+	// NoWeights, when set, says why this proxy cannot split by weight (Caddy
+	// before 2.7): a route whose weights differ is refused with
+	// deploy.ErrProxy and changes nothing.
+	NoWeights string
 }
 
 // Instance is one proxy as the suite drives it.
@@ -154,9 +162,80 @@ func Run(t *testing.T, h Harness) {
 		requireAt(t, in, b, a)
 	})
 
-	t.Run("weights", func(t *testing.T) {
-		t.Skip("weights come with the model step")
+	t.Run("one release of two endpoints", func(t *testing.T) {
+		a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
+		in := h.New(t, a.addr)
+		two := deploy.Only("web-2", b.addr, c.addr)
+		err := in.Proxy.SetRoute(ctx(t), a.route(), two)
+		if h.OneEndpoint != "" {
+			require.ErrorIs(t, err, deploy.ErrProxy, "a route of two endpoints: %s", h.OneEndpoint)
+			t.Logf("refused: %v", err)
+			requireAt(t, in, a)
+			return
+		}
+		require.NoError(t, err)
+		requireRoute(t, in, two, b, c)
+		requireSplit(t, in, 100, map[string]int{"b": 50, "c": 50}, a)
+		requirePointsAt(t, in, b, true)
+		requirePointsAt(t, in, c, true)
+		requirePointsAt(t, in, a, false)
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), two, a.route()), "and back to one")
+		requireAt(t, in, a, b, c)
 	})
+
+	t.Run("weights", func(t *testing.T) {
+		a, b := newBackend(t, "a"), newBackend(t, "b")
+		in := h.New(t, a.addr)
+		canary := deploy.Route{{Release: "web-1", Endpoints: []string{a.addr}, Weight: 90}, {Release: "web-2", Endpoints: []string{b.addr}, Weight: 10}}
+		err := in.Proxy.SetRoute(ctx(t), a.route(), canary)
+		if why := cmp.Or(h.OneEndpoint, h.NoWeights); why != "" {
+			require.ErrorIs(t, err, deploy.ErrProxy, "weights: %s", why)
+			t.Logf("refused: %v", err)
+			requireAt(t, in, a)
+			return
+		}
+		require.NoError(t, err)
+		requireRoute(t, in, canary, a, b)
+		requireSplit(t, in, 100, map[string]int{"a": 90, "b": 10})
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), canary, canary), "a route already set is done already")
+		require.ErrorIs(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()), deploy.ErrConflict, "the route is neither from nor to")
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), canary, b.route()), "the whole way to the new release")
+		requireAt(t, in, b, a)
+	})
+}
+
+// requireRoute checks that the route reads back as want (Same), that its
+// saved configuration names each of at, and that each serves.
+func requireRoute(t *testing.T, in Instance, want deploy.Route, at ...*backend) {
+	t.Helper()
+	got, err := in.Proxy.Route(ctx(t), want.Endpoints())
+	require.NoError(t, err)
+	require.True(t, deploy.Same(got, want), "Route reads back %s, not %s", got, want)
+	if in.Saved != nil {
+		saved := in.Saved()
+		for _, b := range at {
+			require.True(t, names(saved, b.addr), "the saved configuration names %s:\n%s", b.addr, saved)
+		}
+	}
+}
+
+// requireSplit sends n requests through the front and checks how they
+// split: each backend of want gets its count within a tenth of n (the
+// proxies here split deterministically, a share of 9:1 exactly), and none
+// of never gets any.
+func requireSplit(t *testing.T, in Instance, n int, want map[string]int, never ...*backend) {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		got[get(t, in.Front)]++
+	}
+	t.Logf("%d requests through the front: %v", n, got)
+	for name, w := range want {
+		require.InDelta(t, w, got[name], float64(n)/10, "requests to %s of %d: %v", name, n, got)
+	}
+	for _, b := range never {
+		require.Zero(t, got[b.name], "none to %s", b.name)
+	}
 }
 
 func ctx(t *testing.T) context.Context {

@@ -276,7 +276,7 @@ func TestCancelledHealthWaitRemovesNewContainer(t *testing.T) {
 func TestFirstDeployThroughAnEmptyProxy(t *testing.T) {
 	r := newRig(t)
 	r.rt.containers = nil
-	r.proxy.route = Only("", "")
+	r.proxy.route = nil
 	rec, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
 	require.Equal(t, []string{" → 127.0.0.1:40001"}, r.proxy.switches)

@@ -227,7 +227,7 @@ func historyScenarios() []historyScenario {
 		}},
 		{"repairs: a lost route, a stopped release, nothing to repair", func(t *testing.T) *rig {
 			r := deployed(t)
-			r.proxy.route = Only("", "")
+			r.proxy.route = nil
 			_, err := r.d.Repair(ctx, testService())
 			require.NoError(t, err)
 			r.rt.find("web-2").Running = false

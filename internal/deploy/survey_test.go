@@ -16,7 +16,7 @@ func TestAProxyThatForgotTheRouteStopsNothingAndRepairPointsItBack(t *testing.T)
 	r := newRig(t)
 	_, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
-	r.proxy.route = Only("", "") // the proxy has no route for web any more
+	r.proxy.route = nil // the proxy has no route for web any more
 	r.rt.calls = nil
 
 	st, err := r.d.Status(context.Background(), testService())
@@ -43,7 +43,7 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 	r := newRig(t)
 	_, err := r.d.Deploy(context.Background(), testService())
 	require.NoError(t, err)
-	r.proxy.route = Only("", "")
+	r.proxy.route = nil
 	r.rt.calls = nil
 
 	rec, err := r.d.Deploy(context.Background(), testService())
@@ -51,4 +51,17 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 	require.Equal(t, []string{"run web-3", "stop web-2"}, r.rt.calls, "web-2 is stopped only once web-3 serves")
 	require.Equal(t, "web-2", rec.From)
 	require.NotContains(t, strings.Join(rec.Notes, "\n"), "an earlier release left running")
+}
+
+// A route of several endpoints is read, but the procedure does not act on
+// it yet (adopting several containers comes with replicas): a deploy is
+// refused before it starts anything.
+func TestARouteOfSeveralEndpointsIsRefused(t *testing.T) {
+	r := newRig(t)
+	r.proxy.route = Only("", "127.0.0.1:8000", "127.0.0.1:8001")
+	_, err := r.d.Deploy(context.Background(), testService())
+	require.ErrorIs(t, err, ErrNoRoute)
+	require.ErrorContains(t, err, "the route of fake proxy has 2 upstreams (127.0.0.1:8000, 127.0.0.1:8001); handoff switches a route with exactly one")
+	require.Empty(t, r.rt.calls, "nothing started")
+	require.Empty(t, r.proxy.switchesTried)
 }

@@ -8,11 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/hostcmd/hostcmdtest"
 )
 
 func TestPullPolicy(t *testing.T) {
@@ -276,24 +277,10 @@ func TestAHookPastItsTimeoutLeavesNoProcessBehind(t *testing.T) {
 	for _, name := range []string{"bg.pid", "child.pid"} {
 		pid, err := strconv.Atoi(strings.TrimSpace(readFile(t, filepath.Join(dir, name))))
 		require.NoError(t, err)
-		require.Eventually(t, func() bool { return ended(pid) },
+		require.Eventually(t, func() bool { return hostcmdtest.Ended(pid) },
 			2*time.Second, 10*time.Millisecond, "%s: process %d still runs after the hook's timeout", name, pid)
 	}
 	require.NoFileExists(t, filepath.Join(dir, "done"), "the script did not run on to its end")
-}
-
-// ended says whether process pid has ended: it is gone, or a zombie that
-// only its new parent (init) has not reaped yet.
-func ended(pid int) bool {
-	if syscall.Kill(pid, 0) == syscall.ESRCH {
-		return true
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	_, after, _ := strings.Cut(string(stat), ") ")
-	return strings.HasPrefix(after, "Z")
 }
 
 // Requests the old release still runs when the pause starts (a slow POST,

@@ -2,15 +2,14 @@ package hostcmd
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/hostcmd/hostcmdtest"
 )
 
 func TestTheContextsEndKillsTheWholeGroup(t *testing.T) {
@@ -30,7 +29,7 @@ func TestTheContextsEndKillsTheWholeGroup(t *testing.T) {
 	cancel()
 	require.Error(t, c.Wait())
 	require.Less(t, time.Since(start), WaitDelay, "nothing held the output open")
-	require.Eventually(t, func() bool { return ended(pid) },
+	require.Eventually(t, func() bool { return hostcmdtest.Ended(pid) },
 		2*time.Second, 10*time.Millisecond, "the background sleep %d outlived its group", pid)
 }
 
@@ -38,18 +37,4 @@ func TestACommandThatEndsOnItsOwnIsLeftAsItWas(t *testing.T) {
 	out, err := CommandContext(context.Background(), "sh", "-c", "echo ok").Output()
 	require.NoError(t, err)
 	require.Equal(t, "ok\n", string(out))
-}
-
-// ended says whether process pid has ended: it is gone, or a zombie that
-// only its new parent (init) has not reaped yet.
-func ended(pid int) bool {
-	if syscall.Kill(pid, 0) == syscall.ESRCH {
-		return true
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	_, after, _ := strings.Cut(string(stat), ") ")
-	return strings.HasPrefix(after, "Z")
 }

@@ -64,7 +64,6 @@ func TestProxyContractHandoffProxy(t *testing.T) {
 		return proxyclient.New(proxyclient.NewControl(socket, service), listen)
 	}
 	proxytest.Run(t, proxytest.Harness{
-		OneEndpoint: "its client sets one endpoint per route until it is wired to the data plane's route API (several targets with weights)",
 		New: func(t *testing.T, upstream string) proxytest.Instance {
 			d := StartProxy(t, bin, 5*time.Second)
 			lossy := newLossySocket(t, d.Socket)

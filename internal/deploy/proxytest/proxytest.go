@@ -34,10 +34,6 @@ type Harness struct {
 	// and 2.6.2 counts 0 on the one it routes to while a request runs there
 	// (the procedure asks Caddy only about upstreams the route left).
 	MayNotCount bool
-	// OneEndpoint, when set, says why this proxy takes a route of one
-	// endpoint only: a route of several, or with weights, is then refused
-	// with deploy.ErrProxy and changes nothing.
-	OneEndpoint string
 	// NoWeights, when set, says why this proxy cannot split by weight (Caddy
 	// before 2.7): a route whose weights differ is refused with
 	// deploy.ErrProxy and changes nothing.
@@ -166,14 +162,7 @@ func Run(t *testing.T, h Harness) {
 		a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
 		in := h.New(t, a.addr)
 		two := deploy.Only("web-2", b.addr, c.addr)
-		err := in.Proxy.SetRoute(ctx(t), a.route(), two)
-		if h.OneEndpoint != "" {
-			require.ErrorIs(t, err, deploy.ErrProxy, "a route of two endpoints: %s", h.OneEndpoint)
-			t.Logf("refused: %v", err)
-			requireAt(t, in, a)
-			return
-		}
-		require.NoError(t, err)
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), two))
 		requireRoute(t, in, two, b, c)
 		requireSplit(t, in, 100, map[string]int{"b": 50, "c": 50}, a)
 		requirePointsAt(t, in, b, true)
@@ -188,8 +177,8 @@ func Run(t *testing.T, h Harness) {
 		in := h.New(t, a.addr)
 		canary := deploy.Route{{Release: "web-1", Endpoints: []string{a.addr}, Weight: 90}, {Release: "web-2", Endpoints: []string{b.addr}, Weight: 10}}
 		err := in.Proxy.SetRoute(ctx(t), a.route(), canary)
-		if why := cmp.Or(h.OneEndpoint, h.NoWeights); why != "" {
-			require.ErrorIs(t, err, deploy.ErrProxy, "weights: %s", why)
+		if h.NoWeights != "" {
+			require.ErrorIs(t, err, deploy.ErrProxy, "weights: %s", h.NoWeights)
 			t.Logf("refused: %v", err)
 			requireAt(t, in, a)
 			return

@@ -74,11 +74,19 @@ func (c *Control) List(ctx context.Context) ([]wire.ServiceState, error) {
 // entry under this name it could not restore, or entries it could not
 // read a name from, Upstream fails (wire.ErrUnrestored) instead of saying "".
 func (c *Control) Upstream(ctx context.Context, _ []string) (string, error) {
+	st, err := c.current(ctx)
+	return st.Upstream, err
+}
+
+// current is the service's state as Upstream reads it: the zero state
+// before its first deploy, and wire.ErrUnrestored where the route may be
+// lost.
+func (c *Control) current(ctx context.Context) (wire.ServiceState, error) {
 	st, err := c.get(ctx)
 	if errors.Is(err, errNotThere) {
-		return "", c.unnamedEntries(ctx)
+		return wire.ServiceState{}, c.unnamedEntries(ctx)
 	}
-	return st.Upstream, err
+	return st, err
 }
 
 func (c *Control) found(err error) error {

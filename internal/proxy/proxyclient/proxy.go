@@ -88,27 +88,36 @@ func (p *Proxy) Describe() string {
 	return fmt.Sprintf("handoff proxy at %s (%s on %s)", p.ctl.socket, p.ctl.service, p.listen)
 }
 
-// Route is the service's current target as a route of one endpoint (see
-// Control.Upstream); empty before its first deploy.
-func (p *Proxy) Route(ctx context.Context, known []string) (deploy.Route, error) {
-	up, err := p.ctl.Upstream(ctx, known)
-	if err != nil || up == "" {
+// Route is the service's route as the proxy runs it (see
+// Control.Upstream for when it fails); empty before its first deploy.
+func (p *Proxy) Route(ctx context.Context, _ []string) (deploy.Route, error) {
+	st, err := p.ctl.current(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return deploy.Only("", up), nil
+	return routeOf(st), nil
 }
 
-// oneTarget is the one endpoint of a route handoff proxy can be given
-// today ("" for no route).
-func (p *Proxy) oneTarget(r deploy.Route) (string, error) {
-	eps := r.Endpoints()
-	switch {
-	case len(eps) == 0:
-		return "", nil
-	case len(eps) == 1 && len(r) == 1 && r[0].Weight > 0:
-		return eps[0], nil
+// routeOf is the route st shows. A handoff proxy from before routes
+// answers no "route": its upstream is then the route, of one endpoint.
+func routeOf(st wire.ServiceState) deploy.Route {
+	if len(st.Route) == 0 {
+		return deploy.Only("", st.Upstream)
 	}
-	return "", fmt.Errorf("%w: handoff proxy takes one endpoint per route until its data plane has a route API (several targets with weights per service); %s cannot be given %s", deploy.ErrProxy, p.ctl.service, r)
+	out := make(deploy.Route, 0, len(st.Route))
+	for _, b := range wire.Spec(st.Route) {
+		out = append(out, deploy.Backend{Release: b.Release, Endpoints: b.Endpoints, Weight: b.Weight})
+	}
+	return out
+}
+
+// toWire is r as the control API takes a route.
+func toWire(r deploy.Route) []wire.Backend {
+	out := make([]wire.Backend, 0, len(r))
+	for _, b := range r {
+		out = append(out, wire.Backend{Release: b.Release, Endpoints: b.Endpoints, Weight: b.Weight})
+	}
+	return out
 }
 
 // Preflight checks that the proxy answers and serves the service where the
@@ -130,7 +139,8 @@ func (p *Proxy) Preflight(ctx context.Context, _ deploy.Route, _ []string) ([]st
 	return nil, nil
 }
 
-// PointsAt names the proxy's services whose current target is upstream.
+// PointsAt names the proxy's services whose route has upstream, of any
+// weight (one of weight 0 still finishes requests).
 func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {
 	list, err := p.ctl.List(ctx)
 	if err != nil {
@@ -138,52 +148,76 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 	}
 	var out []string
 	for _, st := range list {
-		if deploy.SameUpstream(st.Upstream, upstream) {
+		if routeOf(st).Has(upstream) {
 			out = append(out, fmt.Sprintf("handoff proxy service %s (%s)", st.Name, st.Listen))
 		}
 	}
 	return out, nil
 }
 
-// SetRoute points the service at to's one endpoint through the control
-// API's switch; on its first deploy it creates it. The proxy changes
-// nothing and answers a conflict when the service is at neither.
-func (p *Proxy) SetRoute(ctx context.Context, fromRoute, toRoute deploy.Route) error {
-	from, err := p.oneTarget(fromRoute)
-	if err != nil {
-		return err
-	}
-	to, err := p.oneTarget(toRoute)
-	if err != nil {
-		return err
-	}
-	if to == "" {
+// SetRoute changes the service's route through the control API's route
+// change; on its first deploy it creates the service with to. from is
+// compared as deploy.Same does (release names aside), and the change sent
+// names the route the proxy runs now as its from: the proxy, which
+// compares exactly, makes it only if nothing changed meanwhile (409:
+// ErrConflict). A change whose answer was lost is read back.
+func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
+	if len(to) == 0 {
 		return fmt.Errorf("%w: handoff proxy's client cannot remove the route of %s", deploy.ErrProxy, p.ctl.service)
 	}
+	cur, err := p.ctl.current(ctx)
+	if err != nil {
+		return err
+	}
+	now := routeOf(cur)
+	if !deploy.Same(now, from) && !deploy.Same(now, to) {
+		return fmt.Errorf("%w: handoff proxy's route of %s is %s, neither %s nor %s", deploy.ErrConflict, p.ctl.service, now, from, to)
+	}
 	var st wire.ServiceState
-	if from == "" {
-		err = p.ctl.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: p.listen, Upstream: to}, &st)
+	if len(now) == 0 {
+		err = p.ctl.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: p.listen, Route: toWire(to)}, &st)
 	} else {
-		err = p.ctl.call(ctx, http.MethodPost, "/switch", wire.SwitchRequest{From: from, To: to}, &st)
+		err = p.ctl.call(ctx, http.MethodPut, "/route", wire.RouteRequest{From: toWire(now), To: toWire(to)}, &st)
+	}
+	if errors.Is(err, deploy.ErrProxyUnreached) {
+		// The proxy may have made the change and its answer got lost.
+		if got, rerr := p.Route(ctx, nil); rerr == nil && deploy.Same(got, to) {
+			return nil
+		}
 	}
 	if err != nil {
 		return err
 	}
-	if st.Upstream != to {
-		return fmt.Errorf("%w: handoff proxy reads back %s for %s, not %s", deploy.ErrProxy, st.Upstream, p.ctl.service, to)
+	switch got := routeOf(st); {
+	case deploy.Same(got, to):
+		return nil
+	case len(now) == 0:
+		return fmt.Errorf("%w: handoff proxy's %s was created meanwhile, with the route %s, not %s", deploy.ErrConflict, p.ctl.service, got, to)
+	default:
+		return fmt.Errorf("%w: handoff proxy reads back %s for %s, not %s", deploy.ErrProxy, got, p.ctl.service, to)
 	}
-	return nil
 }
 
-// InFlight counts requests still running on upstream; the proxy always knows.
+// InFlight counts requests still running on upstream, one endpoint, of
+// any weight; the proxy always knows.
 func (p *Proxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight, error) {
 	st, err := p.ctl.get(ctx)
 	if err != nil {
 		return deploy.InFlight{}, err
 	}
 	in := deploy.InFlight{Reported: true}
-	if st.Upstream == upstream {
+	if len(st.Route) == 0 && st.Upstream == upstream { // a proxy from before routes
 		in.Requests = int(st.InFlight)
+	}
+	for _, b := range st.Route {
+		if b.Weight == 0 {
+			continue // its endpoints drain: they are counted under draining
+		}
+		for _, e := range b.Endpoints {
+			if e.Endpoint == upstream {
+				in.Requests += int(e.InFlight)
+			}
+		}
 	}
 	for _, d := range st.Draining {
 		if d.Upstream == upstream {
@@ -198,7 +232,8 @@ func (p *Proxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight,
 	return in, nil
 }
 
-// Retire ends what still runs on upstream, WebSockets with a close frame.
+// Retire ends what still runs on upstream, WebSockets with a close frame:
+// an endpoint that left the route or whose release has weight 0.
 func (p *Proxy) Retire(ctx context.Context, upstream string) error {
 	return p.ctl.call(ctx, http.MethodPost, "/retire", wire.RetireRequest{Upstream: upstream}, nil)
 }

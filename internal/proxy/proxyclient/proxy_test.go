@@ -192,3 +192,78 @@ func TestADeploysPauseHasTheJobsTimeoutAsItsLease(t *testing.T) {
 	require.Equal(t, wire.Duration(wire.MaxPauseWait), st.MaxWait)
 	require.WithinDuration(t, before.Add(10*time.Minute+wire.PauseLeaseMargin), st.PauseUntil, 5*time.Second)
 }
+
+// A release of weight 0 drains: its endpoint's requests in flight are
+// counted, and retired, as those of one that left the route.
+func TestInFlightAndRetireOnAnEndpointOfWeightZero(t *testing.T) {
+	held, release := make(chan struct{}), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		held <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+	_, socket, listen := serveOne(t)
+	ctx := context.Background()
+	cl := newProxy(t, socket, "web", listen)
+	a, b := strings.TrimPrefix(slow.URL, "http://"), "127.0.0.1:7002"
+	cur, err := cl.Route(ctx, nil)
+	require.NoError(t, err)
+	require.NoError(t, cl.SetRoute(ctx, cur, deploy.Only("web-1", a)))
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + listen + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-held
+	drain := deploy.Route{{Release: "web-2", Endpoints: []string{b}, Weight: 100}, {Release: "web-1", Endpoints: []string{a}, Weight: 0}}
+	require.NoError(t, cl.SetRoute(ctx, deploy.Only("web-1", a), drain))
+	got, err := cl.Route(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, drain, got)
+	in, err := cl.InFlight(ctx, a)
+	require.NoError(t, err)
+	require.Equal(t, 1, in.Requests, "counted once, under draining")
+	in, err = cl.InFlight(ctx, b)
+	require.NoError(t, err)
+	require.Zero(t, in.Requests)
+	pointing, err := cl.PointsAt(ctx, a)
+	require.NoError(t, err)
+	require.Len(t, pointing, 1, "a release of weight 0 is still in the route")
+
+	require.NoError(t, cl.Retire(ctx, a))
+	<-done
+	in, err = cl.InFlight(ctx, a)
+	require.NoError(t, err)
+	require.Zero(t, in.Requests)
+}
+
+// A route the proxy runs now but from names by other release names is
+// from all the same (deploy.Same); one that is neither is a conflict.
+func TestSetRouteComparesAsSameDoesAndConflicts(t *testing.T) {
+	_, socket, listen := serveOne(t)
+	ctx := context.Background()
+	cl := newProxy(t, socket, "web", listen)
+	cur, err := cl.Route(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, "", cur[0].Release, "Put made it without a release name")
+	up := cur[0].Endpoints[0]
+	require.NoError(t, cl.SetRoute(ctx, deploy.Only("web-1", up), deploy.Only("web-2", "127.0.0.1:7002")))
+	err = cl.SetRoute(ctx, deploy.Only("web-1", up), deploy.Only("web-3", "127.0.0.1:7003"))
+	require.ErrorIs(t, err, deploy.ErrConflict)
+	got, err := cl.Route(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, deploy.Only("web-2", "127.0.0.1:7002"), got)
+}
+
+// A handoff proxy from before routes answers its upstream alone.
+func TestARouteFromAProxyBeforeRoutes(t *testing.T) {
+	require.Equal(t, deploy.Only("", "127.0.0.1:7001"), routeOf(wire.ServiceState{Upstream: "127.0.0.1:7001"}))
+	require.Empty(t, routeOf(wire.ServiceState{}))
+}

@@ -174,9 +174,22 @@ func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 		return fmt.Errorf("%w: handoff proxy's route of %s is %s, neither %s nor %s", deploy.ErrConflict, p.ctl.service, now, from, to)
 	}
 	var st wire.ServiceState
-	if len(now) == 0 {
+	one, single := soleEndpoint(to)
+	switch {
+	case len(now) == 0 && single:
+		// A first route of one endpoint goes by the first API, which every
+		// handoff proxy takes — one from before routes too, still running
+		// after handoff itself was upgraded, until its restart — and a
+		// newer one reads as that endpoint at weight 100.
+		err = p.ctl.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: p.listen, Upstream: one}, &st)
+	case len(now) == 0:
 		err = p.ctl.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: p.listen, Route: toWire(to)}, &st)
-	} else {
+	case len(cur.Route) == 0 && !single:
+		return fmt.Errorf("%w: handoff proxy runs a version from before routes, which sends %s to one endpoint; restart it to run this version (`systemctl reload handoff-proxy`, no request is dropped), then set %s", deploy.ErrProxy, p.ctl.service, to)
+	case len(cur.Route) == 0:
+		// A proxy from before routes (it answers no route): its switch.
+		err = p.ctl.call(ctx, http.MethodPost, "/switch", wire.SwitchRequest{From: cur.Upstream, To: one}, &st)
+	default:
 		err = p.ctl.call(ctx, http.MethodPut, "/route", wire.RouteRequest{From: toWire(now), To: toWire(to)}, &st)
 	}
 	if errors.Is(err, deploy.ErrProxyUnreached) {
@@ -240,3 +253,12 @@ func (p *Proxy) Retire(ctx context.Context, upstream string) error {
 
 // Advice has nothing to add: no reload happens, nothing to configure.
 func (p *Proxy) Advice(context.Context, string) ([]string, error) { return nil, nil }
+
+// soleEndpoint is a route's one endpoint when it is a single release of
+// one endpoint with weight.
+func soleEndpoint(r deploy.Route) (string, bool) {
+	if len(r) != 1 || len(r[0].Endpoints) != 1 || r[0].Weight <= 0 {
+		return "", false
+	}
+	return r[0].Endpoints[0], true
+}

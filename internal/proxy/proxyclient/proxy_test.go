@@ -1,7 +1,9 @@
 package proxyclient
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -266,4 +268,55 @@ func TestSetRouteComparesAsSameDoesAndConflicts(t *testing.T) {
 func TestARouteFromAProxyBeforeRoutes(t *testing.T) {
 	require.Equal(t, deploy.Only("", "127.0.0.1:7001"), routeOf(wire.ServiceState{Upstream: "127.0.0.1:7001"}))
 	require.Empty(t, routeOf(wire.ServiceState{}))
+}
+
+// After handoff is upgraded, the handoff proxy running may still be one
+// from before routes until it is restarted: it answers no route and has no
+// route API. A route of one endpoint is set through what it has (its Put
+// and switch); a route it cannot serve is refused saying to restart it.
+func TestARouteOfOneEndpointReachesAProxyFromBeforeRoutes(t *testing.T) {
+	p := newServer(t)
+	socket := filepath.Join(t.TempDir(), "old.sock")
+	ln, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	current := proxy.ControlHandler(p)
+	old := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var put map[string]any
+		if r.Method == http.MethodPut && (strings.HasSuffix(r.URL.Path, "/route") || json.Unmarshal(body, &put) == nil && put["route"] != nil) {
+			http.Error(w, `{"error":"404 page not found"}`, http.StatusNotFound) // no such API then
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rec := httptest.NewRecorder()
+		current.ServeHTTP(rec, r)
+		var st map[string]any
+		if json.Unmarshal(rec.Body.Bytes(), &st) == nil {
+			delete(st, "route") // it answered no route
+			out, _ := json.Marshal(st)
+			rec.Body = bytes.NewBuffer(out)
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	})
+	srv := &http.Server{Handler: old}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	listen := l.Addr().String()
+	l.Close()
+	ctx := context.Background()
+	cl := newProxy(t, socket, "web", listen)
+	require.NoError(t, cl.SetRoute(ctx, nil, deploy.Only("web-1", "127.0.0.1:7001")), "a first deploy")
+	require.NoError(t, cl.SetRoute(ctx, deploy.Only("web-1", "127.0.0.1:7001"), deploy.Only("web-2", "127.0.0.1:7002")), "a switch")
+	got, err := cl.Route(ctx, nil)
+	require.NoError(t, err)
+	require.True(t, deploy.Same(deploy.Only("web-2", "127.0.0.1:7002"), got), "%s", got)
+
+	err = cl.SetRoute(ctx, got, deploy.Only("web-3", "127.0.0.1:7003", "127.0.0.1:7004"))
+	require.ErrorIs(t, err, deploy.ErrProxy)
+	require.ErrorContains(t, err, "from before routes")
+	require.ErrorContains(t, err, "restart it")
 }

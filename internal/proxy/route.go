@@ -260,6 +260,9 @@ func (s *service) newRoute(spec []wire.Backend, old *route) *route {
 	if len(live) == 1 {
 		r.single = live[0]
 	}
+	for _, t := range live {
+		t.alone.Store(len(live) == 1)
+	}
 	return r
 }
 
@@ -391,8 +394,8 @@ var (
 // refused marks t down when err says its endpoint refused the connection,
 // and starts probing it; logged once per change.
 func (t *target) refused(err error) {
-	if !errors.Is(err, syscall.ECONNREFUSED) || !t.down.CompareAndSwap(false, true) {
-		return
+	if t.alone.Load() || !errors.Is(err, syscall.ECONNREFUSED) || !t.down.CompareAndSwap(false, true) {
+		return // the route's only endpoint has none to be skipped for: the dial retry waits for it, as before routes
 	}
 	t.log.Warn("endpoint down: it refuses connections; it gets no new requests while another endpoint of its release is up, and is probed until it answers", "service", t.service, "endpoint", t.upstream, "err", err)
 	go t.probe()

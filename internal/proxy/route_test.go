@@ -315,7 +315,34 @@ func TestStateFileCarriesTheRoute(t *testing.T) {
 	_, err = p.Switch("web", b1.addr(), b2.addr())
 	require.NoError(t, err)
 	require.Equal(t, map[string]any{"name": "web", "listen": listen, "upstream": b2.addr()}, entry(), "a switch's route is saved as old files were")
+
+	_, err = p.Route("web", nil, []wire.Backend{{Release: "web-7", Endpoints: []string{b1.addr()}, Weight: 100}})
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"name": "web", "listen": listen, "upstream": b1.addr()}, entry(), "so is one endpoint the route API set, whatever its release is named")
 	require.NoError(t, p.Delete("web"))
+}
+
+// A route's only endpoint is never marked down (there is no other to send
+// to, and the dial retry waits for it as it always did): no "endpoint
+// down" line, no probe, for a single app that restarts.
+func TestTheOnlyEndpointIsNeverMarkedDown(t *testing.T) {
+	var logs syncWriter
+	logs.w = &bytes.Buffer{}
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(&logs, nil)), Options{DialRetry: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := l.Addr().String()
+	l.Close()
+	listen := freeAddr(t)
+	_, err = p.Put("web", listen, closed)
+	require.NoError(t, err)
+	resp, err := http.Get("http://" + listen + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	require.NotContains(t, logs.String(), "endpoint down")
+	require.False(t, p.services["web"].route.Load().single.down.Load())
 }
 
 // Series are per endpoint and go with the last target of their endpoint:

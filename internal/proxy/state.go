@@ -89,7 +89,11 @@ func SaveState(path string, services []ServiceState) error {
 // 0 (a version before routes serves that endpoint alone).
 func savedRoute(route []wire.BackendState) []wire.Backend {
 	spec := wire.Spec(route)
-	if up := singleUpstream(spec); up != "" && sameRoute(spec, oneEndpoint(up)) {
+	// One endpoint of weight 100 is what Put and Switch make, saved as the
+	// upstream alone, as before routes, whatever its release is named (a
+	// name the route API gave it is lost at a restart: routes compare
+	// without names).
+	if up := singleUpstream(spec); up != "" && len(spec) == 1 && len(spec[0].Endpoints) == 1 && spec[0].Weight == 100 {
 		return nil
 	}
 	return spec

@@ -32,6 +32,7 @@ type target struct {
 	// no new requests while another endpoint of its backend is up, and is
 	// probed (route.go) until it answers.
 	down    atomic.Bool
+	alone   atomic.Bool // the only endpoint of weight > 0 of its route: never marked down
 	gone    atomic.Bool // forgotten: its service was deleted; no more probes
 	service string
 	log     *slog.Logger

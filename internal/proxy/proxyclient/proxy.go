@@ -189,6 +189,11 @@ func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 	case len(cur.Route) == 0:
 		// A proxy from before routes (it answers no route): its switch.
 		err = p.ctl.call(ctx, http.MethodPost, "/switch", wire.SwitchRequest{From: cur.Upstream, To: one}, &st)
+	case single && isSole(now):
+		// One endpoint to another: the switch, as blue/green always was
+		// (saved as the upstream alone; already there is done).
+		from, _ := soleEndpoint(now)
+		err = p.ctl.call(ctx, http.MethodPost, "/switch", wire.SwitchRequest{From: from, To: one}, &st)
 	default:
 		err = p.ctl.call(ctx, http.MethodPut, "/route", wire.RouteRequest{From: toWire(now), To: toWire(to)}, &st)
 	}
@@ -262,3 +267,5 @@ func soleEndpoint(r deploy.Route) (string, bool) {
 	}
 	return r[0].Endpoints[0], true
 }
+
+func isSole(r deploy.Route) bool { _, ok := soleEndpoint(r); return ok }

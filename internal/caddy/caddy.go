@@ -291,6 +291,13 @@ var errChanged = errors.New("the config changed meanwhile")
 // would append); whose policy changes: PATCH the handler. Several: PATCH
 // the servers they live in, so that every site moves in the same reload.
 func (p *Proxy) write(ctx context.Context, hs []proxyHandler, u upstreams, etag string) error {
+	if u.weights != nil {
+		for _, h := range hs {
+			if own := ownPolicy(h.handler); own != "" {
+				return fmt.Errorf("%w: the reverse_proxy at %s chooses its upstreams by lb_policy %s; weights would replace that policy and it could not be given back; take lb_policy out of the Caddyfile to send requests by weight", deploy.ErrProxy, h.path, own)
+			}
+		}
+	}
 	path, body := hs[0].path+"/upstreams", any(nil)
 	switch {
 	case len(hs) > 1:

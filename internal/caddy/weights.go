@@ -141,10 +141,10 @@ func (p *Proxy) assumedWeights(ctx context.Context, u upstreams, err error) erro
 }
 
 // apply writes u into a reverse_proxy handler. Weights that differ set a
-// weighted_round_robin selection policy (in place of the user's own, which
-// they override); equal ones take away a weighted_round_robin, whose
-// weights would no longer match the upstreams, and keep any other policy
-// the user chose (least_conn, first...).
+// weighted_round_robin selection policy (write refuses them over a policy
+// of the user's own, which could not be given back); equal ones take away
+// a weighted_round_robin, whose weights would no longer match the
+// upstreams, and keep any other policy the user chose (least_conn, first...).
 func (u upstreams) apply(handler map[string]any) {
 	list := make([]any, 0, len(u.dials))
 	for _, d := range u.dials {
@@ -171,6 +171,16 @@ func (u upstreams) apply(handler map[string]any) {
 	} else {
 		handler["load_balancing"] = lb
 	}
+}
+
+// ownPolicy is the selection policy a handler has other than the
+// weighted_round_robin weights bring, or "".
+func ownPolicy(handler map[string]any) string {
+	policy, _ := dig(handler, "load_balancing", "selection_policy").(map[string]any)
+	if name, _ := policy["policy"].(string); name != "" && name != "weighted_round_robin" {
+		return name
+	}
+	return ""
 }
 
 // policyChanges says whether writing u changes the handler's selection

@@ -109,3 +109,20 @@ func proxyAt(t *testing.T, version string) *Proxy {
 	require.NoError(t, err)
 	return p
 }
+
+// Weights over a reverse_proxy with an lb_policy of the user's own are
+// refused before anything is written: the weights' policy would take its
+// place, and it could not be given back when the weights are equal again.
+// Equal weights keep it.
+func TestWeightsAreRefusedOverTheUsersOwnPolicy(t *testing.T) {
+	handler := map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": "127.0.0.1:8001"}},
+		"load_balancing": map[string]any{"selection_policy": map[string]any{"policy": "least_conn"}}}
+	hs := []proxyHandler{{path: "/config/apps/http/servers/srv0/routes/0/handle/0", handler: handler}}
+	p := &Proxy{} // no admin API: a refusal must come before any call
+	err := p.write(t.Context(), hs, upstreams{dials: []string{"127.0.0.1:8001", "127.0.0.1:8002"}, weights: []int{9, 1}}, "")
+	require.ErrorIs(t, err, deploy.ErrProxy)
+	require.ErrorContains(t, err, "lb_policy least_conn")
+	require.Equal(t, "least_conn", ownPolicy(handler))
+	require.Equal(t, "", ownPolicy(map[string]any{"load_balancing": map[string]any{"selection_policy": map[string]any{"policy": "weighted_round_robin"}}}))
+	require.Equal(t, "", ownPolicy(map[string]any{}))
+}

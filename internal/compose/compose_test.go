@@ -38,7 +38,7 @@ func TestWebServiceMapsWhole(t *testing.T) {
 	require.NoError(t, err)
 	svc := tg.Service
 	require.Equal(t, "shop-web", svc.Name)
-	require.Equal(t, "shop-web-7", svc.ContainerName(7))
+	require.Equal(t, "shop-web-7", svc.ContainerName(7, 0))
 	require.Equal(t, "shop-app:1.4.2", svc.Image, ".env interpolated, extends applied")
 	require.Equal(t, []string{"serve", "--port", "8000"}, svc.Command)
 	require.Equal(t, 8000, svc.Port)

@@ -139,11 +139,15 @@ func (f *fakeRuntime) Job(ctx context.Context, _ Service, imageID string, cmd []
 	return code, nil
 }
 
-func (f *fakeRuntime) Run(_ context.Context, svc Service, release int, imageID string) (Container, error) {
+func (f *fakeRuntime) Run(_ context.Context, svc Service, release, replica int, imageID string) (Container, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.nextPort++
-	c := &Container{ID: fmt.Sprintf("id-%s-%d", svc.Name, release), Name: svc.ContainerName(release),
+	id := fmt.Sprintf("id-%s-%d", svc.Name, release)
+	if replica != 0 {
+		id += fmt.Sprintf("-%d", replica)
+	}
+	c := &Container{ID: id, Name: svc.ContainerName(release, replica), Replica: replica,
 		Service: svc.Name, Release: release, Image: svc.Image, ImageID: imageID, Running: true, Port: svc.Port,
 		StartedAt: time.Now()}
 	if svc.Port != 0 {

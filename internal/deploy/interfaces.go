@@ -12,6 +12,7 @@ type Container struct {
 	Name         string
 	Service      string
 	Release      int  // handoff's release number; 0 for an adopted container
+	Replica      int  // which of its release's containers: 0 the only one, 1…N of several
 	Adopted      bool // started by someone else, found serving the route
 	Image        string
 	ImageID      string
@@ -56,9 +57,10 @@ type Runtime interface {
 	// environment, volumes and networks (nothing published, no restart),
 	// streams its output to out, removes it, and returns its exit code.
 	Job(ctx context.Context, svc Service, imageID string, cmd []string, out io.Writer) (int, error)
-	// Run creates and starts release of svc from imageID, published on
-	// loopback only, on a host port it keeps for its whole life.
-	Run(ctx context.Context, svc Service, release int, imageID string) (Container, error)
+	// Run creates and starts a container of release of svc from imageID
+	// (replica: 0 for a release of one, 1…N for one of several), published
+	// on loopback only, on a host port it keeps for its whole life.
+	Run(ctx context.Context, svc Service, release, replica int, imageID string) (Container, error)
 	// Start starts a stopped container with restart policy restart.
 	Start(ctx context.Context, id string, restart string) (Container, error)
 	// Announce gives a healthy release the names svc's networks give the

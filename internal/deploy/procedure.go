@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -74,16 +75,16 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 	svc, rec, view := &r.svc, r.rec, r.view
 	rec.Image, rec.ImageID = svc.Image, imageID
 	if svc.Port == 0 && view.live != nil {
-		svc.Port = view.live.Port
+		svc.Port = view.live.Containers[0].Port
 	}
 	if svc.Port == 0 && svc.Rollout == RolloutBlueGreen {
 		return d.fail(ctx, r, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
 	}
 	if svc.Reach == ReachAuto {
-		svc.Reach = reachOf(view.upstream)
+		svc.Reach = reachOf(firstEndpoint(view.endpoints()))
 	}
 	release := view.nextRelease(*svc)
-	rec.ToRelease, rec.To = release, svc.ContainerName(release)
+	rec.ToRelease, rec.To = release, svc.ReleaseName(release)
 	if r.kind == KindDeploy {
 		if err := d.releaseWork(ctx, r, imageID); err != nil {
 			return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.untouched(view)))
@@ -93,14 +94,46 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 		return d.replace(ctx, r, release, imageID)
 	}
 
-	err := d.phase(r, PhaseStart, rec.To, func() (err error) {
-		r.next, err = d.Runtime.Run(ctx, *svc, release, imageID)
+	err := d.phase(r, PhaseStart, d.startDetail(*svc, release), func() (err error) {
+		r.next, err = d.start(ctx, *svc, release, imageID)
 		return err
 	})
 	if err != nil {
 		return d.fail(ctx, r, err)
 	}
 	return d.putInService(ctx, r, d.discard)
+}
+
+// start runs every container of a new release. When one cannot start,
+// those started are removed: a release is started whole or not at all.
+func (d *Deployer) start(ctx context.Context, svc Service, release int, imageID string) (*Release, error) {
+	var started []Container
+	for _, replica := range svc.ReplicaNumbers() {
+		c, err := d.Runtime.Run(ctx, svc, release, replica, imageID)
+		if err != nil {
+			for _, s := range started {
+				d.discard(ctx, s)
+			}
+			return nil, err
+		}
+		started = append(started, c)
+	}
+	return releaseOf(svc.ReleaseName(release), started...), nil
+}
+
+// startDetail names what the start phase starts: web-4, or web-4 (3 replicas).
+func (d *Deployer) startDetail(svc Service, release int) string {
+	if n := len(svc.ReplicaNumbers()); n > 1 {
+		return fmt.Sprintf("%s (%d replicas)", svc.ReleaseName(release), n)
+	}
+	return svc.ReleaseName(release)
+}
+
+func firstEndpoint(endpoints []string) string {
+	if len(endpoints) == 0 {
+		return ""
+	}
+	return endpoints[0]
 }
 
 // begin is how every procedure starts: survey what exists, check that the
@@ -133,7 +166,7 @@ func (d *Deployer) preflight(ctx context.Context, r *run) error {
 	if d.Proxy == nil {
 		return nil
 	}
-	notes, err := d.Proxy.Preflight(ctx, r.view.route, r.view.known(Container{}))
+	notes, err := d.Proxy.Preflight(ctx, r.view.route, r.view.known(nil))
 	if err != nil {
 		return err
 	}
@@ -178,10 +211,10 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	if err != nil {
 		return rec, d.fail(ctx, r, err)
 	}
-	rec.ToRelease, rec.To, rec.Image, rec.ImageID = target.Release, target.Name, target.Image, target.ImageID
+	setTo(rec, target)
 
 	err = d.phase(r, PhaseStart, target.Name, func() error {
-		r.next, err = d.Runtime.Start(ctx, target.ID, svc.Restart)
+		r.next, err = d.startAgain(ctx, svc, target)
 		return err
 	})
 	if err != nil {
@@ -190,6 +223,30 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 	// A rollback target that fails is stopped again, never removed: it may be
 	// the only copy of that release.
 	return rec, d.putInService(ctx, r, d.stopQuietly(svc))
+}
+
+// startAgain starts a kept release's containers (those not running). When
+// one cannot start, those started here are stopped again.
+func (d *Deployer) startAgain(ctx context.Context, svc Service, rel *Release) (*Release, error) {
+	out := *rel
+	out.Containers = slices.Clone(rel.Containers)
+	var started []Container
+	for i, c := range out.Containers {
+		if c.Running {
+			continue
+		}
+		now, err := d.Runtime.Start(ctx, c.ID, svc.Restart)
+		if err != nil {
+			for _, s := range started {
+				d.stopQuietly(svc)(ctx, s)
+			}
+			return nil, fmt.Errorf("start %s: %w", c.Name, err)
+		}
+		now.Replica, now.Adopted = c.Replica, c.Adopted
+		out.Containers[i] = now
+		started = append(started, now)
+	}
+	return &out, nil
 }
 
 // rollbackToImage runs an earlier release's image again as a new release.
@@ -235,39 +292,43 @@ func shortID(id string) string {
 }
 
 // putInService is the part deploy, rollback and repair share: wait until
-// r.next is healthy, switch the proxy to it, drain the old upstream, retire
-// the old container. abandon undoes r.next when a step before the switch
-// fails.
+// every container of r.next is healthy, switch the proxy to all of them at
+// once, drain the old release's endpoints, retire the old release. abandon
+// undoes r.next's containers when a step before the switch fails.
 func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(context.Context, Container)) error {
 	svc, rec, view, next := r.svc, r.rec, r.view, r.next
-	rec.NewUpstream = next.Upstream
-	err := d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error {
-		return d.waitHealthy(ctx, svc, next)
+	undo := func() {
+		for _, c := range next.Containers {
+			d.unlessUsed(ctx, rec, c, abandon)
+		}
+	}
+	err := d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error {
+		return d.waitReleaseHealthy(ctx, svc, next)
 	})
 	if err != nil {
-		var he *HealthError
-		if errors.As(err, &he) {
-			he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), next.ID, DefaultLogLines)
-		}
-		d.unlessUsed(ctx, rec, next, abandon)
+		undo()
 		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
-	if err := d.Runtime.Announce(ctx, next, svc); err != nil {
-		d.unlessUsed(ctx, rec, next, abandon)
-		return d.fail(ctx, r, fmt.Errorf("give %s the service's network aliases: %w; %s", next.Name, err, d.leftAsIs(view, next)))
+	for _, c := range next.Containers {
+		if err := d.Runtime.Announce(ctx, c, svc); err != nil {
+			undo()
+			return d.fail(ctx, r, fmt.Errorf("give %s the service's network aliases: %w; %s", c.Name, err, d.leftAsIs(view, next)))
+		}
 	}
 	if svc.hasAliases() {
-		if err := d.confirmHealthy(ctx, svc, next); err != nil {
-			d.unlessUsed(ctx, rec, next, abandon)
-			return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+		for _, c := range next.Containers {
+			if err := d.confirmHealthy(ctx, svc, c); err != nil {
+				undo()
+				return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
+			}
 		}
 	}
 
-	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", view.upstream, next.Upstream), func() error {
+	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", view.at(), endpointList(next.Endpoints())), func() error {
 		return d.switchTo(ctx, r)
 	})
 	if err != nil && !r.inService {
-		d.unlessUsed(ctx, rec, next, abandon)
+		undo()
 		if errors.Is(err, ErrUnclear) {
 			return d.fail(ctx, r, err)
 		}
@@ -282,9 +343,9 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 	// From here on users are served by next: a failure below is reported, but
 	// never undoes the switch. A first deploy through an empty proxy had no
 	// old upstream: nothing to drain.
-	if view.upstream != "" && !SameUpstream(view.upstream, next.Upstream) {
-		err = d.phase(r, PhaseDrain, view.upstream, func() error {
-			return d.drain(ctx, svc, rec, view.upstream)
+	if left := view.left(next); len(left) > 0 {
+		err = d.phase(r, PhaseDrain, endpointList(left), func() error {
+			return d.drain(ctx, svc, rec, left)
 		})
 		if err != nil {
 			return d.fail(ctx, r, err)
@@ -299,13 +360,65 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 	return d.succeed(r)
 }
 
+// left lists the endpoints the route sent to before that next does not have:
+// what the switch to next leaves to drain.
+func (v *view) left(next *Release) []string {
+	var out []string
+	for _, e := range v.endpoints() {
+		if !next.Route().Has(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitReleaseHealthy waits until every container of rel is healthy, all at
+// once: one that fails fails the release (the others are not waited for).
+func (d *Deployer) waitReleaseHealthy(ctx context.Context, svc Service, rel *Release) error {
+	if len(rel.Containers) == 1 {
+		return d.withLogs(ctx, rel.Containers[0], d.waitHealthy(ctx, svc, rel.Containers[0]))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(rel.Containers))
+	for _, c := range rel.Containers {
+		go func() { errs <- d.withLogs(ctx, c, d.waitHealthy(ctx, svc, c)) }()
+	}
+	var first error
+	for range rel.Containers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// withLogs adds c's last log lines to a health error of c.
+func (d *Deployer) withLogs(ctx context.Context, c Container, err error) error {
+	var he *HealthError
+	if errors.As(err, &he) && he.Logs == "" {
+		he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), c.ID, DefaultLogLines)
+	}
+	return err
+}
+
+// releaseHealthDetail says which check the health phase waits on.
+func (d *Deployer) releaseHealthDetail(svc Service, rel *Release) string {
+	detail := d.healthDetail(svc, rel.Containers[0])
+	if n := len(rel.Containers); n > 1 {
+		detail = fmt.Sprintf("%s, on each of %d replicas", detail, n)
+	}
+	return detail
+}
+
 // switchTo points the proxy at r.next. An error does not say whether the
 // change was made (the reply may be lost after Caddy applied it, the read
 // back may fail, the user may press Ctrl-C): the proxy is read again, and
 // what it points at now decides, never the error.
 func (d *Deployer) switchTo(ctx context.Context, r *run) error {
 	v, next := r.view, r.next
-	to := Only(next.Name, next.Upstream)
+	to := next.Route()
 	err := d.Proxy.SetRoute(ctx, v.route, to)
 	if err == nil {
 		r.inService = true
@@ -321,10 +434,10 @@ func (d *Deployer) switchTo(ctx context.Context, r *run) error {
 	case !Same(now, to):
 		return err // not applied: the proxy still points elsewhere
 	}
-	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), next.Upstream))
+	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), endpointList(next.Endpoints())))
 	r.inService = true
 	if ferr := d.Proxy.SetRoute(rctx, v.route, to); ferr != nil {
-		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, next.Upstream, ferr)
+		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, endpointList(next.Endpoints()), ferr)
 	}
 	return ctx.Err() // interrupted: stop here; what is left is the next deploy's to drain
 }
@@ -347,7 +460,7 @@ func (d *Deployer) untouched(view *view) string {
 }
 
 // leftAsIs says what production looks like after a failure before the switch.
-func (d *Deployer) leftAsIs(view *view, next Container) string {
+func (d *Deployer) leftAsIs(view *view, next *Release) string {
 	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
 }
 

@@ -38,32 +38,39 @@ const (
 // interrupted deploy shows where it stopped; the steps never decide by it.
 // Its JSON is what history files hold: a field is added, never renamed.
 type Record struct {
-	ID          string        `json:"id"`
-	Service     string        `json:"service"`
-	Kind        string        `json:"kind"`
-	Started     time.Time     `json:"started"`
-	Finished    time.Time     `json:"finished,omitzero"`
-	Outcome     string        `json:"outcome"`
-	Phase       string        `json:"phase"`
-	Error       string        `json:"error,omitempty"`
-	Image       string        `json:"image,omitempty"`
-	ImageID     string        `json:"image_id,omitempty"`
-	Digest      string        `json:"digest,omitempty"` // name@sha256:… the image was pulled as; "" for one built here
-	FromRelease int           `json:"from_release"`
-	ToRelease   int           `json:"to_release"`
-	From        string        `json:"from_container,omitempty"`
-	FromImage   string        `json:"from_image,omitempty"`    // what the old release ran, for a rollback to it
-	FromImageID string        `json:"from_image_id,omitempty"` // once it is gone
-	To          string        `json:"to_container,omitempty"`
-	OldUpstream string        `json:"old_upstream,omitempty"`
-	NewUpstream string        `json:"new_upstream,omitempty"`
-	Switched    bool          `json:"switched"`                // To was put in service: the proxy switched to it, or (no route) it replaced From
-	Held        bool          `json:"held_requests,omitempty"` // the proxy holds the service's requests for the release job
-	FromStopped bool          `json:"from_stopped,omitempty"`  // the old release was stopped (kept for rollback)
-	FromRemoved bool          `json:"from_removed,omitempty"`  // and then removed (its image kept)
-	Phases      []PhaseRecord `json:"phases"`
-	Notes       []string      `json:"notes,omitempty"`
-	PID         int           `json:"pid"`
+	ID          string    `json:"id"`
+	Service     string    `json:"service"`
+	Kind        string    `json:"kind"`
+	Started     time.Time `json:"started"`
+	Finished    time.Time `json:"finished,omitzero"`
+	Outcome     string    `json:"outcome"`
+	Phase       string    `json:"phase"`
+	Error       string    `json:"error,omitempty"`
+	Image       string    `json:"image,omitempty"`
+	ImageID     string    `json:"image_id,omitempty"`
+	Digest      string    `json:"digest,omitempty"` // name@sha256:… the image was pulled as; "" for one built here
+	FromRelease int       `json:"from_release"`
+	ToRelease   int       `json:"to_release"`
+	From        string    `json:"from_container,omitempty"`
+	FromImage   string    `json:"from_image,omitempty"`    // what the old release ran, for a rollback to it
+	FromImageID string    `json:"from_image_id,omitempty"` // once it is gone
+	To          string    `json:"to_container,omitempty"`
+	OldUpstream string    `json:"old_upstream,omitempty"`
+	NewUpstream string    `json:"new_upstream,omitempty"`
+	// A release of several containers: From and To name the release
+	// (web-4), these its containers (web-4-1, web-4-2) and their endpoints;
+	// Old/NewUpstream are the first of them.
+	FromContainers []string      `json:"from_containers,omitempty"`
+	ToContainers   []string      `json:"to_containers,omitempty"`
+	OldEndpoints   []string      `json:"old_endpoints,omitempty"`
+	NewEndpoints   []string      `json:"new_endpoints,omitempty"`
+	Switched       bool          `json:"switched"`                // To was put in service: the proxy switched to it, or (no route) it replaced From
+	Held           bool          `json:"held_requests,omitempty"` // the proxy holds the service's requests for the release job
+	FromStopped    bool          `json:"from_stopped,omitempty"`  // the old release was stopped (kept for rollback)
+	FromRemoved    bool          `json:"from_removed,omitempty"`  // and then removed (its image kept)
+	Phases         []PhaseRecord `json:"phases"`
+	Notes          []string      `json:"notes,omitempty"`
+	PID            int           `json:"pid"`
 }
 
 // PhaseRecord is one phase of a Record with its duration.

@@ -43,7 +43,7 @@ func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
 		}
 	}
 	for _, c := range v.releases {
-		if (v.live != nil && c.ID == v.live.ID) || (v.expected != nil && c.ID == v.expected.ID) {
+		if v.live.Has(c) || v.expected.Has(c) {
 			continue
 		}
 		if !c.Running {
@@ -57,7 +57,7 @@ func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
 		switch {
 		case why != "":
 			act = leaveInUse
-		case v.neverServed(c) && (v.live == nil || c.Release > v.live.Release):
+		case v.neverServed(c) && (v.live == nil || c.Release > v.live.Number):
 			act = removeNeverServed
 		}
 		l.containers = append(l.containers, leftover{c: c, act: act, why: why})
@@ -163,18 +163,16 @@ func (d *Deployer) noteInUse(rec *Record, lo leftover) {
 	d.note(rec, fmt.Sprintf("leaving %s running: %s", lo.c.Name, lo.why))
 }
 
-// current is c as the view's releases have it now (the view's pointers go
+// current is rel as the view's releases have it now (the view's pointers go
 // stale when the releases are read again).
-func (v *view) current(c *Container) *Container {
-	if c == nil {
-		return nil
+func (v *view) current(rel *Release) *Release {
+	if rel == nil || rel.Adopted() {
+		return rel // adopted: not among the releases
 	}
-	for i := range v.releases {
-		if v.releases[i].ID == c.ID {
-			return &v.releases[i]
-		}
+	if now := v.release(rel.Number); now != nil {
+		return now
 	}
-	return c // adopted: not among the releases
+	return rel
 }
 
 // drainLeftover waits for what may still run on a leftover's upstream, when
@@ -187,5 +185,5 @@ func (d *Deployer) drainLeftover(ctx context.Context, svc Service, rec *Record, 
 	if err != nil || !in.Reported || in.Requests == 0 {
 		return nil
 	}
-	return d.drain(ctx, svc, rec, upstream)
+	return d.drain(ctx, svc, rec, []string{upstream})
 }

@@ -26,26 +26,27 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 	}
 	view := r.view
 	if view.live != nil {
-		rec.From, rec.To, rec.FromRelease, rec.ToRelease = view.live.Name, view.live.Name, view.live.Release, view.live.Release
+		setFrom(rec, view.live)
+		setTo(rec, view.live)
 		if rec.Phase == PhaseRecover {
-			rec.NewUpstream = view.live.Upstream // it recovered what was left: repaired, and this serves
+			r.next = view.live // it recovered what was left: repaired, and this serves
 		}
 		d.note(rec, fmt.Sprintf("%s points at %s, which serves: nothing to repair", d.describe(), view.live.Name))
 		return rec, d.succeed(r)
 	}
 	target := view.expected
-	if target == nil && view.upstream == "" {
+	if target == nil && !view.routed() {
 		return rec, d.fail(ctx, r, fmt.Errorf("%w: %s has no route for %s and no release of it is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), svc.Name))
 	}
 	if target == nil {
-		return rec, d.fail(ctx, r, fmt.Errorf("%w: %s points at %s and no release of %s is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), view.upstream, svc.Name))
+		return rec, d.fail(ctx, r, fmt.Errorf("%w: %s points at %s and no release of %s is known to have served: deploy one (`handoff deploy`)", ErrNothingToRoll, d.describe(), view.at(), svc.Name))
 	}
-	rec.ToRelease, rec.To, rec.Image, rec.ImageID = target.Release, target.Name, target.Image, target.ImageID
+	setTo(rec, target)
 
-	r.next = *target
-	if !r.next.Running {
+	r.next = target
+	if !target.Running() {
 		err = d.phase(r, PhaseStart, target.Name, func() error {
-			r.next, err = d.Runtime.Start(ctx, target.ID, svc.Restart)
+			r.next, err = d.startAgain(ctx, svc, target)
 			return err
 		})
 		if err != nil {
@@ -55,10 +56,9 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 	next := r.next
 	// The release in service is never removed, even when it fails its check.
 	keep := func(context.Context, Container) {}
-	if SameUpstream(next.Upstream, view.upstream) {
+	if next.Serves(view.route) {
 		// Back where the proxy points: once healthy, it serves again.
-		rec.NewUpstream = next.Upstream
-		err := d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error { return d.waitHealthy(ctx, svc, next) })
+		err := d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error { return d.waitReleaseHealthy(ctx, svc, next) })
 		if err != nil {
 			return rec, d.fail(ctx, r, err)
 		}

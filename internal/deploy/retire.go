@@ -9,25 +9,26 @@ import (
 // drainPoll is how often the proxy is asked for in-flight requests.
 const drainPoll = 25 * time.Millisecond
 
-// drain waits until the proxy reports no request in flight to the old
-// upstream, for at most the drain timeout. A proxy that cannot report it
-// gets the whole timeout, and the record says so.
-func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream string) error {
+// drain waits until the proxy reports no request in flight to any of the
+// endpoints the switch left, for at most the drain timeout. A proxy that
+// cannot report it gets the whole timeout, and the record says so.
+func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, endpoints []string) error {
 	deadline := time.NewTimer(svc.DrainTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
 	noted := ""
 	for {
-		in, err := d.Proxy.InFlight(ctx, upstream)
+		in, err := d.inFlight(ctx, endpoints)
 		if err != nil {
-			return fmt.Errorf("drain %s: %w", upstream, err)
+			return fmt.Errorf("drain: %w", err)
 		}
 		if in.Note != "" && in.Note != noted {
 			d.note(rec, "drain: "+in.Note)
 			noted = in.Note
 		}
-		if !in.Reported {
+		total, where, blind := in.Requests, in.where, !in.Reported
+		if blind {
 			d.note(rec, fmt.Sprintf("%s does not report requests in flight to a removed upstream (Caddy 2.11.2 and later do); waiting the whole drain timeout, %s", d.Proxy.Describe(), svc.DrainTimeout))
 			select {
 			case <-deadline.C:
@@ -36,13 +37,13 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 				return ctx.Err()
 			}
 		}
-		if in.Requests == 0 {
+		if total == 0 {
 			return nil
 		}
-		d.Report.Progress(PhaseDrain, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, upstream), fmt.Sprintf("up to %s", svc.DrainTimeout))
+		d.Report.Progress(PhaseDrain, fmt.Sprintf("%d request(s) still in flight on %s", total, endpointList(where)), fmt.Sprintf("up to %s", svc.DrainTimeout))
 		select {
 		case <-deadline.C:
-			d.note(rec, fmt.Sprintf("drain timeout %s reached with %d request(s) still in flight to %s; stopping it anyway", svc.DrainTimeout, in.Requests, upstream))
+			d.note(rec, fmt.Sprintf("drain timeout %s reached with %d request(s) still in flight to %s; stopping it anyway", svc.DrainTimeout, total, endpointList(where)))
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -51,41 +52,88 @@ func (d *Deployer) drain(ctx context.Context, svc Service, rec *Record, upstream
 	}
 }
 
-// retire ends what still runs on the upstream the switch left, stops the
-// old container (SIGTERM, then SIGKILL after the stop timeout), keeps it
-// for rollback, and removes releases beyond svc.Keep; the stop and the
-// pruning of older releases run at the same time.
+// inFlightOn is what the proxy says about requests in flight on several
+// endpoints: their sum, where they are, and whether it could tell for all.
+type inFlightOn struct {
+	InFlight
+	where []string // the endpoints with requests in flight
+}
+
+// inFlight asks the proxy about each endpoint; Reported only when it could
+// tell for every one.
+func (d *Deployer) inFlight(ctx context.Context, endpoints []string) (inFlightOn, error) {
+	out := inFlightOn{InFlight: InFlight{Reported: true}}
+	for _, e := range endpoints {
+		in, err := d.Proxy.InFlight(ctx, e)
+		if err != nil {
+			return out, fmt.Errorf("count the requests in flight on %s: %w", e, err)
+		}
+		if out.Note == "" {
+			out.Note = in.Note
+		}
+		if !in.Reported {
+			out.Reported = false
+			continue
+		}
+		if in.Requests > 0 {
+			out.Requests += in.Requests
+			out.where = append(out.where, e)
+		}
+	}
+	return out, nil
+}
+
+// retire ends what still runs on the endpoints the switch left, stops the
+// old release's containers (SIGTERM, then SIGKILL after the stop timeout)
+// all at once, keeps them for rollback, and removes releases beyond
+// svc.Keep; the stops and the pruning of older releases run at the same time.
 func (d *Deployer) retire(ctx context.Context, r *run) error {
 	svc, rec, old, live := r.svc, r.rec, r.view.live, r.next
-	if left := r.view.upstream; left != "" {
+	for _, left := range r.view.left(live) {
 		if err := d.Proxy.Retire(ctx, left); err != nil {
 			return fmt.Errorf("end what still runs on %s: %w", left, err)
 		}
 	}
-	stopOld := old != nil && !SameUpstream(old.Upstream, live.Upstream)
-	if stopOld {
-		if why := d.inUse(ctx, *old); why != "" {
-			d.note(rec, fmt.Sprintf("not stopping %s: %s; stop it yourself once nothing uses it (`docker stop %s`)", old.Name, why, old.Name))
-			stopOld = false
+	var stop []Container
+	if old != nil {
+		for _, c := range old.Containers {
+			if live.Route().Has(c.Upstream) && c.Upstream != "" || live.Has(c) {
+				continue // the new release is served there too
+			}
+			if why := d.inUse(ctx, c); why != "" {
+				d.note(rec, fmt.Sprintf("not stopping %s: %s; stop it yourself once nothing uses it (`docker stop %s`)", c.Name, why, c.Name))
+				continue
+			}
+			stop = append(stop, c)
 		}
 	}
-	stopped := make(chan error, 1)
-	if stopOld {
-		go func() { stopped <- d.Runtime.Stop(ctx, old.ID, svc.StopTimeout) }()
-	} else {
-		stopped <- nil
+	stopped := make(chan error, len(stop))
+	for _, c := range stop {
+		go func() {
+			if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
+				stopped <- fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", c.Name, err, c.Name)
+				return
+			}
+			stopped <- nil
+		}()
 	}
-	kept := old
-	if !stopOld || svc.RemoveRetired {
-		kept = nil
+	var kept *Release
+	if len(stop) > 0 && !svc.RemoveRetired {
+		kept = old
 	}
 	pruneErr := d.pruneOlder(ctx, svc, rec, kept, live)
-	if err := <-stopped; err != nil {
-		return fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", old.Name, err, old.Name)
+	var stopErr error
+	for range stop {
+		if err := <-stopped; err != nil && stopErr == nil {
+			stopErr = err
+		}
 	}
-	if stopOld {
+	if stopErr != nil {
+		return stopErr
+	}
+	if len(stop) > 0 {
 		rec.FromStopped = true
-		if err := d.removeRetired(ctx, svc, rec, old); err != nil {
+		if err := d.removeRetired(ctx, svc, rec, stop); err != nil {
 			return err
 		}
 	}
@@ -93,32 +141,35 @@ func (d *Deployer) retire(ctx context.Context, r *run) error {
 }
 
 // prune removes what is not kept once old is stopped (a worker's rollout).
-func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Container, live Container) error {
+func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Release, live *Release) error {
 	if old != nil && rec.FromStopped {
-		if err := d.removeRetired(ctx, svc, rec, old); err != nil {
+		if err := d.removeRetired(ctx, svc, rec, old.Containers); err != nil {
 			return err
 		}
 	}
 	return d.pruneOlder(ctx, svc, rec, nil, live)
 }
 
-// removeRetired removes the stopped retired release when the service says
-// so (a compose service: `docker compose` must find one container of it).
-func (d *Deployer) removeRetired(ctx context.Context, svc Service, rec *Record, old *Container) error {
+// removeRetired removes the stopped containers of the retired release when
+// the service says so (a compose service: `docker compose` must find only
+// the containers of the release in service).
+func (d *Deployer) removeRetired(ctx context.Context, svc Service, rec *Record, old []Container) error {
 	if !svc.RemoveRetired {
 		return nil
 	}
-	if err := d.Runtime.Remove(ctx, old.ID); err != nil {
-		return fmt.Errorf("remove retired %s: %w", old.Name, err)
+	for _, c := range old {
+		if err := d.Runtime.Remove(ctx, c.ID); err != nil {
+			return fmt.Errorf("remove retired %s: %w", c.Name, err)
+		}
+		d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", c.Name, c.Image))
 	}
 	rec.FromRemoved = true
-	d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", old.Name, old.Image))
 	return nil
 }
 
 // pruneOlder removes stopped releases beyond svc.Keep; retiring, the
 // release being stopped now, is the newest kept. Images stay.
-func (d *Deployer) pruneOlder(ctx context.Context, svc Service, rec *Record, retiring *Container, live Container) error {
+func (d *Deployer) pruneOlder(ctx context.Context, svc Service, rec *Record, retiring *Release, live *Release) error {
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return err
@@ -132,24 +183,29 @@ func (d *Deployer) pruneOlder(ctx context.Context, svc Service, rec *Record, ret
 	return nil
 }
 
-// pruneList picks the stopped releases beyond the newest keep ones;
-// retiring (being stopped now) counts as the newest kept. releases is
-// newest first; the live container is never pruned.
-func pruneList(releases []Container, live Container, retiring *Container, keep int) []Container {
+// pruneList picks the containers of the stopped releases beyond the newest
+// keep ones; retiring (being stopped now) counts as the newest kept.
+// releases is newest first; the live release, and a release of which any
+// container runs, are never pruned.
+func pruneList(releases []Container, live *Release, retiring *Release, keep int) []Container {
 	var out []Container
 	kept := 0
 	if retiring != nil {
 		kept = 1
 	}
-	for _, c := range releases {
-		if c.ID == live.ID || c.Running || c.Adopted || retiring != nil && c.ID == retiring.ID {
+	for _, rel := range groupReleases(releases) {
+		skip := false
+		for _, c := range rel.Containers {
+			skip = skip || live.Has(c) || c.Running || c.Adopted || retiring.Has(c)
+		}
+		if skip {
 			continue
 		}
 		if kept < keep {
 			kept++
 			continue
 		}
-		out = append(out, c)
+		out = append(out, rel.Containers...)
 	}
 	return out
 }

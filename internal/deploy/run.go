@@ -8,7 +8,7 @@ type run struct {
 	kind string // KindDeploy, KindRollback or KindRepair
 	view *view  // what existed before the procedure acted
 	rec  *Record
-	next Container // the release being put in service, once started
+	next *Release // the release being put in service, once started
 	// inService says that next serves: the proxy points at it, or, for a
 	// service no proxy routes to, it replaced the old release. From then
 	// on nothing is undone, and a phase that cannot be recorded still acts.
@@ -25,7 +25,23 @@ func (d *Deployer) newRun(svc Service, kind string) *run {
 func (d *Deployer) save(r *run) error {
 	r.rec.Switched, r.rec.Held = r.inService, r.held
 	if r.view != nil {
-		r.rec.OldUpstream = r.view.upstream
+		r.rec.OldUpstream, r.rec.OldEndpoints = firstOf(r.view.endpoints())
+	}
+	if r.next != nil && r.next.Number == r.rec.ToRelease {
+		r.rec.NewUpstream, r.rec.NewEndpoints = firstOf(r.next.Endpoints())
+		r.rec.ToContainers = r.next.several()
 	}
 	return d.History.Save(r.rec)
+}
+
+// firstOf is endpoints as a record keeps them: the first, and all of them
+// when there are several.
+func firstOf(endpoints []string) (string, []string) {
+	switch len(endpoints) {
+	case 0:
+		return "", nil
+	case 1:
+		return endpoints[0], nil
+	}
+	return endpoints[0], endpoints
 }

@@ -33,8 +33,12 @@ const (
 // Service is everything handoff needs to run one release of an app.
 type Service struct {
 	Name string
-	// ContainerPrefix names the containers: <prefix>-<release> ("" : Name).
+	// ContainerPrefix names the containers: <prefix>-<release>, and
+	// <prefix>-<release>-<replica> for a release of several ("" : Name).
 	ContainerPrefix string
+	// Replicas is how many containers a release runs, each on its own
+	// endpoint, all healthy before the switch and switched at once (0 : 1).
+	Replicas int
 	Image           string     // image reference to run; with Build, the tag to build
 	Build           *BuildSpec // nil: take Image as it is
 	Command         []string   // nil: the image's own CMD
@@ -307,11 +311,35 @@ func validName(name string) bool {
 	return name != ""
 }
 
-// ContainerName is the name of release's container.
-func (s Service) ContainerName(release int) string {
+// ReleaseName is the name of a release: its container's for a release of
+// one, else what its replicas' names start with.
+func (s Service) ReleaseName(release int) string {
 	prefix := s.ContainerPrefix
 	if prefix == "" {
 		prefix = s.Name
 	}
 	return fmt.Sprintf("%s-%d", prefix, release)
+}
+
+// ContainerName is the name of a release's container: replica 0 is the
+// only container of a release of one (web-4), replicas 1…N those of a
+// release of several (web-4-1, web-4-2).
+func (s Service) ContainerName(release, replica int) string {
+	if replica == 0 {
+		return s.ReleaseName(release)
+	}
+	return fmt.Sprintf("%s-%d", s.ReleaseName(release), replica)
+}
+
+// ReplicaNumbers are the replica numbers of a release of svc: [0] for a
+// release of one container, 1…N for several.
+func (s Service) ReplicaNumbers() []int {
+	if s.Replicas <= 1 {
+		return []int{0}
+	}
+	out := make([]int, s.Replicas)
+	for i := range out {
+		out[i] = i + 1
+	}
+	return out
 }

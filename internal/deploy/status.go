@@ -3,28 +3,32 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
 // Status is what `handoff status` shows: the live release and whether
 // Docker and the proxy agree on it.
 type Status struct {
-	Service   string    `json:"service"`
-	Proxy     string    `json:"proxy"`
-	Routed    bool      `json:"routed"` // a proxy routes to it; false: a worker
-	Upstream  string    `json:"proxy_upstream"`
-	Live      *Release  `json:"live,omitempty"`
-	Agree     bool      `json:"agree"`
-	Check     string    `json:"health_check,omitempty"` // the service's health check on the live release, run once
-	Problem   string    `json:"problem,omitempty"`
-	Releases  []Release `json:"releases"`
-	Advice    []string  `json:"advice,omitempty"`
-	LastEvent *Record   `json:"last,omitempty"`
+	Service   string            `json:"service"`
+	Proxy     string            `json:"proxy"`
+	Routed    bool              `json:"routed"` // a proxy routes to it; false: a worker
+	Upstream  string            `json:"proxy_upstream"`
+	Endpoints []string          `json:"proxy_endpoints,omitempty"` // the route's endpoints, when it has several
+	Live      *ContainerStatus  `json:"live,omitempty"`            // the live release's (first) container
+	Replicas  []ContainerStatus `json:"live_replicas,omitempty"`   // every container of the live release, when it has several
+	Agree     bool              `json:"agree"`
+	Check     string            `json:"health_check,omitempty"` // the service's health check on the live release, run once
+	Problem   string            `json:"problem,omitempty"`
+	Releases  []ContainerStatus `json:"releases"`
+	Advice    []string          `json:"advice,omitempty"`
+	LastEvent *Record           `json:"last,omitempty"`
 }
 
-// Release is one container of a service, for status.
-type Release struct {
+// ContainerStatus is one container of a service, for status.
+type ContainerStatus struct {
 	Release  int           `json:"release"`
+	Replica  int           `json:"replica,omitempty"`
 	Name     string        `json:"container"`
 	Image    string        `json:"image"`
 	ImageID  string        `json:"image_id"`
@@ -32,39 +36,49 @@ type Release struct {
 	Health   string        `json:"health,omitempty"`
 	Upstream string        `json:"upstream,omitempty"`
 	Uptime   time.Duration `json:"uptime_ns,omitempty"`
+	Restarts int           `json:"restarts,omitempty"`
+	InFlight *int          `json:"in_flight,omitempty"` // requests the proxy has in flight on it; nil: not asked, or it cannot tell
 	Adopted  bool          `json:"adopted,omitempty"`
 }
 
 // Status reports the service without changing anything. It runs the
-// service's health check once against the live release.
+// service's health check once against each container of the live release.
 func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	svc = svc.WithDefaults()
 	v, err := d.readView(ctx, svc)
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: d.Proxy != nil, Upstream: v.upstream}
+	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: d.Proxy != nil}
+	st.Upstream, st.Endpoints = firstOf(v.endpoints())
 	now := d.now()
 	for _, c := range v.releases {
-		st.Releases = append(st.Releases, d.release(c, now))
+		st.Releases = append(st.Releases, d.containerStatus(c, now))
 	}
 	switch {
-	case v.live == nil && v.expected != nil && v.upstream == "":
+	case v.live == nil && v.expected != nil && !v.routed():
 		st.Problem = d.routeLost(svc, v)
 	case v.live == nil && v.expected != nil:
-		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair %s`", d.describe(), v.upstream, v.expected.Name, v.expected.whereNow(), svc.Name)
-	case v.live == nil && v.upstream == "":
+		st.Problem = fmt.Sprintf("%s points at %s, where no container answers: %s, the release in service, %s; run `handoff repair %s`", d.describe(), v.at(), v.expected.Name, v.expected.whereNow(), svc.Name)
+	case v.live == nil && !v.routed():
 		st.Problem = "nothing deployed yet through " + d.describe()
 	case v.live == nil:
-		st.Problem = "no container serves " + v.upstream + ", which the proxy points at; deploy a release (`handoff deploy`)"
-	case !v.live.Running:
-		st.Problem = v.live.Name + " is not running"
+		st.Problem = "no container serves " + v.at() + ", which the proxy points at; deploy a release (`handoff deploy`)"
+	case !v.live.Running():
+		st.Problem = strings.Join(notRunning(v.live), ", ") + " not running"
+		d.liveStatus(ctx, st, v.live, now)
 	default:
-		r := d.release(*v.live, now)
-		st.Live, st.Agree = &r, true
-		st.Check = "passing: " + d.healthDetail(svc, *v.live)
-		if ok, why := d.probe(ctx, effectiveKind(svc.Health.Kind, *v.live), svc.Health, *v.live); !ok {
-			st.Check = "failing: " + why
+		d.liveStatus(ctx, st, v.live, now)
+		st.Agree = true
+		st.Check = "passing: " + d.releaseHealthDetail(svc, v.live)
+		for _, c := range v.live.Containers {
+			if ok, why := d.probe(ctx, effectiveKind(svc.Health.Kind, c), svc.Health, c); !ok {
+				st.Check = "failing: " + why
+				if len(v.live.Containers) > 1 {
+					st.Check = "failing on " + c.Name + ": " + why
+				}
+				break
+			}
 		}
 	}
 	if running := runningOthers(v); len(running) > 0 && st.Agree {
@@ -79,8 +93,36 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	if d.Proxy == nil {
 		return st, nil
 	}
-	st.Advice, err = d.Proxy.Advice(ctx, v.upstream)
+	st.Advice, err = d.Proxy.Advice(ctx, st.Upstream)
 	return st, err
+}
+
+// liveStatus fills in the live release: its first container, and every
+// replica with what the proxy has in flight on it.
+func (d *Deployer) liveStatus(ctx context.Context, st *Status, live *Release, now time.Time) {
+	for _, c := range live.Containers {
+		cs := d.containerStatus(c, now)
+		if d.Proxy != nil && c.Upstream != "" {
+			if in, err := d.Proxy.InFlight(ctx, c.Upstream); err == nil && in.Reported {
+				cs.InFlight = &in.Requests
+			}
+		}
+		st.Replicas = append(st.Replicas, cs)
+	}
+	st.Live = &st.Replicas[0]
+	if len(st.Replicas) == 1 {
+		st.Replicas = nil
+	}
+}
+
+func notRunning(rel *Release) []string {
+	var out []string
+	for _, c := range rel.Containers {
+		if !c.Running {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // interrupted says whether the newest record is of a procedure that was
@@ -97,9 +139,9 @@ func (d *Deployer) interrupted(ctx context.Context, rec *Record) string {
 	return fmt.Sprintf("the %s %s was interrupted in phase %s (pid %d is gone); `handoff repair %s` or the next deploy repairs what it left", rec.Kind, rec.ID, rec.Phase, rec.PID, rec.Service)
 }
 
-func (d *Deployer) release(c Container, now time.Time) Release {
-	r := Release{Release: c.Release, Name: c.Name, Image: c.Image, ImageID: c.ImageID,
-		Running: c.Running, Health: c.Health, Upstream: c.Upstream, Adopted: c.Adopted}
+func (d *Deployer) containerStatus(c Container, now time.Time) ContainerStatus {
+	r := ContainerStatus{Release: c.Release, Replica: c.Replica, Name: c.Name, Image: c.Image, ImageID: c.ImageID,
+		Running: c.Running, Health: c.Health, Upstream: c.Upstream, Restarts: c.RestartCount, Adopted: c.Adopted}
 	if c.Running && !c.StartedAt.IsZero() {
 		r.Uptime = now.Sub(c.StartedAt).Round(time.Second)
 	}
@@ -109,7 +151,7 @@ func (d *Deployer) release(c Container, now time.Time) Release {
 func runningOthers(v *view) []string {
 	var out []string
 	for _, c := range v.releases {
-		if c.Running && (v.live == nil || c.ID != v.live.ID) {
+		if c.Running && !v.live.Has(c) {
 			out = append(out, c.Name)
 		}
 	}

@@ -5,22 +5,31 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 )
 
 // view is what exists before a procedure acts: the service's containers,
-// what the proxy points at, and which container that is.
+// what the proxy points at, and which release that is.
 type view struct {
 	releases []Container // newest first
 	route    Route       // the route as the proxy serves it
-	upstream string      // the route's one endpoint ("" : no route)
-	live     *Container  // the running container serving upstream; nil if none found
-	// expected is, when no container serves upstream, the release the
+	live     *Release    // the running release the route sends to; nil if none found
+	// expected is, when no release serves the route, the release the
 	// history last put in service, as it is now: stopped, or listening
 	// elsewhere (a release made before handoff pinned host ports).
-	expected *Container
-	adopted  *Container // the container adopted on the first deploy, if it still exists
+	expected *Release
+	adopted  *Release // the release adopted on the first deploy, if it still exists
 	history  []Record
 }
+
+// endpoints lists where the route sends now, weight 0 included.
+func (v *view) endpoints() []string { return v.route.Endpoints() }
+
+// routed says whether the proxy has a route for the service.
+func (v *view) routed() bool { return len(v.endpoints()) > 0 }
+
+// at names where the route sends, for messages.
+func (v *view) at() string { return endpointList(v.endpoints()) }
 
 // survey reads Docker, the history and the proxy without changing
 // anything: it gives the run its view, notes what it found, and says what
@@ -37,24 +46,24 @@ func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 		d.note(rec, fmt.Sprintf("first deploy of %s: nothing of it runs yet", svc.Name))
 	case d.Proxy == nil:
 		setFrom(rec, v.live)
-		if v.live.Adopted {
+		if v.live.Adopted() {
 			d.note(rec, fmt.Sprintf("adopting %s as the current release", v.live.Name))
 		}
-	case v.upstream == "" && v.expected != nil:
+	case !v.routed() && v.expected != nil:
 		d.note(rec, d.routeLost(svc, v))
-	case v.upstream == "" && v.live != nil:
+	case !v.routed() && v.live != nil:
 		setFrom(rec, v.live)
 		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, which runs already; it is retired once the new release serves", d.Proxy.Describe(), v.live.Name))
-	case v.upstream == "":
+	case !v.routed():
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
 	case v.live == nil && v.expected != nil:
-		d.note(rec, fmt.Sprintf("%s points at %s, where no container answers; %s, the release in service, %s", d.Proxy.Describe(), v.upstream, v.expected.Name, v.expected.whereNow()))
+		d.note(rec, fmt.Sprintf("%s points at %s, where no container answers; %s, the release in service, %s", d.Proxy.Describe(), v.at(), v.expected.Name, v.expected.whereNow()))
 	case v.live == nil:
-		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.upstream))
+		d.note(rec, fmt.Sprintf("no container found serving %s; it will be replaced but not stopped", v.at()))
 	default:
 		setFrom(rec, v.live)
-		if v.live.Adopted {
-			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.upstream))
+		if v.live.Adopted() {
+			d.note(rec, fmt.Sprintf("adopting %s (serving %s) as the current release", v.live.Name, v.at()))
 		}
 	}
 	return d.leftBehind(ctx, v), nil
@@ -74,38 +83,37 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	if d.Proxy == nil {
 		return v, d.liveUnrouted(ctx, svc, v)
 	}
-	// A container adopted on the first deploy carries no labels: only the
+	// A release adopted on the first deploy carries no labels: only the
 	// history knows it, and where it listens now (a rollback to it may have
 	// brought it back on another port) is one of the route's upstreams.
 	v.adopted = d.adopted(ctx, v)
-	route, err := d.Proxy.Route(ctx, v.known(Container{}))
+	route, err := d.Proxy.Route(ctx, v.known(nil))
 	if err != nil {
 		return nil, err
 	}
-	// A route of several endpoints is read, but not acted on yet.
-	upstream, err := route.single(d.Proxy)
-	if err != nil {
-		return nil, err
+	// A canary's route (several releases) is read, but not acted on yet.
+	if len(route) > 1 {
+		return nil, fmt.Errorf("%w: the route of %s sends to %d releases (%s); handoff switches a route that sends to one release", ErrNoRoute, d.Proxy.Describe(), len(route), route)
 	}
-	v.route, v.upstream = route, upstream
-	for i := range releases {
-		if releases[i].Running && SameUpstream(releases[i].Upstream, upstream) {
-			v.live = &releases[i]
+	v.route = route
+	for _, rel := range v.groups() {
+		if rel.Running() && rel.Serves(route) {
+			v.live = &rel
 			return v, nil
 		}
 	}
-	if upstream == "" {
+	if !v.routed() {
 		// A release the history put in service means the proxy forgot the
 		// route (handoff proxy could not restore it, or its state file was
 		// moved aside), not a first deploy: that release stays.
 		if v.expected = v.lastSwitched(); v.expected != nil {
 			return v, nil
 		}
-		// Nothing routed yet (a first deploy through handoff proxy): a
-		// container compose started is still taken over, and retired.
+		// Nothing routed yet (a first deploy through handoff proxy): the
+		// containers compose started are still taken over, and retired.
 		return v, d.adoptByLabels(ctx, svc, v)
 	}
-	v.live, err = d.Runtime.Serving(ctx, upstream)
+	v.live, err = d.serving(ctx, v.endpoints())
 	if err != nil || v.live != nil {
 		return v, err
 	}
@@ -113,12 +121,48 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	return v, nil
 }
 
+// serving finds, for adoption, the running containers the route's
+// endpoints reach: a release of them when every endpoint has one, else nil.
+func (d *Deployer) serving(ctx context.Context, endpoints []string) (*Release, error) {
+	var found []Container
+	for _, e := range endpoints {
+		c, err := d.Runtime.Serving(ctx, e)
+		if err != nil || c == nil {
+			return nil, err
+		}
+		found = append(found, *c)
+	}
+	return releaseOf(strings.Join(names(found), ", "), found...), nil
+}
+
+func names(cs []Container) []string {
+	out := make([]string, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+// groups is the view's containers by release, newest first.
+func (v *view) groups() []Release { return groupReleases(v.releases) }
+
+// release is release number n as the view has it; nil if none of its
+// containers exists.
+func (v *view) release(n int) *Release {
+	for _, rel := range v.groups() {
+		if rel.Number == n {
+			return &rel
+		}
+	}
+	return nil
+}
+
 // liveUnrouted finds the live release of a service no proxy routes to:
 // the newest one running, or on a first deploy the one to adopt.
 func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error {
-	for i := range v.releases {
-		if v.releases[i].Running {
-			v.live = &v.releases[i]
+	for _, rel := range v.groups() {
+		if slices.ContainsFunc(rel.Containers, func(c Container) bool { return c.Running }) {
+			v.live = &rel
 			return nil
 		}
 	}
@@ -128,8 +172,8 @@ func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error
 	return d.adoptByLabels(ctx, svc, v)
 }
 
-// adoptByLabels takes over the container the service's labels name (the
-// one compose started), as the live release of a first deploy.
+// adoptByLabels takes over the containers the service's labels name (those
+// compose started), as the live release of a first deploy.
 func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) error {
 	if len(svc.Adopt) == 0 {
 		return nil
@@ -138,18 +182,23 @@ func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) erro
 	if err != nil || len(labelled) == 0 {
 		return err
 	}
-	labelled[0].Adopted = true
-	v.live = &labelled[0]
+	for i := range labelled {
+		labelled[i].Adopted = true
+	}
+	v.live = releaseOf(strings.Join(names(labelled), ", "), labelled...)
 	return nil
 }
 
 // known lists the upstreams of the service's containers (and of extra,
-// when it has one): after the first deploy the route points at one of them.
-func (v *view) known(extra Container) []string {
+// when there is one): after the first deploy the route points at them.
+func (v *view) known(extra *Release) []string {
 	var out []string
-	all := append(slices.Clone(v.releases), extra)
+	all := slices.Clone(v.releases)
+	if extra != nil {
+		all = append(all, extra.Containers...)
+	}
 	if v.adopted != nil {
-		all = append(all, *v.adopted)
+		all = append(all, v.adopted.Containers...)
 	}
 	for _, c := range all {
 		if c.Upstream != "" {
@@ -160,16 +209,14 @@ func (v *view) known(extra Container) []string {
 }
 
 // lastSwitched is the release the newest switch put in service, if its
-// container still exists (a rollback may have put the adopted one back).
-func (v *view) lastSwitched() *Container {
+// containers still exist (a rollback may have put the adopted one back).
+func (v *view) lastSwitched() *Release {
 	for _, r := range v.history {
 		if !r.Switched {
 			continue
 		}
-		for i := range v.releases {
-			if v.releases[i].Name == r.To {
-				return &v.releases[i]
-			}
+		if r.ToRelease != 0 {
+			return v.release(r.ToRelease)
 		}
 		if v.adopted != nil && v.adopted.Name == r.To {
 			return v.adopted
@@ -183,31 +230,38 @@ func (v *view) lastSwitched() *Container {
 // history has a release in service, and what to run.
 func (d *Deployer) routeLost(svc Service, v *view) string {
 	c := v.expected
-	now, fix := "runs on "+c.Upstream, "to point the proxy at it again"
-	if !c.Running {
+	now, fix := "runs on "+endpointList(c.Endpoints()), "to point the proxy at it again"
+	if !c.Running() {
 		now, fix = "is not running", "to start it and point the proxy at it again"
 	}
 	return fmt.Sprintf("%s has no route for %s, while %s, the release in service, %s; run `handoff repair %s` %s", d.describe(), svc.Name, c.Name, now, svc.Name, fix)
 }
 
 // whereNow says how a release the proxy lost track of is now.
-func (c *Container) whereNow() string {
-	if !c.Running {
+func (r *Release) whereNow() string {
+	if !r.Running() {
 		return "is not running"
 	}
-	return "now listens on " + c.Upstream
+	return "now listens on " + endpointList(r.Endpoints())
 }
 
 // setFrom records the release being replaced, and the image it runs.
-func setFrom(rec *Record, c *Container) {
-	rec.FromRelease, rec.From, rec.FromImage, rec.FromImageID = c.Release, c.Name, c.Image, c.ImageID
+func setFrom(rec *Record, r *Release) {
+	rec.FromRelease, rec.From, rec.FromContainers = r.Number, r.Name, r.several()
+	rec.FromImage, rec.FromImageID = r.Image()
+}
+
+// setTo records the release being put in service.
+func setTo(rec *Record, r *Release) {
+	rec.ToRelease, rec.To, rec.ToContainers = r.Number, r.Name, r.several()
+	rec.Image, rec.ImageID = r.Image()
 }
 
 // adoptExpected makes the release in service the live one when the proxy
 // lost track of it (it stopped, or came back on another port): a deploy or
 // rollback then replaces it as it would the live release.
 func (v *view) adoptExpected(rec *Record) {
-	if v.live == nil && v.expected != nil && v.expected.Running {
+	if v.live == nil && v.expected != nil && v.expected.Running() {
 		v.live = v.expected
 		setFrom(rec, v.live)
 	}
@@ -233,7 +287,7 @@ func (v *view) createdByInterrupted(c Container) bool {
 func (v *view) rollbackRecord(to int) *Record {
 	live := -1
 	if v.live != nil {
-		live = v.live.Release
+		live = v.live.Number
 	}
 	for i := range v.history {
 		r := v.history[i]
@@ -289,64 +343,75 @@ func (v *view) nextRelease(svc Service) int {
 		n = max(n, r.ToRelease)
 	}
 	taken := map[string]bool{}
-	for _, c := range []*Container{v.live, v.adopted, v.expected} {
-		if c != nil {
+	for _, r := range []*Release{v.live, v.adopted, v.expected} {
+		if r == nil {
+			continue
+		}
+		for _, c := range r.Containers {
 			taken[c.Name] = true
 		}
 	}
-	for n++; taken[svc.ContainerName(n)]; n++ {
+	for n++; slices.ContainsFunc(svc.ReplicaNumbers(), func(i int) bool { return taken[svc.ContainerName(n, i)] }); n++ {
 	}
 	return n
 }
 
 func (v *view) liveName() string {
 	if v.live == nil {
-		return "the current upstream " + v.upstream
+		return "the current upstream " + v.at()
 	}
 	return v.live.Name
 }
 
 // rollbackTarget picks the release to go back to: the given one, or the
-// newest kept release older than the live one (an adopted container counts).
-func (d *Deployer) rollbackTarget(svc Service, v *view, to int) (Container, error) {
-	candidates := slices.Clone(v.releases)
+// newest kept release older than the live one (an adopted one counts).
+func (d *Deployer) rollbackTarget(svc Service, v *view, to int) (*Release, error) {
+	candidates := v.groups()
 	if v.adopted != nil {
 		candidates = append(candidates, *v.adopted)
 	}
 	liveRelease := -1
 	if v.live != nil {
-		liveRelease = v.live.Release
+		liveRelease = v.live.Number
 	}
-	for _, c := range candidates {
-		if v.live != nil && c.ID == v.live.ID {
+	for _, rel := range candidates {
+		if v.live != nil && v.live.Has(rel.Containers[0]) {
 			continue
 		}
-		if to != 0 && c.Release == to {
-			return c, nil
+		if to != 0 && rel.Number == to {
+			return &rel, nil
 		}
-		if to == 0 && (liveRelease < 0 || c.Release < liveRelease) {
-			return c, nil
+		if to == 0 && (liveRelease < 0 || rel.Number < liveRelease) {
+			return &rel, nil
 		}
 	}
 	if to != 0 {
-		return Container{}, fmt.Errorf("%w: release %d of %s is not kept (see `handoff history`)", ErrNothingToRoll, to, svc.Name)
+		return nil, fmt.Errorf("%w: release %d of %s is not kept (see `handoff history`)", ErrNothingToRoll, to, svc.Name)
 	}
-	return Container{}, fmt.Errorf("%w: %s has no kept release older than %s", ErrNothingToRoll, svc.Name, v.liveName())
+	return nil, fmt.Errorf("%w: %s has no kept release older than %s", ErrNothingToRoll, svc.Name, v.liveName())
 }
 
-// adopted finds the container handoff adopted on its first deploy, if it
-// still exists: it carries no labels, so only the history knows it.
-func (d *Deployer) adopted(ctx context.Context, v *view) *Container {
+// adopted finds the release handoff adopted on its first deploy, if its
+// containers still exist: they carry no labels, so only the history knows them.
+func (d *Deployer) adopted(ctx context.Context, v *view) *Release {
 	for _, r := range v.history {
 		if r.FromRelease != 0 || r.From == "" || !r.Switched {
 			continue
 		}
-		c, err := d.Runtime.Inspect(ctx, r.From)
-		if err != nil {
-			return nil
+		names := r.FromContainers
+		if len(names) == 0 {
+			names = []string{r.From}
 		}
-		c.Adopted = true
-		return &c
+		var found []Container
+		for _, name := range names {
+			c, err := d.Runtime.Inspect(ctx, name)
+			if err != nil {
+				return nil
+			}
+			c.Adopted = true
+			found = append(found, c)
+		}
+		return releaseOf(r.From, found...)
 	}
 	return nil
 }

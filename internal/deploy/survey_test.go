@@ -52,16 +52,3 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 	require.Equal(t, "web-2", rec.From)
 	require.NotContains(t, strings.Join(rec.Notes, "\n"), "an earlier release left running")
 }
-
-// A route of several endpoints is read, but the procedure does not act on
-// it yet (adopting several containers comes with replicas): a deploy is
-// refused before it starts anything.
-func TestARouteOfSeveralEndpointsIsRefused(t *testing.T) {
-	r := newRig(t)
-	r.proxy.route = Only("", "127.0.0.1:8000", "127.0.0.1:8001")
-	_, err := r.d.Deploy(context.Background(), testService())
-	require.ErrorIs(t, err, ErrNoRoute)
-	require.ErrorContains(t, err, "the route of fake proxy has 2 upstreams (127.0.0.1:8000, 127.0.0.1:8001); handoff switches a route with exactly one")
-	require.Empty(t, r.rt.calls, "nothing started")
-	require.Empty(t, r.proxy.switchesTried)
-}

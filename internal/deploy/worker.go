@@ -2,7 +2,6 @@ package deploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
@@ -18,32 +17,31 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 	if svc.Rollout == RolloutStopFirst && old != nil {
 		d.note(rec, fmt.Sprintf("stop-first: %s stops before %s starts; %s has a gap until %s is healthy", old.Name, rec.To, svc.Name, rec.To))
 		err := d.phase(r, PhaseRetire, old.Name, func() error {
-			return d.Runtime.Stop(ctx, old.ID, svc.StopTimeout)
+			return d.stopAll(ctx, svc, old)
 		})
 		if err != nil {
 			return d.fail(ctx, r, err)
 		}
 	}
 
-	err := d.phase(r, PhaseStart, rec.To, func() (err error) {
-		r.next, err = d.Runtime.Run(ctx, svc, release, imageID)
+	err := d.phase(r, PhaseStart, d.startDetail(svc, release), func() (err error) {
+		r.next, err = d.start(ctx, svc, release, imageID)
 		return err
 	})
-	next := r.next
 	if err == nil {
-		rec.NewUpstream = next.Upstream
-		err = d.phase(r, PhaseHealth, d.healthDetail(svc, next), func() error {
-			return d.waitHealthy(ctx, svc, next)
+		next := r.next
+		err = d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error {
+			return d.waitReleaseHealthy(ctx, svc, next)
 		})
-		var he *HealthError
-		if errors.As(err, &he) {
-			he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), next.ID, DefaultLogLines)
-		}
-		if err == nil {
-			err = d.Runtime.Announce(ctx, next, svc)
+		for _, c := range next.Containers {
+			if err == nil {
+				err = d.Runtime.Announce(ctx, c, svc)
+			}
 		}
 		if err != nil {
-			d.discard(ctx, next)
+			for _, c := range next.Containers {
+				d.discard(ctx, c)
+			}
 		}
 	}
 	if err != nil {
@@ -53,8 +51,8 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 
 	if svc.Rollout == RolloutStartFirst && old != nil {
 		err = d.phase(r, PhaseRetire, old.Name, func() error {
-			if err := d.Runtime.Stop(ctx, old.ID, svc.StopTimeout); err != nil {
-				return fmt.Errorf("stop %s: %w (%s runs beside it; stop it with `docker stop %s`)", old.Name, err, rec.To, old.Name)
+			if err := d.stopAll(ctx, svc, old); err != nil {
+				return fmt.Errorf("%w (%s runs beside it)", err, rec.To)
 			}
 			rec.FromStopped = true
 			return nil
@@ -65,21 +63,44 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 	} else if old != nil {
 		rec.FromStopped = true
 	}
-	if err := d.prune(ctx, svc, rec, old, next); err != nil {
+	if err := d.prune(ctx, svc, rec, old, r.next); err != nil {
 		return d.fail(ctx, r, err)
 	}
 	return d.succeed(r)
 }
 
+// stopAll stops every container of rel at once.
+func (d *Deployer) stopAll(ctx context.Context, svc Service, rel *Release) error {
+	errs := make(chan error, len(rel.Containers))
+	for _, c := range rel.Containers {
+		go func() {
+			if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
+				errs <- fmt.Errorf("stop %s: %w (stop it with `docker stop %s`)", c.Name, err, c.Name)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range rel.Containers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // workerLeft says what runs after a failed replace, and for stop-first
 // starts the old release again.
-func (d *Deployer) workerLeft(ctx context.Context, svc Service, rec *Record, old *Container) string {
+func (d *Deployer) workerLeft(ctx context.Context, svc Service, rec *Record, old *Release) string {
 	switch {
 	case old == nil:
 		return fmt.Sprintf("%s not started; nothing of %s runs", rec.To, svc.Name)
 	case svc.Rollout == RolloutStopFirst:
-		if _, err := d.Runtime.Start(context.WithoutCancel(ctx), old.ID, svc.Restart); err != nil {
-			return fmt.Sprintf("%s removed, and %s could not be started again (%v): start it with `docker start %s`", rec.To, old.Name, err, old.Name)
+		for _, c := range old.Containers {
+			if _, err := d.Runtime.Start(context.WithoutCancel(ctx), c.ID, svc.Restart); err != nil {
+				return fmt.Sprintf("%s removed, and %s could not be started again (%v): start it with `docker start %s`", rec.To, c.Name, err, c.Name)
+			}
 		}
 		return fmt.Sprintf("%s removed; %s started again", rec.To, old.Name)
 	}

@@ -28,6 +28,7 @@ import (
 const (
 	LabelService = "handoff.service"
 	LabelRelease = "handoff.release"
+	LabelReplica = "handoff.replica" // which of a release's containers (absent: its only one)
 	LabelImage   = "handoff.image"
 	LabelImageID = "handoff.image-id"
 	LabelPort    = "handoff.port"
@@ -214,6 +215,7 @@ func fromInspect(in container.InspectResponse) deploy.Container {
 		}
 		c.Service = in.Config.Labels[LabelService]
 		c.Release, _ = strconv.Atoi(in.Config.Labels[LabelRelease])
+		c.Replica, _ = strconv.Atoi(in.Config.Labels[LabelReplica])
 		c.Port, _ = strconv.Atoi(in.Config.Labels[LabelPort])
 		c.HasCheck, c.CheckWindow = checkWindow(in.Config.Healthcheck)
 		c.CheckCommand = checkCommand(in.Config.Healthcheck)

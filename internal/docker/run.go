@@ -28,8 +28,8 @@ import (
 // so the proxy's upstream stays right for the release's whole life. The
 // container is created from the image ID, so a tag moved meanwhile cannot
 // make it run another image.
-func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imageID string) (deploy.Container, error) {
-	name := svc.ContainerName(release)
+func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release, replica int, imageID string) (deploy.Container, error) {
+	name := svc.ContainerName(release, replica)
 	tried := map[int]bool{}
 	for attempt := 1; ; attempt++ {
 		hostPort := 0
@@ -40,7 +40,7 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imag
 			}
 			tried[hostPort] = true
 		}
-		c, err := r.create(ctx, svc, name, release, imageID, hostPort)
+		c, err := r.create(ctx, svc, name, release, replica, imageID, hostPort)
 		if err != nil {
 			return deploy.Container{}, err
 		}
@@ -62,7 +62,7 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release int, imag
 // create makes the container: published on 127.0.0.1:hostPort (0: not
 // published, the proxy reaches it by name on its networks), on its first
 // network only by its own name, and labelled so that Docker knows it.
-func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, release int, imageID string, hostPort int) (string, error) {
+func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, release, replica int, imageID string, hostPort int) (string, error) {
 	labels := map[string]string{}
 	for k, v := range svc.Labels {
 		labels[k] = v
@@ -72,6 +72,9 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 	}
 	labels[LabelService] = svc.Name
 	labels[LabelRelease] = strconv.Itoa(release)
+	if replica != 0 {
+		labels[LabelReplica] = strconv.Itoa(replica)
+	}
 	labels[LabelImage] = svc.Image
 	labels[LabelImageID] = imageID
 	labels[LabelPort] = strconv.Itoa(svc.Port)

@@ -185,20 +185,20 @@ func (d *Deployer) releaseJob(ctx context.Context, r *run, imageID string) error
 // serving is what release_pause exists to prevent; the deploy fails with
 // the old release serving, and the held requests are let go.
 func (d *Deployer) waitIdle(ctx context.Context, r *run, timeout time.Duration) error {
-	rec, upstream := r.rec, r.view.upstream
-	if upstream == "" || d.Proxy == nil {
+	rec, endpoints := r.rec, r.view.endpoints()
+	if len(endpoints) == 0 || d.Proxy == nil {
 		return nil // nothing serves yet
 	}
 	start := d.now()
 	deadline := start.Add(timeout)
 	noted, waited := "", false
 	for {
-		in, err := d.Proxy.InFlight(ctx, upstream)
+		in, err := d.inFlight(ctx, endpoints)
 		if err != nil && ctx.Err() != nil {
 			return ctx.Err() // interrupted (Ctrl-C, SIGTERM, SIGHUP): ends as interrupted, exit 130
 		}
 		if err != nil {
-			return fmt.Errorf("%w: count the requests in flight on %s before the release job: %w; the release job did not run", ErrProxy, upstream, err)
+			return fmt.Errorf("%w: before the release job, %w; the release job did not run", ErrProxy, err)
 		}
 		if in.Note != "" && in.Note != noted {
 			d.note(rec, "release: "+in.Note)
@@ -206,19 +206,19 @@ func (d *Deployer) waitIdle(ctx context.Context, r *run, timeout time.Duration) 
 		}
 		if !in.Reported || in.Requests == 0 {
 			if waited {
-				d.note(rec, fmt.Sprintf("waited %s for the requests in flight on %s to finish before the release job", d.now().Sub(start).Round(time.Millisecond), upstream))
+				d.note(rec, fmt.Sprintf("waited %s for the requests in flight on %s to finish before the release job", d.now().Sub(start).Round(time.Millisecond), endpointList(endpoints)))
 			}
 			return nil
 		}
 		if !d.now().Before(deadline) {
-			on := upstream
+			on := endpointList(in.where)
 			if r.view.live != nil {
 				on += " (" + r.view.live.Name + ")"
 			}
 			return fmt.Errorf("%w: %d request(s) still in flight on %s after %s (release_timeout): the release job did not run beside them; the held requests are let go; let those requests end (long uploads, streams, WebSockets), or raise release_timeout",
 				ErrReleaseJob, in.Requests, on, timeout)
 		}
-		d.Report.Progress(PhaseRelease, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, upstream), fmt.Sprintf("up to %s", timeout))
+		d.Report.Progress(PhaseRelease, fmt.Sprintf("%d request(s) still in flight on %s", in.Requests, endpointList(in.where)), fmt.Sprintf("up to %s", timeout))
 		waited = true
 		select {
 		case <-ctx.Done():

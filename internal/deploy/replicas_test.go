@@ -1,0 +1,149 @@
+package deploy
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func replicated(n int) Service {
+	svc := testService()
+	svc.Replicas = n
+	return svc
+}
+
+// sorted is calls in a stable order: a release's containers are stopped
+// all at once, in no set order.
+func sorted(calls []string) []string {
+	out := slices.Clone(calls)
+	slices.Sort(out)
+	return out
+}
+
+// A release of three is started whole, waited on whole, and switched to in
+// one change; the release it replaces is drained and stopped whole.
+func TestAReleaseOfThreeIsSwitchedToAtOnce(t *testing.T) {
+	r := newRig(t)
+	rec, err := r.d.Deploy(context.Background(), replicated(3))
+	require.NoError(t, err)
+	require.Equal(t, []string{"run web-2-1", "run web-2-2", "run web-2-3", "stop web-1"}, r.rt.calls)
+	require.Equal(t, []string{"127.0.0.1:30001 → 127.0.0.1:40001,127.0.0.1:40002,127.0.0.1:40003"}, r.proxy.switches, "one change")
+	require.Equal(t, "web-2", rec.To)
+	require.Equal(t, []string{"web-2-1", "web-2-2", "web-2-3"}, rec.ToContainers)
+	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, rec.NewEndpoints)
+	require.Equal(t, "127.0.0.1:40001", rec.NewUpstream)
+
+	r.rt.calls = nil
+	rec, err = r.d.Deploy(context.Background(), replicated(3))
+	require.NoError(t, err)
+	require.Equal(t, []string{"run web-3-1", "run web-3-2", "run web-3-3", "stop web-2-1", "stop web-2-2", "stop web-2-3"}, sorted(r.rt.calls))
+	require.Equal(t, []string{"web-2-1", "web-2-2", "web-2-3"}, rec.FromContainers)
+	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, sorted(r.proxy.retired[1:]), "every old endpoint retired")
+	require.Equal(t, 3, len(r.proxy.route.Endpoints()))
+}
+
+// One replica that fails its check fails the release: none of it is
+// switched to, all of it is removed, and the old release serves on.
+func TestOneUnhealthyReplicaFailsTheWholeRelease(t *testing.T) {
+	r := newRig(t)
+	r.rt.healthy = func(c Container) Container {
+		c.Health = "healthy"
+		if c.Name == "web-2-2" {
+			c.Health = "unhealthy"
+		}
+		return c
+	}
+	_, err := r.d.Deploy(context.Background(), replicated(3))
+	require.ErrorIs(t, err, ErrUnhealthy)
+	require.ErrorContains(t, err, "web-2-2: Docker HEALTHCHECK reports unhealthy")
+	require.ErrorContains(t, err, "web-1 still serving fake proxy; web-2 not in service")
+	require.Empty(t, r.proxy.switches)
+	require.Equal(t, []string{"remove web-2-1", "remove web-2-2", "remove web-2-3", "run web-2-1", "run web-2-2", "run web-2-3"}, sorted(r.rt.calls))
+	require.True(t, r.rt.find("web-1").Running)
+}
+
+// A rollback starts the kept release's containers again, all of them.
+func TestARollbackPutsBackEveryReplica(t *testing.T) {
+	r := newRig(t)
+	for range 2 {
+		_, err := r.d.Deploy(context.Background(), replicated(3))
+		require.NoError(t, err)
+	}
+	r.rt.calls = nil
+	rec, err := r.d.Rollback(context.Background(), replicated(3), 0)
+	require.NoError(t, err)
+	require.Equal(t, "web-2", rec.To)
+	require.Equal(t, []string{"start web-2-1", "start web-2-2", "start web-2-3", "stop web-3-1", "stop web-3-2", "stop web-3-3"}, sorted(r.rt.calls))
+	require.ElementsMatch(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, r.proxy.route.Endpoints(), "pinned ports: the same endpoints as before")
+}
+
+// keep counts releases, not containers: a release of three is kept or
+// removed whole.
+func TestKeepCountsReleases(t *testing.T) {
+	r := newRig(t)
+	svc := replicated(2)
+	svc.Keep = 1
+	for range 3 {
+		_, err := r.d.Deploy(context.Background(), svc)
+		require.NoError(t, err)
+	}
+	var left []string
+	for _, c := range r.rt.containers {
+		left = append(left, c.Name)
+	}
+	require.ElementsMatch(t, []string{"web-3-1", "web-3-2", "web-4-1", "web-4-2"}, left)
+}
+
+// A route of two endpoints, each served by a container someone else
+// started, is adopted whole: both are retired once the new release serves.
+func TestARouteOfTwoContainersIsAdoptedWhole(t *testing.T) {
+	r := newRig(t)
+	r.rt.containers = nil
+	r.rt.add(Container{ID: "id-a", Name: "app1", Running: true, Port: 8000, Upstream: "127.0.0.1:8001"})
+	r.rt.add(Container{ID: "id-b", Name: "app2", Running: true, Port: 8000, Upstream: "127.0.0.1:8002"})
+	r.proxy.route = Only("", "127.0.0.1:8001", "127.0.0.1:8002")
+	rec, err := r.d.Deploy(context.Background(), replicated(2))
+	require.NoError(t, err)
+	require.Equal(t, []string{"app1", "app2"}, rec.FromContainers)
+	require.Equal(t, []string{"run web-1-1", "run web-1-2", "stop app1", "stop app2"}, sorted(r.rt.calls))
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "adopting app1, app2 (serving 127.0.0.1:8001, 127.0.0.1:8002)")
+
+	// The adopted pair is a release to roll back to.
+	r.rt.calls = nil
+	_, err = r.d.Rollback(context.Background(), replicated(2), 0)
+	require.NoError(t, err)
+	require.Equal(t, []string{"start app1", "start app2", "stop web-1-1", "stop web-1-2"}, sorted(r.rt.calls))
+}
+
+// A route of one endpoint of which only part is found is not adopted: it
+// is replaced but nothing is stopped.
+func TestARouteOnlyPartlyServedIsNotAdopted(t *testing.T) {
+	r := newRig(t)
+	r.rt.containers = nil
+	r.rt.add(Container{ID: "id-a", Name: "app1", Running: true, Port: 8000, Upstream: "127.0.0.1:8001"})
+	r.proxy.route = Only("", "127.0.0.1:8001", "127.0.0.1:8002")
+	rec, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	require.Equal(t, []string{"run web-1"}, r.rt.calls)
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "no container found serving 127.0.0.1:8001, 127.0.0.1:8002")
+}
+
+// Status shows every replica of the live release, with what is in flight
+// on each.
+func TestStatusShowsEveryReplica(t *testing.T) {
+	r := newRig(t)
+	_, err := r.d.Deploy(context.Background(), replicated(2))
+	require.NoError(t, err)
+	st, err := r.d.Status(context.Background(), replicated(2))
+	require.NoError(t, err)
+	require.True(t, st.Agree, st.Problem)
+	require.Len(t, st.Replicas, 2)
+	require.Equal(t, "web-2-1", st.Replicas[0].Name)
+	require.Equal(t, 1, st.Replicas[0].Replica)
+	require.Equal(t, "web-2-2", st.Replicas[1].Name)
+	require.NotNil(t, st.Replicas[1].InFlight)
+	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002"}, st.Endpoints)
+}

@@ -38,7 +38,7 @@ type Service struct {
 	ContainerPrefix string
 	// Replicas is how many containers a release runs, each on its own
 	// endpoint, all healthy before the switch and switched at once (0 : 1).
-	Replicas int
+	Replicas        int
 	Image           string     // image reference to run; with Build, the tag to build
 	Build           *BuildSpec // nil: take Image as it is
 	Command         []string   // nil: the image's own CMD

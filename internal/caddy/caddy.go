@@ -90,19 +90,6 @@ func (p *Proxy) Route(ctx context.Context, known []string) (deploy.Route, error)
 	return routeOf(hs[0]), nil
 }
 
-// single is the one upstream of the route a preflight is asked about (""
-// for no route); the procedure acts on no route of several yet.
-func single(r deploy.Route) (string, error) {
-	eps := r.Endpoints()
-	switch {
-	case len(eps) == 0:
-		return "", nil
-	case len(eps) == 1 && len(r.Serving()) == 1:
-		return eps[0], nil
-	}
-	return "", fmt.Errorf("%w: the route %s has %d upstreams; handoff switches a route with exactly one", deploy.ErrNoRoute, r, len(eps))
-}
-
 // PointsAt names every reverse_proxy of Caddy that dials upstream.
 func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {
 	cfg, _, err := p.config(ctx)
@@ -114,88 +101,6 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 		out = append(out, "Caddy's "+h.describe())
 	}
 	return out, nil
-}
-
-// Preflight refuses, before anything starts, a switch that would strand
-// another site or that the Caddyfile could not follow; its refusals say
-// they are one. A Caddyfile that an interrupted switch left naming an
-// earlier release of the service (one of known) is brought in step with
-// Caddy first, and said so.
-func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []string) ([]string, error) {
-	upstream, err := single(current)
-	if err != nil || upstream == "" {
-		return nil, err
-	}
-	all, hs, _, err := p.handlers(ctx, known)
-	if err != nil {
-		return nil, err
-	}
-	if others := p.sharing(all, hs, upstream); len(others) > 0 {
-		return nil, refused(deploy.ErrConfig, fmt.Errorf("%s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. Set caddy.route to %s to switch every site that uses it together, or give each site its own service",
-			upstream, strings.Join(others, ", "), p.route, upstream))
-	}
-	if p.caddyfile == nil {
-		return nil, nil
-	}
-	if err := p.caddyfile.check(); err != nil {
-		return nil, refused(deploy.ErrConfig, err)
-	}
-	if rw, err := p.caddyfile.plan(p.host(), upstream, upstream); err == nil {
-		return rw.notes, nil
-	}
-	// The file does not name what Caddy serves: behind by one interrupted
-	// switch of this service, or changed by someone.
-	unlock, err := p.caddyfile.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	for _, old := range known {
-		if deploy.SameUpstream(old, upstream) {
-			continue
-		}
-		if _, err := p.caddyfile.plan(p.host(), old, upstream); err != nil {
-			continue
-		}
-		if err := p.caddyfile.replace(p.host(), old, upstream); err != nil {
-			return nil, fmt.Errorf("%w: bring the Caddyfile in step: %v", deploy.ErrProxy, err)
-		}
-		return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, old, upstream)}, nil
-	}
-	_, err = p.caddyfile.plan(p.host(), upstream, upstream)
-	return nil, refused(deploy.ErrProxy, err)
-}
-
-// refusal is a deploy the preflight refused: nothing was started. It says
-// so in its own words, keeping kind for the exit code.
-type refusal struct {
-	kind error
-	err  error
-}
-
-func refused(kind, err error) error {
-	if err == nil || errors.As(err, new(*refusal)) {
-		return err
-	}
-	return &refusal{kind: kind, err: err}
-}
-
-func (r *refusal) Error() string {
-	return "refused before the deploy started anything: " + strings.TrimPrefix(r.err.Error(), r.kind.Error()+": ")
-}
-
-func (r *refusal) Unwrap() []error { return []error{r.kind, r.err} }
-
-// sharing names the handlers outside the route that dial upstream too.
-func (p *Proxy) sharing(all, route []proxyHandler, upstream string) []string {
-	var out []string
-	for _, h := range dialing(all, upstream) {
-		// A named route is one handler for every site that invokes it.
-		if !slices.ContainsFunc(route, func(r proxyHandler) bool { return r.path == h.path && slices.Equal(r.hosts, h.hosts) }) {
-			out = append(out, h.describe())
-		}
-	}
-	return out
 }
 
 // host is the site whose blocks the Caddyfile rewrite may touch; "" when
@@ -507,40 +412,6 @@ func versionBefore(v string, major, minor, patch int) bool {
 // Retire does nothing: after a reload Caddy ends an old upstream's streams
 // itself (at once, or after stream_close_delay).
 func (p *Proxy) Retire(context.Context, string) error { return nil }
-
-// Advice lists the Caddy settings a deploy without failures needs that the
-// route's reverse_proxy lacks, and a Caddyfile out of step.
-func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
-	_, hs, _, err := p.handlers(ctx, []string{upstream})
-	if err != nil {
-		return nil, err
-	}
-	advice := advise(hs[0].handler, p.admin.address)
-	if p.caddyfile != nil {
-		if _, err := p.caddyfile.planRoute(p.host(), hs[0].dials, hs[0].dials); err != nil {
-			msg := "out of step: " + err.Error()
-			if prev, ok := p.caddyfile.previous(); ok {
-				msg += "; the version before handoff's last switch is " + prev
-			}
-			advice = append(advice, msg)
-		}
-	}
-	return advice, nil
-}
-
-func advise(handler map[string]any, adminAddress string) []string {
-	var out []string
-	if _, ok := handler["stream_close_delay"]; !ok {
-		out = append(out, "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`")
-	}
-	if dig(handler, "load_balancing", "try_duration") == nil {
-		out = append(out, "reverse_proxy has no lb_try_duration: a request that meets a connection error fails instead of waiting; add `lb_try_duration 5s` and `lb_try_interval 100ms`")
-	}
-	if !strings.HasPrefix(adminAddress, "unix:") {
-		out = append(out, "Caddy's admin API is on TCP: any local process (or container, on 0.0.0.0) can reconfigure Caddy; prefer `admin unix//run/caddy/admin.sock`")
-	}
-	return out
-}
 
 // Site is one reverse_proxy of a running Caddy: the hosts that lead to it
 // and its upstreams.

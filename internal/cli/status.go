@@ -3,10 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
 func newStatusCmd(c *common) *cobra.Command {
@@ -36,12 +40,31 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 	out := c.io.Out
 	fmt.Fprintf(out, "service  %s\n", st.Service)
 	if st.Routed {
-		fmt.Fprintf(out, "proxy    %s → %s\n", st.Proxy, orDash(st.Upstream))
+		to := st.Upstream
+		if len(st.Endpoints) > 0 {
+			to = strings.Join(st.Endpoints, ", ")
+		}
+		fmt.Fprintf(out, "proxy    %s → %s\n", st.Proxy, orDash(to))
 	} else {
 		fmt.Fprintf(out, "proxy    none: no route (a worker)\n")
 	}
-	if st.Live != nil {
+	if st.Live != nil && len(st.Replicas) == 0 {
 		fmt.Fprintf(out, "live     %s  image %s  up %s\n", st.Live.Name, st.Live.Image, st.Live.Uptime)
+	}
+	if len(st.Replicas) > 0 {
+		fmt.Fprintf(out, "live     release %d: %d replicas  image %s\n", st.Live.Release, len(st.Replicas), st.Live.Image)
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  REPLICA\tCONTAINER\tSTATE\tHEALTH\tRESTARTS\tIN FLIGHT\tUPSTREAM")
+		for _, r := range st.Replicas {
+			inFlight := "-"
+			if r.InFlight != nil {
+				inFlight = strconv.Itoa(*r.InFlight)
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Replica, r.Name, stateOf(r), orDash(r.Health), r.Restarts, inFlight, orDash(r.Upstream))
+		}
+		tw.Flush()
+	}
+	if st.Live != nil {
 		fmt.Fprintf(out, "health   %s\n", st.Check)
 	}
 	switch {
@@ -60,11 +83,7 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  RELEASE\tCONTAINER\tIMAGE\tSTATE\tUPSTREAM")
 		for _, r := range st.Releases {
-			state := "stopped"
-			if r.Running {
-				state = "running " + r.Uptime.String()
-			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", r.Release, r.Name, r.Image, state, orDash(r.Upstream))
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", r.Release, r.Name, r.Image, stateOf(r), orDash(r.Upstream))
 		}
 		tw.Flush()
 	}
@@ -76,6 +95,13 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		fmt.Fprintf(out, "advice   %s\n", a)
 	}
 	return nil
+}
+
+func stateOf(c deploy.ContainerStatus) string {
+	if c.Running {
+		return "running " + c.Uptime.String()
+	}
+	return "stopped"
 }
 
 func orDash(s string) string {

@@ -4,6 +4,7 @@
 //
 //	PORT           port to listen on (8000)
 //	RELEASE        text every response carries, in its body and X-Release
+//	               (GET / also carries X-Host: the container's hostname)
 //	BOOT_DELAY     wait this long before listening (a slow-booting app)
 //	HEALTH_STATUS  status /health answers (200); /health?redirect=1 redirects
 //	CRASH_AFTER    exit 3 this long after start ("0s": at once)
@@ -81,8 +82,10 @@ func main() {
 	}
 	readyAt := time.Now().Add(duration("READY_DELAY", 0))
 	mux := http.NewServeMux()
+	host, _ := os.Hostname() // the container's: tells a release's replicas apart
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Release", release)
+		w.Header().Set("X-Host", host)
 		if time.Now().Before(readyAt) {
 			http.Error(w, "warming up", http.StatusServiceUnavailable)
 			return

@@ -42,6 +42,7 @@ type LoadStats struct {
 	WSGoingAway int            // WebSockets closed by the server with 1001 (going away): a proper goodbye
 	WSCut       int            // WebSockets that failed to open or broke
 	Releases    map[string]int // which release answered
+	Hosts       map[string]int // which container answered GET / (its hostname: the short container ID)
 	Errors      []string       // the first failures, with their times: what and when
 	LongestGap  time.Duration  // the longest time without a 2xx GET (or h2) answer
 	lastOK      time.Time
@@ -88,7 +89,7 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 		o.MaxDuration = 10 * time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.MaxDuration)
-	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, lastOK: time.Now()}}
+	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, Hosts: map[string]int{}, lastOK: time.Now()}}
 	t.Cleanup(func() { l.Stop() })
 
 	h1 := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
@@ -179,16 +180,21 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 		req.Host = host
 		// Requests are not tied to ctx: stopping the load lets the last ones finish.
 		resp, err := c.Do(req)
-		code, release := 0, ""
+		code, release, host := 0, "", ""
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			code, release = resp.StatusCode, resp.Header.Get("X-Release")
+			code, release, host = resp.StatusCode, resp.Header.Get("X-Release"), resp.Header.Get("X-Host")
 			if kind == "h2" && resp.ProtoMajor != 2 {
 				err = fmt.Errorf("h2 loop got %s", resp.Proto)
 			}
 		}
 		l.count(kind, code, release, err)
+		if host != "" && code/100 == 2 {
+			l.mu.Lock()
+			l.stats.Hosts[host]++
+			l.mu.Unlock()
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(o.Pause):
@@ -249,7 +255,10 @@ func (l *Load) Snapshot() LoadStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.stats
-	s.Releases = map[string]int{}
+	s.Releases, s.Hosts = map[string]int{}, map[string]int{}
+	for k, v := range l.stats.Hosts {
+		s.Hosts[k] = v
+	}
 	for k, v := range l.stats.Releases {
 		s.Releases[k] = v
 	}

@@ -247,7 +247,11 @@ func (d *Deployer) probe(ctx context.Context, kind HealthKind, h HealthCheck, c 
 		}
 		return true, ""
 	case HealthCmd:
-		code, out, err := d.Runtime.Exec(ctx, c.ID, h.Command)
+		ex, ok := d.Runtime.(Execer)
+		if !ok {
+			return false, "this engine cannot run a command in a container: use health type http or tcp"
+		}
+		code, out, err := ex.Exec(ctx, c.ID, h.Command)
 		if err != nil {
 			return false, fmt.Sprintf("%s: %v", strings.Join(h.Command, " "), err)
 		}
@@ -255,6 +259,18 @@ func (d *Deployer) probe(ctx context.Context, kind HealthKind, h HealthCheck, c 
 			return false, fmt.Sprintf("%s exited %d: %s", strings.Join(h.Command, " "), code, firstLine(out))
 		}
 		return true, ""
+	case HealthTCP, HealthHTTP:
+		if p, ok := d.Runtime.(Prober); ok {
+			return p.Probe(ctx, kind, h, c)
+		}
+	}
+	return probeFromHost(ctx, kind, h, c)
+}
+
+// probeFromHost runs an HTTP or TCP check from this host, at the
+// container's published port.
+func probeFromHost(ctx context.Context, kind HealthKind, h HealthCheck, c Container) (bool, string) {
+	switch kind {
 	case HealthTCP:
 		addr := c.probeAddr()
 		if addr == "" {

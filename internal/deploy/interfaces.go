@@ -33,16 +33,18 @@ type Container struct {
 	StartedAt    time.Time
 }
 
-// Runtime runs containers. internal/docker implements it on the Docker Engine API.
+// Runtime is a container engine as the procedure needs it, by role.
+// internal/docker implements it, and the optional roles below, on the
+// Docker Engine API. An engine that lacks an optional role is not asked to
+// fake it: the procedure does without it, or refuses what needs it.
 type Runtime interface {
-	// Releases lists the containers labelled as releases of service, newest first.
-	Releases(ctx context.Context, service string) ([]Container, error)
-	// Serving finds the running container that upstream (host:port, or a
-	// container's name or alias and port) reaches, for adoption.
-	Serving(ctx context.Context, upstream string) (*Container, error)
-	// Find lists the running containers that carry labels and were not
-	// started by handoff (a compose service's), for adoption.
-	Find(ctx context.Context, labels map[string]string) ([]Container, error)
+	Images
+	Containers
+	Diagnostics
+}
+
+// Images builds and fetches the image a release runs.
+type Images interface {
 	// Build runs the user's own `docker build`, streaming its output.
 	Build(ctx context.Context, spec BuildSpec, tag string, out io.Writer) error
 	// ImageID resolves a reference to the local image's ID; ErrImageNotFound if absent.
@@ -53,6 +55,12 @@ type Runtime interface {
 	// Digest is the registry digest (name@sha256:…) of the local image
 	// imageID that ref names; "" for an image built here.
 	Digest(ctx context.Context, imageID, ref string) (string, error)
+}
+
+// Containers runs a service's releases and its release jobs.
+type Containers interface {
+	// Releases lists the containers labelled as releases of service, newest first.
+	Releases(ctx context.Context, service string) ([]Container, error)
 	// Job runs cmd once in a one-off container of imageID with svc's
 	// environment, volumes and networks (nothing published, no restart),
 	// streams its output to out, removes it, and returns its exit code.
@@ -63,19 +71,51 @@ type Runtime interface {
 	Run(ctx context.Context, svc Service, release, replica int, imageID string) (Container, error)
 	// Start starts a stopped container with restart policy restart.
 	Start(ctx context.Context, id string, restart string) (Container, error)
-	// Announce gives a healthy release the names svc's networks give the
-	// service (its aliases), so that other services find it by them.
-	Announce(ctx context.Context, c Container, svc Service) error
 	// Watch reports the container's state changes (die, restart, oom,
 	// health_status...) as they happen, until ctx ends; nil if it cannot.
 	Watch(ctx context.Context, id string) <-chan string
 	Inspect(ctx context.Context, id string) (Container, error)
-	Exec(ctx context.Context, id string, cmd []string) (exitCode int, output string, err error)
-	Logs(ctx context.Context, id string, lines int) (string, error)
 	// Stop stops a container (SIGTERM, SIGKILL after timeout) so that it
 	// stays stopped: no restart policy brings it back at a dockerd restart.
 	Stop(ctx context.Context, id string, timeout time.Duration) error
 	Remove(ctx context.Context, id string) error
+}
+
+// Diagnostics says what a container said, for a failure's message.
+type Diagnostics interface {
+	Logs(ctx context.Context, id string, lines int) (string, error)
+}
+
+// Adopter finds containers someone else started (an optional role): a
+// first deploy takes them over as the live release.
+type Adopter interface {
+	// Serving finds the running container that upstream (host:port, or a
+	// container's name or alias and port) reaches.
+	Serving(ctx context.Context, upstream string) (*Container, error)
+	// Find lists the running containers that carry labels and were not
+	// started by handoff (a compose service's).
+	Find(ctx context.Context, labels map[string]string) ([]Container, error)
+}
+
+// Announcer gives a healthy container the names svc's networks give the
+// service (its aliases), so that other services find it by them (an
+// optional role: an engine whose service names come with the release
+// itself has none).
+type Announcer interface {
+	Announce(ctx context.Context, c Container, svc Service) error
+}
+
+// Execer runs a command in a container (an optional role): health type cmd.
+type Execer interface {
+	Exec(ctx context.Context, id string, cmd []string) (exitCode int, output string, err error)
+}
+
+// Prober runs an HTTP or TCP health check where the container can be
+// reached (an optional role): an engine whose containers a check from this
+// host cannot reach (tasks on other nodes) checks them itself. Without it,
+// handoff checks from this host, at the container's published port.
+type Prober interface {
+	Probe(ctx context.Context, kind HealthKind, h HealthCheck, c Container) (ok bool, why string)
 }
 
 // InFlight is what the proxy says about requests still running on an upstream.

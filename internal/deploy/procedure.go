@@ -310,7 +310,7 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.leftAsIs(view, next)))
 	}
 	for _, c := range next.Containers {
-		if err := d.Runtime.Announce(ctx, c, svc); err != nil {
+		if err := d.announce(ctx, c, svc); err != nil {
 			undo()
 			return d.fail(ctx, r, fmt.Errorf("give %s the service's network aliases: %w; %s", c.Name, err, d.leftAsIs(view, next)))
 		}
@@ -392,6 +392,15 @@ func (d *Deployer) waitReleaseHealthy(ctx context.Context, svc Service, rel *Rel
 		}
 	}
 	return first
+}
+
+// announce gives c the service's network names, on an engine that gives
+// names apart from starting a container.
+func (d *Deployer) announce(ctx context.Context, c Container, svc Service) error {
+	if a, ok := d.Runtime.(Announcer); ok {
+		return a.Announce(ctx, c, svc)
+	}
+	return nil
 }
 
 // withLogs adds c's last log lines to a health error of c.

@@ -124,9 +124,13 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 // serving finds, for adoption, the running containers the route's
 // endpoints reach: a release of them when every endpoint has one, else nil.
 func (d *Deployer) serving(ctx context.Context, endpoints []string) (*Release, error) {
+	a, ok := d.Runtime.(Adopter)
+	if !ok {
+		return nil, nil
+	}
 	var found []Container
 	for _, e := range endpoints {
-		c, err := d.Runtime.Serving(ctx, e)
+		c, err := a.Serving(ctx, e)
 		if err != nil || c == nil {
 			return nil, err
 		}
@@ -175,10 +179,11 @@ func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error
 // adoptByLabels takes over the containers the service's labels name (those
 // compose started), as the live release of a first deploy.
 func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) error {
-	if len(svc.Adopt) == 0 {
+	a, ok := d.Runtime.(Adopter)
+	if len(svc.Adopt) == 0 || !ok {
 		return nil
 	}
-	labelled, err := d.Runtime.Find(ctx, svc.Adopt)
+	labelled, err := a.Find(ctx, svc.Adopt)
 	if err != nil || len(labelled) == 0 {
 		return err
 	}

@@ -35,7 +35,7 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 		})
 		for _, c := range next.Containers {
 			if err == nil {
-				err = d.Runtime.Announce(ctx, c, svc)
+				err = d.announce(ctx, c, svc)
 			}
 		}
 		if err != nil {

@@ -44,7 +44,12 @@ type Runtime struct {
 	api *client.Client
 }
 
-var _ deploy.Runtime = (*Runtime)(nil)
+var (
+	_ deploy.Runtime   = (*Runtime)(nil)
+	_ deploy.Adopter   = (*Runtime)(nil)
+	_ deploy.Announcer = (*Runtime)(nil)
+	_ deploy.Execer    = (*Runtime)(nil)
+)
 
 // New connects to the engine named by DOCKER_HOST (or the default socket)
 // and negotiates the API version (the client does by default), so engines

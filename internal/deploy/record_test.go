@@ -127,6 +127,16 @@ func historyScenarios() []historyScenario {
 	}
 	return []historyScenario{
 		{"a deploy", deployed},
+		{"deploys of three replicas, then a rollback", func(t *testing.T) *rig {
+			r := newRig(t)
+			for range 2 {
+				_, err := r.d.Deploy(ctx, replicated(3))
+				require.NoError(t, err)
+			}
+			_, err := r.d.Rollback(ctx, replicated(3), 0)
+			require.NoError(t, err)
+			return r
+		}},
 		{"a deploy whose new release fails its health check", func(t *testing.T) *rig {
 			r := newRig(t)
 			r.rt.healthy = func(c Container) Container { c.Health = "unhealthy"; return c }

@@ -118,9 +118,31 @@ func TestComposeSettings(t *testing.T) {
 			want: func(t *testing.T, svc deploy.Service) {
 				require.Equal(t, []deploy.Network{{Name: "p_back", Aliases: []string{"api"}}}, svc.Networks)
 			}},
-		{name: "replicas above one", yml: head + "    deploy: {replicas: 3}\n", refused: "web sets deploy.replicas: 3; handoff runs one container per release"},
-		{name: "scale above one", yml: head + "    scale: 2\n", refused: "web sets scale: 2; handoff runs one container per release"},
-		{name: "replicas one", yml: head + "    deploy: {replicas: 1}\n", want: func(t *testing.T, svc deploy.Service) {}},
+		{name: "replicas", yml: head + "    deploy: {replicas: 3}\n",
+			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, 3, svc.Replicas) }},
+		{name: "scale", yml: head + "    scale: 2\n",
+			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, 2, svc.Replicas) }},
+		{name: "scale and replicas alike", yml: head + "    scale: 2\n    deploy: {replicas: 2}\n",
+			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, 2, svc.Replicas) }},
+		{name: "scale and replicas differ", yml: head + "    scale: 2\n    deploy: {replicas: 3}\n",
+			refused: "can't set distinct values on 'scale' and 'deploy.replicas'"}, // compose-go's own rule, as docker compose says it
+		{name: "replicas one", yml: head + "    deploy: {replicas: 1}\n",
+			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, 1, svc.Replicas) }},
+		{name: "replicas zero", yml: head + "    deploy: {replicas: 0}\n",
+			refused: "web sets deploy.replicas: 0: a service scaled to 0 runs no container, and a deploy would start none; set it to 1 or more, or do not deploy web"},
+		{name: "scale zero", yml: head + "    scale: 0\n", refused: "web sets scale: 0: a service scaled to 0"},
+		{name: "replicas too many", yml: head + "    deploy: {replicas: 65}\n", refused: "web sets deploy.replicas: 65: at most 64 containers a release"},
+		{name: "global", yml: head + "    deploy: {mode: global}\n",
+			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, 1, svc.Replicas, "one on this one engine") }},
+		{name: "global with replicas", yml: head + "    deploy: {mode: global, replicas: 3}\n",
+			refused: "web sets deploy.mode: global and deploy.replicas: 3: global runs one container on each engine, one here, and docker compose would run 3; remove one of them"},
+		{name: "replicas of a stop-first worker", yml: head + "    deploy: {replicas: 2}\n    x-handoff: {strategy: stop-first}\n",
+			want: func(t *testing.T, svc deploy.Service) {
+				require.Equal(t, 2, svc.Replicas)
+				require.Equal(t, deploy.RolloutStopFirst, svc.Rollout)
+			}},
+		{name: "replicas in x-handoff", yml: head + "    x-handoff: {replicas: 2}\n",
+			refused: "web's x-handoff sets replicas: a compose service's containers are counted by its deploy.replicas (or scale), which docker compose reads too; set it there"},
 		{name: "limits pids", yml: head + "    deploy: {resources: {limits: {pids: 100}}}\n",
 			want: func(t *testing.T, svc deploy.Service) { require.Equal(t, int64(100), svc.PidsLimit) }},
 		{name: "init tty stdin_open", yml: head + "    init: true\n    tty: true\n    stdin_open: true\n",
@@ -181,4 +203,20 @@ func TestCommandStringsWithShellOperators(t *testing.T) {
 		require.ErrorIs(t, err, deploy.ErrConfig, c.yml)
 		require.ErrorContains(t, err, c.refused)
 	}
+}
+
+// --replicas cannot say otherwise than the compose file: docker compose up
+// would scale the service back to the file's count.
+func TestReplicasFlagFollowsTheComposeFile(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "compose.yaml")
+	require.NoError(t, os.WriteFile(f, []byte("services:\n  web:\n    image: x\n    deploy: {replicas: 2}\n"), 0o644))
+	p, err := Load(context.Background(), Options{Files: []string{f}, Name: "p"})
+	require.NoError(t, err)
+	tg, err := Resolve(p, "web", config.Overrides{Replicas: 2}, Tool{Hash: "h"})
+	require.NoError(t, err)
+	require.Equal(t, 2, tg.Service.Replicas)
+	_, err = Resolve(p, "web", config.Overrides{Replicas: 3}, Tool{Hash: "h"})
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "--replicas 3: web runs 2 (its deploy.replicas or scale), and docker compose up would scale it back; change the compose file instead")
 }

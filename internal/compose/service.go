@@ -73,6 +73,9 @@ func Resolve(p *types.Project, name string, o config.Overrides, tool Tool) (Targ
 	if o.Image != svc.Image {
 		svc.Image, svc.Build = o.Image, nil
 	}
+	if o.Replicas != 0 && int(o.Replicas) != svc.Replicas {
+		return Target{}, fmt.Errorf("%w: --replicas %d: %s runs %d (its deploy.replicas or scale), and docker compose up would scale it back; change the compose file instead", deploy.ErrConfig, o.Replicas, name, svc.Replicas)
+	}
 	set, err := ext.Apply(svc, o)
 	if err != nil {
 		return Target{}, err
@@ -126,7 +129,7 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		return svc, nil, err
 	}
 	svc.Restart = restart
-	if err := oneContainer(s); err != nil {
+	if svc.Replicas, err = replicas(s); err != nil {
 		return svc, nil, err
 	}
 	if svc.Image == "" {
@@ -353,28 +356,34 @@ func deployRestart(s types.ServiceConfig) *types.RestartPolicy {
 	return s.Deploy.RestartPolicy
 }
 
-// oneContainer refuses a service that asks for several containers: a
-// release is one container for now (adoption would take the first and
-// leave the others unmanaged).
-func oneContainer(s types.ServiceConfig) error {
-	n, what := 1, ""
-	if s.Deploy != nil && s.Deploy.Replicas != nil {
-		n, what = *s.Deploy.Replicas, "deploy.replicas"
-	}
-	if s.Scale != nil {
-		n, what = *s.Scale, "scale"
-	}
-	if n != 1 {
-		return fmt.Errorf("%w: %s sets %s: %d; handoff runs one container per release for now: set it to 1 (or remove it), or deploy %s with docker compose", deploy.ErrConfig, s.Name, what, n, s.Name)
+// replicas is how many containers a release of the service runs, as
+// docker compose counts them: scale, else deploy.replicas, else 1
+// (compose-go refused the two set apart as the project loaded); deploy.mode
+// global is one on this one engine.
+func replicas(s types.ServiceConfig) (int, error) {
+	n, what := s.GetScale(), "scale"
+	if s.Scale == nil {
+		what = "deploy.replicas"
 	}
 	if s.Deploy != nil {
 		switch s.Deploy.Mode {
-		case "", "replicated", "global": // global: one on this one engine
+		case "", "replicated":
+		case "global":
+			if n != 1 {
+				// docker compose ignores the mode and runs n; a swarm refuses.
+				return 0, fmt.Errorf("%w: %s sets deploy.mode: global and %s: %d: global runs one container on each engine, one here, and docker compose would run %d; remove one of them", deploy.ErrConfig, s.Name, what, n, n)
+			}
 		default:
-			return fmt.Errorf("%w: %s sets deploy.mode: %s; a release is a long-running container: use replicated, or run it with docker compose run", deploy.ErrConfig, s.Name, s.Deploy.Mode)
+			return 0, fmt.Errorf("%w: %s sets deploy.mode: %s; a release is a long-running container: use replicated, or run it with docker compose run", deploy.ErrConfig, s.Name, s.Deploy.Mode)
 		}
 	}
-	return nil
+	switch {
+	case n < 1:
+		return 0, fmt.Errorf("%w: %s sets %s: %d: a service scaled to 0 runs no container, and a deploy would start none; set it to 1 or more, or do not deploy %s", deploy.ErrConfig, s.Name, what, n, s.Name)
+	case n > config.MaxReplicas:
+		return 0, fmt.Errorf("%w: %s sets %s: %d: at most %d containers a release (each holds a host port and is health-checked before every switch)", deploy.ErrConfig, s.Name, what, n, config.MaxReplicas)
+	}
+	return n, nil
 }
 
 // networks are the service's networks by their Docker names, each with the
@@ -429,6 +438,9 @@ func extension(p *types.Project, s types.ServiceConfig) (config.File, error) {
 		if v, ok := ext[Extension].(map[string]any); ok {
 			deepMerge(merged, v)
 		}
+	}
+	if _, ok := merged["replicas"]; ok {
+		return config.File{}, fmt.Errorf("%w: %s's x-handoff sets replicas: a compose service's containers are counted by its deploy.replicas (or scale), which docker compose reads too; set it there", deploy.ErrConfig, s.Name)
 	}
 	data, err := yaml.Marshal(merged)
 	if err != nil {

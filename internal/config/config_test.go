@@ -354,3 +354,57 @@ func TestNestedMergeKeysAreCheckedOnce(t *testing.T) {
 	doc.WriteString("health: {<<: *a9}\n")
 	parseWithin(t, 2*time.Second, []byte(doc.String()))
 }
+
+// replicas: says how many containers a release runs; a count no release
+// could run is refused at its line, as --replicas is.
+func TestReplicasAreCounted(t *testing.T) {
+	for yml, want := range map[string]int{"service: web\n": 0, "service: web\nreplicas: 1\n": 1, "service: web\nreplicas: 3\n": 3, "service: web\nreplicas: 64\n": 64} {
+		f, err := Parse("handoff.yml", []byte(yml))
+		require.NoError(t, err, yml)
+		s, err := Resolve(f, Overrides{})
+		require.NoError(t, err, yml)
+		require.Equal(t, want, s.Service.Replicas, yml)
+	}
+	f, err := Parse("handoff.yml", []byte("service: web\nreplicas: 3\n"))
+	require.NoError(t, err)
+	s, err := Resolve(f, Overrides{Replicas: 5})
+	require.NoError(t, err)
+	require.Equal(t, 5, s.Service.Replicas, "the flag wins over the file")
+
+	for yml, want := range map[string]string{
+		"service: web\nreplicas: 0\n":      "handoff.yml:2: replicas: 0: a release runs at least 1 container (remove the key for 1)",
+		"service: web\nreplicas: -2\n":     "handoff.yml:2: replicas: -2: a release runs at least 1 container",
+		"service: web\nreplicas: 65\n":     "handoff.yml:2: replicas: 65: at most 64 containers a release",
+		"service: web\nreplicas: two\n":    `handoff.yml:2: replicas "two" is not a whole number; write how many containers a release runs, from 1 to 64`,
+		"service: web\nreplicas: 2.5\n":    `handoff.yml:2: replicas "2.5" is not a whole number`,
+		"service: web\nreplicas: [1, 2]\n": `handoff.yml:2: replicas "" is not a whole number`,
+	} {
+		f, err := Parse("handoff.yml", []byte(yml))
+		if err == nil {
+			_, err = Resolve(f, Overrides{})
+		}
+		require.ErrorIs(t, err, deploy.ErrConfig, yml)
+		require.ErrorContains(t, err, want, yml)
+		require.NotContains(t, err.Error(), "\n", "one line")
+	}
+}
+
+// --replicas is checked as the flag is read, with the same words.
+func TestReplicasFlag(t *testing.T) {
+	var r ReplicaCount
+	require.NoError(t, r.Set("4"))
+	require.Equal(t, ReplicaCount(4), r)
+	require.Equal(t, "4", r.String())
+	require.Equal(t, "int", r.Type())
+	for in, want := range map[string]string{
+		"0":   "a release runs at least 1 container",
+		"-1":  "a release runs at least 1 container",
+		"100": "at most 64 containers a release",
+		"x":   "not a whole number; write how many containers a release runs, from 1 to 64",
+	} {
+		require.ErrorContains(t, r.Set(in), want, in)
+	}
+	_, err := Resolve(File{Service: "web"}, Overrides{Replicas: -3})
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "--replicas -3: a release runs at least 1 container")
+}

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +43,7 @@ type File struct {
 	DrainTimeout Duration          `yaml:"drain_timeout"`
 	StopTimeout  Duration          `yaml:"stop_timeout"`
 	Keep         *int              `yaml:"keep"`
+	Replicas     *ReplicaCount     `yaml:"replicas"` // containers a release runs
 	Caddy        Caddy             `yaml:"caddy"`
 	Proxy        string            `yaml:"proxy"` // caddy (default) or handoff
 	HandoffProxy HandoffProxy      `yaml:"handoff_proxy"`
@@ -148,6 +150,61 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 		return &lineError{line: n.Line, msg: fmt.Sprintf("%q is not a duration; write it like 30s, 2m or 1m30s", n.Value)}
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// MaxReplicas is the most containers a release may run: each holds a
+// port of host_ports and is health-checked before every switch, on one host.
+const MaxReplicas = 64
+
+// ReplicaCount is how many containers a release runs (`replicas:`,
+// --replicas); 0: not given.
+type ReplicaCount int
+
+// UnmarshalYAML reads a whole number; whether a release can run that many
+// is Apply's to say, with the flag's words.
+func (r *ReplicaCount) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseReplicas(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return &lineError{line: n.Line, msg: notReplicas(n.Value)}
+	}
+	*r = ReplicaCount(v)
+	return nil
+}
+
+// Set reads --replicas (a pflag.Value), refusing a count no release could
+// run; pflag's message names the flag and the value.
+func (r *ReplicaCount) Set(s string) error {
+	v, err := parseReplicas(s)
+	if err != nil {
+		return fmt.Errorf("not a whole number; write how many containers a release runs, from 1 to %d", MaxReplicas)
+	}
+	if err := checkReplicas(v); err != nil {
+		return err
+	}
+	*r = ReplicaCount(v)
+	return nil
+}
+
+func (r *ReplicaCount) String() string { return strconv.Itoa(int(*r)) }
+
+// Type names the flag's value in --help.
+func (r *ReplicaCount) Type() string { return "int" }
+
+func parseReplicas(s string) (int, error) { return strconv.Atoi(strings.TrimSpace(s)) }
+
+func notReplicas(s string) string {
+	return fmt.Sprintf("replicas %q is not a whole number; write how many containers a release runs, from 1 to %d", s, MaxReplicas)
+}
+
+// checkReplicas refuses a count of containers no release could run.
+func checkReplicas(n int) error {
+	switch {
+	case n < 1:
+		return errors.New("a release runs at least 1 container")
+	case n > MaxReplicas:
+		return fmt.Errorf("at most %d containers a release (each holds a host port and is health-checked before every switch)", MaxReplicas)
+	}
 	return nil
 }
 

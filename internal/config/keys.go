@@ -26,7 +26,7 @@ var fileSchema = schema{
 	"host_ports":    nil,
 	"resources":     {"memory": nil, "cpus": nil},
 	"health":        healthSchema,
-	"drain_timeout": nil, "stop_timeout": nil, "keep": nil,
+	"drain_timeout": nil, "stop_timeout": nil, "keep": nil, "replicas": nil,
 	"caddy":         {"admin": nil, "route": nil, "caddyfile": nil},
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},

@@ -33,6 +33,7 @@ type Overrides struct {
 	ProxySocket  string
 	ProxyListen  string
 	Pull         string
+	Replicas     ReplicaCount // a pflag.Value: `f.Var(&o.Replicas, "replicas", …)`
 }
 
 // The proxies a service can be switched by.
@@ -134,6 +135,20 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 			return Settings{}, f.at("keep", fmt.Sprintf("keep: %d: keep at least 1 earlier release, or rollback has nothing to go back to", *f.Keep))
 		}
 		svc.Keep = *f.Keep
+	}
+	if f.Replicas != nil {
+		n := int(*f.Replicas)
+		if err := checkReplicas(n); err != nil {
+			return Settings{}, f.at("replicas", fmt.Sprintf("replicas: %d: %v (remove the key for 1)", n, err))
+		}
+		svc.Replicas = n
+	}
+	if o.Replicas != 0 {
+		n := int(o.Replicas)
+		if err := checkReplicas(n); err != nil {
+			return Settings{}, fmt.Errorf("%w: --replicas %d: %v", deploy.ErrConfig, n, err)
+		}
+		svc.Replicas = n
 	}
 	if f.HostPorts != "" {
 		lo, hi, err := parsePortRange(f.HostPorts)

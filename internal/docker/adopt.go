@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -91,7 +92,9 @@ func (r *Runtime) named(ctx context.Context, name string, port int, upstream str
 }
 
 // Find lists the running containers that carry every label given and that
-// handoff did not start (a compose service's), for adoption.
+// handoff did not start (a compose service's), for adoption: all of them,
+// as one release, in compose's order of container numbers (web-1, web-2,
+// web-10; then by name for containers without one).
 func (r *Runtime) Find(ctx context.Context, labels map[string]string) ([]deploy.Container, error) {
 	f := make(client.Filters)
 	for k, v := range labels {
@@ -101,7 +104,11 @@ func (r *Runtime) Find(ctx context.Context, labels map[string]string) ([]deploy.
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	var out []deploy.Container
+	type numbered struct {
+		deploy.Container
+		number int
+	}
+	var found []numbered
 	for _, s := range list.Items {
 		if s.Labels[LabelService] != "" {
 			continue
@@ -111,11 +118,22 @@ func (r *Runtime) Find(ctx context.Context, labels map[string]string) ([]deploy.
 			continue
 		}
 		c.Adopted = true
-		out = append(out, c)
+		n, _ := strconv.Atoi(s.Labels[composeNumber])
+		found = append(found, numbered{c, n})
 	}
-	slices.SortFunc(out, func(a, b deploy.Container) int { return b.Created.Compare(a.Created) })
+	slices.SortFunc(found, func(a, b numbered) int {
+		return cmp.Or(cmp.Compare(a.number, b.number), strings.Compare(a.Name, b.Name))
+	})
+	out := make([]deploy.Container, len(found))
+	for i, c := range found {
+		out[i] = c.Container
+	}
 	return out, nil
 }
+
+// composeNumber is the label docker compose numbers a service's containers
+// by (web-1, web-2), and orders them by.
+const composeNumber = "com.docker.compose.container-number"
 
 // reaches says whether a port bound on ip answers a dial to host, a local
 // address: bound on that very address, or on every address. A host that

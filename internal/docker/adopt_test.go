@@ -88,3 +88,61 @@ func TestDescribeKeepsTheRetryCount(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "on-failure:3", d.Restart)
 }
+
+// The containers of a compose service of several (deploy.replicas: 2
+// started web-1 and web-2) are found all, in compose's order of container
+// numbers whichever was created first, and never one handoff started.
+func TestFindListsEveryReplicaByContainerNumber(t *testing.T) {
+	type ctr struct {
+		id, name, number, created string
+		handoff                   bool
+	}
+	ctrs := []ctr{
+		{"c10", "shop-web-10", "10", "2026-12-01T10:00:00Z", false},
+		{"c2", "shop-web-2", "2", "2026-12-01T10:00:02Z", false},
+		{"h7", "shop-web-7", "7", "2026-12-01T10:00:03Z", true},
+		{"c1", "shop-web-1", "1", "2026-12-01T10:00:01Z", false},
+	}
+	var filters string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasSuffix(r.URL.Path, "/containers/json") {
+			filters = r.URL.Query().Get("filters")
+			var list []any
+			for _, c := range ctrs {
+				labels := map[string]string{"com.docker.compose.service": "web", "com.docker.compose.container-number": c.number}
+				if c.handoff {
+					labels[LabelService] = "shop-web"
+				}
+				list = append(list, map[string]any{"Id": c.id, "Names": []string{"/" + c.name}, "State": "running", "Labels": labels})
+			}
+			_ = json.NewEncoder(w).Encode(list)
+			return
+		}
+		for _, c := range ctrs {
+			if strings.HasSuffix(r.URL.Path, "/containers/"+c.id+"/json") {
+				_ = json.NewEncoder(w).Encode(map[string]any{"Id": c.id, "Name": "/" + c.name, "Created": c.created,
+					"Config": map[string]any{"Image": "app", "Labels": map[string]string{}},
+					"State":  map[string]any{"Running": true, "Status": "running", "StartedAt": c.created}})
+				return
+			}
+		}
+		http.Error(w, `{"message":"not in this fake"}`, http.StatusNotFound)
+	}))
+	t.Cleanup(srv.Close)
+	api, err := client.New(client.WithHost("tcp://"+strings.TrimPrefix(srv.URL, "http://")), client.WithAPIVersion("1.41"))
+	require.NoError(t, err)
+	t.Cleanup(func() { api.Close() })
+	r := &Runtime{api: api}
+
+	got, err := r.Find(t.Context(), map[string]string{"com.docker.compose.project": "shop", "com.docker.compose.service": "web"})
+	require.NoError(t, err)
+	var names []string
+	for _, c := range got {
+		names = append(names, c.Name)
+		require.True(t, c.Adopted, c.Name)
+	}
+	require.Equal(t, []string{"shop-web-1", "shop-web-2", "shop-web-10"}, names)
+	require.Contains(t, filters, `"com.docker.compose.project=shop":true`)
+	require.Contains(t, filters, `"com.docker.compose.service=web":true`)
+}

@@ -311,9 +311,12 @@ func at(v any, path []string) any {
 	return v
 }
 
-// InFlight reports the requests still running on upstream. Caddy 2.11.2
-// and later keep listing a removed upstream until it drains; older ones
-// forget it at once, so its absence there proves nothing.
+// InFlight reports the requests still running on upstream, one endpoint
+// of a route of any size: Caddy lists each upstream on its own, under
+// every spelling some reverse_proxy dials it by (localhost:8000 and
+// 127.0.0.1:8000 are two entries, one container). Caddy 2.11.2 and later
+// keep listing a removed upstream until it drains; older ones forget it
+// at once, so its absence there proves nothing.
 func (p *Proxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight, error) {
 	var list []struct {
 		Address     string `json:"address"`
@@ -322,17 +325,22 @@ func (p *Proxy) InFlight(ctx context.Context, upstream string) (deploy.InFlight,
 	if _, err := p.admin.call(ctx, http.MethodGet, "/reverse_proxy/upstreams", nil, nil, &list); err != nil {
 		return deploy.InFlight{}, err
 	}
+	in, listed := deploy.InFlight{Reported: true}, false
 	for _, u := range list {
-		if u.Address == upstream {
-			if u.NumRequests > 0 {
-				p.mu.Lock()
-				p.tracksDrained = true // an upstream not in the config, yet listed
-				p.mu.Unlock()
-			}
-			return deploy.InFlight{Requests: u.NumRequests, Reported: true}, nil
+		if deploy.SameUpstream(u.Address, upstream) {
+			in.Requests += u.NumRequests
+			listed = true
 		}
 	}
-	return deploy.InFlight{Reported: p.reportsDrain(ctx)}, nil
+	if !listed {
+		return deploy.InFlight{Reported: p.reportsDrain(ctx)}, nil
+	}
+	if in.Requests > 0 {
+		p.mu.Lock()
+		p.tracksDrained = true // an upstream not in the config, yet listed
+		p.mu.Unlock()
+	}
+	return in, nil
 }
 
 // reportsDrain says whether this Caddy lists removed upstreams until they

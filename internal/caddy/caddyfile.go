@@ -130,10 +130,7 @@ func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
 // rewriteRoute replaces the route's upstreams from by to, with weights
 // (nil: equal); one by one, it is rewriteUpstream.
 func (f caddyfile) rewriteRoute(src, host string, from, to []string, weights []int) (rewrite, error) {
-	env := f.env
-	if env == nil {
-		env = os.LookupEnv
-	}
+	env := f.lookupEnv()
 	var rw rewrite
 	var err error
 	if len(from) == 1 && len(to) == 1 {
@@ -148,6 +145,33 @@ func (f caddyfile) rewriteRoute(src, host string, from, to []string, weights []i
 		return rw, errNotInCaddyfile(f.path, host, strings.Join(from, " "), rw)
 	}
 	return rw, nil
+}
+
+// named lists, in their order, those of upstreams that the file writes in
+// the sites for host ("" : every site).
+func (f caddyfile) named(host string, upstreams []string) ([]string, error) {
+	src, err := f.read()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, u := range upstreams {
+		if slices.Contains(out, u) {
+			continue
+		}
+		if rw, err := rewriteUpstream(src, host, u, u, f.lookupEnv()); err == nil && len(rw.edits) > 0 {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
+// lookupEnv reads the environment site addresses are expanded with.
+func (f caddyfile) lookupEnv() func(string) (string, bool) {
+	if f.env == nil {
+		return os.LookupEnv
+	}
+	return f.env
 }
 
 // replace replaces from by to in the file as it is now (the caller holds
@@ -176,6 +200,9 @@ func (f caddyfile) replaceRoute(host string, from, to []string, weights []int) e
 		return err
 	}
 	out := rw.out
+	if out == src {
+		return nil // already so: keep the backup of the version before
+	}
 	target, err := f.target()
 	if err != nil {
 		return err

@@ -33,9 +33,6 @@ func (p *Proxy) MaintenanceOn(ctx context.Context, m deploy.Maintenance, known [
 		removeMaintenance(servers, m.Service)
 		all := findProxies(map[string]any{"apps": map[string]any{"http": map[string]any{"servers": servers}}})
 		hs, err := selectHandlers(all, p.route, known)
-		if err == nil {
-			err = oneUpstream(hs, p.route)
-		}
 		if err != nil {
 			return err
 		}

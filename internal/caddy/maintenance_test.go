@@ -287,3 +287,23 @@ func TestMaintenanceOfANamedRouteIsRefusedClearly(t *testing.T) {
 	require.Contains(t, err.Error(), "move the reverse_proxy into the site")
 	require.JSONEq(t, named, string(fa.servers))
 }
+
+// A service whose reverse_proxy has several upstreams (a release of
+// replicas, or a user's own `reverse_proxy a b`) goes into maintenance
+// and out of it like one of one.
+func TestMaintenanceOfAReverseProxyOfTwo(t *testing.T) {
+	// example.com:8080 { reverse_proxy 127.0.0.1:8001 127.0.0.1:8002 }, as Caddy 2.11.9 adapts it
+	const two = `{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["example.com"]}],"handle":[{"handler":"subroute","routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:8001"},{"dial":"127.0.0.1:8002"}]}]}]}],"terminal":true}],"automatic_https":{"skip":["example.com"]}}}`
+	for _, route := range []string{"example.com", "127.0.0.1:8002"} {
+		fa := startFakeAdmin(t, two)
+		p, err := New(fa.address, route, "", "")
+		require.NoError(t, err)
+		require.NoError(t, p.MaintenanceOn(t.Context(), deploy.Maintenance{Service: "web", Allow: []string{"/health"}}, nil), route)
+		require.Equal(t, "page", answer(t, fa.get(t), "example.com", "/"))
+		require.Equal(t, "127.0.0.1:8001", answer(t, fa.get(t), "example.com", "/health"))
+		was, err := p.MaintenanceOff(t.Context(), "web")
+		require.NoError(t, err)
+		require.True(t, was)
+		require.JSONEq(t, two, string(fa.servers))
+	}
+}

@@ -10,36 +10,32 @@ import (
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
-// single is the one upstream of the route a preflight is asked about (""
-// for no route); the procedure acts on no route of several yet.
-func single(r deploy.Route) (string, error) {
-	eps := r.Endpoints()
-	switch {
-	case len(eps) == 0:
-		return "", nil
-	case len(eps) == 1 && len(r.Serving()) == 1:
-		return eps[0], nil
-	}
-	return "", fmt.Errorf("%w: the route %s has %d upstreams; handoff switches a route with exactly one", deploy.ErrNoRoute, r, len(eps))
-}
-
 // Preflight refuses, before anything starts, a switch that would strand
 // another site or that the Caddyfile could not follow; its refusals say
 // they are one. A Caddyfile that an interrupted switch left naming an
-// earlier release of the service (one of known) is brought in step with
-// Caddy first, and said so.
+// earlier release of the service (some of known) is brought in step with
+// Caddy first, and said so. The route may have any number of upstreams:
+// a release of replicas, or a user's own `reverse_proxy a b`.
 func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []string) ([]string, error) {
-	upstream, err := single(current)
-	if err != nil || upstream == "" {
-		return nil, err
+	if len(current.Endpoints()) == 0 {
+		return nil, nil // no route yet
 	}
 	all, hs, _, err := p.handlers(ctx, known)
 	if err != nil {
 		return nil, err
 	}
-	if others := p.sharing(all, hs, upstream); len(others) > 0 {
-		return nil, refused(deploy.ErrConfig, fmt.Errorf("%s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. Set caddy.route to %s to switch every site that uses it together, or give each site its own service",
-			upstream, strings.Join(others, ", "), p.route, upstream))
+	now := hs[0].dials // as Caddy spells them, which is how the Caddyfile spells them
+	for _, upstream := range now {
+		others := p.sharing(all, hs, upstream)
+		if len(others) == 0 {
+			continue
+		}
+		hint := fmt.Sprintf("Set caddy.route to %s to switch every site that uses it together, or give each site its own service", upstream)
+		if len(now) > 1 {
+			hint = "Give each site its own service"
+		}
+		return nil, refused(deploy.ErrConfig, fmt.Errorf("%s is also the upstream of %s; switching %s alone would leave them on a container the deploy then stops. %s",
+			upstream, strings.Join(others, ", "), p.route, hint))
 	}
 	if p.caddyfile == nil {
 		return nil, nil
@@ -47,7 +43,8 @@ func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []str
 	if err := p.caddyfile.check(); err != nil {
 		return nil, refused(deploy.ErrConfig, err)
 	}
-	if rw, err := p.caddyfile.plan(p.host(), upstream, upstream); err == nil {
+	rw, err := p.caddyfile.planRoute(p.host(), now, now)
+	if err == nil {
 		return rw.notes, nil
 	}
 	// The file does not name what Caddy serves: behind by one interrupted
@@ -57,20 +54,47 @@ func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []str
 		return nil, err
 	}
 	defer unlock()
-	for _, old := range known {
-		if deploy.SameUpstream(old, upstream) {
-			continue
-		}
-		if _, err := p.caddyfile.plan(p.host(), old, upstream); err != nil {
-			continue
-		}
-		if err := p.caddyfile.replace(p.host(), old, upstream); err != nil {
-			return nil, fmt.Errorf("%w: bring the Caddyfile in step: %v", deploy.ErrProxy, err)
-		}
-		return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, old, upstream)}, nil
+	old, err := p.caddyfile.named(p.host(), known)
+	if err != nil {
+		return nil, refused(deploy.ErrConfig, err)
 	}
-	_, err = p.caddyfile.plan(p.host(), upstream, upstream)
+	if len(old) > 0 && !sameUpstreams(old, now) {
+		if _, err := p.caddyfile.planRoute(p.host(), old, now); err == nil {
+			if err := p.caddyfile.replaceRoute(p.host(), old, now, fileWeights(hs[0])); err != nil {
+				return nil, fmt.Errorf("%w: bring the Caddyfile in step: %v", deploy.ErrProxy, err)
+			}
+			return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, strings.Join(old, " "), strings.Join(now, " "))}, nil
+		}
+	}
+	_, err = p.caddyfile.planRoute(p.host(), now, now)
 	return nil, refused(deploy.ErrProxy, err)
+}
+
+// sameUpstreams says whether a and b list the same upstreams, in any order.
+func sameUpstreams(a, b []string) bool {
+	has := func(list []string, u string) bool {
+		return slices.ContainsFunc(list, func(v string) bool { return deploy.SameUpstream(u, v) })
+	}
+	for _, u := range a {
+		if !has(b, u) {
+			return false
+		}
+	}
+	for _, u := range b {
+		if !has(a, u) {
+			return false
+		}
+	}
+	return true
+}
+
+// fileWeights are the weights the Caddyfile writes for what the handler
+// serves: its weighted_round_robin's, or nil.
+func fileWeights(h proxyHandler) []int {
+	if ws, ok := wrrWeights(h.handler); ok && len(ws) == len(h.dials) {
+		return ws
+	}
+	return nil
 }
 
 // refusal is a deploy the preflight refused: nothing was started. It says

@@ -130,7 +130,8 @@ func (r Route) byUpstream() bool {
 // route's upstream is one of them, no longer the address the user gave.
 // An upstream names every reverse_proxy that dials it, switched together.
 // A site host names every reverse_proxy of the site that dials the
-// service's upstream (see siteHandlers). They must agree on one upstream.
+// service's upstream (see siteHandlers). They must agree on one list of
+// upstreams, of any length.
 func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHandler, error) {
 	var found []proxyHandler
 	for _, h := range all {
@@ -149,7 +150,7 @@ func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHan
 	}
 	for _, h := range found {
 		if len(h.dials) == 0 {
-			return nil, oneUpstream(found, route)
+			return nil, noUpstreamList(h, route)
 		}
 		if !deploy.Same(routeOf(h), routeOf(found[0])) {
 			return nil, fmt.Errorf("%w: the reverse_proxy handlers for %s point at different upstreams (%s); point them at one, or name a site host with --caddy-route", deploy.ErrNoRoute, route, summary(found))
@@ -158,16 +159,11 @@ func selectHandlers(all []proxyHandler, route Route, known []string) ([]proxyHan
 	return found, nil
 }
 
-// oneUpstream refuses handlers of other than one upstream, where what
-// reads the route acts on it as one (maintenance; adopting several
-// containers comes with replicas).
-func oneUpstream(hs []proxyHandler, route Route) error {
-	for _, h := range hs {
-		if len(h.dials) != 1 {
-			return fmt.Errorf("%w: the reverse_proxy for %s has %d upstreams (%s); handoff switches a route with exactly one", deploy.ErrNoRoute, route, len(h.dials), strings.Join(h.dials, ", "))
-		}
-	}
-	return nil
+// noUpstreamList refuses a reverse_proxy that lists no upstreams: its
+// upstreams are dynamic (`dynamic a …`), or it has none, and there is no
+// list for a switch to write.
+func noUpstreamList(h proxyHandler, route Route) error {
+	return fmt.Errorf("%w: the reverse_proxy for %s at %s lists no upstreams: they are dynamic, or it has none; handoff switches a reverse_proxy's list of upstreams", deploy.ErrNoRoute, route, h.path)
 }
 
 // siteHandlers picks, among the reverse_proxy handlers of one site, the

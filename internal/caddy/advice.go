@@ -2,6 +2,7 @@ package caddy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 )
 
@@ -25,13 +26,34 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	return advice, nil
 }
 
+// advise reads one reverse_proxy handler. A handler of several upstreams
+// (a release of replicas, or a user's `reverse_proxy a b`) needs two
+// settings more, so that a replica that dies between deploys fails no
+// request: Caddy tries a request again, on the upstream its policy picks
+// next, only with lb_try_duration or lb_retries (a refused connection for
+// any method, other errors for GET); and without a passive health check
+// (fail_duration) it goes on picking the replica that is down. Caddy
+// 2.6.2 has all three. With one upstream, fail_duration only turns a
+// failure into 503s for its duration: nothing is left to pick.
 func advise(handler map[string]any, adminAddress string) []string {
 	var out []string
 	if _, ok := handler["stream_close_delay"]; !ok {
 		out = append(out, "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`")
 	}
-	if dig(handler, "load_balancing", "try_duration") == nil {
+	n := len(dials(handler))
+	tries := dig(handler, "load_balancing", "try_duration") != nil
+	retries := tries || dig(handler, "load_balancing", "retries") != nil
+	switch {
+	case n > 1 && !retries:
+		out = append(out, fmt.Sprintf("reverse_proxy has %d upstreams and no lb_try_duration: a request sent to one that is down (a replica that crashed or is restarting) fails instead of going to another; add `lb_try_duration 5s` and `lb_try_interval 100ms`", n))
+	case !tries:
 		out = append(out, "reverse_proxy has no lb_try_duration: a request that meets a connection error fails instead of waiting; add `lb_try_duration 5s` and `lb_try_interval 100ms`")
+	}
+	switch passive := dig(handler, "health_checks", "passive", "fail_duration") != nil; {
+	case n > 1 && !passive:
+		out = append(out, fmt.Sprintf("reverse_proxy has %d upstreams and no fail_duration: Caddy goes on sending requests to one that is down, each tried again elsewhere after lb_try_interval, or failed; add `fail_duration 10s`, so that one failed request keeps Caddy off it for 10s", n))
+	case n == 1 && passive:
+		out = append(out, "reverse_proxy has one upstream and a fail_duration: after one failed request Caddy answers 503 for that long, even once the app is back; take fail_duration away (it helps a route of several upstreams)")
 	}
 	if !strings.HasPrefix(adminAddress, "unix:") {
 		out = append(out, "Caddy's admin API is on TCP: any local process (or container, on 0.0.0.0) can reconfigure Caddy; prefer `admin unix//run/caddy/admin.sock`")

@@ -94,16 +94,6 @@ func TestRouteByUpstreamTakesEverySiteThatDialsIt(t *testing.T) {
 	require.ErrorContains(t, err, "point at different upstreams")
 }
 
-func TestAdvice(t *testing.T) {
-	hs := proxies(t)
-	require.Empty(t, advise(hs[0].handler, "unix:/run/caddy.sock"))
-	got := advise(hs[1].handler, "localhost:2019")
-	require.Len(t, got, 3)
-	require.Contains(t, got[0], "stream_close_delay")
-	require.Contains(t, got[1], "lb_try_duration")
-	require.Contains(t, got[2], "unix")
-}
-
 const sampleCaddyfile = `{
 	admin unix//run/caddy/admin.sock # localhost:8000 in a comment stays
 }

@@ -33,7 +33,7 @@ type settings struct {
 	Pause    time.Duration // steady state between two deploys
 	AppGrace time.Duration // HANDOFF_BENCH_APP_GRACE: how long the app finishes requests after SIGTERM
 	Load     loadSettings
-	Strategy string // HANDOFF_BENCH_ONLY: run one strategy
+	Strategy string // HANDOFF_BENCH_ONLY: run these strategies only (names, comma-separated)
 	Restarts int    // restarts of handoff proxy under load, after its deploys
 }
 
@@ -57,7 +57,7 @@ func TestDeployUnderLoad(t *testing.T) {
 	}
 	rep := report{Settings: set, Machine: machine(), Started: time.Now().UTC()}
 	for _, st := range strategies {
-		if set.Strategy != "" && st.Name != set.Strategy {
+		if set.Strategy != "" && !slices.Contains(strings.Split(set.Strategy, ","), st.Name) {
 			continue
 		}
 		t.Run(st.Name, func(t *testing.T) {
@@ -83,6 +83,9 @@ func runStrategy(t *testing.T, set settings, st strategy) strategyResult {
 	// streams shorter than it must survive a restart too.
 	s := itest.NewScenario(t, itest.ScenarioOptions{HandoffProxy: st.viaProxy(), Handover: 15 * time.Second})
 	b := &bench{t: t, s: s, boot: set.Boot, grace: set.AppGrace, liveID: s.Service + "-byhand", livePod: s.UserPort}
+	if st.Replicas > 1 {
+		b.extra = "replicas: " + itest.Itoa(st.Replicas) + "\n"
+	}
 	if st.viaProxy() {
 		b.handoff(0) // the first deploy creates the service in the proxy
 	}

@@ -21,6 +21,7 @@ type bench struct {
 	s       *itest.Scenario
 	boot    time.Duration
 	grace   time.Duration // the app's DRAIN_GRACE
+	extra   string        // more handoff.yml (replicas)
 	liveID  string
 	livePod int // host port of the live container
 }
@@ -30,18 +31,21 @@ type strategy struct {
 	Name string
 	Note string
 	// deploy returns when the new release serves, by the strategy's own lights.
-	deploy func(b *bench, i int)
+	deploy   func(b *bench, i int)
+	Proxy    bool // deploys through `handoff proxy`
+	Replicas int  // handoff's replicas: (0: one container)
 }
 
 var strategies = []strategy{
-	{"restart", "`docker stop` then `docker run` on the same port", (*bench).restart},
-	{"script", "blue/green by hand: run on another port, poll health with curl every 1 s, rewrite the Caddyfile, `caddy reload`, `docker stop` the old at once", (*bench).script},
-	{"handoff", "`handoff deploy`", (*bench).handoff},
-	{"handoff+proxy", "`handoff deploy` with `proxy: handoff`: Caddy → handoff proxy → app, Caddy never reloaded", (*bench).handoff},
+	{"restart", "`docker stop` then `docker run` on the same port", (*bench).restart, false, 0},
+	{"script", "blue/green by hand: run on another port, poll health with curl every 1 s, rewrite the Caddyfile, `caddy reload`, `docker stop` the old at once", (*bench).script, false, 0},
+	{"handoff", "`handoff deploy`", (*bench).handoff, false, 0},
+	{"handoff ×3", "`handoff deploy` of `replicas: 3`: three containers a release, all healthy before one switch", (*bench).handoff, false, 3},
+	{"handoff+proxy", "`handoff deploy` with `proxy: handoff`: Caddy → handoff proxy → app, Caddy never reloaded", (*bench).handoff, true, 0},
 }
 
 // viaProxy says whether the strategy deploys through `handoff proxy`.
-func (st strategy) viaProxy() bool { return st.Name == "handoff+proxy" }
+func (st strategy) viaProxy() bool { return st.Proxy }
 
 func (b *bench) env(i int) []string {
 	return []string{"RELEASE=r" + itest.Itoa(i), "BOOT_DELAY=" + b.boot.String(), "DRAIN_GRACE=" + b.grace.String()}
@@ -81,7 +85,7 @@ func (b *bench) script(i int) {
 // handoff is the product.
 func (b *bench) handoff(i int) {
 	env := map[string]string{"BOOT_DELAY": b.boot.String(), "DRAIN_GRACE": b.grace.String()}
-	b.s.Deploy(itest.Config{Release: "r" + itest.Itoa(i), Env: env, DrainTimeout: "15s", StartTimeout: "2m", NoCaddyfile: b.s.Proxy != nil})
+	b.s.Deploy(itest.Config{Release: "r" + itest.Itoa(i), Env: env, DrainTimeout: "15s", StartTimeout: "2m", NoCaddyfile: b.s.Proxy != nil, Extra: b.extra})
 }
 
 func (b *bench) name(i int) string { return b.s.Service + "-bench-" + itest.Itoa(i) }

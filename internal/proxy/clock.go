@@ -3,7 +3,8 @@ package proxy
 import "time"
 
 // Clock is what the switch reads the time from and sets its timers on (a
-// pause's lease, a listen tried again): the system's, or a test's.
+// pause's lease, a listen or a refused dial tried again): the system's, or
+// a test's.
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine once d has passed; stop

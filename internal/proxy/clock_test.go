@@ -135,3 +135,29 @@ func (c *passingClock) Fired() int {
 }
 
 func (c *passingClock) Wait() { c.fired.Wait() }
+
+// jumpingClock is a Clock whose timers fire at once, time jumping ahead
+// to them: a wait costs a test nothing, and Waits counts them (so a test
+// can say that no request waited its dial retry, without timing it).
+type jumpingClock struct {
+	*fakeClock
+	waits int
+}
+
+func newJumpingClock() *jumpingClock { return &jumpingClock{fakeClock: newFakeClock()} }
+
+func (c *jumpingClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.waits++
+	c.mu.Unlock()
+	go f()
+	return func() bool { return false }
+}
+
+// Waits is how many timers were set.
+func (c *jumpingClock) Waits() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.waits
+}

@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
@@ -37,37 +35,83 @@ type pool struct {
 }
 
 // pick is the endpoint a new request goes to: a backend by weight, then
-// its endpoint with the fewest requests in flight.
+// its endpoint with the fewest requests in flight, among those up; when
+// every endpoint of weight > 0 is down, the next in turn (the dial retry
+// waits for it).
 func (r *route) pick() *target {
 	if r.single != nil {
 		return r.single
 	}
-	i := r.order[(r.next.Add(1)-1)%uint64(len(r.order))]
-	return r.backends[i].pick()
+	if t := r.pickUp(nil); t != nil {
+		return t
+	}
+	b := r.backends[r.order[(r.next.Add(1)-1)%uint64(len(r.order))]]
+	return b.endpoints[b.turn()]
 }
 
-// pick is the endpoint with the fewest requests in flight among those not
-// down, ties taken in turn; when every endpoint is down, the next in turn
-// (the dial retry waits for it).
-func (b *pool) pick() *target {
-	n := len(b.endpoints)
-	if n == 1 {
-		return b.endpoints[0]
+// pickUp is the endpoint up, other than not, that a request goes to: the
+// backend next in the weights' turn that has one, then its endpoint with
+// the fewest requests in flight. nil: none is up.
+func (r *route) pickUp(not *target) *target {
+	n := uint64(len(r.order))
+	start := r.next.Add(1) - 1
+	var empty []bool // backends found with no endpoint up, each looked at once
+	for i := range n {
+		j := r.order[(start+i)%n]
+		if empty != nil && empty[j] {
+			continue
+		}
+		b := r.backends[j]
+		if t := b.fewest(b.turn(), not); t != nil {
+			return t
+		}
+		if empty == nil {
+			empty = make([]bool, len(r.backends))
+		}
+		empty[j] = true
 	}
-	start := int((b.next.Add(1) - 1) % uint64(n))
+	return nil
+}
+
+// upBesides says whether an endpoint of weight > 0 other than t is up:
+// somewhere a request that t refused can go at once.
+func (r *route) upBesides(t *target) bool {
+	for _, b := range r.backends {
+		if b.weight == 0 {
+			continue
+		}
+		for _, e := range b.endpoints {
+			if e != t && !e.down.Load() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// turn is where the next look at b's endpoints starts: ties are taken in
+// turn.
+func (b *pool) turn() int {
+	if len(b.endpoints) == 1 {
+		return 0
+	}
+	return int((b.next.Add(1) - 1) % uint64(len(b.endpoints)))
+}
+
+// fewest is b's endpoint up, other than not, with the fewest requests in
+// flight, ties taken from start on; nil when none is up.
+func (b *pool) fewest(start int, not *target) *target {
+	n := len(b.endpoints)
 	var best *target
 	var fewest int64
 	for i := range n {
 		t := b.endpoints[(start+i)%n]
-		if t.down.Load() {
+		if t == not || t.down.Load() {
 			continue
 		}
 		if c := t.inFlight.Load(); best == nil || c < fewest {
 			best, fewest = t, c
 		}
-	}
-	if best == nil {
-		return b.endpoints[start]
 	}
 	return best
 }
@@ -394,10 +438,10 @@ var (
 // refused marks t down when err says its endpoint refused the connection,
 // and starts probing it; logged once per change.
 func (t *target) refused(err error) {
-	if t.alone.Load() || !errors.Is(err, syscall.ECONNREFUSED) || !t.down.CompareAndSwap(false, true) {
+	if t.alone.Load() || !refusedConn(err) || !t.down.CompareAndSwap(false, true) {
 		return // the route's only endpoint has none to be skipped for: the dial retry waits for it, as before routes
 	}
-	t.log.Warn("endpoint down: it refuses connections; it gets no new requests while another endpoint of its release is up, and is probed until it answers", "service", t.service, "endpoint", t.upstream, "err", err)
+	t.log.Warn("endpoint down: it refuses connections; it gets no new requests while another endpoint of the route is up, and is probed until it answers", "service", t.service, "endpoint", t.upstream, "err", err)
 	go t.probe()
 }
 
@@ -411,7 +455,7 @@ func (t *target) answered() {
 // probe dials t until it answers (then t is up) or takes no new requests
 // any more.
 func (t *target) probe() {
-	wait := probeFirst
+	wait := t.probeFirst
 	for t.down.Load() && !t.draining.Load() && !t.gone.Load() {
 		time.Sleep(wait)
 		conn, err := net.DialTimeout("tcp", t.upstream, time.Second)

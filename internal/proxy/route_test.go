@@ -148,7 +148,7 @@ func TestARefusedEndpointIsSkippedUntilItAnswersAgain(t *testing.T) {
 	require.NoError(t, srv.Close()) // the replica crashed: its port refuses
 	for i := 0; !down(); i++ {
 		require.Less(t, i, 10, "a refusal marks it down")
-		call() // the request that finds it refusing waits its dial retry there (counted on it)
+		call() // the request that finds it refusing goes to a1
 	}
 	for range 20 {
 		rel, code := call()
@@ -378,4 +378,163 @@ func TestMetricsPerEndpointAreDeletedWithTheirTargets(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.LessOrEqual(t, targetSeries(t, m), 2*3*7, "the route's three endpoints and three draining")
+}
+
+// A request whose endpoint refuses the connection (a replica just killed,
+// not yet marked down) goes at once to another endpoint up, picked as a
+// new request is (a release by weight, then fewest in flight), GET or POST
+// alike (nothing was sent): no request waits its dial retry, and none goes
+// to a release of weight 0. The refusing endpoint is marked down, so one
+// request moves and is logged; once it answers again it takes requests.
+func TestARefusedRequestGoesToAnotherEndpointAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		route func(refusing, up, drained string) []wire.Backend
+	}{
+		{"one release", func(refusing, up, drained string) []wire.Backend {
+			return []wire.Backend{{Release: "a", Endpoints: []string{refusing, up}, Weight: 100}, {Release: "old", Endpoints: []string{drained}, Weight: 0}}
+		}},
+		{"two releases", func(refusing, up, drained string) []wire.Backend {
+			return []wire.Backend{{Release: "a", Endpoints: []string{refusing}, Weight: 50}, {Release: "b", Endpoints: []string{up}, Weight: 50}, {Release: "old", Endpoints: []string{drained}, Weight: 0}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func(f time.Duration) { probeFirst = f }(probeFirst)
+			probeFirst = 20 * time.Millisecond
+			up, drained := newBackend(t, "up"), newBackend(t, "old")
+			var hitsOld atomic.Int64
+			drained.Config.Handler = countingHandler(drained.Config.Handler, &hitsOld)
+			refusing := freeAddr(t) // nothing listens: its dials are refused
+			clock := newJumpingClock()
+			logs := &syncWriter{w: &bytes.Buffer{}}
+			p := NewServer(net.Listen, slog.New(slog.NewTextHandler(logs, nil)), Options{DialRetry: 2 * time.Second, Clock: clock})
+			t.Cleanup(func() { _ = p.Delete("web") })
+			listen := serveRoute(t, p, tc.route(refusing, up.addr(), drained.addr()))
+			down := func() bool { return isDown(t, p, refusing) }
+
+			client := &http.Client{}
+			for i := range 200 {
+				var resp *http.Response
+				var err error
+				body := strings.Repeat("x", 1000+i)
+				if i%2 == 0 {
+					resp, err = client.Get("http://" + listen + "/")
+				} else {
+					resp, err = client.Post("http://"+listen+"/upload", "text/plain", strings.NewReader(body))
+				}
+				require.NoError(t, err)
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				require.Equal(t, http.StatusOK, resp.StatusCode, "request %d: %s", i, got)
+				if i%2 == 1 {
+					require.Equal(t, fmt.Sprint(len(body)), string(got), "request %d: the POST's body went whole", i)
+				}
+			}
+			require.Zero(t, clock.Waits(), "no request waited its dial retry")
+			require.Zero(t, hitsOld.Load(), "no request went to the release of weight 0")
+			require.True(t, down(), "the refusing endpoint is marked down")
+			require.Equal(t, 1, strings.Count(logs.String(), "sent to another endpoint"), "one request found it refusing; the others did not go to it:\n%s", logs)
+			require.Contains(t, logs.String(), "refused="+refusing+" to="+up.addr())
+
+			l, err := net.Listen("tcp", refusing) // restarted on its pinned port
+			require.NoError(t, err)
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Header().Set("X-Release", "back") })}
+			go func() { _ = srv.Serve(l) }()
+			t.Cleanup(func() { srv.Close() })
+			require.Eventually(t, func() bool { return !down() }, 5*time.Second, 10*time.Millisecond, "the probe finds it up")
+			seen := map[string]bool{}
+			for range 4 {
+				rel, _ := get(t, client, "http://"+listen+"/")
+				seen[rel] = true
+			}
+			require.True(t, seen["back"], "it takes requests again: %v", seen)
+		})
+	}
+}
+
+// When every endpoint of the route refuses, a request waits the dial
+// retry as it does with one endpoint, GET or POST, and gets its 502 after
+// it; every endpoint it tried is marked down.
+func TestEveryEndpointRefusingWaitsTheDialRetry(t *testing.T) {
+	clock := newJumpingClock()
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{DialRetry: 2 * time.Second, Clock: clock})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	e1, e2 := freeAddr(t), freeAddr(t)
+	listen := serveRoute(t, p, []wire.Backend{{Release: "a", Endpoints: []string{e1, e2}, Weight: 100}})
+	for _, send := range []func() (*http.Response, error){
+		func() (*http.Response, error) { return http.Get("http://" + listen + "/") },
+		func() (*http.Response, error) {
+			return http.Post("http://"+listen+"/upload", "text/plain", strings.NewReader("order 42"))
+		},
+	} {
+		waits := clock.Waits()
+		resp, err := send()
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+		require.Greater(t, clock.Waits(), waits, "it waited the dial retry")
+	}
+	st, err := p.Get("web")
+	require.NoError(t, err)
+	for _, e := range st.Route[0].Endpoints {
+		require.True(t, e.Down, "%s is marked down", e.Endpoint)
+	}
+}
+
+// A request waiting the dial retry because every endpoint refused goes to
+// one as soon as it is up again, not at the end of the retry.
+func TestARequestWaitingTheDialRetryGoesToAnEndpointBackUp(t *testing.T) {
+	defer func(f time.Duration) { probeFirst = f }(probeFirst)
+	probeFirst = 20 * time.Millisecond
+	clock := newFakeClock()
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{DialRetry: time.Minute, Clock: clock})
+	t.Cleanup(func() { _ = p.Delete("web") })
+	e1, e2 := freeAddr(t), freeAddr(t)
+	listen := serveRoute(t, p, []wire.Backend{{Release: "a", Endpoints: []string{e1, e2}, Weight: 100}})
+
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + listen + "/")
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		resp.Body.Close()
+		answer <- fmt.Sprint(resp.StatusCode, " ", resp.Header.Get("X-Release"))
+	}()
+	require.Eventually(t, func() bool {
+		clock.mu.Lock()
+		defer clock.mu.Unlock()
+		return len(clock.timers) == 1 && isDown(t, p, e1) && isDown(t, p, e2)
+	}, 5*time.Second, time.Millisecond, "both refused; the request waits the dial retry")
+
+	l, err := net.Listen("tcp", e1) // e1 restarted on its pinned port
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Header().Set("X-Release", "e1") })}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	require.Eventually(t, func() bool { return !isDown(t, p, e1) }, 5*time.Second, 10*time.Millisecond, "the probe finds e1 up")
+	clock.Advance(dialRetryInterval) // the next dial of e2, refused again
+	select {
+	case got := <-answer:
+		require.Equal(t, "200 e1", got, "sent to e1 after a tenth of a second of the minute's retry")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request still waits its dial retry on e2 while e1 is up")
+	}
+}
+
+// isDown says whether endpoint is marked down in service web's route.
+func isDown(t *testing.T, p *Server, endpoint string) bool {
+	t.Helper()
+	st, err := p.Get("web")
+	require.NoError(t, err)
+	for _, b := range st.Route {
+		for _, e := range b.Endpoints {
+			if e.Endpoint == endpoint {
+				return e.Down
+			}
+		}
+	}
+	t.Fatalf("%s is not in the route", endpoint)
+	return false
 }

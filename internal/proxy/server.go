@@ -47,7 +47,8 @@ type Options struct {
 	DialRetry time.Duration
 	// Metrics, when set, count requests, errors and switches.
 	Metrics *Metrics
-	// Clock is what leases and retries are timed by; nil: the system's.
+	// Clock is what leases and retries (of listens, of refused dials) are
+	// timed by; nil: the system's.
 	Clock Clock
 }
 
@@ -106,6 +107,7 @@ type service struct {
 	log       *slog.Logger
 	trusted   []netip.Prefix
 	dialRetry time.Duration
+	clock     Clock // the dial retry's
 	metrics   *Metrics
 
 	maint atomic.Pointer[wire.MaintenanceState]
@@ -142,8 +144,63 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	defer t.done()
-	t.serve(w, r)
+	if s.route.Load().single != nil {
+		defer t.done()
+		t.serve(w, r)
+		return
+	}
+	// Several endpoints: one that refuses the connection need not be
+	// waited for while another is up.
+	defer func() { t.done() }()
+	r = movable(r, s)
+	for refusals := 1; ; refusals++ {
+		if t.serve(w, r) == nil {
+			return
+		}
+		if refusals == maxMoves {
+			r = r.WithContext(context.WithValue(r.Context(), movableKey{}, (*service)(nil)))
+		}
+		from := t
+		if t = s.moveFrom(from); t != from { // else none is up any more: its dial retry waits for it
+			s.log.Info("refused: request sent to another endpoint", "service", s.name, "method", r.Method, "uri", r.RequestURI, "refused", from.upstream, "to", t.upstream)
+		}
+	}
+}
+
+// maxMoves bounds how often one request is refused and goes elsewhere.
+// Each refusal marks an endpoint down, so only endpoints that keep coming
+// and going could take a request further; after that its dial retry
+// waits for the endpoint it is on.
+const maxMoves = 16
+
+// movable is r as a request that may go to another endpoint of s's route
+// when its own refuses the connection: its context says so to the dial,
+// and its body is kept open for the next endpoint.
+func movable(r *http.Request, s *service) *http.Request {
+	r2 := r.WithContext(context.WithValue(r.Context(), movableKey{}, s))
+	if r.Body != nil && r.Body != http.NoBody {
+		r2.Body = keptBody{r.Body}
+	}
+	return r2
+}
+
+// moveFrom counts a request whose endpoint from refused it on another
+// endpoint up of the route, picked as a new request is, then ends its
+// count on from, so that it is counted somewhere all along. from itself
+// when no other endpoint is up any more.
+func (s *service) moveFrom(from *target) *target {
+	for {
+		t := s.route.Load().pickUp(from)
+		if t == nil {
+			return from
+		}
+		t.inFlight.Add(1)
+		if !t.draining.Load() {
+			from.done()
+			return t
+		}
+		t.done() // switched away meanwhile: pick again from the new route
+	}
 }
 
 // admit counts a request in flight, and only then looks at the pause
@@ -257,7 +314,7 @@ func (p *Server) open(name, listen string, spec []wire.Backend) (*service, error
 
 // newService makes a service that does not listen yet.
 func (p *Server) newService(name, listen string, spec []wire.Backend) *service {
-	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, metrics: p.opts.Metrics}
+	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, clock: p.clock, metrics: p.opts.Metrics}
 	if s.dialRetry == 0 {
 		s.dialRetry = DefaultDialRetry
 	}

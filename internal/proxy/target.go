@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,13 +30,16 @@ type target struct {
 	draining  atomic.Bool
 
 	// down: it refused a connection and has not answered since; it gets
-	// no new requests while another endpoint of its backend is up, and is
+	// no new requests while another endpoint of weight > 0 is up, and is
 	// probed (route.go) until it answers.
 	down    atomic.Bool
 	alone   atomic.Bool // the only endpoint of weight > 0 of its route: never marked down
 	gone    atomic.Bool // forgotten: its service was deleted; no more probes
 	service string
 	log     *slog.Logger
+	// probeFirst is probeFirst as it was when t was made, so that a probe
+	// that outlives its test does not read what the next test sets.
+	probeFirst time.Duration
 
 	// cutting: the drain deadline came; every connection to the app is
 	// closed, so what still runs on this target, streams and upgraded
@@ -53,12 +57,12 @@ type target struct {
 // reverse proxy that forwards as the service's trust settings say and
 // logs every upstream error it answers for.
 func (s *service) newTarget(upstream string) *target {
-	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream)}
-	dial := dialRetrying(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, s.dialRetry, t.dialed)
+	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream), probeFirst: probeFirst}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return t.track(dial(ctx, network, addr))
+			return t.track(t.dialRetrying(ctx, d, s.clock, s.dialRetry, network, addr))
 		},
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
@@ -76,9 +80,13 @@ func (s *service) newTarget(upstream string) *target {
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
 		// and of responses of unknown length (streams, long polls).
-		Transport:  retrying{tr, s.dialRetry, &t.cutting},
+		Transport:  retrying{tr, s.dialRetry, s.clock, &t.cutting},
 		BufferPool: copyBuffers, // else every response allocates (and zeroes) 32 KiB
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if tw, ok := w.(*trackingWriter); ok && errors.Is(err, errElsewhere) {
+				tw.refused = err // nothing written: the request goes to another endpoint
+				return
+			}
 			if r.Context().Err() != nil {
 				// The client left: nothing to answer, but say so.
 				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", "the client left")
@@ -124,25 +132,52 @@ const DefaultDialRetry = 5 * time.Second
 // dialRetryInterval is how often a refused connection is tried again.
 const dialRetryInterval = 100 * time.Millisecond
 
+// refusedConn says whether err is a connection the endpoint refused (it
+// is not listening: restarting, or gone). Nothing of the request was sent.
+func refusedConn(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// errElsewhere is a refused dial of a request that another endpoint of its
+// route takes instead.
+var errElsewhere = errors.New("refused, and another endpoint of the route is up")
+
+// movableKey is the context key of a request's service, set when the
+// request may go to another endpoint of its route if its own refuses it.
+// The dial sees it: the transport dials with the request's context values.
+type movableKey struct{}
+
 // dialRetrying dials like d, but tries a refused connection again for up
 // to wait. Nothing of the request has been sent when a dial fails, so a
 // retry is safe for every method, and the request body is left untouched.
-// Each attempt's outcome is told to seen.
-func dialRetrying(d *net.Dialer, wait time.Duration, seen func(error)) func(context.Context, string, string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		deadline := time.Now().Add(wait)
-		for {
-			conn, err := d.DialContext(ctx, network, addr)
-			seen(err)
-			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(dialRetryInterval).After(deadline) {
-				return conn, err
-			}
-			select {
-			case <-ctx.Done():
-				return nil, err
-			case <-time.After(dialRetryInterval):
-			}
+// A refused dial of a movable request (movableKey) fails at once with
+// errElsewhere instead while another endpoint of the route is up; t was
+// marked down by it (dialed), unless it is the route's only endpoint.
+func (t *target) dialRetrying(ctx context.Context, d *net.Dialer, clock Clock, wait time.Duration, network, addr string) (net.Conn, error) {
+	deadline := clock.Now().Add(wait)
+	for {
+		conn, err := d.DialContext(ctx, network, addr)
+		t.dialed(err)
+		if err == nil || !refusedConn(err) {
+			return conn, err
 		}
+		if s, _ := ctx.Value(movableKey{}).(*service); s != nil && !t.alone.Load() && s.route.Load().upBesides(t) {
+			return nil, fmt.Errorf("%w: %w", errElsewhere, err)
+		}
+		if clock.Now().Add(dialRetryInterval).After(deadline) || !sleep(ctx, clock, dialRetryInterval) {
+			return nil, err
+		}
+	}
+}
+
+// sleep waits d on clock; false when ctx ends first.
+func sleep(ctx context.Context, clock Clock, d time.Duration) bool {
+	done := make(chan struct{})
+	stop := clock.AfterFunc(d, func() { close(done) })
+	select {
+	case <-ctx.Done():
+		stop()
+		return false
+	case <-done:
+		return true
 	}
 }
 
@@ -153,8 +188,9 @@ func dialRetrying(d *net.Dialer, wait time.Duration, seen func(error)) func(cont
 // connection" here): a request HTTP lets us retry need not fail for it.
 type retrying struct {
 	*http.Transport
-	wait time.Duration
-	cut  *atomic.Bool // the target's: once it is retired nothing is tried again
+	wait  time.Duration
+	clock Clock
+	cut   *atomic.Bool // the target's: once it is retired nothing is tried again
 }
 
 func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -162,12 +198,10 @@ func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err == nil || !mayRetry(req) || t.cut.Load() {
 		return resp, err
 	}
-	deadline := time.Now().Add(t.wait)
-	for err != nil && req.Context().Err() == nil && !t.cut.Load() && time.Now().Add(dialRetryInterval).Before(deadline) {
-		select {
-		case <-req.Context().Done():
+	deadline := t.clock.Now().Add(t.wait)
+	for err != nil && !errors.Is(err, errElsewhere) && req.Context().Err() == nil && !t.cut.Load() && t.clock.Now().Add(dialRetryInterval).Before(deadline) {
+		if !sleep(req.Context(), t.clock, dialRetryInterval) {
 			return nil, err
-		case <-time.After(dialRetryInterval):
 		}
 		resp, err = t.Transport.RoundTrip(req)
 	}
@@ -221,18 +255,32 @@ func trusts(trusted []netip.Prefix, remoteAddr string) bool {
 }
 
 // serve proxies one request on t; the caller counted it in flight
-// (service.acquire) and ends the count.
-func (t *target) serve(w http.ResponseWriter, r *http.Request) {
+// (service.acquire) and ends the count. A movable request that t refused
+// is not answered: serve returns the refusal (errElsewhere), for the
+// caller to send it to another endpoint.
+func (t *target) serve(w http.ResponseWriter, r *http.Request) (refused error) {
 	var start time.Time
 	if t.metrics != nil {
 		start = time.Now()
 	}
 	tw := &trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r)}
 	t.proxy.ServeHTTP(tw, r)
+	if tw.refused != nil {
+		return tw.refused
+	}
 	if t.metrics != nil {
 		t.metrics.observe(tw.status, time.Since(start).Seconds())
 	}
+	return nil
 }
+
+// keptBody is a request body that the reverse proxy's Close (and the
+// transport's, after a failed dial) leaves open, so that a request its
+// endpoint refused goes to another one whole. The server closes the body
+// itself once the handler returns.
+type keptBody struct{ io.ReadCloser }
+
+func (keptBody) Close() error { return nil }
 
 // appConn is a connection to the app, known to its target until it closes.
 type appConn struct {

@@ -15,7 +15,8 @@ type trackingWriter struct {
 	http.ResponseWriter
 	t         *target
 	websocket bool
-	status    int // the answer's status, for the metrics
+	status    int   // the answer's status, for the metrics
+	refused   error // the endpoint refused the request, which goes to another (errElsewhere); nothing was written
 }
 
 func (w *trackingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -153,6 +153,10 @@ func (f *fakeRuntime) Run(_ context.Context, svc Service, release, replica int, 
 	if svc.Port != 0 {
 		c.Upstream = fmt.Sprintf("127.0.0.1:%d", f.nextPort)
 	}
+	if svc.Port != 0 && replica != 0 {
+		// Started at once: a port by release and replica, not by the order they come in.
+		c.Upstream = fmt.Sprintf("127.0.0.1:%d", 40000+100*release+replica)
+	}
 	f.containers = append(f.containers, c)
 	f.record("run " + c.Name)
 	return f.healthy(*c), nil

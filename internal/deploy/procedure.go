@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -104,19 +105,25 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 	return d.putInService(ctx, r, d.discard)
 }
 
-// start runs every container of a new release. When one cannot start,
-// those started are removed: a release is started whole or not at all.
+// start runs every container of a new release, all at once. When one
+// cannot start, those started are removed: a release is started whole or
+// not at all.
 func (d *Deployer) start(ctx context.Context, svc Service, release int, imageID string) (*Release, error) {
-	var started []Container
-	for _, replica := range svc.ReplicaNumbers() {
-		c, err := d.Runtime.Run(ctx, svc, release, replica, imageID)
-		if err != nil {
-			for _, s := range started {
-				d.discard(ctx, s)
+	replicas := svc.ReplicaNumbers()
+	started := make([]Container, len(replicas))
+	errs := make([]error, len(replicas))
+	var wg sync.WaitGroup
+	for i, replica := range replicas {
+		wg.Go(func() { started[i], errs[i] = d.Runtime.Run(ctx, svc, release, replica, imageID) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for i, c := range started {
+			if errs[i] == nil {
+				d.discard(ctx, c)
 			}
-			return nil, err
 		}
-		started = append(started, c)
+		return nil, err
 	}
 	return releaseOf(svc.ReleaseName(release), started...), nil
 }

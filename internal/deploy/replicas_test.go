@@ -29,19 +29,19 @@ func TestAReleaseOfThreeIsSwitchedToAtOnce(t *testing.T) {
 	r := newRig(t)
 	rec, err := r.d.Deploy(context.Background(), replicated(3))
 	require.NoError(t, err)
-	require.Equal(t, []string{"run web-2-1", "run web-2-2", "run web-2-3", "stop web-1"}, r.rt.calls)
-	require.Equal(t, []string{"127.0.0.1:30001 → 127.0.0.1:40001,127.0.0.1:40002,127.0.0.1:40003"}, r.proxy.switches, "one change")
+	require.Equal(t, []string{"run web-2-1", "run web-2-2", "run web-2-3", "stop web-1"}, sorted(r.rt.calls))
+	require.Equal(t, []string{"127.0.0.1:30001 → 127.0.0.1:40201,127.0.0.1:40202,127.0.0.1:40203"}, r.proxy.switches, "one change")
 	require.Equal(t, "web-2", rec.To)
 	require.Equal(t, []string{"web-2-1", "web-2-2", "web-2-3"}, rec.ToContainers)
-	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, rec.NewEndpoints)
-	require.Equal(t, "127.0.0.1:40001", rec.NewUpstream)
+	require.Equal(t, []string{"127.0.0.1:40201", "127.0.0.1:40202", "127.0.0.1:40203"}, rec.NewEndpoints)
+	require.Equal(t, "127.0.0.1:40201", rec.NewUpstream)
 
 	r.rt.calls = nil
 	rec, err = r.d.Deploy(context.Background(), replicated(3))
 	require.NoError(t, err)
 	require.Equal(t, []string{"run web-3-1", "run web-3-2", "run web-3-3", "stop web-2-1", "stop web-2-2", "stop web-2-3"}, sorted(r.rt.calls))
 	require.Equal(t, []string{"web-2-1", "web-2-2", "web-2-3"}, rec.FromContainers)
-	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, sorted(r.proxy.retired[1:]), "every old endpoint retired")
+	require.Equal(t, []string{"127.0.0.1:40201", "127.0.0.1:40202", "127.0.0.1:40203"}, sorted(r.proxy.retired[1:]), "every old endpoint retired")
 	require.Equal(t, 3, len(r.proxy.route.Endpoints()))
 }
 
@@ -77,7 +77,7 @@ func TestARollbackPutsBackEveryReplica(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "web-2", rec.To)
 	require.Equal(t, []string{"start web-2-1", "start web-2-2", "start web-2-3", "stop web-3-1", "stop web-3-2", "stop web-3-3"}, sorted(r.rt.calls))
-	require.ElementsMatch(t, []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}, r.proxy.route.Endpoints(), "pinned ports: the same endpoints as before")
+	require.ElementsMatch(t, []string{"127.0.0.1:40201", "127.0.0.1:40202", "127.0.0.1:40203"}, r.proxy.route.Endpoints(), "pinned ports: the same endpoints as before")
 }
 
 // keep counts releases, not containers: a release of three is kept or
@@ -145,5 +145,5 @@ func TestStatusShowsEveryReplica(t *testing.T) {
 	require.Equal(t, 1, st.Replicas[0].Replica)
 	require.Equal(t, "web-2-2", st.Replicas[1].Name)
 	require.NotNil(t, st.Replicas[1].InFlight)
-	require.Equal(t, []string{"127.0.0.1:40001", "127.0.0.1:40002"}, st.Endpoints)
+	require.Equal(t, []string{"127.0.0.1:40201", "127.0.0.1:40202"}, st.Endpoints)
 }

@@ -134,3 +134,17 @@ func TestIsComposeFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(f, []byte("service: web\nimage: x\n"), 0o644))
 	require.False(t, IsComposeFile(f))
 }
+
+// Without the compose tool's config hash a release still carries the
+// label: docker compose v5 lists only containers that have one, so without
+// it `ps` and `down` would not see the release, and `up` would start the
+// service a second time beside it instead of recreating it.
+func TestReleaseWithoutAHashIsSeenByCompose(t *testing.T) {
+	o := loadShop(t, Options{})
+	p, err := Load(context.Background(), *o)
+	require.NoError(t, err)
+	tg, err := Resolve(p, "web", config.Overrides{}, Tool{})
+	require.NoError(t, err)
+	require.NotEmpty(t, tg.Service.Labels[LabelConfigHash])
+	require.Contains(t, tg.Notes[0], "the compose tool could not give web's config hash: a later `docker compose up` would recreate it")
+}

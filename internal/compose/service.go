@@ -32,6 +32,9 @@ const (
 	LabelVersion     = "com.docker.compose.version"
 )
 
+// unknownHash is the config hash of a release the compose tool gave none for.
+const unknownHash = "unknown"
+
 // Extension is the key of handoff's block in a compose file, on the
 // project (shared settings: the Caddy, the proxy) and on a service.
 const Extension = "x-handoff"
@@ -60,9 +63,10 @@ func Resolve(p *types.Project, name string, o config.Overrides, tool Tool) (Targ
 		return Target{}, err
 	}
 	svc.Labels[LabelVersion] = pick(tool.Version, "2.0.0") // compose reads it as a version
-	if tool.Hash != "" {
-		svc.Labels[LabelConfigHash] = tool.Hash
-	} else {
+	// docker compose v5 lists only containers with a hash: one no tool
+	// computes keeps the release in its `ps` and `down`, and `up` recreates it.
+	svc.Labels[LabelConfigHash] = pick(tool.Hash, unknownHash)
+	if tool.Hash == "" {
 		notes = append(notes, fmt.Sprintf("the compose tool could not give %s's config hash: a later `docker compose up` would recreate it; deploy it with handoff", name))
 	}
 	ext, err := extension(p, s)

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -147,3 +148,40 @@ func TestStatusShowsEveryReplica(t *testing.T) {
 	require.NotNil(t, st.Replicas[1].InFlight)
 	require.Equal(t, []string{"127.0.0.1:40201", "127.0.0.1:40202"}, st.Endpoints)
 }
+
+// A deploy killed while it started a release of three leaves part of it:
+// the next deploy removes what it left, and replaces the live release.
+func TestADeployAfterOneKilledWhileStartingReplicasRemovesThem(t *testing.T) {
+	r := newRig(t)
+	r.rt.add(Container{ID: "id-web-2-1", Name: "web-2-1", Service: "web", Release: 2, Replica: 1, Running: true, Upstream: "127.0.0.1:30021"})
+	r.rt.add(Container{ID: "id-web-2-2", Name: "web-2-2", Service: "web", Release: 2, Replica: 2, Upstream: "127.0.0.1:30022"})
+	r.history.recs = []Record{{ID: "killed", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseStart, ToRelease: 2, To: "web-2"}}
+	rec, err := r.d.Deploy(context.Background(), replicated(3))
+	require.NoError(t, err)
+	require.Equal(t, []string{"remove web-2-1", "remove web-2-2", "run web-3-1", "run web-3-2", "run web-3-3", "stop web-1"}, sorted(r.rt.calls))
+	require.Equal(t, PhaseRecover, rec.Phases[0].Name)
+	require.Equal(t, "web-3", rec.To)
+}
+
+// A deploy killed after its switch to three replicas, in the drain, left
+// the old release running: the next deploy stops it, and replaces the three.
+func TestADeployAfterOneKilledInTheDrainOfReplicasStopsTheOld(t *testing.T) {
+	r := newRig(t)
+	for i := 1; i <= 2; i++ {
+		r.rt.add(Container{ID: "id-web-2-" + itoa(i), Name: "web-2-" + itoa(i), Service: "web", Release: 2, Replica: i, Running: true, Upstream: "127.0.0.1:3002" + itoa(i)})
+	}
+	r.proxy.route = Only("", "127.0.0.1:30021", "127.0.0.1:30022")
+	r.history.recs = []Record{{ID: "killed", Service: "web", Kind: KindDeploy, Outcome: OutcomeRunning, Phase: PhaseDrain, ToRelease: 2, To: "web-2", Switched: true}}
+	st, err := r.d.Status(context.Background(), replicated(2))
+	require.NoError(t, err)
+	require.Equal(t, "web-2-1", st.Live.Name)
+	require.Contains(t, st.Problem, "interrupted in phase drain")
+
+	rec, err := r.d.Deploy(context.Background(), replicated(2))
+	require.NoError(t, err)
+	require.Equal(t, []string{"run web-3-1", "run web-3-2", "stop web-1", "stop web-2-1", "stop web-2-2"}, sorted(r.rt.calls))
+	require.Contains(t, rec.Notes, "stopping web-1: an earlier release left running after its switch")
+	require.Equal(t, []string{"web-2-1", "web-2-2"}, rec.FromContainers)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

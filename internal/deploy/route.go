@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -131,17 +130,4 @@ func (r Route) String() string {
 		parts = append(parts, eps+":"+strconv.Itoa(b.Weight))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// single is the route's one endpoint: "" for no route, and an error for a
-// route of several (the procedure switches routes of one endpoint today).
-func (r Route) single(p Proxy) (string, error) {
-	eps := r.Endpoints()
-	switch len(eps) {
-	case 0:
-		return "", nil
-	case 1:
-		return eps[0], nil
-	}
-	return "", fmt.Errorf("%w: the route of %s has %d upstreams (%s); handoff switches a route with exactly one", ErrNoRoute, p.Describe(), len(eps), strings.Join(eps, ", "))
 }

@@ -42,6 +42,7 @@ start-first (or stop-first) for one without (a worker); services not named are n
 	f := cmd.Flags()
 	f.StringVar(&c.overrides.Image, "image", "", "image to deploy (overrides image: and skips build:)")
 	f.IntVar(&c.overrides.Port, "port", 0, "port the app listens on inside the container")
+	f.Var(&c.overrides.Replicas, "replicas", "containers a release runs, each on its own port (default: replicas: in handoff.yml, else 1)")
 	f.StringVar(&c.overrides.HealthPath, "health-path", "", "HTTP path that answers 2xx when the app is ready")
 	f.DurationVar(&c.overrides.DrainTimeout, "drain-timeout", 0, "how long in-flight requests may take to finish on the old release (default 30s)")
 	f.StringVar(&c.overrides.Pull, "pull", "", "when to pull the image from its registry: missing (default: not on this host), always (a tag that moves) or never")

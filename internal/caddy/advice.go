@@ -13,7 +13,8 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	advice := advise(hs[0].handler, p.admin.address)
+	version, _ := p.caddyVersion(ctx)
+	advice := advise(hs[0].handler, p.admin.address, version)
 	if p.caddyfile != nil {
 		if _, err := p.caddyfile.planRoute(p.host(), hs[0].dials, hs[0].dials); err != nil {
 			msg := "out of step: " + err.Error()
@@ -35,10 +36,19 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 // (fail_duration) it goes on picking the replica that is down. Caddy
 // 2.6.2 has all three. With one upstream, fail_duration only turns a
 // failure into 503s for its duration: nothing is left to pick.
-func advise(handler map[string]any, adminAddress string) []string {
+//
+// version is Caddy's ("" when it cannot be read): stream_close_delay came
+// with 2.7, and an older Caddy refuses a Caddyfile that sets it, so there
+// the advice is to upgrade. One whose version cannot be read is assumed
+// to have it, as canWeigh assumes weights.
+func advise(handler map[string]any, adminAddress, version string) []string {
 	var out []string
 	if _, ok := handler["stream_close_delay"]; !ok {
-		out = append(out, "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`")
+		if version != "" && versionBefore(version, 2, 7, 0) {
+			out = append(out, "Caddy "+version+" has no stream_close_delay (it came with 2.7): every deploy (any Caddy reload) closes open WebSockets and SSE streams; upgrade Caddy to keep them open")
+		} else {
+			out = append(out, "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`")
+		}
 	}
 	n := len(dials(handler))
 	tries := dig(handler, "load_balancing", "try_duration") != nil

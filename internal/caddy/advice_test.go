@@ -6,9 +6,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// What the advice says of reverse_proxy handlers as Caddy 2.11.9 adapts
-// them (Debian's 2.6.2 adapts each to the same, but stream_close_delay,
-// which it does not have).
+// What the advice says to Caddy 2.11.9 of reverse_proxy handlers as it
+// adapts them (Debian's 2.6.2 adapts each to the same, but
+// stream_close_delay, which it does not have).
 func TestAdvice(t *testing.T) {
 	const (
 		closes    = "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`"
@@ -43,7 +43,30 @@ func TestAdvice(t *testing.T) {
 			"unix:/run/caddy.sock", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			require.Equal(t, c.want, advise(decodeNumbers(t, c.handler).(map[string]any), c.admin))
+			require.Equal(t, c.want, advise(decodeNumbers(t, c.handler).(map[string]any), c.admin, "v2.11.9"))
 		})
 	}
+}
+
+// stream_close_delay is advised only to a Caddy that has it (2.7 and
+// later, or one whose version cannot be read); Caddy 2.6.2 rejects the
+// setting, so it is told to upgrade instead.
+func TestAdviceOfStreamCloseDelayByVersion(t *testing.T) {
+	const (
+		add     = "reverse_proxy has no stream_close_delay: every deploy (any Caddy reload) closes open WebSockets and SSE streams; add `stream_close_delay 5m`"
+		upgrade = "Caddy v2.6.2 has no stream_close_delay (it came with 2.7): every deploy (any Caddy reload) closes open WebSockets and SSE streams; upgrade Caddy to keep them open"
+		tcp     = "Caddy's admin API is on TCP: any local process (or container, on 0.0.0.0) can reconfigure Caddy; prefer `admin unix//run/caddy/admin.sock`"
+	)
+	cfg := `{"apps":{"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[{"match":[{"host":["app.test"]}],"handle":[{"handler":"reverse_proxy","load_balancing":{"try_duration":5000000000},"upstreams":[{"dial":"127.0.0.1:40001"}]}],"terminal":true}]}}}}}`
+	for version, want := range map[string]string{"v2.6.2": upgrade, "v2.7.0": add, "v2.11.9": add} {
+		t.Run(version, func(t *testing.T) {
+			p, err := New(startConfigAdmin(t, cfg, version).address, "app.test", "", "")
+			require.NoError(t, err)
+			advice, err := p.Advice(t.Context(), "127.0.0.1:40001")
+			require.NoError(t, err)
+			require.Equal(t, []string{want, tcp}, advice)
+		})
+	}
+	handler := decodeNumbers(t, `{"handler":"reverse_proxy","load_balancing":{"try_duration":5000000000},"upstreams":[{"dial":"127.0.0.1:40001"}]}`).(map[string]any)
+	require.Equal(t, []string{add}, advise(handler, "unix:/run/caddy.sock", ""), "a Caddy whose version cannot be read is assumed to have it")
 }

@@ -16,7 +16,7 @@ func (p *Proxy) Advice(ctx context.Context, upstream string) ([]string, error) {
 	version, _ := p.caddyVersion(ctx)
 	advice := advise(hs[0].handler, p.admin.address, version)
 	if p.caddyfile != nil {
-		if _, err := p.caddyfile.planRoute(p.host(), hs[0].dials, hs[0].dials); err != nil {
+		if _, err := p.caddyfile.plan(p.host(), hs[0].dials, hs[0].dials); err != nil {
 			msg := "out of step: " + err.Error()
 			if prev, ok := p.caddyfile.previous(); ok {
 				msg += "; the version before handoff's last switch is " + prev

@@ -148,7 +148,7 @@ func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 			return fmt.Errorf("%w: Caddy now points %s at %s, not %s; run the deploy again", deploy.ErrConflict, p.route, spell(routeOf(hs[0])), spell(from))
 		}
 		if p.caddyfile != nil {
-			if _, err := p.caddyfile.planRoute(p.host(), now, now); err != nil {
+			if _, err := p.caddyfile.plan(p.host(), now, now); err != nil {
 				return fmt.Errorf("%w: %w", deploy.ErrProxy, err)
 			}
 		}
@@ -185,7 +185,7 @@ func (p *Proxy) follow(from, to []string, weights []int) error {
 	if p.caddyfile == nil || slices.Equal(from, to) && len(to) == 1 {
 		return nil
 	}
-	return p.caddyfile.replaceRoute(p.host(), from, to, weights)
+	return p.caddyfile.replace(p.host(), from, to, weights)
 }
 
 // errChanged: the config's Etag no longer matched (412); not our route's doing.

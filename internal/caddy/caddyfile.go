@@ -106,30 +106,21 @@ func (f caddyfile) read() (string, error) {
 	return string(b), nil
 }
 
-// plan says whether from can be replaced by to in the sites for host
-// ("" : every site), and gives the rewrite. Its errors carry no sentinel
-// but the file's own: a refusal before the deploy and a failed switch say
-// different things.
-func (f caddyfile) plan(host, from, to string) (rewrite, error) {
-	return f.planRoute(host, []string{from}, []string{to})
-}
-
-// planRoute is plan for a route of several upstreams.
-func (f caddyfile) planRoute(host string, from, to []string) (rewrite, error) {
+// plan says whether the route's upstreams from can be replaced by to in
+// the sites for host ("" : every site), and gives the rewrite. Its errors
+// carry no sentinel but the file's own: a refusal before the deploy and a
+// failed switch say different things.
+func (f caddyfile) plan(host string, from, to []string) (rewrite, error) {
 	src, err := f.read()
 	if err != nil {
 		return rewrite{}, err
 	}
-	return f.rewriteRoute(src, host, from, to, nil)
+	return f.rewrite(src, host, from, to, nil)
 }
 
-func (f caddyfile) rewrite(src, host, from, to string) (rewrite, error) {
-	return f.rewriteRoute(src, host, []string{from}, []string{to}, nil)
-}
-
-// rewriteRoute replaces the route's upstreams from by to, with weights
+// rewrite replaces the route's upstreams from by to in src, with weights
 // (nil: equal); one by one, it is rewriteUpstream.
-func (f caddyfile) rewriteRoute(src, host string, from, to []string, weights []int) (rewrite, error) {
+func (f caddyfile) rewrite(src, host string, from, to []string, weights []int) (rewrite, error) {
 	env := f.lookupEnv()
 	var rw rewrite
 	var err error
@@ -174,24 +165,19 @@ func (f caddyfile) lookupEnv() func(string) (string, bool) {
 	return f.env
 }
 
-// replace replaces from by to in the file as it is now (the caller holds
-// the lock), keeps the previous version among the backups, and writes it
-// atomically, keeping its mode, owner and group. A file that already names
-// to and not from is left as it is.
-func (f caddyfile) replace(host, from, to string) error {
-	return f.replaceRoute(host, []string{from}, []string{to}, nil)
-}
-
-// replaceRoute is replace for a route of several upstreams, with weights
-// (nil: equal).
-func (f caddyfile) replaceRoute(host string, from, to []string, weights []int) error {
+// replace replaces the route's upstreams from by to, with weights (nil:
+// equal), in the file as it is now (the caller holds the lock), keeps the
+// previous version among the backups, and writes it atomically, keeping
+// its mode, owner and group. A file that already names to and not from is
+// left as it is.
+func (f caddyfile) replace(host string, from, to []string, weights []int) error {
 	src, err := f.read()
 	if err != nil {
 		return err
 	}
-	rw, err := f.rewriteRoute(src, host, from, to, weights)
+	rw, err := f.rewrite(src, host, from, to, weights)
 	if err != nil {
-		if _, already := f.rewriteRoute(src, host, to, to, weights); already == nil {
+		if _, already := f.rewrite(src, host, to, to, weights); already == nil {
 			return nil
 		}
 		if errors.As(err, new(*notNamedError)) {

@@ -87,7 +87,7 @@ func TestCaddyfileCorpusRewrite(t *testing.T) {
 			}
 			before, after := renderCorpus(c.src, old), renderCorpus(c.src, new)
 			f := caddyfile{path: "Caddyfile", env: noEnv}
-			rw, err := f.rewrite(before, host, old, new)
+			rw, err := f.rewrite(before, host, []string{old}, []string{new}, nil)
 			switch {
 			case c.refusedBy == "caddy":
 				return // Caddy's config refuses it; the itest shows it
@@ -101,7 +101,7 @@ func TestCaddyfileCorpusRewrite(t *testing.T) {
 			if c.note != "" {
 				require.Contains(t, strings.Join(rw.notes, "\n"), c.note)
 			}
-			back, err := f.rewrite(rw.out, host, new, old)
+			back, err := f.rewrite(rw.out, host, []string{new}, []string{old}, nil)
 			require.NoError(t, err)
 			require.Equal(t, before, back.out)
 		})

@@ -44,9 +44,9 @@ func TestConcurrentWritersOfOneCaddyfileKeepEachOthersChanges(t *testing.T) {
 				require.NoError(t, err)
 				defer unlock()
 				from, to := addr(c.base+round), addr(c.base+round+1)
-				_, err = c.f.plan(c.host, from, from)
+				_, err = c.f.plan(c.host, []string{from}, []string{from})
 				require.NoError(t, err)
-				require.NoError(t, c.f.replace(c.host, from, to))
+				require.NoError(t, c.f.replace(c.host, []string{from}, []string{to}, nil))
 			})
 		}
 		wg.Wait()
@@ -57,6 +57,9 @@ func TestConcurrentWritersOfOneCaddyfileKeepEachOthersChanges(t *testing.T) {
 }
 
 func addr(port int) string { return "127.0.0.1:" + itoa(port) }
+
+// addrs is the route of the one upstream addr(port).
+func addrs(port int) []string { return []string{addr(port)} }
 
 func itoa(n int) string {
 	if n == 0 {
@@ -75,18 +78,18 @@ func TestAnEditMadeMeanwhileIsKept(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(path, []byte(twoServices), 0o644))
 	f := caddyfile{path: path}
-	_, err := f.plan("api.example.com", addr(1001), addr(1001))
+	_, err := f.plan("api.example.com", addrs(1001), addrs(1001))
 	require.NoError(t, err)
 
 	edited := strings.Replace(twoServices, "web.example.com {", "# added by hand\nweb.example.com {", 1)
 	require.NoError(t, os.WriteFile(path, []byte(edited), 0o644))
-	require.NoError(t, f.replace("api.example.com", addr(1001), addr(1002)))
+	require.NoError(t, f.replace("api.example.com", addrs(1001), addrs(1002), nil))
 	got, _ := os.ReadFile(path)
 	require.Contains(t, string(got), "# added by hand")
 	require.Contains(t, string(got), "reverse_proxy "+addr(1002))
 
 	require.NoError(t, os.WriteFile(path, []byte(strings.ReplaceAll(string(got), addr(1002), "127.0.0.1:7777")), 0o644))
-	err = f.replace("api.example.com", addr(1002), addr(1003))
+	err = f.replace("api.example.com", addrs(1002), addrs(1003), nil)
 	require.ErrorContains(t, err, "does not overwrite a change it did not make")
 	got, _ = os.ReadFile(path)
 	require.Contains(t, string(got), "127.0.0.1:7777", "the edit stands")
@@ -112,7 +115,7 @@ func TestCaddyfileWriteKeepsLinkModeOwnerAndBacksUpElsewhere(t *testing.T) {
 	f := caddyfile{path: link, state: state}
 	require.NoError(t, f.check())
 
-	require.NoError(t, f.replace("api.example.com", addr(1001), addr(1002)))
+	require.NoError(t, f.replace("api.example.com", addrs(1001), addrs(1002), nil))
 	info, err := os.Lstat(link)
 	require.NoError(t, err)
 	require.NotZero(t, info.Mode()&os.ModeSymlink, "the link is still a link")
@@ -173,7 +176,7 @@ func TestSiteAddressPlaceholders(t *testing.T) {
 // is the one to give.
 func TestNotNamedInAFileThatImportsSites(t *testing.T) {
 	f := caddyfile{path: "/etc/caddy/Caddyfile", env: noEnv}
-	_, err := f.rewrite("{\n\temail ops@example.com\n}\n\nimport sites/*.caddy\n", "app.example.com", "app:8000", "127.0.0.1:1")
+	_, err := f.rewrite("{\n\temail ops@example.com\n}\n\nimport sites/*.caddy\n", "app.example.com", []string{"app:8000"}, []string{"127.0.0.1:1"}, nil)
 	require.ErrorContains(t, err, "does not name upstream app:8000 in the site block for app.example.com")
 	require.ErrorContains(t, err, "it imports sites/*.caddy: if the site is written in an imported file, give that file as --caddyfile")
 }

@@ -43,7 +43,7 @@ func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []str
 	if err := p.caddyfile.check(); err != nil {
 		return nil, refused(deploy.ErrConfig, err)
 	}
-	rw, err := p.caddyfile.planRoute(p.host(), now, now)
+	rw, err := p.caddyfile.plan(p.host(), now, now)
 	if err == nil {
 		return rw.notes, nil
 	}
@@ -59,14 +59,14 @@ func (p *Proxy) Preflight(ctx context.Context, current deploy.Route, known []str
 		return nil, refused(deploy.ErrConfig, err)
 	}
 	if len(old) > 0 && !sameUpstreams(old, now) {
-		if _, err := p.caddyfile.planRoute(p.host(), old, now); err == nil {
-			if err := p.caddyfile.replaceRoute(p.host(), old, now, fileWeights(hs[0])); err != nil {
+		if _, err := p.caddyfile.plan(p.host(), old, now); err == nil {
+			if err := p.caddyfile.replace(p.host(), old, now, fileWeights(hs[0])); err != nil {
 				return nil, fmt.Errorf("%w: bring the Caddyfile in step: %v", deploy.ErrProxy, err)
 			}
 			return []string{fmt.Sprintf("the Caddyfile %s still named %s, an earlier release (an interrupted switch); it now names %s, as Caddy does", p.caddyfile.path, strings.Join(old, " "), strings.Join(now, " "))}, nil
 		}
 	}
-	_, err = p.caddyfile.planRoute(p.host(), now, now)
+	_, err = p.caddyfile.plan(p.host(), now, now)
 	return nil, refused(deploy.ErrProxy, err)
 }
 

@@ -68,7 +68,7 @@ func TestWebServiceMapsWhole(t *testing.T) {
 	for k, v := range map[string]string{LabelProject: "shop", LabelService: "web", LabelOneoff: "False", LabelConfigHash: "abc123", LabelWorkingDir: dir} {
 		require.Equal(t, v, svc.Labels[k], k)
 	}
-	require.Equal(t, deploy.StampRelease, svc.Stamps[LabelNumber])
+	require.Equal(t, deploy.StampNumber, svc.Stamps[LabelNumber])
 	require.Equal(t, deploy.StampImageID, svc.Stamps[LabelImage])
 
 	require.Equal(t, "shop.example.com", tg.Caddy.Route)

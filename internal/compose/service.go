@@ -125,8 +125,9 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 		StopSignal:      s.StopSignal,
 		Restart:         s.Restart,
 		RemoveRetired:   true,
+		ComposeNames:    true,
 		Adopt:           map[string]string{LabelProject: p.Name, LabelService: s.Name, LabelOneoff: "False"},
-		Stamps:          map[string]deploy.Stamp{LabelNumber: deploy.StampRelease, LabelImage: deploy.StampImageID},
+		Stamps:          map[string]deploy.Stamp{LabelNumber: deploy.StampNumber, LabelImage: deploy.StampImageID},
 	}
 	restart, err := restartPolicy(s)
 	if err != nil {

@@ -191,7 +191,7 @@ func (f *fakeRuntime) Find(_ context.Context, labels map[string]string) ([]Conta
 	defer f.mu.Unlock()
 	var out []Container
 	for _, c := range f.containers {
-		if c.Running && c.Service == "" && labels["app"] != "" && c.Name == labels["app"]+"-byhand" {
+		if c.Running && c.Service == "" && labels["app"] != "" && strings.HasPrefix(c.Name, labels["app"]+"-byhand") {
 			out = append(out, *c)
 		}
 	}
@@ -420,4 +420,9 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 	ch := make(chan time.Time, 1)
 	ch <- c.now
 	return ch
+}
+
+func (f *fakeRuntime) containersOf(service string) []Container {
+	out, _ := f.Releases(context.Background(), service)
+	return out
 }

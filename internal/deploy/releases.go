@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -24,12 +25,25 @@ func releaseOf(name string, cs ...Container) *Release {
 	cs = slices.Clone(cs)
 	slices.SortStableFunc(cs, func(a, b Container) int { return cmp.Compare(a.Replica, b.Replica) })
 	if name == "" {
-		name = cs[0].Name
-		if len(cs) > 1 {
-			name = strings.TrimSuffix(cs[0].Name, "-1")
-		}
+		name = releaseName(cs[0])
 	}
 	return &Release{Number: cs[0].Release, Name: name, Containers: cs}
+}
+
+// releaseName is the name of c's release, read off c's own: web-4 of
+// web-4-2, or of compose's shop-web-402; a release of one is named as its
+// container.
+func releaseName(c Container) string {
+	if c.Replica == 0 {
+		return c.Name
+	}
+	if name, ok := strings.CutSuffix(c.Name, fmt.Sprintf("-%d", c.Replica)); ok && !strings.HasSuffix(c.Name, fmt.Sprintf("-%d", ContainerNumber(c.Release, c.Replica))) {
+		return name
+	}
+	if prefix, ok := strings.CutSuffix(c.Name, fmt.Sprintf("-%d", ContainerNumber(c.Release, c.Replica))); ok {
+		return fmt.Sprintf("%s-%d", prefix, c.Release)
+	}
+	return c.Name
 }
 
 // groupReleases groups a service's containers (newest first) by release,
@@ -75,6 +89,11 @@ func (r *Release) Running() bool {
 		}
 	}
 	return len(r.Containers) > 0
+}
+
+// anyRunning says whether a container of the release runs.
+func (r *Release) anyRunning() bool {
+	return slices.ContainsFunc(r.Containers, func(c Container) bool { return c.Running })
 }
 
 // Has says whether c is one of the release's containers.

@@ -185,3 +185,94 @@ func TestADeployAfterOneKilledInTheDrainOfReplicasStopsTheOld(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// A replica that crashed and is restarting when a deploy starts is still
+// the live release's: the deploy replaces the whole release, and status
+// says which replica is down.
+func TestADeployWhileAReplicaIsDownReplacesTheWholeRelease(t *testing.T) {
+	r := newRig(t)
+	_, err := r.d.Deploy(context.Background(), replicated(3))
+	require.NoError(t, err)
+	down := r.rt.find("web-2-2")
+	down.Running, down.Restarting = false, true
+
+	st, err := r.d.Status(context.Background(), replicated(3))
+	require.NoError(t, err)
+	require.False(t, st.Agree)
+	require.Equal(t, "web-2-2 not running", st.Problem)
+	require.Len(t, st.Replicas, 3)
+
+	r.rt.calls = nil
+	rec, err := r.d.Deploy(context.Background(), replicated(3))
+	require.NoError(t, err)
+	require.Equal(t, []string{"run web-3-1", "run web-3-2", "run web-3-3", "stop web-2-1", "stop web-2-2", "stop web-2-3"}, sorted(r.rt.calls))
+	require.Equal(t, "web-2", rec.From)
+}
+
+// A compose service's containers are named as compose names them, one
+// number each (shop-web-201, shop-web-202), and still make one release.
+func TestComposeReplicasAreNamedAsComposeNamesThem(t *testing.T) {
+	svc := replicated(2)
+	svc.ContainerPrefix, svc.ComposeNames = "shop-web", true
+	require.Equal(t, "shop-web-201", svc.ContainerName(2, 1))
+	require.Equal(t, "shop-web-2", svc.ContainerName(2, 0), "a release of one keeps its name")
+	require.Equal(t, "web-2-1", replicated(2).ContainerName(2, 1))
+	require.Equal(t, 201, ContainerNumber(2, 1))
+
+	for _, c := range []struct {
+		c    Container
+		want string
+	}{
+		{Container{Name: "shop-web-1002", Release: 10, Replica: 2}, "shop-web-10"},
+		{Container{Name: "web-10-1", Release: 10, Replica: 1}, "web-10"},
+		{Container{Name: "web-4", Release: 4}, "web-4"},
+		{Container{Name: "app1"}, "app1"},
+	} {
+		require.Equal(t, c.want, releaseName(c.c), c.c.Name)
+	}
+
+	r := newRig(t)
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, []string{"run shop-web-201", "run shop-web-202", "stop web-1"}, sorted(r.rt.calls))
+	rels := groupReleases(r.rt.containersOf("web"))
+	require.Equal(t, "shop-web-2", rels[0].Name)
+	require.Len(t, rels[0].Containers, 2)
+}
+
+// A route to a name every container of a compose service answers to
+// (`reverse_proxy web:8000`) reaches one of them: the whole service, as
+// its labels name it, is adopted, and retired once the new release serves.
+func TestAServiceReachedByOneNameIsAdoptedWhole(t *testing.T) {
+	r := newRig(t)
+	r.rt.containers = nil
+	r.rt.add(Container{ID: "id-1", Name: "web-byhand-1", Running: true, Port: 8000, Upstream: "127.0.0.1:8001"})
+	r.rt.add(Container{ID: "id-2", Name: "web-byhand-2", Running: true, Port: 8000, Upstream: "127.0.0.1:8002"})
+	r.proxy.route = Only("", "127.0.0.1:8001") // the name reached the first
+	svc := replicated(2)
+	svc.Adopt = map[string]string{"app": "web"}
+	rec, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, []string{"web-byhand-1", "web-byhand-2"}, rec.FromContainers)
+	require.Equal(t, []string{"run web-1-1", "run web-1-2", "stop web-byhand-1", "stop web-byhand-2"}, sorted(r.rt.calls))
+}
+
+type progressLog struct {
+	quietReporter
+	lines []string
+}
+
+func (p *progressLog) Progress(_, state, _ string) { p.lines = append(p.lines, state) }
+
+// The health waits of a release's replicas report in one line, each
+// replica's state in it, not a line of each in turn.
+func TestReplicasReportTheirHealthInOneLine(t *testing.T) {
+	log := &progressLog{}
+	p := &replicaProgress{Reporter: log, names: []string{"web-4-1", "web-4-2"}, states: make([]string, 2)}
+	p.of(1).Progress(PhaseHealth, "not answering yet", "check 1")
+	p.of(0).Progress(PhaseHealth, "passing", "check 1")
+	require.Equal(t, []string{
+		"web-4-1 starting; web-4-2 not answering yet",
+		"web-4-1 passing; web-4-2 not answering yet",
+	}, log.lines)
+}

@@ -38,7 +38,11 @@ type Service struct {
 	ContainerPrefix string
 	// Replicas is how many containers a release runs, each on its own
 	// endpoint, all healthy before the switch and switched at once (0 : 1).
-	Replicas        int
+	Replicas int
+	// ComposeNames names a release's replicas as compose names a service's
+	// containers, <prefix>-<number> (ContainerNumber): compose needs one
+	// number per container, and recreates a container under that name.
+	ComposeNames    bool
 	Image           string     // image reference to run; with Build, the tag to build
 	Build           *BuildSpec // nil: take Image as it is
 	Command         []string   // nil: the image's own CMD
@@ -103,7 +107,7 @@ type Stamp string
 
 // The stamps.
 const (
-	StampRelease Stamp = "release"  // the release number
+	StampNumber  Stamp = "number"   // the container's number (ContainerNumber): compose's container-number
 	StampImageID Stamp = "image-id" // the ID of the image it runs
 )
 
@@ -314,21 +318,37 @@ func validName(name string) bool {
 // ReleaseName is the name of a release: its container's for a release of
 // one, else what its replicas' names start with.
 func (s Service) ReleaseName(release int) string {
-	prefix := s.ContainerPrefix
-	if prefix == "" {
-		prefix = s.Name
+	return fmt.Sprintf("%s-%d", s.prefix(), release)
+}
+
+func (s Service) prefix() string {
+	if s.ContainerPrefix == "" {
+		return s.Name
 	}
-	return fmt.Sprintf("%s-%d", prefix, release)
+	return s.ContainerPrefix
 }
 
 // ContainerName is the name of a release's container: replica 0 is the
 // only container of a release of one (web-4), replicas 1…N those of a
 // release of several (web-4-1, web-4-2).
 func (s Service) ContainerName(release, replica int) string {
-	if replica == 0 {
+	switch {
+	case replica == 0:
 		return s.ReleaseName(release)
+	case s.ComposeNames:
+		return fmt.Sprintf("%s-%d", s.prefix(), ContainerNumber(release, replica))
 	}
 	return fmt.Sprintf("%s-%d", s.ReleaseName(release), replica)
+}
+
+// ContainerNumber numbers a release's containers one number each, as
+// compose numbers a service's: the release for a release of one,
+// release×100+replica for one of several (replicas are at most 64).
+func ContainerNumber(release, replica int) int {
+	if replica == 0 {
+		return release
+	}
+	return release*100 + replica
 }
 
 // ReplicaNumbers are the replica numbers of a release of svc: [0] for a

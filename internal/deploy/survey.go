@@ -53,7 +53,11 @@ func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 		d.note(rec, d.routeLost(svc, v))
 	case !v.routed() && v.live != nil:
 		setFrom(rec, v.live)
-		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, which runs already; it is retired once the new release serves", d.Proxy.Describe(), v.live.Name))
+		runs := "which runs already; it is"
+		if len(v.live.Containers) > 1 {
+			runs = "which run already; they are"
+		}
+		d.note(rec, fmt.Sprintf("first deploy through %s: adopting %s, %s retired once the new release serves", d.Proxy.Describe(), v.live.Name, runs))
 	case !v.routed():
 		d.note(rec, fmt.Sprintf("first deploy through %s: nothing serves yet", d.Proxy.Describe()))
 	case v.live == nil && v.expected != nil:
@@ -97,7 +101,9 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	}
 	v.route = route
 	for _, rel := range v.groups() {
-		if rel.Running() && rel.Serves(route) {
+		// A release of several serves while one of them runs: one that
+		// crashed and is restarting is still the live release's.
+		if rel.anyRunning() && rel.Serves(route) {
 			v.live = &rel
 			return v, nil
 		}
@@ -114,8 +120,14 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 		return v, d.adoptByLabels(ctx, svc, v)
 	}
 	v.live, err = d.serving(ctx, v.endpoints())
-	if err != nil || v.live != nil {
+	if err != nil {
 		return v, err
+	}
+	if v.live != nil {
+		// A route to a name several containers answer to (compose's
+		// service name, `reverse_proxy web:8000`) reaches one of them: the
+		// others of its service are the same release.
+		return v, d.adoptTheRestByLabels(ctx, svc, v)
 	}
 	v.expected = v.lastSwitched()
 	return v, nil
@@ -147,6 +159,29 @@ func names(cs []Container) []string {
 	return out
 }
 
+// adoptTheRestByLabels widens an adopted live release to every container
+// the service's labels name, when it holds those it was found by.
+func (d *Deployer) adoptTheRestByLabels(ctx context.Context, svc Service, v *view) error {
+	a, ok := d.Runtime.(Adopter)
+	if len(svc.Adopt) == 0 || !ok || !v.live.Adopted() {
+		return nil
+	}
+	labelled, err := a.Find(ctx, svc.Adopt)
+	if err != nil || len(labelled) <= len(v.live.Containers) {
+		return err
+	}
+	for _, c := range v.live.Containers {
+		if !slices.ContainsFunc(labelled, func(l Container) bool { return l.ID == c.ID }) {
+			return nil // found by the route, but not the service's: leave it as found
+		}
+	}
+	for i := range labelled {
+		labelled[i].Adopted = true
+	}
+	v.live = releaseOf(strings.Join(names(labelled), ", "), labelled...)
+	return nil
+}
+
 // groups is the view's containers by release, newest first.
 func (v *view) groups() []Release { return groupReleases(v.releases) }
 
@@ -165,7 +200,7 @@ func (v *view) release(n int) *Release {
 // the newest one running, or on a first deploy the one to adopt.
 func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error {
 	for _, rel := range v.groups() {
-		if slices.ContainsFunc(rel.Containers, func(c Container) bool { return c.Running }) {
+		if rel.anyRunning() {
 			v.live = &rel
 			return nil
 		}

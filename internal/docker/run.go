@@ -68,7 +68,7 @@ func (r *Runtime) create(ctx context.Context, svc deploy.Service, name string, r
 		labels[k] = v
 	}
 	for k, stamp := range svc.Stamps {
-		labels[k] = map[deploy.Stamp]string{deploy.StampRelease: strconv.Itoa(release), deploy.StampImageID: imageID}[stamp]
+		labels[k] = map[deploy.Stamp]string{deploy.StampNumber: strconv.Itoa(deploy.ContainerNumber(release, replica)), deploy.StampImageID: imageID}[stamp]
 	}
 	labels[LabelService] = svc.Name
 	labels[LabelRelease] = strconv.Itoa(release)

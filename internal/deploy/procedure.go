@@ -388,8 +388,11 @@ func (d *Deployer) waitReleaseHealthy(ctx context.Context, svc Service, rel *Rel
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, len(rel.Containers))
-	for _, c := range rel.Containers {
-		go func() { errs <- d.withLogs(ctx, c, d.waitHealthy(ctx, svc, c)) }()
+	progress := &replicaProgress{Reporter: d.Report, states: make([]string, len(rel.Containers)), names: rel.Names()}
+	for i, c := range rel.Containers {
+		each := *d
+		each.Report = progress.of(i)
+		go func() { errs <- d.withLogs(ctx, c, each.waitHealthy(ctx, svc, c)) }()
 	}
 	var first error
 	for range rel.Containers {
@@ -408,6 +411,38 @@ func (d *Deployer) announce(ctx context.Context, c Container, svc Service) error
 		return a.Announce(ctx, c, svc)
 	}
 	return nil
+}
+
+// replicaProgress puts what the health waits of a release's containers
+// see into one line: each replica's state, told when one changes.
+type replicaProgress struct {
+	Reporter
+	mu     sync.Mutex
+	names  []string
+	states []string
+}
+
+// of is the Reporter replica i's health wait reports to.
+func (p *replicaProgress) of(i int) Reporter { return replicaReporter{p, i} }
+
+type replicaReporter struct {
+	*replicaProgress
+	i int
+}
+
+func (r replicaReporter) Progress(phase, state, detail string) {
+	r.mu.Lock()
+	r.states[r.i] = state
+	parts := make([]string, 0, len(r.states))
+	for j, s := range r.states {
+		if s == "" {
+			s = "starting"
+		}
+		parts = append(parts, r.names[j]+" "+s)
+	}
+	line := strings.Join(parts, "; ")
+	r.mu.Unlock()
+	r.Reporter.Progress(phase, line, detail)
 }
 
 // withLogs adds c's last log lines to a health error of c.

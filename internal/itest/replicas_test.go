@@ -100,10 +100,7 @@ func TestReplicasUnderLoad(t *testing.T) {
 // else of the service runs.
 func (s *Scenario) requireReplicas(release string, n int) {
 	s.T.Helper()
-	var running []string
-	for _, name := range s.Running() {
-		running = append(running, name)
-	}
+	running := s.Running()
 	slices.Sort(running)
 	require.Len(s.T, running, n, "running: %v", running)
 	for i, name := range running {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,26 +25,43 @@ import (
 // Caddy's adapter keeps the contract every deploy.Proxy keeps, against a
 // real Caddy with a Caddyfile on disk, its admin API behind a FaultyAdmin
 // for the lost reply; and so does Debian's 2.6.2 where it is installed,
-// except that it cannot count requests on an upstream it no longer routes to.
+// except that it cannot count requests on an upstream it no longer routes
+// to, and fails a POST it retries on another upstream.
+//
+// A route of several upstreams is written with what Advice asks of one
+// (lb_try_duration, lb_try_interval, fail_duration) and a policy of the
+// user's own, least_conn, which every switch must keep.
 func TestProxyContractCaddy(t *testing.T) {
 	run := func(t *testing.T, bin string, old bool) {
-		var noWeights string
+		var noWeights, noBodyRetry string
 		if old {
 			noWeights = "Caddy 2.6.2 has no weighted_round_robin (it came with 2.7)"
+			noBodyRetry = "Caddy before 2.11.2 fails a request it retries with a body (invalid Read on closed Body): there, fail_duration only keeps later POSTs off a dead upstream (docs/caddy.md)"
 		}
-		proxytest.Run(t, proxytest.Harness{MayNotCount: old, NoWeights: noWeights, New: func(t *testing.T, upstream string) proxytest.Instance {
-			c := StartCaddy(t, CaddyOptions{Upstream: upstream, Binary: bin, Plain: old})
+		h := proxytest.Harness{MayNotCount: old, NoWeights: noWeights, NoBodyRetry: noBodyRetry}
+		h.New = func(t *testing.T, upstreams ...string) proxytest.Instance {
+			o := CaddyOptions{Upstream: strings.Join(upstreams, " "), Binary: bin, Plain: old}
+			var kept string
+			if len(upstreams) > 1 {
+				kept = "lb_policy least_conn"
+				o.ExtraProxy = "\t\t" + kept + "\n\t\tfail_duration 10s\n"
+				if old { // Plain leaves out the retries
+					o.ExtraProxy += "\t\tlb_try_duration 5s\n\t\tlb_try_interval 100ms\n"
+				}
+			}
+			c := StartCaddy(t, o)
 			fa := NewFaultyAdmin(t, c)
 			p, err := caddy.New(fa.Addr, SiteHost, c.File, t.TempDir())
 			require.NoError(t, err)
-			return proxytest.Instance{Proxy: p, Front: c.URL, Route: SiteHost,
+			return proxytest.Instance{Proxy: p, Front: c.URL, Route: SiteHost, Kept: kept,
 				Saved: func() string { return readFile(t, c.File) },
 				LoseReply: func() func() bool {
 					n := fa.Patched()
 					fa.Set(FaultLoseReply)
 					return func() bool { return fa.Patched() > n }
 				}}
-		}})
+		}
+		proxytest.Run(t, h)
 	}
 	t.Run(CaddyVersion, func(t *testing.T) { run(t, CaddyBinary(t), false) })
 	t.Run("2.6.2", func(t *testing.T) {
@@ -64,13 +82,13 @@ func TestProxyContractHandoffProxy(t *testing.T) {
 		return proxyclient.New(proxyclient.NewControl(socket, service), listen)
 	}
 	proxytest.Run(t, proxytest.Harness{
-		New: func(t *testing.T, upstream string) proxytest.Instance {
+		New: func(t *testing.T, upstreams ...string) proxytest.Instance {
 			d := StartProxy(t, bin, 5*time.Second)
 			lossy := newLossySocket(t, d.Socket)
 			listen := "127.0.0.1:" + Itoa(FreePort(t))
 			p, err := newClient(lossy.path, "web", listen)
 			require.NoError(t, err)
-			require.NoError(t, p.SetRoute(t.Context(), nil, deploy.Only("web-1", upstream)), "the service's first deploy")
+			require.NoError(t, p.SetRoute(t.Context(), nil, deploy.Only("web-1", upstreams...)), "the service's first deploy")
 			return proxytest.Instance{Proxy: p, Front: "http://" + listen, Route: "service web",
 				Saved: func() string { return readFile(t, d.StateFile) },
 				LoseReply: func() func() bool {

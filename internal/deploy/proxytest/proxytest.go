@@ -8,16 +8,8 @@ package proxytest
 
 import (
 	"cmp"
-	"context"
-	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"regexp"
-	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -26,9 +18,13 @@ import (
 
 // Harness makes fresh instances of one implementation of deploy.Proxy.
 type Harness struct {
-	// New starts a proxy whose route points at upstream (the host:port of
-	// a loopback HTTP server) and ends it when t ends.
-	New func(t *testing.T, upstream string) Instance
+	// New starts a proxy whose route points at upstreams (host:port of
+	// loopback HTTP servers, one or more; one may refuse connections) and
+	// ends it when t ends. A route of several is set up as a user who
+	// wrote it would have: for Caddy, with the settings its Advice gives
+	// for several upstreams (lb_try_duration, lb_try_interval,
+	// fail_duration) and a policy of the user's own (Instance.Kept).
+	New func(t *testing.T, upstreams ...string) Instance
 	// MayNotCount: InFlight may not count requests at all. Caddy before
 	// 2.11.2 forgets an upstream the route left at once (Reported false),
 	// and 2.6.2 counts 0 on the one it routes to while a request runs there
@@ -38,6 +34,11 @@ type Harness struct {
 	// before 2.7): a route whose weights differ is refused with
 	// deploy.ErrProxy and changes nothing.
 	NoWeights string
+	// NoBodyRetry, when set, says why this proxy fails a request with a
+	// body that it tries again on another endpoint (Caddy before 2.11.2):
+	// the suite sends no POST to a route with an endpoint that refuses
+	// connections.
+	NoBodyRetry string
 }
 
 // Instance is one proxy as the suite drives it.
@@ -49,9 +50,12 @@ type Instance struct {
 	// Route is what PointsAt's name of the route contains.
 	Route string
 	// Saved reads the configuration the proxy keeps of its own (its
-	// Caddyfile, its state file), which must name the upstream the route
+	// Caddyfile, its state file), which must name the upstreams the route
 	// points at and no other; nil when it keeps none.
 	Saved func() string
+	// Kept is a setting of the user's own that Saved holds and every
+	// change must keep ("lb_policy least_conn"); "" when none.
+	Kept string
 	// LoseReply makes the reply to the next change get lost after the
 	// change took; lost says whether one was. nil when the implementation
 	// has no seam for it: NoLoseReply says why.
@@ -163,8 +167,8 @@ func Run(t *testing.T, h Harness) {
 		in := h.New(t, a.addr)
 		two := deploy.Only("web-2", b.addr, c.addr)
 		require.NoError(t, in.Proxy.SetRoute(ctx(t), a.route(), two))
-		requireRoute(t, in, two, b, c)
-		requireSplit(t, in, 100, map[string]int{"b": 50, "c": 50}, a)
+		requireRoute(t, in, two, a)
+		requireEven(t, in, 100, release{b, c}, a)
 		requirePointsAt(t, in, b, true)
 		requirePointsAt(t, in, c, true)
 		requirePointsAt(t, in, a, false)
@@ -184,219 +188,88 @@ func Run(t *testing.T, h Harness) {
 			return
 		}
 		require.NoError(t, err)
-		requireRoute(t, in, canary, a, b)
+		requireRoute(t, in, canary)
 		requireSplit(t, in, 100, map[string]int{"a": 90, "b": 10})
 		require.NoError(t, in.Proxy.SetRoute(ctx(t), canary, canary), "a route already set is done already")
 		require.ErrorIs(t, in.Proxy.SetRoute(ctx(t), a.route(), b.route()), deploy.ErrConflict, "the route is neither from nor to")
 		require.NoError(t, in.Proxy.SetRoute(ctx(t), canary, b.route()), "the whole way to the new release")
 		requireAt(t, in, b, a)
 	})
-}
 
-// requireRoute checks that the route reads back as want (Same), that its
-// saved configuration names each of at, and that each serves.
-func requireRoute(t *testing.T, in Instance, want deploy.Route, at ...*backend) {
-	t.Helper()
-	got, err := in.Proxy.Route(ctx(t), want.Endpoints())
-	require.NoError(t, err)
-	require.True(t, deploy.Same(got, want), "Route reads back %s, not %s", got, want)
-	if in.Saved != nil {
-		saved := in.Saved()
-		for _, b := range at {
-			require.True(t, names(saved, b.addr), "the saved configuration names %s:\n%s", b.addr, saved)
+	t.Run("switch between releases of three", func(t *testing.T) {
+		a, b := newRelease(t, "a", 3), newRelease(t, "b", 3)
+		in := h.New(t, a.addrs()...)
+		web1, web2 := a.route("web-1"), b.route("web-2")
+		requireRoute(t, in, web1)
+		slow := a.slowThrough(t, in)
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), web1, web2))
+		requireRoute(t, in, web2, a...)
+		requireInFlight(t, in, slow.b, 1, h.MayNotCount)
+		requireEven(t, in, 150, b, a...)
+		for _, e := range b {
+			requirePointsAt(t, in, e, true)
 		}
-	}
-}
-
-// requireSplit sends n requests through the front and checks how they
-// split: each backend of want gets its count within a tenth of n (the
-// proxies here split deterministically, a share of 9:1 exactly), and none
-// of never gets any.
-func requireSplit(t *testing.T, in Instance, n int, want map[string]int, never ...*backend) {
-	t.Helper()
-	got := map[string]int{}
-	for range n {
-		got[get(t, in.Front)]++
-	}
-	t.Logf("%d requests through the front: %v", n, got)
-	for name, w := range want {
-		require.InDelta(t, w, got[name], float64(n)/10, "requests to %s of %d: %v", name, n, got)
-	}
-	for _, b := range never {
-		require.Zero(t, got[b.name], "none to %s", b.name)
-	}
-}
-
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
-// requireAt checks that the route points at b every way it can be seen:
-// read back, its saved configuration (which names none of left), and a
-// request through the front.
-func requireAt(t *testing.T, in Instance, b *backend, left ...*backend) {
-	t.Helper()
-	got, err := in.Proxy.Route(ctx(t), []string{b.addr})
-	require.NoError(t, err)
-	require.True(t, deploy.Same(got, b.route()), "Route reads back %s, not %s", got, b.route())
-	if in.Saved != nil {
-		saved := in.Saved()
-		require.True(t, names(saved, b.addr), "the saved configuration names the route's upstream %s:\n%s", b.addr, saved)
-		for _, other := range left {
-			require.False(t, names(saved, other.addr), "the saved configuration names %s, which the route left:\n%s", other.addr, saved)
+		for _, e := range a {
+			requirePointsAt(t, in, e, false)
 		}
-	}
-	require.Equal(t, b.name, get(t, in.Front), "a request through the front")
-}
-
-// names says whether text names addr (127.0.0.1:4001 is not in 127.0.0.1:40012).
-func names(text, addr string) bool {
-	return regexp.MustCompile(regexp.QuoteMeta(addr) + `(\D|$)`).MatchString(text)
-}
-
-func requirePointsAt(t *testing.T, in Instance, b *backend, at bool) {
-	t.Helper()
-	names, err := in.Proxy.PointsAt(ctx(t), b.addr)
-	require.NoError(t, err)
-	if !at {
-		require.Empty(t, names, "nothing points at %s", b.name)
-		return
-	}
-	require.Len(t, names, 1, "the route, and no other, points at %s", b.name)
-	require.Contains(t, names[0], in.Route)
-}
-
-// requireInFlight checks InFlight's count for b; mayNotCount allows an
-// answer of "cannot tell", or of 0.
-func requireInFlight(t *testing.T, in Instance, b *backend, want int, mayNotCount bool) {
-	t.Helper()
-	got, err := in.Proxy.InFlight(ctx(t), b.addr)
-	require.NoError(t, err)
-	if mayNotCount && (!got.Reported || got.Requests == 0) && want != 0 {
-		t.Logf("%s counts %+v on %s, where %d run%s, as its harness allows", in.Proxy.Describe(), got, b.name, want, plural(want))
-		return
-	}
-	if mayNotCount && !got.Reported {
-		t.Logf("%s cannot tell what runs on %s, as its harness allows", in.Proxy.Describe(), b.name)
-		return
-	}
-	require.True(t, got.Reported, "InFlight on %s is reported", b.name)
-	require.Equal(t, want, got.Requests, "requests in flight on %s", b.name)
-}
-
-func plural(n int) string {
-	if n == 1 {
-		return "s"
-	}
-	return ""
-}
-
-// requireDrained waits until InFlight counts nothing on b.
-func requireDrained(t *testing.T, in Instance, b *backend, mayNotCount bool) {
-	t.Helper()
-	var last deploy.InFlight
-	require.Eventually(t, func() bool {
-		got, err := in.Proxy.InFlight(ctx(t), b.addr)
-		last = got
-		return err == nil && got.Requests == 0 && (got.Reported || mayNotCount)
-	}, 10*time.Second, 20*time.Millisecond, "InFlight on %s falls to 0 (last: %+v)", b.name, last)
-}
-
-var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// get is the name of the backend that answered a request through front.
-func get(t *testing.T, front string) string {
-	t.Helper()
-	body, err := fetch(t.Context(), front+"/")
-	require.NoError(t, err)
-	return body
-}
-
-func fetch(ctx context.Context, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("%s: %d %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	return string(body), err
-}
-
-// backend is an upstream on loopback that answers with its name; on
-// /slow it answers only once released.
-type backend struct {
-	name, addr string
-	started    chan struct{}
-	release    chan struct{}
-	once       sync.Once
-}
-
-func newBackend(t *testing.T, name string) *backend {
-	b := &backend{name: name, started: make(chan struct{}, 16), release: make(chan struct{})}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			b.started <- struct{}{}
-			select {
-			case <-b.release:
-			case <-r.Context().Done():
-			}
+		require.Equal(t, slow.b.name, slow.end(t), "the request in flight ends on the endpoint it began on")
+		requireDrained(t, in, slow.b, h.MayNotCount)
+		for _, e := range a {
+			require.NoError(t, in.Proxy.Retire(ctx(t), e.addr))
+			requireInFlight(t, in, e, 0, h.MayNotCount)
+			requirePointsAt(t, in, e, false)
 		}
-		io.WriteString(w, name)
-	}))
-	t.Cleanup(func() { b.end(); srv.Close() })
-	b.addr = strings.TrimPrefix(srv.URL, "http://")
-	return b
-}
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), web2, web1), "and back")
+		requireRoute(t, in, web1, b...)
+		requireEven(t, in, 150, a, b...)
+	})
 
-// route is the route that sends everything to b.
-func (b *backend) route() deploy.Route { return deploy.Only(b.name, b.addr) }
+	t.Run("a route of two of the user's own", func(t *testing.T) {
+		a, b := newBackend(t, "a"), newBackend(t, "b")
+		in := h.New(t, a.addr, b.addr)
+		users := deploy.Only("", a.addr, b.addr)
+		got, err := in.Proxy.Route(ctx(t), nil)
+		require.NoError(t, err)
+		require.True(t, deploy.Same(got, users), "read back with no endpoint known: %s, not %s", got, users)
+		requireRoute(t, in, users)
+		notes, err := in.Proxy.Preflight(ctx(t), got, nil)
+		require.NoError(t, err)
+		require.Empty(t, notes, "a route the user wrote is in step with itself")
+		c := newRelease(t, "c", 3)
+		require.NoError(t, in.Proxy.SetRoute(ctx(t), got, c.route("web-1")), "the first deploy")
+		requireRoute(t, in, c.route("web-1"), a, b)
+		requireEven(t, in, 150, c, a, b)
+	})
 
-func (b *backend) end() { b.once.Do(func() { close(b.release) }) }
-
-// slow is a request through the front that b holds until released.
-type slow struct {
-	b    *backend
-	body chan string
-}
-
-// slowThrough starts a request through in's front and waits until b runs it.
-func (b *backend) slowThrough(t *testing.T, in Instance) *slow {
-	t.Helper()
-	s := &slow{b: b, body: make(chan string, 1)}
-	t.Cleanup(b.end) // before the proxy's own cleanup, which may wait for it
-	go func() {
-		body, err := fetch(context.WithoutCancel(t.Context()), in.Front+"/slow")
-		if err != nil {
-			body = err.Error()
+	// A replica that crashed (its port refuses connections) fails no
+	// request: the proxy sends each one it would have taken to another.
+	// Each method on a proxy of its own: the first request to meet the
+	// dead endpoint is one of that method.
+	t.Run("one endpoint of three refusing connections", func(t *testing.T) {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			t.Run(method, func(t *testing.T) {
+				if method == http.MethodPost && h.NoBodyRetry != "" {
+					t.Skip(h.NoBodyRetry)
+				}
+				a, b, dead := newBackend(t, "a"), newBackend(t, "b"), refusing(t)
+				in := h.New(t, a.addr, b.addr, dead)
+				requireRoute(t, in, deploy.Only("", a.addr, b.addr, dead))
+				body := ""
+				if method == http.MethodPost {
+					body = postBody
+				}
+				const n = 60
+				got := map[string]int{}
+				for i := range n {
+					name, err := fetch(ctx(t), method, in.Front+"/", body)
+					require.NoError(t, err, "%s %d of %d through the front", method, i+1, n)
+					got[name]++
+				}
+				t.Logf("%d %ss through the front: %v", n, method, got)
+				require.Equal(t, n, got["a"]+got["b"], "every one answered by a or b: %v", got)
+				require.NotZero(t, got["a"], "a gets requests: %v", got)
+				require.NotZero(t, got["b"], "b gets requests: %v", got)
+			})
 		}
-		s.body <- body
-	}()
-	select {
-	case <-b.started:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("the slow request did not reach %s", b.name)
-	}
-	return s
-}
-
-// end releases the request and returns what answered it.
-func (s *slow) end(t *testing.T) string {
-	t.Helper()
-	s.b.end()
-	select {
-	case body := <-s.body:
-		return body
-	case <-time.After(10 * time.Second):
-		t.Fatalf("the slow request on %s did not end once released", s.b.name)
-		return ""
-	}
+	})
 }

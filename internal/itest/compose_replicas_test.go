@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -106,9 +107,13 @@ func (p *ComposeProject) requireReplicas(service string, n int) []string {
 	names := p.running(service)
 	require.Len(p.T, names, n, "running containers of %s: %v", service, all)
 	require.Len(p.T, all, n, "no other container of %s, stopped or not: %v", service, all)
-	prefix := strings.TrimSuffix(names[0], "-1")
+	// Named as compose names a service's containers, one number each:
+	// release×100+replica (proj-web-401, proj-web-402).
+	first := names[0][:strings.LastIndex(names[0], "-")+1]
+	number, err := strconv.Atoi(strings.TrimPrefix(names[0], first))
+	require.NoError(p.T, err, names[0])
 	for i, name := range names {
-		require.Equal(p.T, prefix+"-"+Itoa(i+1), name, "replicas of one release (web-4-1, web-4-2)")
+		require.Equal(p.T, first+Itoa(number-number%100+i+1), name, "replicas of one release, numbered as compose numbers them")
 	}
 	out, err := p.Compose("ps", "-q", service)
 	require.NoError(p.T, err, out)

@@ -13,7 +13,7 @@ test:
 # the Docker engine itself (it stops every container on this machine).
 test-faults:
 	scripts/install-caddy.sh
-	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_FAULT_RUNS=5 go test -count=1 -v -timeout 40m -run 'TestFault|TestFailedDeployLeavesOldServing|TestLiveRelease|TestLostAdminReply|TestSitesSharing|TestTwoServicesShare|TestHandoffProxyStartedWhileAServicesPortIsTaken|TestAProxyThatLostTheRoute|TestAPausedDeployKilledBy|TestHandoffProxyPauseEndsWithItsLease|TestAReleasePauseWaitsForTheRequestInFlight|TestMaintenanceOfOneHandlerOfASite|TestCaddyfileCorpusThroughCaddy|TestFirstDeployAdoptsAContainerBehindAnyFormOfALocalAddress|TestComposeReleaseKeepsItsConnections' ./internal/itest | tee fault-matrix.log | grep -E 'matrix:|^(--- |ok|FAIL)'
+	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_FAULT_RUNS=5 go test -count=1 -v -timeout 40m -run 'TestFault|TestFailedDeployLeavesOldServing|TestLiveRelease|TestLostAdminReply|TestSitesSharing|TestTwoServicesShare|TestHandoffProxyStartedWhileAServicesPortIsTaken|TestAProxyThatLostTheRoute|TestAPausedDeployKilledBy|TestHandoffProxyPauseEndsWithItsLease|TestAReleasePauseWaitsForTheRequestInFlight|TestMaintenanceOfOneHandlerOfASite|TestCaddyfileCorpusThroughCaddy|TestFirstDeployAdoptsAContainerBehindAnyFormOfALocalAddress|TestComposeReleaseKeepsItsConnections|TestReplicasUnderLoad' ./internal/itest | tee fault-matrix.log | grep -E 'matrix:|^(--- |ok|FAIL)'
 	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_TEST_DOCKERD_RESTART=1 go test -count=1 -v -timeout 10m -run TestFaultDockerdRestart ./internal/itest | tee -a fault-matrix.log | grep -E 'matrix:|^(--- |ok|FAIL)'
 
 # Every fuzz target for longer than scripts/test.sh does (FUZZTIME inputs

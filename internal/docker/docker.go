@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -42,6 +43,10 @@ const startAttempts = 5
 // Runtime is the deploy.Runtime on a Docker engine.
 type Runtime struct {
 	api *client.Client
+	// ports is held from picking a host port until the container that
+	// publishes it is created (and so holds it): a release's replicas
+	// start at once, and must not pick the same one.
+	ports sync.Mutex
 }
 
 var (

@@ -32,15 +32,7 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release, replica 
 	name := svc.ContainerName(release, replica)
 	tried := map[int]bool{}
 	for attempt := 1; ; attempt++ {
-		hostPort := 0
-		if svc.Reach != deploy.ReachNetwork && svc.Port != 0 {
-			var err error
-			if hostPort, err = r.pickPort(ctx, svc.HostPorts, tried); err != nil {
-				return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
-			}
-			tried[hostPort] = true
-		}
-		c, err := r.create(ctx, svc, name, release, replica, imageID, hostPort)
+		c, err := r.createOnAPort(ctx, svc, name, release, replica, imageID, tried)
 		if err != nil {
 			return deploy.Container{}, err
 		}
@@ -57,6 +49,23 @@ func (r *Runtime) Run(ctx context.Context, svc deploy.Service, release, replica 
 		}
 		return deploy.Container{}, fmt.Errorf("start %s: %w", name, err)
 	}
+}
+
+// createOnAPort picks a host port and creates the container on it, one
+// at a time: a created container holds its port (heldPorts), so the next
+// pick passes it by.
+func (r *Runtime) createOnAPort(ctx context.Context, svc deploy.Service, name string, release, replica int, imageID string, tried map[int]bool) (string, error) {
+	hostPort := 0
+	if svc.Reach != deploy.ReachNetwork && svc.Port != 0 {
+		r.ports.Lock()
+		defer r.ports.Unlock()
+		var err error
+		if hostPort, err = r.pickPort(ctx, svc.HostPorts, tried); err != nil {
+			return "", fmt.Errorf("start %s: %w", name, err)
+		}
+		tried[hostPort] = true
+	}
+	return r.create(ctx, svc, name, release, replica, imageID, hostPort)
 }
 
 // create makes the container: published on 127.0.0.1:hostPort (0: not

@@ -52,7 +52,11 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		fmt.Fprintf(out, "live     %s  image %s  up %s\n", st.Live.Name, st.Live.Image, st.Live.Uptime)
 	}
 	if len(st.Replicas) > 0 {
-		fmt.Fprintf(out, "live     release %d: %d replicas  image %s\n", st.Live.Release, len(st.Replicas), st.Live.Image)
+		which := fmt.Sprintf("release %d: %d replicas", st.Live.Release, len(st.Replicas))
+		if st.Live.Adopted {
+			which = fmt.Sprintf("%d adopted containers", len(st.Replicas))
+		}
+		fmt.Fprintf(out, "live     %s  image %s\n", which, st.Live.Image)
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  REPLICA\tCONTAINER\tSTATE\tHEALTH\tRESTARTS\tIN FLIGHT\tUPSTREAM")
 		for _, r := range st.Replicas {
@@ -71,7 +75,7 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 	case st.Agree && !st.Routed:
 		fmt.Fprintln(out, "running  yes: the live release runs")
 	case st.Agree:
-		fmt.Fprintln(out, "agree    yes: the proxy points at the live container")
+		fmt.Fprintln(out, "agree    yes: the proxy points at the live release")
 	default:
 		fmt.Fprintf(out, "agree    NO: %s\n", st.Problem)
 	}

@@ -13,14 +13,15 @@ import (
 // waitHealthy polls the new container until it passes its health check
 // Successes times in a row. It stops at once, with the reason, when the
 // container exits or restarts, and after StartTimeout otherwise.
-func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) error {
+// It reports what it sees to report.
+func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container, report Reporter) error {
 	h := svc.Health
 	kind := effectiveKind(h.Kind, c)
 	if kind == HealthDocker && c.CheckWindow > h.StartTimeout {
 		// The image's own HEALTHCHECK allows a slow start: honour it rather
 		// than refusing an app that is only doing what it said it would.
 		h.StartTimeout = c.CheckWindow
-		d.Report.Note(fmt.Sprintf("waiting up to %s, as %s's HEALTHCHECK allows (start period + retries)", c.CheckWindow.Round(time.Second), c.Name))
+		report.Note(fmt.Sprintf("waiting up to %s, as %s's HEALTHCHECK allows (start period + retries)", c.CheckWindow.Round(time.Second), c.Name))
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.StartTimeout)
 	defer cancel()
@@ -43,7 +44,7 @@ func (d *Deployer) waitHealthy(ctx context.Context, svc Service, c Container) er
 			}
 			ok, why := d.probe(ctx, kind, h, state)
 			checks++
-			d.reportCheck(kind, h, ok, why, passes, checks)
+			reportCheck(report, kind, h, ok, why, passes, checks)
 			switch {
 			case ok:
 				passes++
@@ -112,7 +113,7 @@ func (d *Deployer) confirmHealthy(ctx context.Context, svc Service, c Container)
 
 // reportCheck tells the user what the health wait sees: the check's
 // answer as it changes, and on a terminal which check it was.
-func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why string, passes, checks int) {
+func reportCheck(report Reporter, kind HealthKind, h HealthCheck, ok bool, why string, passes, checks int) {
 	state, detail := notAnswering(why), fmt.Sprintf("check %d", checks)
 	if state != why {
 		detail += ": " + why[strings.Index(why, ": ")+2:] // on a terminal, its exact answer
@@ -123,7 +124,7 @@ func (d *Deployer) reportCheck(kind HealthKind, h HealthCheck, ok bool, why stri
 			state = fmt.Sprintf("passing (%d of %d in a row)", passes+1, h.Successes)
 		}
 	}
-	d.Report.Progress(PhaseHealth, state, detail)
+	report.Progress(PhaseHealth, state, detail)
 }
 
 // notAnswering puts the ways an app that is not listening yet fails a

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Container is one release of a service as the container runtime sees it.
+// Container is one container of a release (one replica) as the runtime sees it.
 type Container struct {
 	ID           string
 	Name         string

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -100,53 +98,18 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 		return err
 	})
 	if err != nil {
-		return d.fail(ctx, r, err)
+		return d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.untouched(view)))
 	}
 	return d.putInService(ctx, r, d.discard)
-}
-
-// start runs every container of a new release, all at once. When one
-// cannot start, those started are removed: a release is started whole or
-// not at all.
-func (d *Deployer) start(ctx context.Context, svc Service, release int, imageID string) (*Release, error) {
-	replicas := svc.ReplicaNumbers()
-	started := make([]Container, len(replicas))
-	errs := make([]error, len(replicas))
-	var wg sync.WaitGroup
-	for i, replica := range replicas {
-		wg.Go(func() { started[i], errs[i] = d.Runtime.Run(ctx, svc, release, replica, imageID) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for i, c := range started {
-			if errs[i] == nil {
-				d.discard(ctx, c)
-			}
-		}
-		return nil, err
-	}
-	return releaseOf(svc.ReleaseName(release), started...), nil
-}
-
-// startDetail names what the start phase starts: web-4, or web-4 (3 replicas).
-func (d *Deployer) startDetail(svc Service, release int) string {
-	if n := len(svc.ReplicaNumbers()); n > 1 {
-		return fmt.Sprintf("%s (%d replicas)", svc.ReleaseName(release), n)
-	}
-	return svc.ReleaseName(release)
-}
-
-func firstEndpoint(endpoints []string) string {
-	if len(endpoints) == 0 {
-		return ""
-	}
-	return endpoints[0]
 }
 
 // begin is how every procedure starts: survey what exists, check that the
 // proxy can be switched, and finish what an interrupted procedure left, as
 // a recorded phase when there is something to recover.
 func (d *Deployer) begin(ctx context.Context, r *run) error {
+	if _, ok := d.Runtime.(Execer); !ok && r.svc.Health.Kind == HealthCmd {
+		return fmt.Errorf("%w: health type cmd runs a command in the container, which this engine cannot: use health type http or tcp", ErrConfig)
+	}
 	left, err := d.survey(ctx, r)
 	if err != nil {
 		return err
@@ -225,35 +188,14 @@ func (d *Deployer) Rollback(ctx context.Context, svc Service, to int) (*Record, 
 		return err
 	})
 	if err != nil {
-		return rec, d.fail(ctx, r, err)
+		return rec, d.fail(ctx, r, fmt.Errorf("%w; %s", err, d.untouched(r.view)))
+	}
+	if n := max(svc.Replicas, 1); len(target.Containers) != n {
+		d.note(rec, fmt.Sprintf("%s runs %d container(s), as it did; replicas: says %d: the next deploy runs %d", target.Name, len(target.Containers), n, n))
 	}
 	// A rollback target that fails is stopped again, never removed: it may be
 	// the only copy of that release.
 	return rec, d.putInService(ctx, r, d.stopQuietly(svc))
-}
-
-// startAgain starts a kept release's containers (those not running). When
-// one cannot start, those started here are stopped again.
-func (d *Deployer) startAgain(ctx context.Context, svc Service, rel *Release) (*Release, error) {
-	out := *rel
-	out.Containers = slices.Clone(rel.Containers)
-	var started []Container
-	for i, c := range out.Containers {
-		if c.Running {
-			continue
-		}
-		now, err := d.Runtime.Start(ctx, c.ID, svc.Restart)
-		if err != nil {
-			for _, s := range started {
-				d.stopQuietly(svc)(ctx, s)
-			}
-			return nil, fmt.Errorf("start %s: %w", c.Name, err)
-		}
-		now.Replica, now.Adopted = c.Replica, c.Adopted
-		out.Containers[i] = now
-		started = append(started, now)
-	}
-	return &out, nil
 }
 
 // rollbackToImage runs an earlier release's image again as a new release.
@@ -322,7 +264,7 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 			return d.fail(ctx, r, fmt.Errorf("give %s the service's network aliases: %w; %s", c.Name, err, d.leftAsIs(view, next)))
 		}
 	}
-	if svc.hasAliases() {
+	if _, names := d.Runtime.(Announcer); names && svc.hasAliases() {
 		for _, c := range next.Containers {
 			if err := d.confirmHealthy(ctx, svc, c); err != nil {
 				undo()
@@ -379,31 +321,6 @@ func (v *view) left(next *Release) []string {
 	return out
 }
 
-// waitReleaseHealthy waits until every container of rel is healthy, all at
-// once: one that fails fails the release (the others are not waited for).
-func (d *Deployer) waitReleaseHealthy(ctx context.Context, svc Service, rel *Release) error {
-	if len(rel.Containers) == 1 {
-		return d.withLogs(ctx, rel.Containers[0], d.waitHealthy(ctx, svc, rel.Containers[0]))
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, len(rel.Containers))
-	progress := &replicaProgress{Reporter: d.Report, states: make([]string, len(rel.Containers)), names: rel.Names()}
-	for i, c := range rel.Containers {
-		each := *d
-		each.Report = progress.of(i)
-		go func() { errs <- d.withLogs(ctx, c, each.waitHealthy(ctx, svc, c)) }()
-	}
-	var first error
-	for range rel.Containers {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-			cancel()
-		}
-	}
-	return first
-}
-
 // announce gives c the service's network names, on an engine that gives
 // names apart from starting a container.
 func (d *Deployer) announce(ctx context.Context, c Container, svc Service) error {
@@ -411,56 +328,6 @@ func (d *Deployer) announce(ctx context.Context, c Container, svc Service) error
 		return a.Announce(ctx, c, svc)
 	}
 	return nil
-}
-
-// replicaProgress puts what the health waits of a release's containers
-// see into one line: each replica's state, told when one changes.
-type replicaProgress struct {
-	Reporter
-	mu     sync.Mutex
-	names  []string
-	states []string
-}
-
-// of is the Reporter replica i's health wait reports to.
-func (p *replicaProgress) of(i int) Reporter { return replicaReporter{p, i} }
-
-type replicaReporter struct {
-	*replicaProgress
-	i int
-}
-
-func (r replicaReporter) Progress(phase, state, detail string) {
-	r.mu.Lock()
-	r.states[r.i] = state
-	parts := make([]string, 0, len(r.states))
-	for j, s := range r.states {
-		if s == "" {
-			s = "starting"
-		}
-		parts = append(parts, r.names[j]+" "+s)
-	}
-	line := strings.Join(parts, "; ")
-	r.mu.Unlock()
-	r.Reporter.Progress(phase, line, detail)
-}
-
-// withLogs adds c's last log lines to a health error of c.
-func (d *Deployer) withLogs(ctx context.Context, c Container, err error) error {
-	var he *HealthError
-	if errors.As(err, &he) && he.Logs == "" {
-		he.Logs, _ = d.Runtime.Logs(context.WithoutCancel(ctx), c.ID, DefaultLogLines)
-	}
-	return err
-}
-
-// releaseHealthDetail says which check the health phase waits on.
-func (d *Deployer) releaseHealthDetail(svc Service, rel *Release) string {
-	detail := d.healthDetail(svc, rel.Containers[0])
-	if n := len(rel.Containers); n > 1 {
-		detail = fmt.Sprintf("%s, on each of %d replicas", detail, n)
-	}
-	return detail
 }
 
 // switchTo points the proxy at r.next. An error does not say whether the
@@ -513,53 +380,6 @@ func (d *Deployer) untouched(view *view) string {
 // leftAsIs says what production looks like after a failure before the switch.
 func (d *Deployer) leftAsIs(view *view, next *Release) string {
 	return fmt.Sprintf("%s still serving %s; %s not in service", view.liveName(), d.Proxy.Describe(), next.Name)
-}
-
-// unlessUsed undoes c (abandon) unless a route of the proxy points at it,
-// or the proxy cannot say: a container is never stopped or removed under a
-// proxy that may send it traffic.
-func (d *Deployer) unlessUsed(ctx context.Context, rec *Record, c Container, undo func(context.Context, Container)) {
-	if why := d.inUse(ctx, c); why != "" {
-		d.note(rec, fmt.Sprintf("%s left running: %s", c.Name, why))
-		return
-	}
-	undo(ctx, c)
-}
-
-// inUse says why c must not be stopped or removed, or "".
-func (d *Deployer) inUse(ctx context.Context, c Container) string {
-	if c.Upstream == "" || d.Proxy == nil {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	routes, err := d.Proxy.PointsAt(ctx, c.Upstream)
-	if err != nil {
-		return fmt.Sprintf("cannot tell whether %s still points at %s (%v)", d.Proxy.Describe(), c.Upstream, err)
-	}
-	if len(routes) > 0 {
-		return fmt.Sprintf("%s is still the upstream of %s", c.Upstream, strings.Join(routes, "; "))
-	}
-	return ""
-}
-
-// discard removes a new container that will never serve.
-func (d *Deployer) discard(ctx context.Context, c Container) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := d.Runtime.Remove(ctx, c.ID); err != nil {
-		d.Report.Note(fmt.Sprintf("could not remove %s: %v (remove it with `docker rm -f %s`)", c.Name, err, c.Name))
-	}
-}
-
-func (d *Deployer) stopQuietly(svc Service) func(context.Context, Container) {
-	return func(ctx context.Context, c Container) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout+svc.StopTimeout)
-		defer cancel()
-		if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
-			d.Report.Note(fmt.Sprintf("could not stop %s: %v", c.Name, err))
-		}
-	}
 }
 
 // phase records that a phase is about to act, runs it, and records how it

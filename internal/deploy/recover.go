@@ -42,7 +42,7 @@ func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
 			l.interrupted = append(l.interrupted, i)
 		}
 	}
-	for _, c := range v.releases {
+	for _, c := range v.containers {
 		if v.live.Has(c) || v.expected.Has(c) {
 			continue
 		}
@@ -104,6 +104,11 @@ func (d *Deployer) recoverInterrupted(ctx context.Context, r *run, l leftovers) 
 	for _, i := range l.interrupted {
 		h := &v.history[i]
 		h.Outcome, h.Error = OutcomeInterrupted, "interrupted in phase "+h.Phase+" (found by "+rec.ID+")"
+		if !h.Switched && h.ToRelease != 0 && v.live != nil && v.live.Number == h.ToRelease {
+			// Killed after its switch took, before it could record it: the
+			// proxy serves its release, which is a release that served.
+			h.Switched = true
+		}
 		if err := d.History.Save(h); err != nil {
 			return fmt.Errorf("mark interrupted %s: %w", h.ID, err)
 		}
@@ -154,7 +159,7 @@ func (d *Deployer) recoverInterrupted(ctx context.Context, r *run, l leftovers) 
 	if err != nil {
 		return err
 	}
-	v.releases = releases
+	v.containers = releases
 	v.live, v.expected = v.current(v.live), v.current(v.expected)
 	return nil
 }

@@ -132,3 +132,12 @@ func endpointList(eps []string) string {
 	}
 	return strings.Join(eps, ", ")
 }
+
+// names lists the containers' names.
+func names(cs []Container) []string {
+	out := make([]string, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"strings"
 )
 
 // Repair brings the proxy and the release in service back in step after
@@ -25,6 +26,10 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		return rec, d.fail(ctx, r, err)
 	}
 	view := r.view
+	if view.live != nil && !view.live.Running() {
+		// Serving on part of it: the rest is started again and waited on.
+		return rec, d.repairPart(ctx, r)
+	}
 	if view.live != nil {
 		setFrom(rec, view.live)
 		setTo(rec, view.live)
@@ -66,4 +71,29 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		return rec, d.succeed(r)
 	}
 	return rec, d.putInService(ctx, r, keep)
+}
+
+// repairPart starts again the containers of the live release that are not
+// running (a replica stopped by hand, or whose restart policy gave up),
+// and waits until they are healthy; the rest serves meanwhile.
+func (d *Deployer) repairPart(ctx context.Context, r *run) error {
+	svc, rec, live := r.svc, r.rec, r.view.live
+	setFrom(rec, live)
+	setTo(rec, live)
+	down := notRunning(live)
+	d.note(rec, fmt.Sprintf("%s points at %s, which serves on part of it: starting %s again", d.describe(), live.Name, strings.Join(down, ", ")))
+	err := d.phase(r, PhaseStart, strings.Join(down, ", "), func() (err error) {
+		r.next, err = d.startAgain(ctx, svc, live)
+		return err
+	})
+	if err != nil {
+		return d.fail(ctx, r, fmt.Errorf("%w; %s serves on the rest", err, live.Name))
+	}
+	next := r.next
+	err = d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error { return d.waitReleaseHealthy(ctx, svc, next) })
+	if err != nil {
+		return d.fail(ctx, r, fmt.Errorf("%w; %s serves on the rest", err, live.Name))
+	}
+	r.inService = true
+	return d.succeed(r)
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -198,8 +199,8 @@ func TestADeployWhileAReplicaIsDownReplacesTheWholeRelease(t *testing.T) {
 
 	st, err := r.d.Status(context.Background(), replicated(3))
 	require.NoError(t, err)
-	require.False(t, st.Agree)
-	require.Equal(t, "web-2-2 not running", st.Problem)
+	require.True(t, st.Agree, "the proxy points at the live release, which serves on the rest")
+	require.Equal(t, "web-2-2 of web-2 not running (its restart policy may bring it back; `handoff repair web` starts it)", st.Problem)
 	require.Len(t, st.Replicas, 3)
 
 	r.rt.calls = nil
@@ -275,4 +276,45 @@ func TestReplicasReportTheirHealthInOneLine(t *testing.T) {
 		"web-4-1 starting; web-4-2 not answering yet",
 		"web-4-1 passing; web-4-2 not answering yet",
 	}, log.lines)
+}
+
+// A replica that passes its check early and crashes while a slower one
+// boots fails the release: nothing is switched to it.
+func TestAReplicaThatCrashesAfterPassingFailsTheRelease(t *testing.T) {
+	r := newRig(t)
+	var mu sync.Mutex
+	inspects := map[string]int{}
+	r.rt.healthy = func(c Container) Container {
+		mu.Lock()
+		defer mu.Unlock()
+		inspects[c.Name]++
+		c.Health = "healthy"
+		switch {
+		case c.Name == "web-2-2" && inspects[c.Name] < 5:
+			c.Health = "starting" // slow to boot
+		case c.Name == "web-2-1" && inspects[c.Name] > 2: // (1: its Run, 2: its passing check)
+			c.RestartCount++ // passed, then crashed and was brought back
+		}
+		return c
+	}
+	_, err := r.d.Deploy(context.Background(), replicated(2))
+	require.ErrorIs(t, err, ErrUnhealthy)
+	require.ErrorContains(t, err, "web-2-1: passed its check, then restarted")
+	require.Empty(t, r.proxy.switches)
+}
+
+// Repair starts again a replica of the live release that stopped for good
+// (stopped by hand, or its restart policy gave up); the rest serves on.
+func TestRepairStartsAStoppedReplicaOfTheLiveRelease(t *testing.T) {
+	r := newRig(t)
+	_, err := r.d.Deploy(context.Background(), replicated(2))
+	require.NoError(t, err)
+	r.rt.find("web-2-2").Running = false
+	r.rt.calls = nil
+	rec, err := r.d.Repair(context.Background(), replicated(2))
+	require.NoError(t, err)
+	require.Equal(t, []string{"start web-2-2"}, r.rt.calls)
+	require.True(t, rec.Switched)
+	require.Contains(t, rec.Notes, "fake proxy points at web-2, which serves on part of it: starting web-2-2 again")
+	require.Len(t, r.proxy.switches, 1, "the route is not touched")
 }

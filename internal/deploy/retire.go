@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -107,37 +108,30 @@ func (d *Deployer) retire(ctx context.Context, r *run) error {
 			stop = append(stop, c)
 		}
 	}
-	stopped := make(chan error, len(stop))
-	for _, c := range stop {
-		go func() {
-			if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
-				stopped <- fmt.Errorf("stop %s: %w (it no longer receives traffic; stop it with `docker stop %s`)", c.Name, err, c.Name)
-				return
-			}
-			stopped <- nil
-		}()
+	type stopResult struct {
+		stopped []Container
+		err     error
 	}
+	done := make(chan stopResult, 1)
+	go func() {
+		stopped, err := d.stopAll(ctx, svc, stop)
+		done <- stopResult{stopped, err}
+	}()
 	var kept *Release
 	if len(stop) > 0 && !svc.RemoveRetired {
 		kept = old
 	}
 	pruneErr := d.pruneOlder(ctx, svc, rec, kept, live)
-	var stopErr error
-	for range stop {
-		if err := <-stopped; err != nil && stopErr == nil {
-			stopErr = err
-		}
+	res := <-done
+	if len(stop) > 0 && len(res.stopped) == len(old.Containers) {
+		rec.FromStopped = true // the whole old release, kept for rollback
 	}
-	if stopErr != nil {
-		return stopErr
+	// What did stop is removed as it would be; what did not is said.
+	removeErr := d.removeRetired(ctx, svc, rec, res.stopped)
+	if res.err != nil {
+		return fmt.Errorf("%w; it no longer receives traffic", errors.Join(res.err, removeErr))
 	}
-	if len(stop) > 0 {
-		rec.FromStopped = true
-		if err := d.removeRetired(ctx, svc, rec, stop); err != nil {
-			return err
-		}
-	}
-	return pruneErr
+	return errors.Join(removeErr, pruneErr)
 }
 
 // prune removes what is not kept once old is stopped (a worker's rollout).
@@ -154,17 +148,19 @@ func (d *Deployer) prune(ctx context.Context, svc Service, rec *Record, old *Rel
 // the service says so (a compose service: `docker compose` must find only
 // the containers of the release in service).
 func (d *Deployer) removeRetired(ctx context.Context, svc Service, rec *Record, old []Container) error {
-	if !svc.RemoveRetired {
+	if !svc.RemoveRetired || len(old) == 0 {
 		return nil
 	}
+	var errs []error
 	for _, c := range old {
 		if err := d.Runtime.Remove(ctx, c.ID); err != nil {
-			return fmt.Errorf("remove retired %s: %w", c.Name, err)
+			errs = append(errs, fmt.Errorf("remove retired %s: %w", c.Name, err))
+			continue
 		}
 		d.note(rec, fmt.Sprintf("removed %s once stopped (its image %s is kept: `handoff rollback` runs it again)", c.Name, c.Image))
 	}
-	rec.FromRemoved = true
-	return nil
+	rec.FromRemoved = len(errs) == 0
+	return errors.Join(errs...)
 }
 
 // pruneOlder removes stopped releases beyond svc.Keep; retiring, the

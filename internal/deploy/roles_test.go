@@ -36,7 +36,9 @@ func TestARuntimeWithoutOptionalRolesDeploys(t *testing.T) {
 
 	svc.Health = HealthCheck{Kind: HealthCmd, Command: []string{"true"}, Interval: 1, Successes: 1, StartTimeout: 1e6}
 	_, err = r.d.Deploy(context.Background(), svc)
-	require.ErrorContains(t, err, "this engine cannot run a command in a container")
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "health type cmd runs a command in the container, which this engine cannot")
+	require.Empty(t, r.rt.calls[2:], "refused before anything started")
 }
 
 // An engine that probes health itself is asked instead of a check from

@@ -52,7 +52,7 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: d.Proxy != nil}
 	st.Upstream, st.Endpoints = firstOf(v.endpoints())
 	now := d.now()
-	for _, c := range v.releases {
+	for _, c := range v.containers {
 		st.Releases = append(st.Releases, d.containerStatus(c, now))
 	}
 	switch {
@@ -64,14 +64,18 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		st.Problem = "nothing deployed yet through " + d.describe()
 	case v.live == nil:
 		st.Problem = "no container serves " + v.at() + ", which the proxy points at; deploy a release (`handoff deploy`)"
-	case !v.live.Running():
-		st.Problem = strings.Join(notRunning(v.live), ", ") + " not running"
-		d.liveStatus(ctx, st, v.live, now)
 	default:
 		d.liveStatus(ctx, st, v.live, now)
 		st.Agree = true
+		if down := notRunning(v.live); len(down) > 0 {
+			// The proxy points at the live release, which serves on the rest.
+			st.Problem = fmt.Sprintf("%s of %s not running (its restart policy may bring it back; `handoff repair %s` starts it)", strings.Join(down, ", "), v.live.Name, svc.Name)
+		}
 		st.Check = "passing: " + d.releaseHealthDetail(svc, v.live)
 		for _, c := range v.live.Containers {
+			if !c.Running {
+				continue
+			}
 			if ok, why := d.probe(ctx, effectiveKind(svc.Health.Kind, c), svc.Health, c); !ok {
 				st.Check = "failing: " + why
 				if len(v.live.Containers) > 1 {
@@ -150,7 +154,7 @@ func (d *Deployer) containerStatus(c Container, now time.Time) ContainerStatus {
 
 func runningOthers(v *view) []string {
 	var out []string
-	for _, c := range v.releases {
+	for _, c := range v.containers {
 		if c.Running && !v.live.Has(c) {
 			out = append(out, c.Name)
 		}

@@ -5,15 +5,14 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 )
 
 // view is what exists before a procedure acts: the service's containers,
 // what the proxy points at, and which release that is.
 type view struct {
-	releases []Container // newest first
-	route    Route       // the route as the proxy serves it
-	live     *Release    // the running release the route sends to; nil if none found
+	containers []Container // the service's, newest first
+	route      Route       // the route as the proxy serves it
+	live       *Release    // the running release the route sends to; nil if none found
 	// expected is, when no release serves the route, the release the
 	// history last put in service, as it is now: stopped, or listening
 	// elsewhere (a release made before handoff pinned host ports).
@@ -83,7 +82,7 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &view{releases: releases, history: history}
+	v := &view{containers: releases, history: history}
 	if d.Proxy == nil {
 		return v, d.liveUnrouted(ctx, svc, v)
 	}
@@ -104,6 +103,14 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 		// A release of several serves while one of them runs: one that
 		// crashed and is restarting is still the live release's.
 		if rel.anyRunning() && rel.Serves(route) {
+			v.live = &rel
+			return v, nil
+		}
+	}
+	for _, rel := range v.groups() {
+		// One whose containers were removed in part (docker rm -f web-4-2)
+		// still serves on what is left of it.
+		if rel.anyRunning() && len(rel.Endpoints()) > 0 && !rel.Adopted() && servesPartOf(&rel, route) {
 			v.live = &rel
 			return v, nil
 		}
@@ -133,57 +140,19 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	return v, nil
 }
 
-// serving finds, for adoption, the running containers the route's
-// endpoints reach: a release of them when every endpoint has one, else nil.
-func (d *Deployer) serving(ctx context.Context, endpoints []string) (*Release, error) {
-	a, ok := d.Runtime.(Adopter)
-	if !ok {
-		return nil, nil
-	}
-	var found []Container
-	for _, e := range endpoints {
-		c, err := a.Serving(ctx, e)
-		if err != nil || c == nil {
-			return nil, err
-		}
-		found = append(found, *c)
-	}
-	return releaseOf(strings.Join(names(found), ", "), found...), nil
-}
-
-func names(cs []Container) []string {
-	out := make([]string, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, c.Name)
-	}
-	return out
-}
-
-// adoptTheRestByLabels widens an adopted live release to every container
-// the service's labels name, when it holds those it was found by.
-func (d *Deployer) adoptTheRestByLabels(ctx context.Context, svc Service, v *view) error {
-	a, ok := d.Runtime.(Adopter)
-	if len(svc.Adopt) == 0 || !ok || !v.live.Adopted() {
-		return nil
-	}
-	labelled, err := a.Find(ctx, svc.Adopt)
-	if err != nil || len(labelled) <= len(v.live.Containers) {
-		return err
-	}
-	for _, c := range v.live.Containers {
-		if !slices.ContainsFunc(labelled, func(l Container) bool { return l.ID == c.ID }) {
-			return nil // found by the route, but not the service's: leave it as found
+// servesPartOf says whether every endpoint of rel is one of the route's
+// (whose others reach no container any more).
+func servesPartOf(rel *Release, route Route) bool {
+	for _, e := range rel.Endpoints() {
+		if !route.Has(e) {
+			return false
 		}
 	}
-	for i := range labelled {
-		labelled[i].Adopted = true
-	}
-	v.live = releaseOf(strings.Join(names(labelled), ", "), labelled...)
-	return nil
+	return true
 }
 
 // groups is the view's containers by release, newest first.
-func (v *view) groups() []Release { return groupReleases(v.releases) }
+func (v *view) groups() []Release { return groupReleases(v.containers) }
 
 // release is release number n as the view has it; nil if none of its
 // containers exists.
@@ -199,6 +168,12 @@ func (v *view) release(n int) *Release {
 // liveUnrouted finds the live release of a service no proxy routes to:
 // the newest one running, or on a first deploy the one to adopt.
 func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error {
+	// The release the history put in service, while it runs: a newer one
+	// running beside it was left by an interrupted deploy, never in service.
+	if last := v.lastSwitched(); last != nil && last.anyRunning() {
+		v.live = last
+		return nil
+	}
 	for _, rel := range v.groups() {
 		if rel.anyRunning() {
 			v.live = &rel
@@ -211,29 +186,11 @@ func (d *Deployer) liveUnrouted(ctx context.Context, svc Service, v *view) error
 	return d.adoptByLabels(ctx, svc, v)
 }
 
-// adoptByLabels takes over the containers the service's labels name (those
-// compose started), as the live release of a first deploy.
-func (d *Deployer) adoptByLabels(ctx context.Context, svc Service, v *view) error {
-	a, ok := d.Runtime.(Adopter)
-	if len(svc.Adopt) == 0 || !ok {
-		return nil
-	}
-	labelled, err := a.Find(ctx, svc.Adopt)
-	if err != nil || len(labelled) == 0 {
-		return err
-	}
-	for i := range labelled {
-		labelled[i].Adopted = true
-	}
-	v.live = releaseOf(strings.Join(names(labelled), ", "), labelled...)
-	return nil
-}
-
 // known lists the upstreams of the service's containers (and of extra,
 // when there is one): after the first deploy the route points at them.
 func (v *view) known(extra *Release) []string {
 	var out []string
-	all := slices.Clone(v.releases)
+	all := slices.Clone(v.containers)
 	if extra != nil {
 		all = append(all, extra.Containers...)
 	}
@@ -376,13 +333,16 @@ func (v *view) neverServed(c Container) bool {
 // past the name of a container handoff adopted (compose's web-1).
 func (v *view) nextRelease(svc Service) int {
 	n := 0
-	for _, c := range v.releases {
+	for _, c := range v.containers {
 		n = max(n, c.Release)
 	}
 	for _, r := range v.history {
 		n = max(n, r.ToRelease)
 	}
 	taken := map[string]bool{}
+	for _, c := range v.containers {
+		taken[c.Name] = true
+	}
 	for _, r := range []*Release{v.live, v.adopted, v.expected} {
 		if r == nil {
 			continue
@@ -429,31 +389,6 @@ func (d *Deployer) rollbackTarget(svc Service, v *view, to int) (*Release, error
 		return nil, fmt.Errorf("%w: release %d of %s is not kept (see `handoff history`)", ErrNothingToRoll, to, svc.Name)
 	}
 	return nil, fmt.Errorf("%w: %s has no kept release older than %s", ErrNothingToRoll, svc.Name, v.liveName())
-}
-
-// adopted finds the release handoff adopted on its first deploy, if its
-// containers still exist: they carry no labels, so only the history knows them.
-func (d *Deployer) adopted(ctx context.Context, v *view) *Release {
-	for _, r := range v.history {
-		if r.FromRelease != 0 || r.From == "" || !r.Switched {
-			continue
-		}
-		names := r.FromContainers
-		if len(names) == 0 {
-			names = []string{r.From}
-		}
-		var found []Container
-		for _, name := range names {
-			c, err := d.Runtime.Inspect(ctx, name)
-			if err != nil {
-				return nil
-			}
-			c.Adopted = true
-			found = append(found, c)
-		}
-		return releaseOf(r.From, found...)
-	}
-	return nil
 }
 
 // SameUpstream says whether two dial addresses reach the same place:

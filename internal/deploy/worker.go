@@ -2,7 +2,10 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"sync"
 )
 
 // replace puts a new release of a service no proxy routes to (a worker, a
@@ -17,7 +20,8 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 	if svc.Rollout == RolloutStopFirst && old != nil {
 		d.note(rec, fmt.Sprintf("stop-first: %s stops before %s starts; %s has a gap until %s is healthy", old.Name, rec.To, svc.Name, rec.To))
 		err := d.phase(r, PhaseRetire, old.Name, func() error {
-			return d.stopAll(ctx, svc, old)
+			_, err := d.stopAll(ctx, svc, old.Containers)
+			return err
 		})
 		if err != nil {
 			return d.fail(ctx, r, err)
@@ -51,7 +55,7 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 
 	if svc.Rollout == RolloutStartFirst && old != nil {
 		err = d.phase(r, PhaseRetire, old.Name, func() error {
-			if err := d.stopAll(ctx, svc, old); err != nil {
+			if _, err := d.stopAll(ctx, svc, old.Containers); err != nil {
 				return fmt.Errorf("%w (%s runs beside it)", err, rec.To)
 			}
 			rec.FromStopped = true
@@ -69,25 +73,27 @@ func (d *Deployer) replace(ctx context.Context, r *run, release int, imageID str
 	return d.succeed(r)
 }
 
-// stopAll stops every container of rel at once.
-func (d *Deployer) stopAll(ctx context.Context, svc Service, rel *Release) error {
-	errs := make(chan error, len(rel.Containers))
-	for _, c := range rel.Containers {
-		go func() {
+// stopAll stops every container of cs at once, and returns those it
+// stopped; the error says which it could not (each names its container
+// and how to stop it).
+func (d *Deployer) stopAll(ctx context.Context, svc Service, cs []Container) ([]Container, error) {
+	errs := make([]error, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() {
 			if err := d.Runtime.Stop(ctx, c.ID, svc.StopTimeout); err != nil {
-				errs <- fmt.Errorf("stop %s: %w (stop it with `docker stop %s`)", c.Name, err, c.Name)
-				return
+				errs[i] = fmt.Errorf("stop %s: %w (stop it with `docker stop %s`)", c.Name, err, c.Name)
 			}
-			errs <- nil
-		}()
+		})
 	}
-	var first error
-	for range rel.Containers {
-		if err := <-errs; err != nil && first == nil {
-			first = err
+	wg.Wait()
+	var stopped []Container
+	for i, c := range cs {
+		if errs[i] == nil {
+			stopped = append(stopped, c)
 		}
 	}
-	return first
+	return stopped, errors.Join(errs...)
 }
 
 // workerLeft says what runs after a failed replace, and for stop-first
@@ -97,10 +103,14 @@ func (d *Deployer) workerLeft(ctx context.Context, svc Service, rec *Record, old
 	case old == nil:
 		return fmt.Sprintf("%s not started; nothing of %s runs", rec.To, svc.Name)
 	case svc.Rollout == RolloutStopFirst:
+		var failed []string
 		for _, c := range old.Containers {
 			if _, err := d.Runtime.Start(context.WithoutCancel(ctx), c.ID, svc.Restart); err != nil {
-				return fmt.Sprintf("%s removed, and %s could not be started again (%v): start it with `docker start %s`", rec.To, c.Name, err, c.Name)
+				failed = append(failed, fmt.Sprintf("%s could not be started again (%v): start it with `docker start %s`", c.Name, err, c.Name))
 			}
+		}
+		if len(failed) > 0 {
+			return fmt.Sprintf("%s removed, and %s", rec.To, strings.Join(failed, "; "))
 		}
 		return fmt.Sprintf("%s removed; %s started again", rec.To, old.Name)
 	}

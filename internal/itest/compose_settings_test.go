@@ -32,6 +32,8 @@ func TestComposeReleaseKeepsItsConnections(t *testing.T) {
 			p := NewComposeProject(t, ComposeOptions{HoldDB: true, BackSubnet: c.subnet})
 			p.Up()
 			httpc := &http.Client{Timeout: 5 * time.Second}
+			// The app connects to db once it runs, not before compose up returns.
+			WaitFor(t, 10*time.Second, "web0 to hold its connection to db", func() bool { return holds(httpc, p) })
 			require.Equal(t, "web0", held(t, httpc, p)[0], "web0 holds its connection to db")
 
 			filler := startOn(t, p.API, p.Name+"_back")
@@ -89,6 +91,21 @@ func held(t *testing.T, c *http.Client, p *ComposeProject) [3]string {
 	f := strings.Fields(string(body))
 	require.True(t, resp.StatusCode == http.StatusOK && len(f) == 3, "%s's held connection: %d %s", resp.Header.Get("X-Release"), resp.StatusCode, body)
 	return [3]string{resp.Header.Get("X-Release"), f[1], f[2]}
+}
+
+// holds says whether the live release answers that it holds its connection.
+func holds(c *http.Client, p *ComposeProject) bool {
+	req, err := http.NewRequest(http.MethodGet, p.SiteURL+"/held", nil)
+	if err != nil {
+		return false
+	}
+	req.Host = SiteHost
+	resp, err := c.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // startOn runs a container of the test image on network, removed when the

@@ -1,0 +1,104 @@
+package deploy
+
+import (
+	"fmt"
+	"time"
+)
+
+// The analysis a canary step and a watch after a switch decide by (issue
+// 18): what users got from the new release, against what they got from
+// the old one over the same stretch of time, as the proxy counted it.
+
+// Window is what the proxy saw of one release over a stretch of time.
+type Window struct {
+	Requests int           // answered, by the app or by the proxy for it
+	Errors   int           // 5xx answers and connection failures
+	P50, P99 time.Duration // to the answer's headers
+}
+
+// ErrorRate is the share of requests that failed; 0 with no requests.
+func (w Window) ErrorRate() float64 {
+	if w.Requests == 0 {
+		return 0
+	}
+	return float64(w.Errors) / float64(w.Requests)
+}
+
+// Thresholds say how much worse than the baseline a release may do.
+type Thresholds struct {
+	// MaxErrorRate is how far the release's error rate may rise over the
+	// baseline's, in absolute terms: 0.01 is one percentage point.
+	MaxErrorRate float64
+	// MaxP99 is how many times the baseline's p99 the release's may be.
+	MaxP99 float64
+	// P99Floor is a rise of the p99 too small to count whatever the
+	// ratio: 1 ms against 2 ms is noise on a busy host, not a regression.
+	P99Floor time.Duration
+	// MinRequests is how many requests the release must have answered in
+	// the window before it is judged at all; fewer, and the step waits.
+	MinRequests int
+}
+
+// Defaults of the analysis.
+const (
+	DefaultMaxErrorRate = 0.01
+	DefaultMaxP99       = 1.5
+	DefaultP99Floor     = 10 * time.Millisecond
+	DefaultMinRequests  = 100
+)
+
+// WithDefaults fills what is not set.
+func (t Thresholds) WithDefaults() Thresholds {
+	if t.MaxErrorRate == 0 {
+		t.MaxErrorRate = DefaultMaxErrorRate
+	}
+	if t.MaxP99 == 0 {
+		t.MaxP99 = DefaultMaxP99
+	}
+	if t.P99Floor == 0 {
+		t.P99Floor = DefaultP99Floor
+	}
+	if t.MinRequests == 0 {
+		t.MinRequests = DefaultMinRequests
+	}
+	return t
+}
+
+// Verdict is what a window decides.
+type Verdict string
+
+// The verdicts.
+const (
+	VerdictPass Verdict = "pass" // as good as the baseline, within the thresholds
+	VerdictFail Verdict = "fail" // worse: take it back
+	VerdictWait Verdict = "wait" // too few requests to say: never a pass
+)
+
+// Judgement is a verdict with the numbers that decided it, for the user,
+// the history and --json.
+type Judgement struct {
+	Verdict Verdict `json:"verdict"`
+	Reason  string  `json:"reason"`
+}
+
+// Judge compares what the release got with what the baseline got over the
+// same stretch. Errors are looked at first: a release that fails requests
+// is taken back however fast it fails them.
+func Judge(baseline, release Window, t Thresholds) Judgement {
+	t = t.WithDefaults()
+	if release.Requests < t.MinRequests {
+		return Judgement{VerdictWait, fmt.Sprintf("%d of the %d requests needed to judge the release have been answered", release.Requests, t.MinRequests)}
+	}
+	rate, base := release.ErrorRate(), baseline.ErrorRate()
+	if rate-base > t.MaxErrorRate {
+		return Judgement{VerdictFail, fmt.Sprintf("error rate %s (%d of %d) against %s (%d of %d) for the baseline: more than %.2g percentage points over",
+			percent(rate), release.Errors, release.Requests, percent(base), baseline.Errors, baseline.Requests, 100*t.MaxErrorRate)}
+	}
+	if baseline.Requests > 0 && release.P99-baseline.P99 > t.P99Floor && float64(release.P99) > t.MaxP99*float64(baseline.P99) {
+		return Judgement{VerdictFail, fmt.Sprintf("p99 %s against %s for the baseline: more than %.2gx", release.P99.Round(time.Millisecond), baseline.P99.Round(time.Millisecond), t.MaxP99)}
+	}
+	return Judgement{VerdictPass, fmt.Sprintf("error rate %s against %s, p99 %s against %s, over %d requests",
+		percent(rate), percent(base), release.P99.Round(time.Millisecond), baseline.P99.Round(time.Millisecond), release.Requests)}
+}
+
+func percent(f float64) string { return fmt.Sprintf("%.2f%%", 100*f) }

@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/caddy"
 	"github.com/handoff-dev/handoff/internal/compose"
 	"github.com/handoff-dev/handoff/internal/config"
+	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/docker"
 )
 
@@ -95,25 +96,39 @@ func hostFile(ctx context.Context, sites []caddy.Site, o config.Overrides, admin
 	defer rt.Close()
 	var found []string
 	for _, s := range sites {
-		if len(s.Upstreams) != 1 {
+		if len(s.Upstreams) == 0 {
 			continue
 		}
-		route := s.Upstreams[0]
+		route := s.Upstreams[0] // a site with no host is named by an upstream
 		if len(s.Hosts) > 0 {
 			route = s.Hosts[0]
 		}
 		if o.CaddyRoute != "" && o.CaddyRoute != route && !slices.Contains(s.Hosts, o.CaddyRoute) {
 			continue
 		}
-		c, err := rt.Serving(ctx, s.Upstreams[0])
-		if err != nil || c == nil {
+		// Every upstream a container of this host: one container, or the
+		// replicas of one release (`reverse_proxy app1:8000 app2:8000`).
+		var names []string
+		var first *deploy.Container
+		for _, u := range s.Upstreams {
+			c, err := rt.Serving(ctx, u)
+			if err != nil || c == nil {
+				names = nil
+				break
+			}
+			if first == nil {
+				first = c
+			}
+			names = append(names, c.Name)
+		}
+		if len(names) == 0 {
 			continue
 		}
-		d, err := rt.Describe(ctx, c.ID, c.Port)
+		d, err := rt.Describe(ctx, first.ID, first.Port)
 		if err != nil {
 			return "", err
 		}
-		found = append(found, describeHost(d, route, s.Upstreams[0], admin, o.Caddyfile))
+		found = append(found, describeHost(d, names, route, strings.Join(s.Upstreams, " "), admin, o.Caddyfile))
 	}
 	if len(found) == 0 {
 		return "", fmt.Errorf("%w: no Caddy route of %s proxies to a container on this host (its routes: %s); start the app in a container and point Caddy at it first", errUsage, admin, describeSites(sites))
@@ -124,13 +139,20 @@ func hostFile(ctx context.Context, sites []caddy.Site, o config.Overrides, admin
 	return found[0], nil
 }
 
-func describeHost(d docker.Description, route, upstream, admin, caddyfile string) string {
+func describeHost(d docker.Description, containers []string, route, upstream, admin, caddyfile string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# handoff.yml, written by `handoff init` from what runs now: %s behind Caddy's route %s.\n", d.Name, route)
-	b.WriteString("# The first `handoff deploy` adopts that container (stopped, kept for rollback).\n")
+	fmt.Fprintf(&b, "# handoff.yml, written by `handoff init` from what runs now: %s behind Caddy's route %s.\n", strings.Join(containers, ", "), route)
+	if len(containers) > 1 {
+		fmt.Fprintf(&b, "# The first `handoff deploy` adopts those %d containers as one release (stopped, kept for rollback);\n# this file is written from %s.\n", len(containers), d.Name)
+	} else {
+		b.WriteString("# The first `handoff deploy` adopts that container (stopped, kept for rollback).\n")
+	}
 	fmt.Fprintf(&b, "service: %s\n", serviceName(d.Name))
 	fmt.Fprintf(&b, "image: %s                 # or build: (see the README)\n", d.Image)
 	fmt.Fprintf(&b, "port: %d\n", d.Port)
+	if len(containers) > 1 {
+		fmt.Fprintf(&b, "replicas: %d                     # containers a release runs, as now\n", len(containers))
+	}
 	if len(d.Env) > 0 {
 		fmt.Fprintf(&b, "# The container has these environment variables; their values are not written here.\n# Put them in an env file (KEY=VALUE lines, read as docker --env-file does):\n# env_file: .env    # %s\n", strings.Join(d.Env, ", "))
 	}

@@ -3,6 +3,8 @@ package itest
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -162,4 +164,42 @@ func rounded(ds []time.Duration) []string {
 		out = append(out, d.Round(10*time.Millisecond).String())
 	}
 	return out
+}
+
+// A service someone runs as two containers behind one reverse_proxy
+// (`reverse_proxy 127.0.0.1:A 127.0.0.1:B`): handoff init writes
+// replicas: 2, and the first deploy adopts both as one release under load,
+// retires both once its own two serve, and no request fails.
+func TestInitAndFirstDeployOfTwoContainersBehindOneReverseProxy(t *testing.T) {
+	api := Docker(t)
+	name := UniqueName()
+	RemoveService(t, api, name+"-a") // init names the service after the first container
+	a := UserContainer(t, api, name+"-a", "RELEASE=v0")
+	b := UserContainer(t, api, name+"-b", "RELEASE=v0")
+	s := NewScenarioWith(t, ScenarioOptions{Caddy: CaddyOptions{Upstream: fmt.Sprintf("127.0.0.1:%d 127.0.0.1:%d", a, b)}}, a)
+	s.Service = name + "-a"
+
+	r := s.Run("init", "--caddy-admin", s.Caddy.Admin, "--caddyfile", s.Caddy.File, "--write")
+	require.Equal(t, 0, r.Code, r.String())
+	data, err := os.ReadFile(filepath.Join(s.Dir, "handoff.yml"))
+	require.NoError(t, err)
+	require.Contains(t, string(data), "replicas: 2")
+	require.Contains(t, string(data), name+"-a, "+name+"-b behind Caddy's route "+SiteHost)
+
+	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1})
+	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 20 })
+	r = s.Run("deploy")
+	require.Equal(t, 0, r.Code, r.String())
+	require.Contains(t, r.Stderr, "adopting "+name+"-a, "+name+"-b")
+	got := load.Stop()
+	require.Zero(t, got.Failures(), "%s", got)
+	require.Len(t, s.Running(), 2, "the new release's two")
+	for _, old := range []string{name + "-a", name + "-b"} {
+		c := s.inspect(old).Container
+		require.False(t, c.State.Running, "%s retired", old)
+	}
+	st := s.status()
+	require.True(t, st.Agree, st.Problem)
+	require.Len(t, st.Replicas, 2)
+	t.Logf("two adopted containers replaced by a release of two under load: %d requests, %d failed (%d POSTs reset by Caddy's reload)", got.Requests(), got.Failures(), got.PostConnErr)
 }

@@ -16,6 +16,7 @@ import (
 //
 //	GET    /v1/services                 every service
 //	GET    /v1/services/{name}          one service, with in-flight counts
+//	GET    /v1/services/{name}/stats    its endpoints' counts: answers, 5xx, connection failures, latency histogram
 //	PUT    /v1/services/{name}          {"listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}
 //	                                     or {"listen": ..., "route": [{"release": "web-7", "endpoints": ["127.0.0.1:32768"], "weight": 100}]}
 //	POST   /v1/services/{name}/switch   {"from": "...", "to": "..."}
@@ -33,6 +34,10 @@ func ControlHandler(p *Server) http.Handler {
 	})
 	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
 		st, err := p.Get(r.PathValue("name"))
+		reply(w, st, err)
+	})
+	mux.HandleFunc("GET /v1/services/{name}/stats", func(w http.ResponseWriter, r *http.Request) {
+		st, err := p.Stats(r.PathValue("name"))
 		reply(w, st, err)
 	})
 	mux.HandleFunc("PUT /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {

@@ -51,13 +51,14 @@ type target struct {
 	conns    map[*appConn]struct{} // every open connection to the app
 
 	metrics *targetMetrics // nil: no --metrics
+	stats   *endpointStats
 }
 
 // newTarget makes the target for upstream: its own connection pool, and a
 // reverse proxy that forwards as the service's trust settings say and
 // logs every upstream error it answers for.
 func (s *service) newTarget(upstream string) *target {
-	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream), probeFirst: probeFirst}
+	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream), stats: newEndpointStats(), probeFirst: probeFirst}
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy: nil,
@@ -83,12 +84,15 @@ func (s *service) newTarget(upstream string) *target {
 		Transport:  retrying{tr, s.dialRetry, s.clock, &t.cutting},
 		BufferPool: copyBuffers, // else every response allocates (and zeroes) 32 KiB
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if tw, ok := w.(*trackingWriter); ok && errors.Is(err, errElsewhere) {
+			tw, _ := w.(*trackingWriter)
+			if tw != nil && errors.Is(err, errElsewhere) {
 				tw.refused = err // nothing written: the request goes to another endpoint
+				t.stats.moved.Add(1)
 				return
 			}
 			if r.Context().Err() != nil {
 				// The client left: nothing to answer, but say so.
+				t.stats.clientLeft.Add(1)
 				s.log.Info("request ended early", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "why", "the client left")
 				return
 			}
@@ -100,6 +104,10 @@ func (s *service) newTarget(upstream string) *target {
 				panic(http.ErrAbortHandler)
 			}
 			t.metrics.upstreamError()
+			t.stats.failed.Add(1)
+			if tw != nil {
+				tw.failed = true // the 502 below is the proxy's, not the app's answer
+			}
 			s.log.Error("502: upstream error", "service", s.name, "upstream", upstream, "method", r.Method, "uri", r.RequestURI, "client", r.RemoteAddr, "err", err)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusBadGateway)
@@ -259,11 +267,8 @@ func trusts(trusted []netip.Prefix, remoteAddr string) bool {
 // is not answered: serve returns the refusal (errElsewhere), for the
 // caller to send it to another endpoint.
 func (t *target) serve(w http.ResponseWriter, r *http.Request) (refused error) {
-	var start time.Time
-	if t.metrics != nil {
-		start = time.Now()
-	}
-	tw := &trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r)}
+	start := time.Now()
+	tw := &trackingWriter{ResponseWriter: w, t: t, websocket: isWebSocket(r), start: start}
 	t.proxy.ServeHTTP(tw, r)
 	if tw.refused != nil {
 		return tw.refused

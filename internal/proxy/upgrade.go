@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // trackingWriter lets the target see the client connection a WebSocket
@@ -17,6 +18,19 @@ type trackingWriter struct {
 	websocket bool
 	status    int   // the answer's status, for the metrics
 	refused   error // the endpoint refused the request, which goes to another (errElsewhere); nothing was written
+	start     time.Time
+	counted   bool // the answer is in t.stats
+	failed    bool // the answer is the proxy's 502 (counted as a connection failure)
+}
+
+// answered counts the answer, once, when its headers go: a final status,
+// or the upgrade of a hijacked connection.
+func (w *trackingWriter) answered(status int) {
+	if w.counted || w.failed {
+		return
+	}
+	w.counted = true
+	w.t.stats.answered(status, time.Since(w.start))
 }
 
 func (w *trackingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -25,12 +39,16 @@ func (w *trackingWriter) WriteHeader(code int) {
 	if w.status == 0 || w.status < 200 && code >= 200 {
 		w.status = code
 	}
+	if code >= 200 {
+		w.answered(code)
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *trackingWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
+		w.answered(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -40,6 +58,7 @@ func (w *trackingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	w.answered(http.StatusSwitchingProtocols) // the app's 101, which the proxy writes next
 	uc := &upgradedConn{Conn: conn, t: w.t, websocket: w.websocket}
 	w.t.mu.Lock()
 	w.t.upgraded[uc] = struct{}{}

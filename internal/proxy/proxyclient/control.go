@@ -61,6 +61,14 @@ func (c *Control) Resume(ctx context.Context) (wire.ServiceState, error) {
 	return st, c.found(err)
 }
 
+// Stats are the proxy's counts of every endpoint of the service's route,
+// cumulative: wire.Between turns two of them into a release's window.
+func (c *Control) Stats(ctx context.Context) (wire.ServiceStats, error) {
+	var st wire.ServiceStats
+	err := c.call(ctx, http.MethodGet, "/stats", nil, &st)
+	return st, c.found(err)
+}
+
 // List returns every service the proxy serves.
 func (c *Control) List(ctx context.Context) ([]wire.ServiceState, error) {
 	var list []wire.ServiceState

@@ -16,7 +16,7 @@ const DefaultSocket = "/run/handoff/proxy.sock"
 
 // ServicesPath is the control API's list of services; one service is
 // ServicesPath/{name}, its actions under it (/switch, /route, /retire,
-// /pause, /resume, /maintenance).
+// /pause, /resume, /maintenance) and its counts (/stats).
 const ServicesPath = "/v1/services"
 
 // Bounds of a pause: how long one request may be held, and the lease: how

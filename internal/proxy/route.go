@@ -46,7 +46,7 @@ func (r *route) pick() *target {
 		return t
 	}
 	b := r.backends[r.order[(r.next.Add(1)-1)%uint64(len(r.order))]]
-	return b.endpoints[b.turn()]
+	return b.endpoints[b.turn()%uint64(len(b.endpoints))]
 }
 
 // pickUp is the endpoint up, other than not, that a request goes to: the
@@ -89,28 +89,35 @@ func (r *route) upBesides(t *target) bool {
 	return false
 }
 
-// turn is where the next look at b's endpoints starts: ties are taken in
-// turn.
-func (b *pool) turn() int {
-	if len(b.endpoints) == 1 {
-		return 0
-	}
-	return int((b.next.Add(1) - 1) % uint64(len(b.endpoints)))
-}
+// turn counts b's picks: ties are taken in turn.
+func (b *pool) turn() uint64 { return b.next.Add(1) - 1 }
 
 // fewest is b's endpoint up, other than not, with the fewest requests in
-// flight, ties taken from start on; nil when none is up.
-func (b *pool) fewest(start int, not *target) *target {
-	n := len(b.endpoints)
+// flight; nil when none is up. Ties go in turn among the endpoints up, so
+// that one down leaves the others even shares (taking ties in turn over
+// all of them gave the one after it the down one's share too).
+func (b *pool) fewest(turn uint64, not *target) *target {
+	up := 0
+	for _, t := range b.endpoints {
+		if t != not && !t.down.Load() {
+			up++
+		}
+	}
+	if up == 0 {
+		return nil
+	}
+	first := int(turn % uint64(up)) // the up endpoint ties begin at
 	var best *target
 	var fewest int64
-	for i := range n {
-		t := b.endpoints[(start+i)%n]
+	bestRank, p := 0, 0
+	for _, t := range b.endpoints {
 		if t == not || t.down.Load() {
 			continue
 		}
-		if c := t.inFlight.Load(); best == nil || c < fewest {
-			best, fewest = t, c
+		rank := (p - first + up) % up
+		p++
+		if c := t.inFlight.Load(); best == nil || c < fewest || c == fewest && rank < bestRank {
+			best, fewest, bestRank = t, c, rank
 		}
 	}
 	return best

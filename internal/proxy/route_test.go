@@ -538,3 +538,17 @@ func isDown(t *testing.T, p *Server, endpoint string) bool {
 	t.Fatalf("%s is not in the route", endpoint)
 	return false
 }
+
+// With one endpoint of three down, the other two share its requests
+// evenly: ties go in turn among the endpoints up (they went 2:1, the one
+// after the down one taking its turns too).
+func TestEndpointsUpShareTiesEvenly(t *testing.T) {
+	a, b, c := &target{}, &target{}, &target{}
+	b.down.Store(true)
+	p := &pool{endpoints: []*target{a, b, c}}
+	got := map[*target]int{}
+	for range 60 {
+		got[p.fewest(p.turn(), nil)]++
+	}
+	require.Equal(t, map[*target]int{a: 30, c: 30}, got)
+}

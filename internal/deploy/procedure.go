@@ -80,7 +80,8 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 		return d.fail(ctx, r, fmt.Errorf("%w: no port for %s: set `port:` in handoff.yml or pass --port (the port the app listens on inside the container)", ErrConfig, svc.Name))
 	}
 	if svc.Reach == ReachAuto {
-		svc.Reach = reachOf(firstEndpoint(view.endpoints()))
+		first, _ := firstOf(view.endpoints())
+		svc.Reach = reachOf(first)
 	}
 	release := view.nextRelease(*svc)
 	rec.ToRelease, rec.To = release, svc.ReleaseName(release)

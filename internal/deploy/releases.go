@@ -37,10 +37,10 @@ func releaseName(c Container) string {
 	if c.Replica == 0 {
 		return c.Name
 	}
-	if name, ok := strings.CutSuffix(c.Name, fmt.Sprintf("-%d", c.Replica)); ok && !strings.HasSuffix(c.Name, fmt.Sprintf("-%d", ContainerNumber(c.Release, c.Replica))) {
-		return name
+	if strings.HasSuffix(c.Name, fmt.Sprintf("-%d-%d", c.Release, c.Replica)) { // handoff's: web-4-2
+		return strings.TrimSuffix(c.Name, fmt.Sprintf("-%d", c.Replica))
 	}
-	if prefix, ok := strings.CutSuffix(c.Name, fmt.Sprintf("-%d", ContainerNumber(c.Release, c.Replica))); ok {
+	if prefix, ok := strings.CutSuffix(c.Name, fmt.Sprintf("-%d", ContainerNumber(c.Release, c.Replica))); ok { // compose's: shop-web-402
 		return fmt.Sprintf("%s-%d", prefix, c.Release)
 	}
 	return c.Name

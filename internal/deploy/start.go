@@ -73,10 +73,3 @@ func (d *Deployer) startAgain(ctx context.Context, svc Service, rel *Release) (*
 	}
 	return &out, nil
 }
-
-func firstEndpoint(endpoints []string) string {
-	if len(endpoints) == 0 {
-		return ""
-	}
-	return endpoints[0]
-}

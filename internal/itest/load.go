@@ -189,12 +189,7 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 				err = fmt.Errorf("h2 loop got %s", resp.Proto)
 			}
 		}
-		l.count(kind, code, release, err)
-		if host != "" && code/100 == 2 {
-			l.mu.Lock()
-			l.stats.Hosts[host]++
-			l.mu.Unlock()
-		}
+		l.count(kind, code, release, host, err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(o.Pause):
@@ -202,7 +197,7 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 	}
 }
 
-func (l *Load) count(kind string, code int, release string, err error) {
+func (l *Load) count(kind string, code int, release, host string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := &l.stats
@@ -214,6 +209,9 @@ func (l *Load) count(kind string, code int, release string, err error) {
 	}
 	if code/100 == 2 {
 		s.Releases[release]++
+		if host != "" {
+			s.Hosts[host]++
+		}
 		if kind == "get" || kind == "h2" {
 			now := time.Now()
 			s.LongestGap = max(s.LongestGap, now.Sub(s.lastOK))

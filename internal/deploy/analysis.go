@@ -11,9 +11,15 @@ import (
 
 // Window is what the proxy saw of one release over a stretch of time.
 type Window struct {
-	Requests int           // answered, by the app or by the proxy for it
-	Errors   int           // 5xx answers and connection failures
-	P50, P99 time.Duration // to the answer's headers
+	Requests int           `json:"requests"` // answered, by the app or by the proxy for it
+	Errors   int           `json:"errors"`   // 5xx answers and connection failures
+	P50      time.Duration `json:"p50_ns"`   // to the answer's headers
+	P99      time.Duration `json:"p99_ns"`
+}
+
+// String is the window for a live line: "0.20% errors of 1,204, p99 12ms".
+func (w Window) String() string {
+	return fmt.Sprintf("%s errors of %d, p99 %s", percent(w.ErrorRate()), w.Requests, w.P99.Round(time.Millisecond))
 }
 
 // ErrorRate is the share of requests that failed; 0 with no requests.
@@ -37,6 +43,9 @@ type Thresholds struct {
 	// MinRequests is how many requests the release must have answered in
 	// the window before it is judged at all; fewer, and the step waits.
 	MinRequests int
+	// MaxWait is how much longer than its own time a step (or the watch)
+	// waits for MinRequests; 0: as long again as the step.
+	MaxWait time.Duration
 }
 
 // Defaults of the analysis.

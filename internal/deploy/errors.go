@@ -22,6 +22,7 @@ var (
 	ErrPull           = errors.New("image pull failed")
 	ErrReleaseJob     = errors.New("release job failed")
 	ErrHook           = errors.New("hook failed")
+	ErrRolledBack     = errors.New("rolled back by analysis")
 )
 
 // HealthError says why a new container was refused, with its last log lines.

@@ -1,10 +1,12 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -425,4 +427,74 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 func (f *fakeRuntime) containersOf(service string) []Container {
 	out, _ := f.Releases(context.Background(), service)
 	return out
+}
+
+// countingProxy is a fakeProxy that counts as handoff proxy does: every
+// reading adds perRead requests over the route, by its shares, each
+// endpoint failing its errRate of them at its p99.
+type countingProxy struct {
+	*fakeProxy
+	perRead int
+	errRate map[string]float64       // by endpoint; 0: none fail
+	p99     map[string]time.Duration // by endpoint; 0: 20ms
+	total   fakeCounts
+	reads   int
+	onRead  func(reads int) // runs as each reading is taken
+}
+
+func (p *countingProxy) Counts(context.Context) (Counts, error) {
+	p.reads++
+	if p.onRead != nil {
+		p.onRead(p.reads)
+	}
+	if p.total == nil {
+		p.total = fakeCounts{}
+	}
+	for _, b := range p.route {
+		total := 0
+		for _, o := range p.route {
+			total += o.Weight
+		}
+		for _, e := range b.Endpoints {
+			add := p.perRead * b.Weight / total / len(b.Endpoints)
+			w := p.total[e]
+			w.Requests += add
+			w.Errors += int(float64(add)*p.errRate[e] + 0.5)
+			w.P99 = cmp.Or(p.p99[e], 20*time.Millisecond)
+			p.total[e] = w
+		}
+	}
+	return maps.Clone(p.total), nil
+}
+
+// fakeCounts is the fake's reading: each endpoint's counts so far.
+type fakeCounts map[string]Window
+
+func (c fakeCounts) Since(earlier Counts, endpoints []string) Window {
+	e, _ := earlier.(fakeCounts)
+	var w Window
+	for _, ep := range endpoints {
+		w.Requests += c[ep].Requests - e[ep].Requests
+		w.Errors += c[ep].Errors - e[ep].Errors
+		w.P99 = max(w.P99, c[ep].P99)
+	}
+	return w
+}
+
+// fakeSteering is a person at another shell: asks is what they ask, at
+// the reading of that number.
+type fakeSteering struct {
+	asks  map[int]string
+	calls int
+	shown []*CanaryStatus
+}
+
+func (s *fakeSteering) Asked(string) (string, error) {
+	s.calls++
+	return s.asks[s.calls], nil
+}
+
+func (s *fakeSteering) Show(_ string, st *CanaryStatus) error {
+	s.shown = append(s.shown, st)
+	return nil
 }

@@ -164,6 +164,33 @@ type Proxy interface {
 	Describe() string
 }
 
+// Counter is a proxy that counts what users got from each endpoint of the
+// route (an optional role of a Proxy: handoff proxy). A canary and the
+// watch after a switch judge releases by it; a proxy without it refuses them.
+type Counter interface {
+	// Counts reads the counts of the route's endpoints as they are now.
+	Counts(ctx context.Context) (Counts, error)
+}
+
+// Counts is one reading of a Counter: every endpoint's counts since it
+// entered the route.
+type Counts interface {
+	// Since is what endpoints got between earlier, a reading taken before
+	// this one, and this one; earlier nil: since they entered the route.
+	Since(earlier Counts, endpoints []string) Window
+}
+
+// Steering lets a person promote or abort a running canary from another
+// shell, and shows how it goes (`handoff canary`). Optional: without it a
+// canary is decided by its analysis alone.
+type Steering interface {
+	// Asked takes the decision a person asked for since the last call:
+	// AskPromote, AskAbort, or "".
+	Asked(service string) (string, error)
+	// Show publishes the canary's state as it is now; nil: it ended.
+	Show(service string, st *CanaryStatus) error
+}
+
 // Pauser holds a service's new requests while a release job runs, and
 // lets them go on (handoff proxy: pause and resume).
 type Pauser interface {

@@ -10,17 +10,20 @@ import (
 	"time"
 )
 
-// Deployer runs the procedure. Every field but Pauser, Now, After and PID is required.
+// Deployer runs the procedure. Every field but Pauser, Steering, Now, After and PID is required.
 type Deployer struct {
 	Runtime Runtime
 	Proxy   Proxy
 	History History
 	Locker  Locker
 	Report  Reporter
-	Pauser  Pauser                               // nil: the proxy cannot hold requests (release_pause refused)
-	Now     func() time.Time                     // nil: time.Now
-	After   func(time.Duration) <-chan time.Time // nil: time.After; the waits that take Now's time
-	PID     int                                  // 0: os.Getpid()
+	Pauser  Pauser // nil: the proxy cannot hold requests (release_pause refused)
+	// Steering takes a person's promote or abort of a running canary
+	// (`handoff canary`); nil: the analysis alone decides.
+	Steering Steering
+	Now      func() time.Time                     // nil: time.Now
+	After    func(time.Duration) <-chan time.Time // nil: time.After; the waits that take Now's time
+	PID      int                                  // 0: os.Getpid()
 }
 
 // cleanupTimeout bounds the work done after the user's context is gone
@@ -110,6 +113,9 @@ func (d *Deployer) runNewRelease(ctx context.Context, r *run, imageID string) er
 func (d *Deployer) begin(ctx context.Context, r *run) error {
 	if _, ok := d.Runtime.(Execer); !ok && r.svc.Health.Kind == HealthCmd {
 		return fmt.Errorf("%w: health type cmd runs a command in the container, which this engine cannot: use health type http or tcp", ErrConfig)
+	}
+	if _, err := d.judged(r); err != nil {
+		return err
 	}
 	left, err := d.survey(ctx, r)
 	if err != nil {
@@ -252,6 +258,7 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 			d.unlessUsed(ctx, rec, c, abandon)
 		}
 	}
+	before := d.countsBefore(ctx, r)
 	err := d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error {
 		return d.waitReleaseHealthy(ctx, svc, next)
 	})
@@ -274,7 +281,25 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 		}
 	}
 
-	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", view.at(), endpointList(next.Endpoints())), func() error {
+	judged, _ := d.judged(r)
+	if judged && view.live == nil {
+		judged = false
+		d.note(rec, fmt.Sprintf("a first deploy has no release to compare %s with: no canary, no watch", next.Name))
+	}
+	if judged && len(svc.Canary) > 0 {
+		err = d.phase(r, PhaseCanary, canaryDetail(svc, next), func() error {
+			return d.canary(ctx, r)
+		})
+		if err != nil {
+			return d.fail(ctx, r, err)
+		}
+	}
+	var baseline Window
+	if judged && svc.Watch > 0 {
+		baseline = d.baseline(ctx, r, before)
+	}
+
+	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", r.current(), endpointList(next.Endpoints())), func() error {
 		return d.switchTo(ctx, r)
 	})
 	if err != nil && !r.inService {
@@ -288,6 +313,15 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 		// Switched, but interrupted or not finished: nothing is undone; the
 		// next deploy drains and stops what is left.
 		return d.fail(ctx, r, fmt.Errorf("%w; %s serves now, %s is left running (the next deploy drains and stops it)", err, next.Name, view.liveName()))
+	}
+
+	if judged && svc.Watch > 0 {
+		err = d.phase(r, PhaseWatch, fmt.Sprintf("%s for %s, %s kept running to switch back to", next.Name, svc.Watch, view.liveName()), func() error {
+			return d.watch(ctx, r, baseline)
+		})
+		if err != nil {
+			return d.fail(ctx, r, err)
+		}
 	}
 
 	// From here on users are served by next: a failure below is reported, but
@@ -331,34 +365,53 @@ func (d *Deployer) announce(ctx context.Context, c Container, svc Service) error
 	return nil
 }
 
-// switchTo points the proxy at r.next. An error does not say whether the
-// change was made (the reply may be lost after Caddy applied it, the read
-// back may fail, the user may press Ctrl-C): the proxy is read again, and
-// what it points at now decides, never the error.
+// switchTo points the proxy at r.next, every request (routeTo reads the
+// proxy back when the change reports an error).
 func (d *Deployer) switchTo(ctx context.Context, r *run) error {
-	v, next := r.view, r.next
-	to := next.Route()
-	err := d.Proxy.SetRoute(ctx, v.route, to)
-	if err == nil {
+	err := d.routeTo(ctx, r, r.current(), r.next.Route(), r.view.liveName(), r.next.Name)
+	if Same(r.current(), r.next.Route()) {
 		r.inService = true
+	}
+	return err
+}
+
+// routeTo changes the route from from to to. An error does not say whether
+// the change was made (the reply may be lost after the proxy applied it,
+// the read back may fail, the user may press Ctrl-C): the proxy is read
+// again, and what it serves now decides, never the error. fromName and
+// toName say what each route is, for messages. When the change took, r's
+// current route is to, whatever the error.
+func (d *Deployer) routeTo(ctx context.Context, r *run, from, to Route, fromName, toName string) error {
+	err := d.Proxy.SetRoute(ctx, from, to)
+	if err == nil {
+		r.route = to
 		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	now, rerr := d.Proxy.Route(rctx, v.known(next))
+	now, rerr := d.Proxy.Route(rctx, r.view.known(r.next))
 	switch {
 	case rerr != nil:
 		return fmt.Errorf("%w: %v; reading %s back failed too (%v), so it may point at %s or at %s: both are left running; see `handoff status`, then run `handoff repair`",
-			ErrUnclear, err, d.Proxy.Describe(), rerr, v.liveName(), next.Name)
+			ErrUnclear, err, d.Proxy.Describe(), rerr, fromName, toName)
 	case !Same(now, to):
 		return err // not applied: the proxy still points elsewhere
 	}
-	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), endpointList(next.Endpoints())))
-	r.inService = true
-	if ferr := d.Proxy.SetRoute(rctx, v.route, to); ferr != nil {
-		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, endpointList(next.Endpoints()), ferr)
+	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), endpointList(to.Endpoints())))
+	r.route = to
+	if ferr := d.Proxy.SetRoute(rctx, from, to); ferr != nil {
+		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, endpointList(to.Endpoints()), ferr)
 	}
-	return ctx.Err() // interrupted: stop here; what is left is the next deploy's to drain
+	return ctx.Err() // interrupted: stop here
+}
+
+// current is the route as the run left it: the view's until the run
+// changed it.
+func (r *run) current() Route {
+	if r.route != nil {
+		return r.route
+	}
+	return r.view.route
 }
 
 // describe names the proxy for messages; a service no proxy routes to has none.

@@ -31,6 +31,8 @@ const (
 	PhaseDrain   = "drain"
 	PhaseRetire  = "retire"
 	PhaseRecover = "recover"
+	PhaseCanary  = "canary" // the new release gets a share of the requests, step by step
+	PhaseWatch   = "watch"  // after the switch, the old release still up to switch back to
 )
 
 // Record is one deploy, rollback or repair as kept in the history. It is
@@ -69,8 +71,12 @@ type Record struct {
 	FromStopped    bool          `json:"from_stopped,omitempty"`  // the old release was stopped (kept for rollback)
 	FromRemoved    bool          `json:"from_removed,omitempty"`  // and then removed (its image kept)
 	Phases         []PhaseRecord `json:"phases"`
-	Notes          []string      `json:"notes,omitempty"`
-	PID            int           `json:"pid"`
+	// Canary is the canary's course, for a deploy that ran one; Analysis
+	// every verdict of its steps and of the watch, with their numbers.
+	Canary   *CanaryRecord `json:"canary,omitempty"`
+	Analysis []Analysis    `json:"analysis,omitempty"`
+	Notes    []string      `json:"notes,omitempty"`
+	PID      int           `json:"pid"`
 }
 
 // PhaseRecord is one phase of a Record with its duration.

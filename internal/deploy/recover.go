@@ -13,6 +13,7 @@ import (
 type leftovers struct {
 	interrupted []int // into the view's history
 	containers  []leftover
+	canary      bool // the route is an interrupted canary's split
 }
 
 // leftover is one container an interrupted procedure left, and what
@@ -21,6 +22,10 @@ type leftover struct {
 	c   Container
 	act leftoverAct
 	why string // for leaveInUse: what uses it
+	// ofCanary: the other release of an interrupted canary, which the
+	// canary's route still points at until endCanary changes it; whether
+	// anything else points at it is asked again after that.
+	ofCanary bool
 }
 
 type leftoverAct int
@@ -36,7 +41,7 @@ const (
 // anything. Nothing a route of the proxy points at is to be touched, nor
 // the release the history put in service.
 func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
-	var l leftovers
+	l := leftovers{canary: v.canary != nil}
 	for i, h := range v.history {
 		if h.Outcome == OutcomeRunning {
 			l.interrupted = append(l.interrupted, i)
@@ -51,6 +56,14 @@ func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
 			if v.neverServed(c) && v.createdByInterrupted(c) {
 				l.containers = append(l.containers, leftover{c: c, act: removeNeverStarted})
 			}
+			continue
+		}
+		if v.canary != nil && !v.live.Has(c) && (v.canary.old.Has(c) || v.canary.next.Has(c)) {
+			act := removeNeverServed
+			if v.canary.old.Has(c) {
+				act = stopAfterSwitch // the canary was promoted: the old release is retired
+			}
+			l.containers = append(l.containers, leftover{c: c, act: act, ofCanary: true})
 			continue
 		}
 		act, why := stopAfterSwitch, d.inUse(ctx, c)
@@ -68,7 +81,7 @@ func (d *Deployer) leftBehind(ctx context.Context, v *view) leftovers {
 // toRecover says whether there is anything to do: a container in use is
 // only noted.
 func (l leftovers) toRecover() bool {
-	if len(l.interrupted) > 0 {
+	if len(l.interrupted) > 0 || l.canary {
 		return true
 	}
 	for _, lo := range l.containers {
@@ -82,6 +95,9 @@ func (l leftovers) toRecover() bool {
 // describe names what the recover phase finishes, for its start line.
 func (l leftovers) describe(v *view) string {
 	var parts []string
+	if l.canary {
+		parts = append(parts, "the split of an interrupted canary")
+	}
 	for _, i := range l.interrupted {
 		h := v.history[i]
 		parts = append(parts, fmt.Sprintf("the %s %s, interrupted in phase %s", h.Kind, h.ID, h.Phase))
@@ -101,6 +117,13 @@ func (l leftovers) describe(v *view) string {
 // switch are drained and stopped. What it does is in the record's notes.
 func (d *Deployer) recoverInterrupted(ctx context.Context, r *run, l leftovers) error {
 	svc, rec, v := r.svc, r.rec, r.view
+	if v.canary != nil {
+		// Before anything else: the split sends users to a release no
+		// analysis watches any more.
+		if err := d.endCanary(ctx, r); err != nil {
+			return err
+		}
+	}
 	for _, i := range l.interrupted {
 		h := &v.history[i]
 		h.Outcome, h.Error = OutcomeInterrupted, "interrupted in phase "+h.Phase+" (found by "+rec.ID+")"
@@ -127,6 +150,12 @@ func (d *Deployer) recoverInterrupted(ctx context.Context, r *run, l leftovers) 
 	changed := false
 	for _, lo := range l.containers {
 		c := lo.c
+		if lo.ofCanary {
+			if why := d.inUse(ctx, c); why != "" {
+				d.noteInUse(rec, leftover{c: c, why: why})
+				continue
+			}
+		}
 		switch lo.act {
 		case leaveInUse:
 			d.noteInUse(rec, lo)

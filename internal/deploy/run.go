@@ -9,6 +9,9 @@ type run struct {
 	view *view  // what existed before the procedure acted
 	rec  *Record
 	next *Release // the release being put in service, once started
+	// route is the route as the run changed it (a canary's split, the
+	// switch); nil until it did: the view's.
+	route Route
 	// inService says that next serves: the proxy points at it, or, for a
 	// service no proxy routes to, it replaced the old release. From then
 	// on nothing is undone, and a phase that cannot be recorded still acts.

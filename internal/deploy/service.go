@@ -100,7 +100,25 @@ type Service struct {
 	DrainTimeout time.Duration
 	StopTimeout  time.Duration
 	Keep         int // stopped releases kept for rollback
+
+	// Canary sends the new release a share of the requests step by step,
+	// judged at every step, before it gets them all; nil: all at once.
+	Canary []CanaryStep
+	// Watch keeps the old release running this long after the switch,
+	// and switches back to it if the new one does worse; 0: no watch.
+	Watch time.Duration
+	// Analysis is what a canary step and the watch judge by.
+	Analysis Thresholds
 }
+
+// CanaryStep is one step of a canary: the new release's share of new
+// requests, in percent, held this long while both releases are compared.
+type CanaryStep struct {
+	Weight int
+	Hold   time.Duration
+}
+
+func (c CanaryStep) String() string { return fmt.Sprintf("%d%% %s", c.Weight, c.Hold) }
 
 // Stamp is a value a label gets when a release is created.
 type Stamp string
@@ -240,6 +258,7 @@ func (s Service) WithDefaults() Service {
 	if s.Hooks.Timeout == 0 {
 		s.Hooks.Timeout = DefaultHookTimeout
 	}
+	s.Analysis = s.Analysis.WithDefaults()
 	h := &s.Health
 	if h.Path == "" {
 		h.Path = DefaultHealthPath
@@ -286,7 +305,11 @@ func (s Service) Validate() error {
 		return fmt.Errorf("%w: pull %q: use missing (the default), always (a tag that moves) or never", ErrConfig, s.Pull)
 	case s.Release != nil && len(s.Release.Command) == 0:
 		return fmt.Errorf("%w: release: needs a command, like [\"./app\", \"migrate\"]", ErrConfig)
-	case s.DrainTimeout < 0 || s.StopTimeout < 0 || s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.StartTimeout < 0:
+	case len(s.Canary) > 0 && s.Rollout != RolloutBlueGreen, s.Watch > 0 && s.Rollout != RolloutBlueGreen:
+		return fmt.Errorf("%w: a canary and a watch compare two releases serving side by side behind a proxy: not with strategy %s", ErrConfig, s.Rollout)
+	case checkSteps(s.Canary) != nil:
+		return checkSteps(s.Canary)
+	case s.Watch < 0 || s.DrainTimeout < 0 || s.StopTimeout < 0 || s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.StartTimeout < 0:
 		return fmt.Errorf("%w: a negative duration in the settings of %s", ErrConfig, s.Name)
 	}
 	return nil

@@ -22,6 +22,7 @@ type Status struct {
 	Problem   string            `json:"problem,omitempty"`
 	Releases  []ContainerStatus `json:"releases"`
 	Advice    []string          `json:"advice,omitempty"`
+	Canary    string            `json:"canary,omitempty"` // a canary under way, or what was done about an interrupted one
 	LastEvent *Record           `json:"last,omitempty"`
 }
 
@@ -50,6 +51,11 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: d.Proxy != nil}
+	if v.canary != nil {
+		if st.Canary, err = d.canaryStatus(ctx, svc, v); err != nil {
+			return nil, err
+		}
+	}
 	st.Upstream, st.Endpoints = firstOf(v.endpoints())
 	now := d.now()
 	for _, c := range v.containers {
@@ -160,4 +166,27 @@ func runningOthers(v *view) []string {
 		}
 	}
 	return out
+}
+
+// canaryStatus says how the canary whose split the route serves is: under
+// way in another handoff, or interrupted, in which case every request goes
+// back on the old release (or the new one, if it had been promoted) before
+// anything else is said, as repair and deploy would do first.
+func (d *Deployer) canaryStatus(ctx context.Context, svc Service, v *view) (string, error) {
+	c := v.canary
+	h := v.history[c.rec]
+	unlock, err := d.Locker.Lock(ctx, svc.Name)
+	if err != nil {
+		return fmt.Sprintf("a canary is under way (pid %d): %s gets %d%% of new requests, step %d of %d; `handoff canary status %s` shows how it goes",
+			h.PID, c.next.Name, h.Canary.Weight, h.Canary.Step, len(h.Canary.Steps), svc.Name), nil
+	}
+	defer unlock()
+	r := &run{svc: svc, kind: KindRepair, view: v, rec: newRecord(svc.Name, KindRepair, d.pid(), d.now())}
+	if err := d.endCanary(ctx, r); err != nil {
+		return "", err
+	}
+	if err := d.History.Save(&v.history[c.rec]); err != nil {
+		return "", fmt.Errorf("record the end of the interrupted canary %s: %w", h.ID, err)
+	}
+	return fmt.Sprintf("%s; `handoff repair %s` removes what it left", strings.Join(r.rec.Notes, "; "), svc.Name), nil
 }

@@ -19,6 +19,7 @@ type view struct {
 	expected *Release
 	adopted  *Release // the release adopted on the first deploy, if it still exists
 	history  []Record
+	canary   *canaryLeft // the route is a canary's split: under way, or interrupted
 }
 
 // endpoints lists where the route sends now, weight 0 included.
@@ -94,11 +95,19 @@ func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A canary's route (several releases) is read, but not acted on yet.
-	if len(route) > 1 {
-		return nil, fmt.Errorf("%w: the route of %s sends to %d releases (%s); handoff switches a route that sends to one release", ErrNoRoute, d.Proxy.Describe(), len(route), route)
-	}
 	v.route = route
+	if len(route) > 1 {
+		// A route of several releases is a canary's, under way or
+		// interrupted (its record says which releases), or a hand-made one.
+		if v.canary = v.canaryOf(route); v.canary == nil {
+			return nil, fmt.Errorf("%w: the route of %s sends to %d releases (%s), and no canary of handoff's made it; handoff switches a route that sends to one release: set it to one", ErrNoRoute, d.Proxy.Describe(), len(route), route)
+		}
+		v.live = v.canary.old
+		if v.history[v.canary.rec].Canary.Promoted {
+			v.live = v.canary.next
+		}
+		return v, nil
+	}
 	for _, rel := range v.groups() {
 		// A release of several serves while one of them runs: one that
 		// crashed and is restarting is still the live release's.

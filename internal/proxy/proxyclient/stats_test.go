@@ -34,3 +34,26 @@ func TestStatsThroughTheSocket(t *testing.T) {
 	_, err = NewControl(socket, "nope").Stats(context.Background())
 	require.ErrorIs(t, err, deploy.ErrConfig, "no such service")
 }
+
+// The proxy is a deploy.Counter: a window of the endpoints asked for,
+// from two readings.
+func TestTheProxyCountsForTheAnalysis(t *testing.T) {
+	_, socket, listen := serveOne(t)
+	p := newProxy(t, socket, "web", listen)
+	var counter deploy.Counter = p
+	before, err := counter.Counts(context.Background())
+	require.NoError(t, err)
+	for range 5 {
+		resp, err := http.Get("http://" + listen + "/")
+		require.NoError(t, err)
+		resp.Body.Close()
+	}
+	after, err := counter.Counts(context.Background())
+	require.NoError(t, err)
+	st, err := NewControl(socket, "web").Stats(context.Background())
+	require.NoError(t, err)
+	ep := st.Endpoints[0].Endpoint
+	require.Equal(t, 5, after.Since(before, []string{ep}).Requests)
+	require.Equal(t, 5, after.Since(nil, []string{ep}).Requests, "nil: since the endpoint entered the route")
+	require.Zero(t, after.Since(before, []string{"127.0.0.1:1"}).Requests, "not the route's")
+}

@@ -114,9 +114,15 @@ type Window struct {
 // what each counted since before (from 0 for an endpoint that was not
 // in before, or whose counts began again since).
 func Between(before, after ServiceStats, release string) Window {
+	return BetweenOf(before, after, func(e EndpointStats) bool { return e.Release == release })
+}
+
+// BetweenOf is Between for the endpoints of after that of says are the
+// window's, whichever release they belong to.
+func BetweenOf(before, after ServiceStats, of func(EndpointStats) bool) Window {
 	var sum EndpointStats
 	for _, e := range after.Endpoints {
-		if e.Release != release {
+		if !of(e) {
 			continue
 		}
 		d := e

@@ -47,6 +47,8 @@ start-first (or stop-first) for one without (a worker); services not named are n
 	f.DurationVar(&c.overrides.DrainTimeout, "drain-timeout", 0, "how long in-flight requests may take to finish on the old release (default 30s)")
 	f.StringVar(&c.overrides.Pull, "pull", "", "when to pull the image from its registry: missing (default: not on this host), always (a tag that moves) or never")
 	f.DurationVar(&c.lockWait, "wait", 0, "wait this long for another deploy of the service to finish, instead of failing")
+	f.BoolVar(&c.overrides.Canary, "canary", false, "strategy: canary for this deploy: canary.steps of handoff.yml (default 5% 2m, 25% 3m, 50% 3m), each judged against the old release (needs proxy: handoff)")
+	f.DurationVar(&c.overrides.Watch, "watch", 0, "after the switch keep the old release running this long, and switch back to it if the new one does worse (needs proxy: handoff)")
 	f.StringVar(&opts.verify, "verify", "", "watch the deploy from outside: GET the public URL (https://<caddy route>/, or the URL given) during the deploy and report; =strict fails the command if any request failed")
 	f.Lookup("verify").NoOptDefVal = "on"
 	f.Float64Var(&opts.verifyRate, "verify-rate", verify.DefaultRate, "requests per second sent by --verify")

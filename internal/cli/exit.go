@@ -19,6 +19,7 @@ const (
 	ExitImage       = 6 // the image is missing
 	ExitVerify      = 7 // deployed, but --verify=strict saw failed requests
 	ExitRelease     = 8 // the release job or the pre_deploy hook failed; the old release still serves
+	ExitRolledBack  = 9 // a canary step or the watch judged the new release worse: every request is back on the old release
 	ExitInterrupted = 130
 )
 
@@ -29,6 +30,8 @@ func ExitCode(err error) int {
 		return ExitOK
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted
+	case errors.Is(err, deploy.ErrRolledBack):
+		return ExitRolledBack
 	case errors.Is(err, deploy.ErrConfig), errors.Is(err, errUsage):
 		return ExitUsage
 	case errors.Is(err, deploy.ErrUnhealthy):

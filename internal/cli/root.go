@@ -74,7 +74,7 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
 
-	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c), newMaintenanceCmd(c))
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c), newMaintenanceCmd(c), newCanaryCmd(c))
 	return root
 }
 
@@ -137,6 +137,8 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 		Locker:  state.Locker{Dir: dir, Wait: c.lockWait},
 		Report:  &reporter{io: c.io},
 		Pauser:  pauser,
+		// A canary another shell can promote or abort (`handoff canary`).
+		Steering: state.Steering{Dir: dir},
 	}
 	return d, func() { _ = rt.Close() }, nil
 }

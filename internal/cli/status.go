@@ -82,6 +82,9 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 	if st.Agree && st.Problem != "" {
 		fmt.Fprintf(out, "warning  %s\n", st.Problem)
 	}
+	if st.Canary != "" {
+		fmt.Fprintf(out, "canary   %s\n", st.Canary)
+	}
 	if len(st.Releases) > 0 {
 		fmt.Fprintln(out, "\nreleases")
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)

@@ -75,7 +75,7 @@ func TestBadFilesAreRefusedWithLineAndHint(t *testing.T) {
 	cases := map[string]struct{ yml, want string }{
 		"unknown top key":   {"service: web\nimgae: x\n", `handoff.yml:2: unknown key "imgae" at the top level; did you mean "image"?`},
 		"unknown nested":    {"service: web\nhealth:\n  intervall: 1s\n", `handoff.yml:3: unknown key "intervall" in health; did you mean "interval"?`},
-		"unrelated key":     {"zzzzzz: 1\n", `handoff.yml:1: unknown key "zzzzzz" at the top level; known keys: build, caddy,`},
+		"unrelated key":     {"zzzzzz: 1\n", `handoff.yml:1: unknown key "zzzzzz" at the top level; known keys: analysis, build, caddy, canary,`},
 		"bare number":       {"service: web\ndrain_timeout: 30\n", `handoff.yml:2: "30" is not a duration; write it like 30s`},
 		"negative duration": {"service: web\nhealth:\n  timeout: -1s\n", `handoff.yml:3: "-1s" is not a duration`},
 		"wrong type":        {"service: web\nport: eighty\n", "handoff.yml:2: cannot unmarshal !!str `eighty` into int"},

@@ -56,6 +56,9 @@ type File struct {
 	ReleaseTime  Duration          `yaml:"release_timeout"`
 	ReleasePause bool              `yaml:"release_pause"` // hold requests during the job (handoff proxy)
 	Hooks        Hooks             `yaml:"hooks"`
+	Canary       *Canary           `yaml:"canary"`   // the steps of strategy: canary
+	Watch        Duration          `yaml:"watch"`    // keep the old release up this long after the switch, to switch back to
+	Analysis     Analysis          `yaml:"analysis"` // what a canary step and the watch judge by
 
 	path  string         // the file read, for messages and relative paths
 	dir   string         // relative paths are taken from here, when not path's directory

@@ -32,7 +32,8 @@ var fileSchema = schema{
 	"handoff_proxy": {"socket": nil, "listen": nil},
 	"compose":       {"files": nil, "services": nil, "project": nil, "env_file": nil, "profiles": nil},
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
-	"hooks": hooksSchema,
+	"hooks":  hooksSchema,
+	"canary": canarySchema, "watch": nil, "analysis": analysisSchema, "strategy": nil,
 }
 
 var hooksSchema = schema{"pre_deploy": nil, "post_deploy": nil, "on_failure": nil, "timeout": nil}
@@ -49,7 +50,8 @@ var extensionSchema = schema{
 	"proxy":         nil,
 	"handoff_proxy": {"socket": nil, "listen": nil},
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
-	"hooks": hooksSchema,
+	"hooks":  hooksSchema,
+	"canary": canarySchema, "watch": nil, "analysis": analysisSchema,
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records

@@ -33,7 +33,9 @@ type Overrides struct {
 	ProxySocket  string
 	ProxyListen  string
 	Pull         string
-	Replicas     ReplicaCount // a pflag.Value: `f.Var(&o.Replicas, "replicas", …)`
+	Replicas     ReplicaCount  // a pflag.Value: `f.Var(&o.Replicas, "replicas", …)`
+	Canary       bool          // --canary: strategy: canary for this deploy
+	Watch        time.Duration // --watch
 }
 
 // The proxies a service can be switched by.
@@ -166,9 +168,12 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	switch s := deploy.Rollout(f.Strategy); s {
 	case deploy.RolloutStartFirst, deploy.RolloutStopFirst:
 		svc.Rollout = s
-	case "", "blue-green":
+	case "", "blue-green", StrategyCanary:
 	default:
-		return Settings{}, f.at("strategy", fmt.Sprintf("strategy %q: use start-first (the default for a service without a route) or stop-first (it must never run twice)", f.Strategy))
+		return Settings{}, f.at("strategy", fmt.Sprintf("strategy %q: use blue-green (the default behind a route), canary (a share of the requests first, judged by numbers), start-first (the default for a service without a route) or stop-first (it must never run twice)", f.Strategy))
+	}
+	if err := f.applyAnalysis(&svc, o); err != nil {
+		return Settings{}, err
 	}
 	pull := deploy.PullPolicy(pick(o.Pull, f.Pull))
 	switch pull {

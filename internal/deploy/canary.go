@@ -119,6 +119,7 @@ func (d *Deployer) judged(r *run) (bool, error) {
 func (d *Deployer) canary(ctx context.Context, r *run) error {
 	svc, view, next := r.svc, r.view, r.next
 	old := view.route
+	d.asked(svc.Name) // an ask left from before this canary began is not for it
 	r.rec.Canary = &CanaryRecord{}
 	for _, s := range svc.Canary {
 		r.rec.Canary.Steps = append(r.rec.Canary.Steps, s.String())

@@ -51,6 +51,9 @@ func (d *Deployer) baseline(ctx context.Context, r *run, before Counts) Window {
 // removes next (ErrRolledBack).
 func (d *Deployer) watch(ctx context.Context, r *run, baseline Window) error {
 	svc, view, next := r.svc, r.view, r.next
+	if r.rec.Canary == nil {
+		d.asked(svc.Name) // an ask left from before this watch began is not for it
+	}
 	a, err := d.observe(ctx, r, observation{phase: PhaseWatch, weight: 100, hold: svc.Watch, release: next, fixed: baseline})
 	r.rec.Analysis = append(r.rec.Analysis, a)
 	if err != nil {

@@ -33,7 +33,7 @@ analysis:
 `, Overrides{})
 	require.NoError(t, err)
 	svc := s.Service
-	require.Equal(t, []deploy.CanaryStep{{5, 2 * time.Minute}, {25, 3 * time.Minute}, {50, 90 * time.Second}}, svc.Canary)
+	require.Equal(t, []deploy.CanaryStep{{Weight: 5, Hold: 2 * time.Minute}, {Weight: 25, Hold: 3 * time.Minute}, {Weight: 50, Hold: 90 * time.Second}}, svc.Canary)
 	require.Equal(t, 2*time.Minute, svc.Watch)
 	require.Equal(t, deploy.Thresholds{MaxErrorRate: 0.005, MaxP99: 2, MinRequests: 300, MaxWait: time.Minute}, svc.Analysis)
 
@@ -46,7 +46,7 @@ analysis:
 	require.Nil(t, s.Service.Canary, "steps alone wait for --canary")
 	s, err = resolveYAML(t, "service: web\nimage: app\ncanary:\n  steps: [\"10% 1m\"]\n", Overrides{Canary: true, Watch: time.Minute})
 	require.NoError(t, err)
-	require.Equal(t, []deploy.CanaryStep{{10, time.Minute}}, s.Service.Canary)
+	require.Equal(t, []deploy.CanaryStep{{Weight: 10, Hold: time.Minute}}, s.Service.Canary)
 	require.Equal(t, time.Minute, s.Service.Watch)
 }
 

@@ -13,6 +13,10 @@
 //	READY_DELAY    / answers 503 for this long after listening, while /health
 //	               already answers 200 (a health endpoint that lies)
 //	HEALTH_HANG    /health never answers when set
+//	FAIL_RATE      this share of the requests to / answer 500 (0.05: one in
+//	               twenty, spread evenly), /health not among them: a release
+//	               that boots and then fails some of its users
+//	LATENCY        / waits this long before it answers (a slow release)
 //	HOLD           host:port of an HTTP service to hold one connection to, as
 //	               a database pool does: GET /health on it every 100ms over
 //	               that one connection; once it breaks, /health answers 503
@@ -83,11 +87,20 @@ func main() {
 	readyAt := time.Now().Add(duration("READY_DELAY", 0))
 	mux := http.NewServeMux()
 	host, _ := os.Hostname() // the container's: tells a release's replicas apart
+	failing := failEvery(env("FAIL_RATE", "0"))
+	latency := duration("LATENCY", 0)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Release", release)
 		w.Header().Set("X-Host", host)
 		if time.Now().Before(readyAt) {
 			http.Error(w, "warming up", http.StatusServiceUnavailable)
+			return
+		}
+		if latency > 0 {
+			time.Sleep(latency)
+		}
+		if failing() {
+			http.Error(w, "failing as told (FAIL_RATE)", http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintf(w, "hello from %s\n", release)
@@ -248,6 +261,27 @@ func check(port string) int {
 		return 1
 	}
 	return 0
+}
+
+// failEvery says, request by request, whether this one fails, so that a
+// share rate of them does, spread evenly: the nth fails when n×rate passes
+// a whole number.
+func failEvery(rate string) func() bool {
+	r, err := strconv.ParseFloat(rate, 64)
+	if err != nil || r < 0 || r > 1 {
+		log.Fatalf("FAIL_RATE=%q: a share from 0 to 1, like 0.05", rate)
+	}
+	var mu sync.Mutex
+	n := 0
+	return func() bool {
+		if r == 0 {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		return int(float64(n)*r) > int(float64(n-1)*r)
+	}
 }
 
 func env(key, def string) string {

@@ -18,9 +18,14 @@ type route struct {
 	backends []*pool
 	// order is the smooth weighted round robin of the backends of weight
 	// > 0 (their indexes in backends), one turn of sum(weights)/gcd picks;
-	// next counts the picks.
+	// next counts the picks. A split route takes turns only for requests
+	// whose own backend has no endpoint up.
 	order []uint8
 	next  atomic.Uint64
+	// keyed: two or more backends of weight > 0 (a canary); each request's
+	// backend is the one its client key falls in (stickiness.go). nil
+	// otherwise: no key is looked at.
+	keyed []keyRange
 	// single: the route is one endpoint of weight > 0 (what Put and
 	// Switch make); the request path takes it without picking.
 	single *target
@@ -34,13 +39,16 @@ type pool struct {
 	next      atomic.Uint64 // the ties' round robin
 }
 
-// pick is the endpoint a new request goes to: a backend by weight, then
-// its endpoint with the fewest requests in flight, among those up; when
-// every endpoint of weight > 0 is down, the next in turn (the dial retry
-// waits for it).
-func (r *route) pick() *target {
+// pick is the endpoint a new request of client key k goes to: a backend
+// by weight (on a split route, the one k falls in), then its endpoint with
+// the fewest requests in flight, among those up; when every endpoint of
+// weight > 0 is down, the next in turn (the dial retry waits for it).
+func (r *route) pick(k *clientKey) *target {
 	if r.single != nil {
 		return r.single
+	}
+	if r.keyed != nil {
+		return r.pickKeyed(k)
 	}
 	if t := r.pickUp(nil); t != nil {
 		return t
@@ -71,6 +79,16 @@ func (r *route) pickUp(not *target) *target {
 		empty[j] = true
 	}
 	return nil
+}
+
+// pickUpFor is the endpoint up, other than not, that a request of client
+// key k goes to: by k on a split route, as pickUp picks on any other. nil:
+// none is up.
+func (r *route) pickUpFor(k *clientKey, not *target) *target {
+	if r.keyed != nil {
+		return r.pickUpKeyed(k, not)
+	}
+	return r.pickUp(not)
 }
 
 // upBesides says whether an endpoint of weight > 0 other than t is up:
@@ -306,6 +324,7 @@ func (s *service) newRoute(spec []wire.Backend, old *route) *route {
 		weights = append(weights, bs.Weight)
 	}
 	r.order = smoothOrder(weights)
+	r.keyed = keyRanges(weights)
 	var live []*target
 	r.live(func(t *target) { live = append(live, t) })
 	if len(live) == 1 {

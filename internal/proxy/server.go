@@ -136,13 +136,17 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveMaintenance(w, m)
 		return
 	}
-	t, err := s.admit(r.Context())
+	key := clientKey{r: r, trusted: s.trusted} // worked out only if the route is split
+	t, err := s.admit(r.Context(), &key)
 	if err != nil {
 		if r.Context().Err() == nil {
 			s.log.Warn("503: request held by a pause", "service", s.name, "method", r.Method, "uri", r.RequestURI, "err", err)
 			http.Error(w, "503 Service Unavailable: "+s.name+" is paused ("+err.Error()+"); try again shortly", http.StatusServiceUnavailable)
 		}
 		return
+	}
+	if key.known && !key.sent {
+		w = newCookieWriter(w, key.value) // so that the client's next requests keep its key
 	}
 	if s.route.Load().single != nil {
 		defer t.done()
@@ -161,7 +165,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(context.WithValue(r.Context(), movableKey{}, (*service)(nil)))
 		}
 		from := t
-		if t = s.moveFrom(from); t != from { // else none is up any more: its dial retry waits for it
+		if t = s.moveFrom(from, &key); t != from { // else none is up any more: its dial retry waits for it
 			s.log.Info("refused: request sent to another endpoint", "service", s.name, "method", r.Method, "uri", r.RequestURI, "refused", from.upstream, "to", t.upstream)
 		}
 	}
@@ -184,13 +188,13 @@ func movable(r *http.Request, s *service) *http.Request {
 	return r2
 }
 
-// moveFrom counts a request whose endpoint from refused it on another
-// endpoint up of the route, picked as a new request is, then ends its
-// count on from, so that it is counted somewhere all along. from itself
-// when no other endpoint is up any more.
-func (s *service) moveFrom(from *target) *target {
+// moveFrom counts a request of client key k whose endpoint from refused
+// it on another endpoint up of the route, picked as a new request is,
+// then ends its count on from, so that it is counted somewhere all along.
+// from itself when no other endpoint is up any more.
+func (s *service) moveFrom(from *target, k *clientKey) *target {
 	for {
-		t := s.route.Load().pickUp(from)
+		t := s.route.Load().pickUpFor(k, from)
 		if t == nil {
 			return from
 		}
@@ -210,9 +214,9 @@ func (s *service) moveFrom(from *target) *target {
 // consistent: either the deploy sees the count or the request sees the
 // pause); a request that finds the service paused uncounts itself, waits
 // at the gate, and is counted again once it opens.
-func (s *service) admit(ctx context.Context) (*target, error) {
+func (s *service) admit(ctx context.Context, k *clientKey) (*target, error) {
 	for {
-		t := s.acquire()
+		t := s.acquire(k)
 		if !s.gate.held.Load() {
 			return t, nil
 		}
@@ -228,10 +232,11 @@ func (s *service) admit(ctx context.Context) (*target, error) {
 // route, or its backend's weight became 0). A deploy that saw the switch
 // and then nothing in flight on an old endpoint stops its container: no
 // request may reach that endpoint after it looked. Counting first makes
-// that so; a request that lost the race picks again from the new route.
-func (s *service) acquire() *target {
+// that so; a request that lost the race picks again from the new route,
+// with the same client key k.
+func (s *service) acquire(k *clientKey) *target {
 	for {
-		t := s.route.Load().pick()
+		t := s.route.Load().pick(k)
 		if acquireHook != nil {
 			acquireHook()
 		}

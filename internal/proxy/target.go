@@ -253,7 +253,12 @@ func trusts(trusted []netip.Prefix, remoteAddr string) bool {
 	if err != nil {
 		return false
 	}
-	ip := ap.Addr().Unmap()
+	return trustsAddr(trusted, ap.Addr())
+}
+
+// trustsAddr says whether ip is in one of the trusted prefixes.
+func trustsAddr(trusted []netip.Prefix, ip netip.Addr) bool {
+	ip = ip.Unmap()
 	for _, p := range trusted {
 		if p.Contains(ip) {
 			return true

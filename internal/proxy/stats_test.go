@@ -154,8 +154,9 @@ func TestStatsCountARefusedRequestWhereItWasAnswered(t *testing.T) {
 	t.Cleanup(func() { _ = p.Delete("web"); _ = p.Delete("solo") })
 	listen := serveRoute(t, p, []wire.Backend{{Release: "a", Endpoints: []string{refusing}, Weight: 50}, {Release: "b", Endpoints: []string{app}, Weight: 50}})
 	status := statusOf(t)
+	c := keyedClient(t, listen, keyOn(t, []int{50, 50}, 0)) // a client of the refusing release: a split sticks to a client
 	for range 10 {
-		require.Equal(t, 200, status(http.Get("http://"+listen+"/")))
+		require.Equal(t, 200, status(c.Get("http://"+listen+"/")))
 	}
 	r := endpointStatsOf(t, p, "web", refusing)
 	require.Equal(t, [5]uint64{0, 0, 0, 1, 0}, [5]uint64{r.Answered, r.Status5xx, r.ConnFailures, r.Moved, r.Latency.Total()}, "answered, 5xx, failures, moved, latencies of the refusing endpoint")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,14 +18,20 @@ import (
 // LoadOptions shape a steady load through Caddy. Every loop is bounded by
 // MaxDuration and stops by itself.
 type LoadOptions struct {
-	Workers     int           // keep-alive HTTP/1.1 GET loops (Go's client retries these as HTTP allows)
-	H2          int           // HTTP/2 (h2c) GET loops
-	Posts       int           // keep-alive HTTP/1.1 POST loops: never retried by the client
-	Slow        int           // loops of slow requests, each SlowFor long
-	SlowFor     time.Duration // default 1s
-	WebSockets  int           // loops holding a WebSocket open for WSFor, then closing it
-	WSFor       time.Duration // default 1s
-	Pause       time.Duration // between two requests of one loop; default 2ms
+	Workers    int           // keep-alive HTTP/1.1 GET loops (Go's client retries these as HTTP allows)
+	H2         int           // HTTP/2 (h2c) GET loops
+	Posts      int           // keep-alive HTTP/1.1 POST loops: never retried by the client
+	Slow       int           // loops of slow requests, each SlowFor long
+	SlowFor    time.Duration // default 1s
+	WebSockets int           // loops holding a WebSocket open for WSFor, then closing it
+	WSFor      time.Duration // default 1s
+	Pause      time.Duration // between two requests of one loop; default 2ms
+	// Clients, when set, makes the GET and POST loops many browsers: each
+	// request carries the handoff_split cookie of one of this many
+	// clients, picked at random, so that a canary's split gets its share
+	// of the load (from one address, without cookies, all of it would go
+	// one way).
+	Clients     int
 	MaxDuration time.Duration // default 10m
 }
 
@@ -42,6 +50,7 @@ type LoadStats struct {
 	WSGoingAway int            // WebSockets closed by the server with 1001 (going away): a proper goodbye
 	WSCut       int            // WebSockets that failed to open or broke
 	Releases    map[string]int // which release answered
+	Failed5xx   map[string]int // which release answered a 5xx (X-Release; "" : the proxy's own)
 	Hosts       map[string]int // which container answered GET / (its hostname: the short container ID)
 	Errors      []string       // the first failures, with their times: what and when
 	LongestGap  time.Duration  // the longest time without a 2xx GET (or h2) answer
@@ -89,7 +98,7 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 		o.MaxDuration = 10 * time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.MaxDuration)
-	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, Hosts: map[string]int{}, lastOK: time.Now()}}
+	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, Hosts: map[string]int{}, Failed5xx: map[string]int{}, lastOK: time.Now()}}
 	t.Cleanup(func() { l.Stop() })
 
 	h1 := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
@@ -178,6 +187,9 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 			req, _ = http.NewRequest(http.MethodGet, url+"/", nil)
 		}
 		req.Host = host
+		if o.Clients > 0 && kind != "slow" {
+			req.Header.Set("Cookie", fmt.Sprintf("handoff_split=%016x", ClientKey(rand.IntN(o.Clients))))
+		}
 		// Requests are not tied to ctx: stopping the load lets the last ones finish.
 		resp, err := c.Do(req)
 		code, release, host := 0, "", ""
@@ -206,6 +218,9 @@ func (l *Load) count(kind string, code int, release, host string, err error) {
 		l.failed(kind, err.Error())
 	case code/100 != 2:
 		l.failed(kind, fmt.Sprintf("status %d from release %q", code, release))
+	}
+	if code/100 == 5 {
+		s.Failed5xx[release]++
 	}
 	if code/100 == 2 {
 		s.Releases[release]++
@@ -253,13 +268,7 @@ func (l *Load) Snapshot() LoadStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.stats
-	s.Releases, s.Hosts = map[string]int{}, map[string]int{}
-	for k, v := range l.stats.Hosts {
-		s.Hosts[k] = v
-	}
-	for k, v := range l.stats.Releases {
-		s.Releases[k] = v
-	}
+	s.Releases, s.Hosts, s.Failed5xx = maps.Clone(l.stats.Releases), maps.Clone(l.stats.Hosts), maps.Clone(l.stats.Failed5xx)
 	s.Errors = append([]string(nil), l.stats.Errors...)
 	return s
 }
@@ -270,3 +279,7 @@ func (l *Load) Stop() LoadStats {
 	l.wg.Wait()
 	return l.Snapshot()
 }
+
+// ClientKey is the handoff_split key of simulated client i: spread over
+// all keys, as the proxy's own hash of an address would be.
+func ClientKey(i int) uint64 { return uint64(i+1) * 0x9E3779B97F4A7C15 }

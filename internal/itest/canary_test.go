@@ -1,0 +1,233 @@
+package itest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handoff-dev/handoff/internal/deploy"
+	"github.com/handoff-dev/handoff/internal/proxy/proxyclient"
+)
+
+// canaryConfig is handoff.yml's canary part: steps, thresholds a test's
+// load can decide within seconds.
+func canaryConfig(steps ...string) string {
+	return fmt.Sprintf("strategy: canary\ncanary:\n  steps: [%s]\nanalysis:\n  min_requests: 100\n", `"`+strings.Join(steps, `", "`)+`"`)
+}
+
+// canaryLoad is the usual load, from many browsers (cookies) so that the
+// canary's share of it is its weight's.
+func canaryLoad(t *testing.T, s *Scenario) *Load {
+	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, Posts: 2, Clients: 1000})
+	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 100 })
+	return load
+}
+
+// deployJSON runs a deploy with --json and reads its record.
+func (s *Scenario) deployJSON(c Config) (Result, deploy.Record) {
+	s.T.Helper()
+	s.WriteConfig(c)
+	r := s.Run("deploy", "--json")
+	var rec deploy.Record
+	require.NoError(s.T, json.Unmarshal([]byte(r.Stdout), &rec), "%s", r)
+	return r, rec
+}
+
+// A good release goes through every step under load, judged a pass at each,
+// and is promoted: not one request fails.
+func TestACanaryOfAGoodReleaseIsPromotedWithoutAFailure(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	load := canaryLoad(t, s)
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("20% 4s", "50% 4s")})
+	got := load.Stop()
+	t.Logf("canary under load: %s", got)
+	require.Equal(t, 0, r.Code, "%s", r)
+	require.Zero(t, got.Failures()+got.PostConnErr, "%s", got)
+	require.Equal(t, "v2", s.Serving())
+	require.Len(t, rec.Analysis, 2)
+	for _, a := range rec.Analysis {
+		require.Equal(t, deploy.VerdictPass, a.Verdict, a.Reason)
+		require.GreaterOrEqual(t, a.Release.Requests, 100)
+	}
+	require.True(t, rec.Canary.Promoted)
+	share := float64(rec.Analysis[0].Release.Requests) / float64(rec.Analysis[0].Release.Requests+rec.Analysis[0].Baseline.Requests)
+	require.InDelta(t, 0.20, share, 0.07, "the first step's share of requests")
+	require.Contains(t, r.Stderr, "canary step 1 of 2 (20% 4s): pass")
+}
+
+// A release that fails 5% of its requests is aborted in its first step,
+// as soon as the numbers say so: every request back on the old release,
+// the canary removed, exit 9 with the numbers, and only the canary's
+// share of the users hurt meanwhile.
+func TestACanaryFailingFivePercentIsAbortedInItsFirstStep(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	load := canaryLoad(t, s)
+	before := load.Snapshot()
+	start := time.Now()
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Env: map[string]string{"FAIL_RATE": "0.05"}, Extra: canaryConfig("10% 30s", "50% 30s")})
+	took := time.Since(start)
+	time.Sleep(500 * time.Millisecond)
+	got := load.Stop()
+	t.Logf("a failing canary under load, aborted after %s: %s", took.Round(time.Millisecond), got)
+	require.Equal(t, 9, r.Code, "%s", r)
+	require.Contains(t, r.Stderr, "rolled back by analysis: canary step 1 (10% 30s) of "+s.Service+"-2: fail: error rate")
+	require.Contains(t, r.Stderr, "every request is back on "+s.Service+"-1 (never stopped); "+s.Service+"-2 removed")
+	require.Less(t, took, 30*time.Second, "aborted before the step's time was up")
+	require.Equal(t, "v1", s.Serving())
+	require.False(t, Containers(t, s.API, s.Service)[s.Service+"-2"], "the canary is removed")
+	require.Equal(t, deploy.VerdictFail, rec.Analysis[0].Verdict)
+	require.True(t, rec.Canary.Aborted)
+
+	during := got.Requests() - before.Requests()
+	hurt := got.Failed5xx["v2"]
+	t.Logf("users hurt: %d of %d requests during the deploy (%.2f%%)", hurt, during, 100*float64(hurt)/float64(during))
+	require.Positive(t, hurt, "the canary got its share")
+	require.Equal(t, hurt, got.Failures(), "every failure is the bad release's own 500: none from the abort")
+	require.Zero(t, got.PostConnErr)
+	require.Less(t, float64(hurt), 0.10*0.05*float64(during)*1.5+5, "at most the step's share of 5%")
+}
+
+// A release twice as slow is aborted by its p99.
+func TestACanaryTwiceAsSlowIsAborted(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true, Env: map[string]string{"LATENCY": "20ms"}})
+	load := canaryLoad(t, s)
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Env: map[string]string{"LATENCY": "45ms"}, Extra: canaryConfig("30% 30s")})
+	got := load.Stop()
+	require.Equal(t, 9, r.Code, "%s", r)
+	require.Contains(t, r.Stderr, "against", "%s", r)
+	require.Contains(t, rec.Analysis[0].Reason, "for the baseline: more than 1.5x")
+	require.Zero(t, got.Failures()+got.PostConnErr, "%s", got)
+	require.Equal(t, "v1", s.Serving())
+}
+
+// Without traffic a step cannot be judged: it waits past its time, says
+// so, and then aborts; it never passes on no data.
+func TestACanaryStepWithTooFewRequestsWaitsAndSaysSo(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("10% 2s") + "  max_wait: 2s\n"})
+	require.Equal(t, 9, r.Code, "%s", r)
+	require.Contains(t, r.Stderr, "of the 100 requests needed to judge the release have been answered after 2s; waiting up to 2s more")
+	require.Contains(t, r.Stderr, "could not be judged")
+	require.Equal(t, deploy.VerdictWait, rec.Analysis[0].Verdict)
+	require.Equal(t, "v1", s.Serving())
+}
+
+// A client stays on one version through a step: a browser by its cookie,
+// a client without cookies by its address (X-Forwarded-For from a trusted
+// front); `handoff canary status` shows the step, and `promote` ends it.
+func TestACanaryKeepsEachClientOnOneVersion(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	s.WriteConfig(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("30% 5m")})
+	cmd, out := s.Start("deploy")
+	WaitFor(t, 30*time.Second, "the canary's first step", func() bool {
+		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
+	})
+	c := &http.Client{Timeout: 10 * time.Second}
+	get := func(url string, set func(*http.Request)) (string, *http.Response) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Host = SiteHost
+		set(req)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+		return resp.Header.Get("X-Release"), resp
+	}
+	seen := map[string]int{}
+	for i := range 60 {
+		cookie := fmt.Sprintf("handoff_split=%016x", ClientKey(i))
+		first, _ := get(s.Caddy.URL+"/", func(r *http.Request) { r.Header.Set("Cookie", cookie) })
+		seen[first]++
+		for range 4 {
+			again, _ := get(s.Caddy.URL+"/", func(r *http.Request) { r.Header.Set("Cookie", cookie) })
+			require.Equal(t, first, again, "a browser keeps its version")
+		}
+	}
+	require.Positive(t, seen["v2"], "%v", seen)
+	require.Positive(t, seen["v1"], "%v", seen)
+	cookieless := map[string]int{}
+	for i := range 60 {
+		addr := fmt.Sprintf("203.0.113.%d", i+1)
+		first, resp := get("http://"+s.Proxy.Listen+"/", func(r *http.Request) { r.Header.Set("X-Forwarded-For", addr) })
+		require.Contains(t, resp.Header.Get("Set-Cookie"), "handoff_split=", "a browser's first answer sets the cookie")
+		cookieless[first]++
+		for range 4 {
+			again, _ := get("http://"+s.Proxy.Listen+"/", func(r *http.Request) { r.Header.Set("X-Forwarded-For", addr) })
+			require.Equal(t, first, again, "a client without cookies keeps its version by its address")
+		}
+	}
+	require.Positive(t, cookieless["v2"], "%v", cookieless)
+	require.Positive(t, cookieless["v1"], "%v", cookieless)
+
+	st := s.Run("canary", "status")
+	require.Contains(t, st.Stdout, s.Service+"-1")
+	p := s.Run("canary", "promote")
+	require.Equal(t, 0, p.Code, "%s", p)
+	require.NoError(t, cmd.Wait(), "%s", out)
+	require.Contains(t, out.String(), "promoted by a person")
+	require.Equal(t, "v2", s.Serving())
+}
+
+// A kill -9 in a step leaves the split; the next command (status here,
+// then repair) puts every request back on the old release and removes
+// the canary.
+func TestAKilledCanaryIsUndoneByTheNextCommand(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	s.WriteConfig(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("30% 5m")})
+	cmd, _ := s.Start("deploy")
+	WaitFor(t, 30*time.Second, "the canary's first step", func() bool {
+		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
+	})
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	ctl := proxyclient.NewControl(s.Proxy.Socket, s.Service)
+	split, err := ctl.Stats(context.Background())
+	require.NoError(t, err)
+	require.Len(t, split.Endpoints, 2, "the kill left the split")
+
+	st := s.Run("status")
+	require.Equal(t, 0, st.Code, "%s", st)
+	require.Contains(t, st.Stdout, "was interrupted at step 1 (30%): every request is on "+s.Service+"-1 again")
+	for range 20 {
+		require.Equal(t, "v1", s.Serving())
+	}
+	rep := s.Run("repair")
+	require.Equal(t, 0, rep.Code, "%s", rep)
+	require.Contains(t, rep.Stderr, "removing "+s.Service+"-2: left running by an interrupted deploy, never in service")
+	require.False(t, Containers(t, s.API, s.Service)[s.Service+"-2"])
+	require.Equal(t, "interrupted", s.history()[1].Outcome)
+}
+
+// The watch after a switch: a release that fails 5% is switched away from
+// at once, the old release (still running) serves again, and the undo
+// itself fails nothing: every failure users saw is the bad release's 500.
+func TestAWatchUndoesASwitchToABadRelease(t *testing.T) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	load := canaryLoad(t, s)
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Env: map[string]string{"FAIL_RATE": "0.05"}, Extra: "watch: 30s\nanalysis:\n  min_requests: 100\n"})
+	time.Sleep(500 * time.Millisecond)
+	got := load.Stop()
+	t.Logf("a watch switching back under load: %s", got)
+	require.Equal(t, 9, r.Code, "%s", r)
+	require.Contains(t, r.Stderr, "switched back to "+s.Service+"-1 (never stopped); "+s.Service+"-2 removed")
+	require.Equal(t, "v1", s.Serving())
+	require.False(t, rec.Switched)
+	require.Equal(t, deploy.VerdictFail, rec.Analysis[0].Verdict)
+	require.Positive(t, got.Failed5xx["v2"])
+	require.Equal(t, got.Failed5xx["v2"], got.Failures(), "every failure is the bad release's own 500: %s", got)
+	require.Zero(t, got.PostConnErr)
+	require.True(t, Containers(t, s.API, s.Service)[s.Service+"-1"], "the old release runs")
+}

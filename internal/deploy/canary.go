@@ -106,8 +106,12 @@ func (d *Deployer) judged(r *run) (bool, error) {
 	if d.Proxy == nil {
 		return false, fmt.Errorf("%w: %s compares releases behind a proxy; %s has no route", ErrConfig, what, svc.Name)
 	}
-	if _, ok := d.Proxy.(Counter); !ok {
+	c, ok := d.Proxy.(Counter)
+	switch {
+	case !ok:
 		return false, fmt.Errorf("%w: %s judges a release by the requests the proxy saw it answer, and %s does not count them per release: put `handoff proxy` in front (proxy: handoff), or remove %s", ErrConfig, what, d.Proxy.Describe(), what)
+	case len(svc.Canary) > 0 && !c.PerEndpoint():
+		return false, fmt.Errorf("%w: strategy: canary compares two releases serving side by side, and %s counts the route's requests only as a whole, not per release (a watch: after the switch works with it): put `handoff proxy` in front (proxy: handoff)", ErrConfig, d.Proxy.Describe())
 	}
 	return true, nil
 }

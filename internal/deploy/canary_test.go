@@ -223,3 +223,18 @@ func TestAKilledCanaryIsEndedByTheNextCommand(t *testing.T) {
 		})
 	}
 }
+
+// A proxy that counts the route only as a whole (Caddy's metrics) judges
+// a watch, not a canary, which is refused before anything starts.
+func TestAProxyCountingTheRouteAsAWholeWatchesButRefusesACanary(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	p.routeOnly = true
+	_, err := r.d.Deploy(context.Background(), canaryService())
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "counts the route's requests only as a whole, not per release")
+	require.Empty(t, r.rt.calls)
+	svc := testService()
+	svc.Watch = time.Minute
+	_, err = r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+}

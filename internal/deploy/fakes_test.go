@@ -440,6 +440,8 @@ type countingProxy struct {
 	total   fakeCounts
 	reads   int
 	onRead  func(reads int) // runs as each reading is taken
+	// routeOnly counts as Caddy's metrics do, the route as a whole.
+	routeOnly bool
 }
 
 func (p *countingProxy) Counts(context.Context) (Counts, error) {
@@ -466,6 +468,8 @@ func (p *countingProxy) Counts(context.Context) (Counts, error) {
 	}
 	return maps.Clone(p.total), nil
 }
+
+func (p *countingProxy) PerEndpoint() bool { return !p.routeOnly }
 
 // fakeCounts is the fake's reading: each endpoint's counts so far.
 type fakeCounts map[string]Window

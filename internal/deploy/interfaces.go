@@ -170,6 +170,11 @@ type Proxy interface {
 type Counter interface {
 	// Counts reads the counts of the route's endpoints as they are now.
 	Counts(ctx context.Context) (Counts, error)
+	// PerEndpoint says whether the counts tell the route's endpoints
+	// apart (handoff proxy). false: any endpoints get the route's counts
+	// as a whole (Caddy's metrics), which judge the watch, where one
+	// release serves at a time, but not a canary, where two do.
+	PerEndpoint() bool
 }
 
 // Counts is one reading of a Counter: every endpoint's counts since it

@@ -18,6 +18,9 @@ func (p *Proxy) Counts(ctx context.Context) (deploy.Counts, error) {
 	return counts(st), nil
 }
 
+// PerEndpoint: handoff proxy counts each endpoint apart.
+func (p *Proxy) PerEndpoint() bool { return true }
+
 // counts is one reading of the proxy's counts.
 type counts wire.ServiceStats
 

@@ -86,7 +86,8 @@ var phaseLetters = []struct {
 	letter rune
 }{
 	{deploy.PhaseRecover, 'c'}, {deploy.PhaseImage, 'i'}, {deploy.PhaseHook, 'p'}, {deploy.PhaseRelease, 'r'},
-	{deploy.PhaseStart, 's'}, {deploy.PhaseHealth, 'h'}, {deploy.PhaseSwitch, 'w'}, {deploy.PhaseDrain, 'd'}, {deploy.PhaseRetire, 't'},
+	{deploy.PhaseStart, 's'}, {deploy.PhaseHealth, 'h'}, {deploy.PhaseCanary, 'k'}, {deploy.PhaseSwitch, 'w'}, {deploy.PhaseWatch, 'v'},
+	{deploy.PhaseDrain, 'd'}, {deploy.PhaseRetire, 't'},
 }
 
 // phaseChart draws recs (newest first) as bars of their phases, all to

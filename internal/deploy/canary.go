@@ -351,15 +351,13 @@ type canaryLeft struct {
 }
 
 // canaryOf finds the canary whose releases route splits between: the
-// newest record of a canary not finished, if route sends to its two
-// releases and nothing else.
+// newest record of a canary, if route sends to its two releases and
+// nothing else. Its outcome does not matter: a canary whose abort could
+// not change the route back failed with the split still in place.
 func (v *view) canaryOf(route Route) *canaryLeft {
 	for i, h := range v.history {
 		if h.Canary == nil {
 			continue
-		}
-		if h.Outcome != OutcomeRunning {
-			return nil
 		}
 		old, next := v.release(h.FromRelease), v.release(h.ToRelease)
 		if h.FromRelease == 0 {
@@ -405,6 +403,10 @@ func (d *Deployer) endCanary(ctx context.Context, r *run) error {
 	if !h.Canary.Promoted {
 		h.Canary.Aborted = true
 	}
-	d.note(r.rec, fmt.Sprintf("the canary of %s (%s) was interrupted at step %d (%d%%): %s", c.next.Name, h.ID, h.Canary.Step, h.Canary.Weight, what))
+	how := "was interrupted"
+	if h.Outcome != OutcomeRunning {
+		how = "ended with its split still in place" // its abort could not change the route
+	}
+	d.note(r.rec, fmt.Sprintf("the canary of %s (%s) %s at step %d (%d%%): %s", c.next.Name, h.ID, how, h.Canary.Step, h.Canary.Weight, what))
 	return nil
 }

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -237,4 +238,28 @@ func TestAProxyCountingTheRouteAsAWholeWatchesButRefusesACanary(t *testing.T) {
 	svc.Watch = time.Minute
 	_, err = r.d.Deploy(context.Background(), svc)
 	require.NoError(t, err)
+}
+
+// An abort that cannot put the route back fails with the split still in
+// the proxy; the next deploy finds it by the canary's record and ends it.
+func TestASplitAFailedAbortLeftIsEndedByTheNextDeploy(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	p.errRate["127.0.0.1:40001"] = 0.05
+	p.onRead = func(n int) {
+		if n == 3 {
+			p.switchErr = ErrProxyUnreached // the abort's change fails, and is read back as not made
+		}
+	}
+	_, err := r.d.Deploy(context.Background(), canaryService())
+	require.ErrorIs(t, err, ErrRolledBack)
+	require.ErrorContains(t, err, "putting every request back on web-1 failed")
+	require.Equal(t, "127.0.0.1:30001,127.0.0.1:40001", p.at(), "the split is still there")
+	require.Equal(t, OutcomeFailed, r.history.recs[0].Outcome)
+
+	p.switchErr, p.onRead = nil, nil
+	r.rt.calls = nil
+	rec, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "ended with its split still in place at step 1 (10%): every request is on web-1 again")
+	require.Equal(t, []string{"remove web-2", "run web-3", "stop web-1"}, r.rt.calls)
 }

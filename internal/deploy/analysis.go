@@ -17,9 +17,14 @@ type Window struct {
 	P99      time.Duration `json:"p99_ns"`
 }
 
-// String is the window for a live line: "0.20% errors of 1,204, p99 12ms".
+// String is the window for a status: "0.20% errors of 1204, p99 12ms".
 func (w Window) String() string {
 	return fmt.Sprintf("%s errors of %d, p99 %s", percent(w.ErrorRate()), w.Requests, w.P99.Round(time.Millisecond))
+}
+
+// short is the window for a live line: "0.20% of 1204 p99 12ms".
+func (w Window) short() string {
+	return fmt.Sprintf("%s of %d p99 %s", percent(w.ErrorRate()), w.Requests, w.P99.Round(time.Millisecond))
 }
 
 // ErrorRate is the share of requests that failed; 0 with no requests.

@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -253,7 +252,8 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 		j := Judge(a.Baseline, a.Release, th)
 		a.Verdict, a.Reason = j.Verdict, j.Reason
 		a.Duration = d.now().Sub(a.Started)
-		d.Report.Progress(o.phase, d.liveLine(r, o, a), fmt.Sprintf("%s left", max(o.hold-a.Duration, 0).Round(time.Second)))
+		state, detail := d.progress(r, o, a)
+		d.Report.Progress(o.phase, state, detail)
 		d.show(svc.Name, d.status(r, o, a))
 		if by, err := d.asked(svc.Name); err != nil {
 			d.note(r.rec, fmt.Sprintf("could not read what `handoff canary` asked: %v", err))
@@ -296,24 +296,30 @@ func (o observation) what() string {
 	return fmt.Sprintf("canary step %d of %d (%d%%)", o.step, o.steps, o.weight)
 }
 
-// liveLine is the progress line of a step: both releases' numbers.
-func (d *Deployer) liveLine(r *run, o observation, a Analysis) string {
-	old := "before the switch"
+// progress is what a step or the watch waits for: state, which changes
+// when the verdict so far does (a log gets a line then), and both
+// releases' numbers with the time left, rewritten every second on a
+// terminal.
+func (d *Deployer) progress(r *run, o observation, a Analysis) (state, detail string) {
+	state = "the watch of " + o.release.Name
+	if o.phase == PhaseCanary {
+		state = fmt.Sprintf("step %d of %d, %d%%", o.step, o.steps, o.weight)
+	}
+	switch a.Verdict {
+	case VerdictWait:
+		state += ": too few requests yet"
+	default:
+		state += ": as good as the old release so far"
+	}
+	old := "the old release"
 	if r.view.live != nil {
 		old = r.view.live.Name
-		if o.baseline == nil {
-			old += " before the switch"
-		}
 	}
-	var b strings.Builder
-	if o.phase == PhaseCanary {
-		fmt.Fprintf(&b, "step %d of %d, %d%%: ", o.step, o.steps, o.weight)
+	if o.baseline == nil {
+		old += " before"
 	}
-	fmt.Fprintf(&b, "%s %s | %s %s", o.release.Name, a.Release, old, a.Baseline)
-	if a.Verdict == VerdictWait {
-		b.WriteString(" (too few requests yet)")
-	}
-	return b.String()
+	detail = fmt.Sprintf("%s %s | %s %s · %s left", o.release.Name, a.Release.short(), old, a.Baseline.short(), max(o.hold-a.Duration, 0).Round(time.Second))
+	return state, detail
 }
 
 // status is the canary's state for `handoff canary status`.

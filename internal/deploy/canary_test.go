@@ -263,3 +263,33 @@ func TestASplitAFailedAbortLeftIsEndedByTheNextDeploy(t *testing.T) {
 	require.Contains(t, strings.Join(rec.Notes, "\n"), "ended with its split still in place at step 1 (10%): every request is on web-1 again")
 	require.Equal(t, []string{"remove web-2", "run web-3", "stop web-1"}, r.rt.calls)
 }
+
+type stepLog struct {
+	quietReporter
+	states, details []string
+}
+
+func (s *stepLog) Progress(phase, state, detail string) {
+	if phase != PhaseCanary {
+		return
+	}
+	if len(s.states) == 0 || s.states[len(s.states)-1] != state {
+		s.states = append(s.states, state)
+	}
+	s.details = append(s.details, detail)
+}
+
+// A step's live line: its state changes only with the verdict so far (a
+// log gets a line then), both releases' numbers every second.
+func TestAStepsLiveLineShowsBothReleases(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	p.perRead = 500
+	log := &stepLog{}
+	r.d.Report = log
+	svc := testService()
+	svc.Canary = []CanaryStep{{Weight: 10, Hold: 10 * time.Second}}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Equal(t, []string{"step 1 of 1: web-2 gets 10% of new requests", "step 1 of 1, 10%: too few requests yet", "step 1 of 1, 10%: as good as the old release so far"}, log.states)
+	require.Equal(t, "web-2 0.00% of 100 p99 20ms | web-1 0.00% of 900 p99 20ms · 8s left", log.details[2])
+}

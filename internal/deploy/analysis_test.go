@@ -52,3 +52,75 @@ func TestJudgeWithoutABaseline(t *testing.T) {
 	require.Equal(t, VerdictPass, Judge(Window{}, Window{Requests: 500, P99: time.Second}, Thresholds{}).Verdict)
 	require.Equal(t, VerdictFail, Judge(Window{}, Window{Requests: 500, Errors: 25}, Thresholds{}).Verdict)
 }
+
+// A baseline too small to compare with counts as no errors, and the reason
+// says latency was not compared; a bad release does not pass on it.
+func TestJudgeAgainstATinyBaseline(t *testing.T) {
+	j := Judge(Window{Requests: 3, Errors: 1}, Window{Requests: 1000, Errors: 300}, Thresholds{})
+	require.Equal(t, VerdictFail, j.Verdict, j.Reason)
+	require.Contains(t, j.Reason, "(no baseline: the old release answered 3 of the 100 requests one needs; judged against 0%, latency not compared)")
+	j = Judge(Window{Requests: 3, P99: time.Millisecond}, Window{Requests: 1000, P99: time.Second}, Thresholds{})
+	require.Equal(t, VerdictPass, j.Verdict)
+	require.Contains(t, j.Reason, "latency not compared")
+}
+
+// Before a window's time is up only evidence fails a release: 5% errors
+// of 200 does, 2% of 100 (as likely at a 0.5% error rate on both as noise
+// can make it) does not yet; at the end Judge fails it.
+func TestJudgeEarlyFailsOnlyBeyondDoubt(t *testing.T) {
+	base := Window{Requests: 2000, Errors: 10, P99: 40 * time.Millisecond} // 0.5%
+	require.Equal(t, VerdictFail, JudgeEarly(base, Window{Requests: 200, Errors: 10, P99: 40 * time.Millisecond}, Thresholds{}).Verdict)
+	early := JudgeEarly(base, Window{Requests: 100, Errors: 2, P99: 40 * time.Millisecond}, Thresholds{})
+	require.Equal(t, VerdictPass, early.Verdict)
+	require.Contains(t, early.Reason, "so far: error rate 2.00%")
+	require.Contains(t, early.Reason, "(not yet beyond doubt)")
+	require.Equal(t, VerdictFail, Judge(base, Window{Requests: 100, Errors: 2, P99: 40 * time.Millisecond}, Thresholds{}).Verdict)
+	// p99 early only with five times the requests: a p99 of 100 is their maximum.
+	require.Equal(t, VerdictPass, JudgeEarly(base, Window{Requests: 200, P99: 90 * time.Millisecond}, Thresholds{}).Verdict)
+	require.Equal(t, VerdictFail, JudgeEarly(base, Window{Requests: 500, P99: 90 * time.Millisecond}, Thresholds{}).Verdict)
+	require.Equal(t, VerdictWait, JudgeEarly(base, Window{Requests: 50, Errors: 50}, Thresholds{}).Verdict)
+}
+
+// A simulation of the early check every second over a 2-minute step at
+// 5% of 300 requests a second, both releases at the same error rate: good
+// releases are seldom failed (the point estimate failed 15% at 0.5%).
+func TestJudgeEarlySeldomFailsAGoodRelease(t *testing.T) {
+	for _, rate := range []float64{0.002, 0.005, 0.01} {
+		failed := 0
+		const steps = 400
+		rng := newLCG(uint64(rate * 1e6))
+		for range steps {
+			var rel, base Window
+			for sec := 0; sec < 120; sec++ {
+				for range 15 {
+					rel.Requests++
+					if rng.float() < rate {
+						rel.Errors++
+					}
+				}
+				for range 285 {
+					base.Requests++
+					if rng.float() < rate {
+						base.Errors++
+					}
+				}
+				if JudgeEarly(base, rel, Thresholds{}).Verdict == VerdictFail {
+					failed++
+					break
+				}
+			}
+		}
+		t.Logf("background %.1f%%: %d of %d good steps failed early (%.1f%%)", 100*rate, failed, steps, 100*float64(failed)/steps)
+		require.LessOrEqual(t, failed, steps/100, "at most 1%% of good steps")
+	}
+}
+
+// lcg is a tiny deterministic random source for the simulation.
+type lcg struct{ s uint64 }
+
+func newLCG(seed uint64) *lcg { return &lcg{seed*6364136223846793005 + 1442695040888963407} }
+
+func (l *lcg) float() float64 {
+	l.s = l.s*6364136223846793005 + 1442695040888963407
+	return float64(l.s>>11) / (1 << 53)
+}

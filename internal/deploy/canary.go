@@ -249,9 +249,12 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 		if o.baseline != nil {
 			a.Baseline = now.Since(before, o.baseline.Endpoints())
 		}
-		j := Judge(a.Baseline, a.Release, th)
-		a.Verdict, a.Reason = j.Verdict, j.Reason
 		a.Duration = d.now().Sub(a.Started)
+		j := Judge(a.Baseline, a.Release, th)
+		if a.Duration < o.hold {
+			j = JudgeEarly(a.Baseline, a.Release, th) // read every second: fail only beyond doubt
+		}
+		a.Verdict, a.Reason = j.Verdict, j.Reason
 		state, detail := d.progress(r, o, a)
 		d.Report.Progress(o.phase, state, detail)
 		d.show(svc.Name, d.status(r, o, a))

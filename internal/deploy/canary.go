@@ -132,17 +132,17 @@ func (d *Deployer) canary(ctx context.Context, r *run) error {
 		if err := d.save(r); err != nil {
 			// Recorded before it acts: a kill must leave a record that
 			// says which split to undo.
-			return d.abortCanary(ctx, r, fmt.Errorf("record canary step %d before acting: %w", i+1, err))
+			return d.abortCanary(ctx, r, fmt.Errorf("record canary step %d before acting: %w", i+1, err), false)
 		}
 		split := canaryRoute(old, next, s.Weight)
-		if err := d.routeTo(ctx, r, r.current(), split, "every request on "+view.liveName(), next.Name+" at "+s.String()); err != nil {
-			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s): %w", i+1, s, err))
+		if err := d.routeTo(ctx, r, r.current(), split, r.current().String(), next.Name+" at "+s.String()); err != nil {
+			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s): %w", i+1, s, err), false)
 		}
 		d.Report.Progress(PhaseCanary, fmt.Sprintf("step %d of %d: %s gets %d%% of new requests", i+1, len(svc.Canary), next.Name, s.Weight), "")
 		a, err := d.observe(ctx, r, observation{phase: PhaseCanary, step: i + 1, steps: len(svc.Canary), weight: s.Weight, hold: s.Hold, release: next, baseline: view.live})
 		r.rec.Analysis = append(r.rec.Analysis, a)
 		if err != nil {
-			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s): %w", i+1, s, err))
+			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s): %w", i+1, s, err), false)
 		}
 		d.note(r.rec, fmt.Sprintf("canary step %d of %d (%s): %s", i+1, len(svc.Canary), s, a.said()))
 		switch {
@@ -152,9 +152,9 @@ func (d *Deployer) canary(ctx context.Context, r *run) error {
 		case a.Verdict == VerdictPass:
 			continue
 		case a.Verdict == VerdictWait:
-			return d.abortCanary(ctx, r, fmt.Errorf("%w: canary step %d (%s) of %s could not be judged: %s (lower analysis.min_requests, or send it more traffic with a higher weight)", ErrRolledBack, i+1, s, next.Name, a.Reason))
+			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s) of %s could not be judged: %s (lower analysis.min_requests, or send it more traffic with a higher weight)", i+1, s, next.Name, a.Reason), true)
 		default:
-			return d.abortCanary(ctx, r, fmt.Errorf("%w: canary step %d (%s) of %s: %s", ErrRolledBack, i+1, s, next.Name, a.said()))
+			return d.abortCanary(ctx, r, fmt.Errorf("canary step %d (%s) of %s: %s", i+1, s, next.Name, a.said()), true)
 		}
 	}
 	r.rec.Canary.Promoted = true
@@ -176,26 +176,52 @@ func canaryRoute(old Route, next *Release, weight int) Route {
 	return append(split, Backend{Release: next.Name, Endpoints: next.Endpoints(), Weight: weight})
 }
 
-// abortCanary puts every request back on the live release, drains what
-// the canary still runs, and removes it: the live release was never
-// stopped. why is what decided it; the error says what was done.
-func (d *Deployer) abortCanary(ctx context.Context, r *run, why error) error {
+// abortCanary puts every request back on the live release (never
+// stopped) and removes the canary. why is what decided it: the analysis or
+// a person (byAnalysis: the error is ErrRolledBack, exit 9), or a failure
+// (the error wraps it). When the route cannot be changed back, the error
+// is the proxy's (exit 5: nothing was rolled back) and the canary is left
+// running for `handoff repair`, which finds the split by this record.
+func (d *Deployer) abortCanary(ctx context.Context, r *run, why error, byAnalysis bool) error {
 	view, next := r.view, r.next
-	r.rec.Canary.Aborted = true
+	r.rec.Canary.Aborted, r.rec.Canary.Promoted = true, false
+	if err := d.takeBack(ctx, r, r.current().String()); err != nil {
+		return fmt.Errorf("%v; putting every request back on %s failed: %w; %s is left running: run `handoff repair %s`", why, view.liveName(), err, next.Name, r.svc.Name)
+	}
+	if byAnalysis {
+		return fmt.Errorf("%w: %v; every request is back on %s (never stopped); %s removed", ErrRolledBack, why, view.liveName(), next.Name)
+	}
+	return fmt.Errorf("%w; every request is back on %s (never stopped); %s removed", why, view.liveName(), next.Name)
+}
+
+// takeBack puts every request back on the live release, which was never
+// stopped, drains next and removes it: the end of an aborted canary and of
+// a failed watch. what names the route it leaves, for messages. The route
+// is read first: a change before this one whose outcome was unclear may
+// have taken, and the proxy refuses a change from a route it no longer has.
+func (d *Deployer) takeBack(ctx context.Context, r *run, what string) error {
+	view, next := r.view, r.next
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	if err := d.routeTo(cctx, r, r.current(), view.route, next.Name+" beside "+view.liveName(), "every request on "+view.liveName()); err != nil {
-		// Production may still send a share to next: it is left running.
-		return fmt.Errorf("%w; putting every request back on %s failed: %v; %s is left running: run `handoff repair %s`", why, view.liveName(), err, next.Name, r.svc.Name)
+	from := r.current()
+	if now, err := d.Proxy.Route(cctx, view.known(next)); err == nil && (splitBetween(now, view.live, next) || Same(now, next.Route())) {
+		from = now
 	}
-	d.note(r.rec, fmt.Sprintf("canary aborted: every request is on %s again", view.liveName()))
+	if err := d.routeTo(cctx, r, from, view.route, what, "every request on "+view.liveName()); err != nil {
+		return err
+	}
+	r.inService = false
+	if err := d.save(r); err != nil {
+		d.note(r.rec, fmt.Sprintf("could not record that every request is on %s again (%v)", view.liveName(), err))
+	}
+	d.note(r.rec, fmt.Sprintf("every request is on %s again", view.liveName()))
 	if err := d.drain(cctx, r.svc, r.rec, next.Endpoints()); err != nil {
 		d.note(r.rec, fmt.Sprintf("draining %s: %v", next.Name, err))
 	}
 	for _, c := range next.Containers {
 		d.unlessUsed(cctx, r.rec, c, d.discard)
 	}
-	return fmt.Errorf("%w; every request is back on %s (never stopped); %s removed", why, view.liveName(), next.Name)
+	return nil
 }
 
 // said is the verdict for a note: what decided it, and its numbers.

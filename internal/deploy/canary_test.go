@@ -251,7 +251,9 @@ func TestASplitAFailedAbortLeftIsEndedByTheNextDeploy(t *testing.T) {
 		}
 	}
 	_, err := r.d.Deploy(context.Background(), canaryService())
-	require.ErrorIs(t, err, ErrRolledBack)
+	require.ErrorIs(t, err, ErrProxyUnreached, "exit 5: nothing was rolled back")
+	require.NotErrorIs(t, err, ErrRolledBack)
+	require.ErrorContains(t, err, "canary step 1 (10% 1m0s) of web-2: fail: error rate")
 	require.ErrorContains(t, err, "putting every request back on web-1 failed")
 	require.Equal(t, "127.0.0.1:30001,127.0.0.1:40001", p.at(), "the split is still there")
 	require.Equal(t, OutcomeFailed, r.history.recs[0].Outcome)
@@ -292,4 +294,42 @@ func TestAStepsLiveLineShowsBothReleases(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"step 1 of 1: web-2 gets 10% of new requests", "step 1 of 1, 10%: too few requests yet", "step 1 of 1, 10%: as good as the old release so far"}, log.states)
 	require.Equal(t, "web-2 0.00% of 100 p99 20ms | web-1 0.00% of 900 p99 20ms · 8s left", log.details[2])
+}
+
+// A promoted canary whose switch fails takes its split down: every
+// request back on the old release, the canary removed, the proxy's error
+// (exit 5), never "web-1 still serving" with a share on web-2.
+func TestAFailedSwitchAfterTheCanaryTakesTheSplitDown(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	svc := testService()
+	svc.Canary = []CanaryStep{{Weight: 10, Hold: 10 * time.Second}}
+	p.onRead = func(n int) {
+		if n == 11 { // the step's last reading: the switch comes next, and fails
+			p.switchErr, p.failOnce = ErrProxyUnreached, true
+		}
+	}
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrProxyUnreached)
+	require.NotErrorIs(t, err, ErrRolledBack)
+	require.ErrorContains(t, err, "the switch after the canary")
+	require.ErrorContains(t, err, "every request is back on web-1 (never stopped); web-2 removed")
+	require.Equal(t, "127.0.0.1:30001", p.at())
+	require.Equal(t, []string{"run web-2", "remove web-2"}, r.rt.calls)
+}
+
+// A step whose change took but whose reply was lost and could not be read
+// back (unclear) is aborted from the route the proxy really has: the
+// abort reads it first, and the proxy's compare-and-set does not refuse it.
+func TestAnUnclearStepIsAbortedFromTheRouteTheProxyHas(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	p.onRead = func(n int) {
+		if n == 62 { // step 1 passed at 61: step 2's change takes, its reply and read back are lost
+			p.switchErr, p.applyAnyway, p.readBackErr, p.readBackOnce = ErrProxyUnreached, true, ErrProxyUnreached, true
+		}
+	}
+	_, err := r.d.Deploy(context.Background(), canaryService())
+	require.ErrorIs(t, err, ErrUnclear)
+	require.ErrorContains(t, err, "every request is back on web-1 (never stopped); web-2 removed")
+	require.Equal(t, "127.0.0.1:30001", p.at())
+	require.Equal(t, []string{"run web-2", "remove web-2"}, r.rt.calls)
 }

@@ -249,6 +249,8 @@ type fakeProxy struct {
 	switchErr    error
 	applyAnyway  bool  // the switch takes although it reports switchErr (a lost reply)
 	readBackErr  error // Upstream fails after a failed switch
+	readBackOnce bool  // and only once
+	failOnce     bool  // switchErr fails one switch only
 	preflightErr error
 	inFlight     []InFlight // answers in turn; the last one repeats
 	switches     []string
@@ -279,7 +281,11 @@ func LoseNextReply(p Proxy) (lost func() bool) {
 
 func (p *fakeProxy) Route(context.Context, []string) (Route, error) {
 	if p.readBackErr != nil && len(p.switchesTried) > 0 {
-		return nil, p.readBackErr
+		err := p.readBackErr
+		if p.readBackOnce {
+			p.readBackErr = nil
+		}
+		return nil, err
 	}
 	return slices.Clone(p.route), nil
 }
@@ -303,6 +309,9 @@ func (p *fakeProxy) SetRoute(_ context.Context, from, to Route) error {
 	}
 	if p.switchErr != nil {
 		err := p.switchErr
+		if p.failOnce {
+			p.switchErr = nil
+		}
 		if p.applyAnyway {
 			p.switches = append(p.switches, change)
 			p.route = slices.Clone(to)

@@ -302,6 +302,10 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 	err = d.phase(r, PhaseSwitch, fmt.Sprintf("%s → %s", r.current(), endpointList(next.Endpoints())), func() error {
 		return d.switchTo(ctx, r)
 	})
+	if err != nil && !r.inService && r.rec.Canary != nil {
+		// The canary's split still sends next a share: take it down.
+		return d.fail(ctx, r, d.abortCanary(ctx, r, fmt.Errorf("the switch after the canary: %w", err), false))
+	}
 	if err != nil && !r.inService {
 		undo()
 		if errors.Is(err, ErrUnclear) {

@@ -73,28 +73,16 @@ func (d *Deployer) watch(ctx context.Context, r *run, baseline Window) error {
 }
 
 // switchBack undoes the switch to next after its watch failed: every
-// request to the old release again, next drained and removed.
+// request to the old release again, next drained and removed. When the
+// route cannot be changed back the error is the proxy's: next serves.
 func (d *Deployer) switchBack(ctx context.Context, r *run, a Analysis) error {
 	svc, view, next := r.svc, r.view, r.next
 	why := fmt.Sprintf("watch of %s: %s", next.Name, a.Reason)
 	if a.By != "" {
 		why = fmt.Sprintf("watch of %s: %s", next.Name, a.said())
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := d.routeTo(cctx, r, r.current(), view.route, next.Name, view.liveName()); err != nil {
-		if Same(r.current(), view.route) {
-			r.inService = false
-		}
-		return fmt.Errorf("%w: %s; switching back to %s failed: %v; %s serves, %s is left running: run `handoff rollback %s`", ErrRolledBack, why, view.liveName(), err, next.Name, view.liveName(), svc.Name)
-	}
-	r.inService = false
-	d.note(r.rec, fmt.Sprintf("switched back: every request is on %s again", view.liveName()))
-	if err := d.drain(cctx, svc, r.rec, next.Endpoints()); err != nil {
-		d.note(r.rec, fmt.Sprintf("draining %s: %v", next.Name, err))
-	}
-	for _, c := range next.Containers {
-		d.unlessUsed(cctx, r.rec, c, d.discard)
+	if err := d.takeBack(ctx, r, next.Name); err != nil {
+		return fmt.Errorf("%s; switching back to %s failed: %w; %s serves, %s is left running: run `handoff rollback %s`", why, view.liveName(), err, next.Name, view.liveName(), svc.Name)
 	}
 	return fmt.Errorf("%w: %s; switched back to %s (never stopped); %s removed", ErrRolledBack, why, view.liveName(), next.Name)
 }

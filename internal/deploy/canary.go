@@ -383,6 +383,9 @@ func (d *Deployer) show(service string, st *CanaryStatus) {
 type canaryLeft struct {
 	rec       int // into the view's history
 	old, next *Release
+	// watch: not a split but a watch a kill interrupted: next serves
+	// every request, undecided, and old still runs to switch back to.
+	watch bool
 }
 
 // canaryOf finds the canary whose releases route splits between: the
@@ -404,6 +407,28 @@ func (v *view) canaryOf(route Route) *canaryLeft {
 		return &canaryLeft{rec: i, old: old, next: next}
 	}
 	return nil
+}
+
+// watchLeft finds a watch a kill interrupted: the newest record is running
+// in its watch, the route serves its new release, and the old one still
+// runs. It is undone as an unpromoted canary is: the watch never passed.
+func (v *view) watchLeft() {
+	if len(v.history) == 0 || v.live == nil {
+		return
+	}
+	h := v.history[0]
+	if h.Outcome != OutcomeRunning || h.Phase != PhaseWatch || h.ToRelease != v.live.Number {
+		return
+	}
+	old := v.release(h.FromRelease)
+	if h.FromRelease == 0 {
+		old = v.adopted
+	}
+	if old == nil || !old.Running() {
+		return
+	}
+	v.canary = &canaryLeft{rec: 0, old: old, next: v.live, watch: true}
+	v.live = old
 }
 
 // splitBetween says whether every endpoint of route is a or b's, and each
@@ -428,6 +453,15 @@ func (d *Deployer) endCanary(ctx context.Context, r *run) error {
 	c := v.canary
 	h := &v.history[c.rec]
 	to, what := Only(c.old.Name, c.old.Endpoints()...), fmt.Sprintf("every request is on %s again", c.old.Name)
+	if c.watch {
+		if err := d.routeTo(ctx, r, v.route, to, c.next.Name, what); err != nil {
+			return fmt.Errorf("undo the interrupted watch of %s: %w", c.next.Name, err)
+		}
+		v.route, r.route, v.canary = to, nil, nil
+		h.Switched = false // switched back: not a release that served
+		d.note(r.rec, fmt.Sprintf("the watch of %s (%s) was interrupted before it passed: %s", c.next.Name, h.ID, what))
+		return nil
+	}
 	if h.Canary.Promoted {
 		to, what = Only(c.next.Name, c.next.Endpoints()...), fmt.Sprintf("it had been promoted: every request is on %s", c.next.Name)
 	}

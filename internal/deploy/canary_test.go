@@ -333,3 +333,60 @@ func TestAnUnclearStepIsAbortedFromTheRouteTheProxyHas(t *testing.T) {
 	require.Equal(t, "127.0.0.1:30001", p.at())
 	require.Equal(t, []string{"run web-2", "remove web-2"}, r.rt.calls)
 }
+
+// A watch killed before it passed is undone by the next command, as an
+// unpromoted canary is: every request back on the old release (still
+// running), the unjudged release removed, never the other way round.
+func TestAKilledWatchIsUndoneByTheNextCommand(t *testing.T) {
+	for _, next := range []string{"deploy", "status"} {
+		t.Run(next, func(t *testing.T) {
+			r, p, _ := canaryRig(t)
+			p.onRead = func(n int) {
+				if n == 5 {
+					panic("kill -9")
+				}
+			}
+			svc := testService()
+			svc.Watch = time.Minute
+			require.Panics(t, func() { _, _ = r.d.Deploy(context.Background(), svc) })
+			require.Equal(t, "127.0.0.1:40001", p.at(), "the kill left the new release serving")
+			p.onRead = nil
+			r.rt.calls = nil
+			if next == "status" {
+				st, err := r.d.Status(context.Background(), testService())
+				require.NoError(t, err)
+				require.Contains(t, st.Canary, "was interrupted before it passed: every request is on web-1 again")
+				require.Equal(t, "127.0.0.1:30001", p.at())
+				require.False(t, r.history.recs[0].Switched)
+				return
+			}
+			rec, err := r.d.Deploy(context.Background(), testService())
+			require.NoError(t, err)
+			require.Contains(t, strings.Join(rec.Notes, "\n"), "the watch of web-2")
+			require.Equal(t, []string{"remove web-2", "run web-3", "stop web-1"}, r.rt.calls, "web-1, the release to switch back to, served until web-3 replaced it")
+			require.False(t, r.history.recs[1].Switched)
+		})
+	}
+}
+
+// A watch under way in another handoff is only described by status, and
+// the new release is the live one.
+func TestStatusOfAWatchUnderWay(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	var st *Status
+	p.onRead = func(n int) {
+		if n == 5 {
+			r.d.Locker = noLock{err: ErrLocked}
+			var err error
+			st, err = r.d.Status(context.Background(), testService())
+			require.NoError(t, err)
+			r.d.Locker = noLock{}
+		}
+	}
+	svc := testService()
+	svc.Watch = 10 * time.Second
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.NoError(t, err)
+	require.Contains(t, st.Canary, "a watch is under way (pid 42): web-2 serves every request, web-1 kept running to switch back to")
+	require.Equal(t, "web-2", st.Live.Name)
+}

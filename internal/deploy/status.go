@@ -55,6 +55,9 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 		if st.Canary, err = d.canaryStatus(ctx, svc, v); err != nil {
 			return nil, err
 		}
+		if v.canary != nil && v.canary.watch {
+			v.live = v.canary.next // a watch under way: the new release serves
+		}
 	}
 	st.Upstream, st.Endpoints = firstOf(v.endpoints())
 	now := d.now()
@@ -176,6 +179,9 @@ func (d *Deployer) canaryStatus(ctx context.Context, svc Service, v *view) (stri
 	c := v.canary
 	h := v.history[c.rec]
 	unlock, err := d.Locker.Lock(ctx, svc.Name)
+	if err != nil && c.watch {
+		return fmt.Sprintf("a watch is under way (pid %d): %s serves every request, %s kept running to switch back to; `handoff canary status %s` shows how it goes", h.PID, c.next.Name, c.old.Name, svc.Name), nil
+	}
 	if err != nil {
 		return fmt.Sprintf("a canary is under way (pid %d): %s gets %d%% of new requests, step %d of %d; `handoff canary status %s` shows how it goes",
 			h.PID, c.next.Name, h.Canary.Weight, h.Canary.Step, len(h.Canary.Steps), svc.Name), nil

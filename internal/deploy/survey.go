@@ -75,6 +75,15 @@ func (d *Deployer) survey(ctx context.Context, r *run) (leftovers, error) {
 
 // readView gathers the view without changing anything; status uses it too.
 func (d *Deployer) readView(ctx context.Context, svc Service) (*view, error) {
+	v, err := d.readRoute(ctx, svc)
+	if err == nil && v.canary == nil {
+		v.watchLeft()
+	}
+	return v, err
+}
+
+// readRoute finds the live release by what the proxy serves.
+func (d *Deployer) readRoute(ctx context.Context, svc Service) (*view, error) {
 	releases, err := d.Runtime.Releases(ctx, svc.Name)
 	if err != nil {
 		return nil, err

@@ -57,3 +57,12 @@ func TestTheProxyCountsForTheAnalysis(t *testing.T) {
 	require.Equal(t, 5, after.Since(nil, []string{ep}).Requests, "nil: since the endpoint entered the route")
 	require.Zero(t, after.Since(before, []string{"127.0.0.1:1"}).Requests, "not the route's")
 }
+
+// A release that hangs answers nothing: its clients leave, and the
+// analysis sees them as failed requests, not as no data.
+func TestClientsThatLeftUnansweredCountAsFailed(t *testing.T) {
+	st := wire.ServiceStats{Endpoints: []wire.EndpointStats{{Endpoint: "127.0.0.1:4001", Generation: 1, ClientLeft: 150}}}
+	w := counts(st).Since(nil, []string{"127.0.0.1:4001"})
+	require.Equal(t, deploy.Window{Requests: 150, Errors: 150}, w)
+	require.Equal(t, deploy.VerdictFail, deploy.Judge(deploy.Window{Requests: 1000}, w, deploy.Thresholds{}).Verdict)
+}

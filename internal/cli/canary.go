@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,7 +56,7 @@ func canaryRun(ctx context.Context, c *common, what string, args []string) error
 	if err != nil {
 		return err
 	}
-	if st != nil && !running(dir, name) {
+	if st != nil && !current(st, time.Now()) {
 		st = nil // left by a handoff that was killed: nothing runs it
 	}
 	if what == "status" {
@@ -90,16 +92,22 @@ func canaryRun(ctx context.Context, c *common, what string, args []string) error
 	return nil
 }
 
-// running says whether a handoff holds the service's lock: the canary
-// status file is only true while one does.
-func running(dir, service string) bool {
-	unlock, err := state.Locker{Dir: dir}.Lock(context.Background(), service)
-	if err != nil {
-		return true
+// current says whether a canary's published state is of a handoff that
+// runs it now: its process lives and wrote the state within the last
+// seconds (it does every second). Not the service's lock: any later
+// deploy holds that, and taking it here would make one starting at that
+// moment fail.
+func current(st *deploy.CanaryStatus, now time.Time) bool {
+	if now.Sub(st.Updated) > staleAfter || st.PID <= 0 {
+		return false
 	}
-	unlock()
-	return false
+	err := syscall.Kill(st.PID, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
+
+// staleAfter is how old a canary's published state may be and still be
+// taken for a live one.
+const staleAfter = 10 * time.Second
 
 func printCanary(c *common, st *deploy.CanaryStatus) {
 	if st.Phase == deploy.PhaseWatch {

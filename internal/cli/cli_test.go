@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -145,4 +146,13 @@ func TestComposeTargets(t *testing.T) {
 	ts, err = c.targets(context.Background(), []string{"worker"})
 	require.NoError(t, err)
 	require.Equal(t, "shop-worker", ts[0].Service.Name)
+}
+
+// A canary's published state is taken for a live one only while its
+// handoff runs and keeps writing it.
+func TestACanaryStatusIsCurrentOnlyWhileItsHandoffRuns(t *testing.T) {
+	now := time.Now()
+	require.True(t, current(&deploy.CanaryStatus{PID: os.Getpid(), Updated: now.Add(-time.Second)}, now))
+	require.False(t, current(&deploy.CanaryStatus{PID: os.Getpid(), Updated: now.Add(-time.Minute)}, now), "not written for a minute")
+	require.False(t, current(&deploy.CanaryStatus{PID: 1 << 30, Updated: now}, now), "its process is gone")
 }

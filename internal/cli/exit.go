@@ -19,7 +19,7 @@ const (
 	ExitImage       = 6 // the image is missing
 	ExitVerify      = 7 // deployed, but --verify=strict saw failed requests
 	ExitRelease     = 8 // the release job or the pre_deploy hook failed; the old release still serves
-	ExitRolledBack  = 9 // a canary step or the watch judged the new release worse: every request is back on the old release
+	ExitRolledBack  = 9 // a canary step or the watch judged the new release worse (or could not judge a step), or a person aborted: every request is back on the old release
 	ExitInterrupted = 130
 )
 

@@ -67,8 +67,11 @@ type CanaryStatus struct {
 var DefaultCanarySteps = []CanaryStep{{5, 2 * time.Minute}, {25, 3 * time.Minute}, {50, 3 * time.Minute}}
 
 // analysisPoll is how often the proxy's counts are read while a step or
-// the watch runs.
-const analysisPoll = time.Second
+// the watch runs; maxFailedReads readings failing in a row end it.
+const (
+	analysisPoll   = time.Second
+	maxFailedReads = 5
+)
 
 // checkSteps refuses a canary whose steps cannot run: each a weight
 // between 1 and 99 percent, each above the one before, each held a while.
@@ -252,14 +255,14 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 	svc := r.svc
 	th := svc.Analysis.WithDefaults()
 	counter := d.Proxy.(Counter)
-	a := Analysis{Phase: o.phase, Step: o.step, Weight: o.weight, Started: d.now()}
+	a := Analysis{Phase: o.phase, Step: o.step, Weight: o.weight, Started: d.now(), Verdict: VerdictWait, Reason: "no reading yet"}
 	before, err := counter.Counts(ctx)
 	if err != nil {
 		return a, fmt.Errorf("read the counts of %s: %w", d.Proxy.Describe(), err)
 	}
 	limit := o.hold + cmp0(th.MaxWait, o.hold)
-	waitNoted := false
-	defer d.show(svc.Name, nil)
+	waitNoted, failedReads := false, 0
+	d.show(svc.Name, d.status(r, o, a))
 	for {
 		select {
 		case <-ctx.Done():
@@ -268,8 +271,14 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 		}
 		now, err := counter.Counts(ctx)
 		if err != nil {
-			return a, fmt.Errorf("read the counts of %s: %w", d.Proxy.Describe(), err)
+			// One reading lost (a proxy restarting) is not a verdict: a few
+			// in a row are, and the caller takes the release back.
+			if failedReads++; failedReads < maxFailedReads {
+				continue
+			}
+			return a, fmt.Errorf("read the counts of %s, %d times in a row: %w", d.Proxy.Describe(), failedReads, err)
 		}
+		failedReads = 0
 		a.Release = now.Since(before, o.release.Endpoints())
 		a.Baseline = o.fixed
 		if o.baseline != nil {

@@ -282,6 +282,11 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 	}
 
 	judged, _ := d.judged(r)
+	if judged {
+		// `handoff canary status` reads the state each step publishes; it
+		// is taken down once the release is in service or taken back.
+		defer d.show(svc.Name, nil)
+	}
 	if judged && view.live == nil {
 		judged = false
 		d.note(rec, fmt.Sprintf("a first deploy has no release to compare %s with: no canary, no watch", next.Name))

@@ -187,6 +187,17 @@ func (d *Deployer) canaryStatus(ctx context.Context, svc Service, v *view) (stri
 			h.PID, c.next.Name, h.Canary.Weight, h.Canary.Step, len(h.Canary.Steps), svc.Name), nil
 	}
 	defer unlock()
+	// Read again under the lock: the handoff that ran it may have ended
+	// it, and saved its record, since the first read.
+	now, err := d.readView(ctx, svc)
+	if err != nil {
+		return "", err
+	}
+	*v = *now
+	if v.canary == nil {
+		return "", nil
+	}
+	c, h = v.canary, v.history[v.canary.rec]
 	r := &run{svc: svc, kind: KindRepair, view: v, rec: newRecord(svc.Name, KindRepair, d.pid(), d.now())}
 	if err := d.endCanary(ctx, r); err != nil {
 		return "", err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -126,13 +127,7 @@ func TestACanaryStepWithTooFewRequestsWaitsAndSaysSo(t *testing.T) {
 // a client without cookies by its address (X-Forwarded-For from a trusted
 // front); `handoff canary status` shows the step, and `promote` ends it.
 func TestACanaryKeepsEachClientOnOneVersion(t *testing.T) {
-	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
-	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
-	s.WriteConfig(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("30% 5m")})
-	cmd, out := s.Start("deploy")
-	WaitFor(t, 30*time.Second, "the canary's first step", func() bool {
-		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
-	})
+	s, cmd, out := canaryUnderWay(t)
 	c := &http.Client{Timeout: 10 * time.Second}
 	get := func(url string, set func(*http.Request)) (string, *http.Response) {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
@@ -183,13 +178,7 @@ func TestACanaryKeepsEachClientOnOneVersion(t *testing.T) {
 // then repair) puts every request back on the old release and removes
 // the canary.
 func TestAKilledCanaryIsUndoneByTheNextCommand(t *testing.T) {
-	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
-	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
-	s.WriteConfig(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("30% 5m")})
-	cmd, _ := s.Start("deploy")
-	WaitFor(t, 30*time.Second, "the canary's first step", func() bool {
-		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
-	})
+	s, cmd, _ := canaryUnderWay(t)
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()
 	ctl := proxyclient.NewControl(s.Proxy.Socket, s.Service)
@@ -230,4 +219,17 @@ func TestAWatchUndoesASwitchToABadRelease(t *testing.T) {
 	require.Equal(t, got.Failed5xx["v2"], got.Failures(), "every failure is the bad release's own 500: %s", got)
 	require.Zero(t, got.PostConnErr)
 	require.True(t, Containers(t, s.API, s.Service)[s.Service+"-1"], "the old release runs")
+}
+
+// canaryUnderWay has v1 live and a deploy of v2 running its canary's one
+// step (30% for five minutes), as `handoff canary status` shows.
+func canaryUnderWay(t *testing.T) (*Scenario, *exec.Cmd, *syncBuffer) {
+	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
+	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	s.WriteConfig(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("30% 5m")})
+	cmd, out := s.Start("deploy")
+	WaitFor(t, 30*time.Second, "the canary's first step", func() bool {
+		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
+	})
+	return s, cmd, out
 }

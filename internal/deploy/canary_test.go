@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -389,4 +390,25 @@ func TestStatusOfAWatchUnderWay(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, st.Canary, "a watch is under way (pid 42): web-2 serves every request, web-1 kept running to switch back to")
 	require.Equal(t, "web-2", st.Live.Name)
+}
+
+type checkedCounter struct {
+	*countingProxy
+	err error
+}
+
+func (c checkedCounter) CanCount(context.Context) error { return c.err }
+
+// A counter that says it cannot count (Caddy with its metrics off) stops a
+// watch before anything starts, with its reason.
+func TestAWatchIsRefusedWhenTheProxyCannotCount(t *testing.T) {
+	r, p, _ := canaryRig(t)
+	p.routeOnly = true
+	r.d.Proxy = checkedCounter{p, fmt.Errorf("%w: watch: needs Caddy's HTTP metrics", ErrConfig)}
+	svc := testService()
+	svc.Watch = time.Minute
+	_, err := r.d.Deploy(context.Background(), svc)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "needs Caddy's HTTP metrics")
+	require.Empty(t, r.rt.calls)
 }

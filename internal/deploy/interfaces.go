@@ -177,6 +177,13 @@ type Counter interface {
 	PerEndpoint() bool
 }
 
+// CountChecker is a Counter that can say, before anything starts, whether
+// it will be able to count (Caddy: whether its HTTP metrics are on, and
+// tell this site from the others).
+type CountChecker interface {
+	CanCount(ctx context.Context) error
+}
+
 // Counts is one reading of a Counter: every endpoint's counts since it
 // entered the route.
 type Counts interface {

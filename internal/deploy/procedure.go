@@ -114,8 +114,14 @@ func (d *Deployer) begin(ctx context.Context, r *run) error {
 	if _, ok := d.Runtime.(Execer); !ok && r.svc.Health.Kind == HealthCmd {
 		return fmt.Errorf("%w: health type cmd runs a command in the container, which this engine cannot: use health type http or tcp", ErrConfig)
 	}
-	if _, err := d.judged(r); err != nil {
+	judged, err := d.judged(r)
+	if err != nil {
 		return err
+	}
+	if cc, ok := d.Proxy.(CountChecker); ok && judged {
+		if err := cc.CanCount(ctx); err != nil {
+			return err
+		}
 	}
 	left, err := d.survey(ctx, r)
 	if err != nil {

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -260,7 +261,7 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 	if err != nil {
 		return a, fmt.Errorf("read the counts of %s: %w", d.Proxy.Describe(), err)
 	}
-	limit := o.hold + cmp0(th.MaxWait, o.hold)
+	limit := o.hold + cmp.Or(th.MaxWait, o.hold) // MaxWait 0: as long again as the step
 	waitNoted, failedReads := false, 0
 	d.show(svc.Name, d.status(r, o, a))
 	for {
@@ -317,13 +318,6 @@ func (d *Deployer) observe(ctx context.Context, r *run, o observation) (Analysis
 				o.what(), j.Reason, o.hold, limit-o.hold, svc.Name))
 		}
 	}
-}
-
-func cmp0(d, or time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return or
 }
 
 // what names the stretch for messages.

@@ -118,6 +118,7 @@ func (d *Deployer) begin(ctx context.Context, r *run) error {
 	if err != nil {
 		return err
 	}
+	r.judged = judged
 	if cc, ok := d.Proxy.(CountChecker); ok && judged {
 		if err := cc.CanCount(ctx); err != nil {
 			return err
@@ -287,7 +288,7 @@ func (d *Deployer) putInService(ctx context.Context, r *run, abandon func(contex
 		}
 	}
 
-	judged, _ := d.judged(r)
+	judged := r.judged
 	if judged {
 		// `handoff canary status` reads the state each step publishes; it
 		// is taken down once the release is in service or taken back.

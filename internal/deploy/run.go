@@ -17,7 +17,10 @@ type run struct {
 	// on nothing is undone, and a phase that cannot be recorded still acts.
 	inService bool
 	held      bool // the proxy holds the service's new requests for the release job
-	exitCode  *int // the release job's exit code, for its phase's record
+	// judged: a deploy with a canary or a watch, through a proxy that
+	// counts (begin decides it once, and refuses one that cannot).
+	judged   bool
+	exitCode *int // the release job's exit code, for its phase's record
 }
 
 func (d *Deployer) newRun(svc Service, kind string) *run {

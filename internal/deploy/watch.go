@@ -18,7 +18,7 @@ import (
 // proxy could not be read (the baseline is then the old release's whole
 // stay).
 func (d *Deployer) countsBefore(ctx context.Context, r *run) Counts {
-	if judged, _ := d.judged(r); !judged || r.svc.Watch == 0 || r.view.live == nil {
+	if !r.judged || r.svc.Watch == 0 || r.view.live == nil {
 		return nil
 	}
 	c, err := d.Proxy.(Counter).Counts(ctx)

@@ -3,12 +3,10 @@ package docker
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
 )
 
@@ -62,7 +60,7 @@ func fakeEngine(t *testing.T, bound string, port int) *Runtime {
 		"HostConfig":      map[string]any{"RestartPolicy": map[string]any{"Name": "on-failure", "MaximumRetryCount": 3}},
 		"NetworkSettings": map[string]any{"Ports": map[string]any{"80/tcp": []any{map[string]any{"HostIp": bound, "HostPort": strconv.Itoa(port)}}}},
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return fakeEngineAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/containers/json"):
@@ -72,12 +70,7 @@ func fakeEngine(t *testing.T, bound string, port int) *Runtime {
 		default:
 			http.Error(w, `{"message":"not in this fake"}`, http.StatusNotFound)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	api, err := client.New(client.WithHost("tcp://"+strings.TrimPrefix(srv.URL, "http://")), client.WithAPIVersion("1.41"))
-	require.NoError(t, err)
-	t.Cleanup(func() { api.Close() })
-	return &Runtime{api: api}
+	})
 }
 
 // What `handoff init` writes down keeps a restart policy's retry count:
@@ -104,7 +97,7 @@ func TestFindListsEveryReplicaByContainerNumber(t *testing.T) {
 		{"c1", "shop-web-1", "1", "2026-12-01T10:00:01Z", false},
 	}
 	var filters string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	r := fakeEngineAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if strings.HasSuffix(r.URL.Path, "/containers/json") {
 			filters = r.URL.Query().Get("filters")
@@ -128,12 +121,7 @@ func TestFindListsEveryReplicaByContainerNumber(t *testing.T) {
 			}
 		}
 		http.Error(w, `{"message":"not in this fake"}`, http.StatusNotFound)
-	}))
-	t.Cleanup(srv.Close)
-	api, err := client.New(client.WithHost("tcp://"+strings.TrimPrefix(srv.URL, "http://")), client.WithAPIVersion("1.41"))
-	require.NoError(t, err)
-	t.Cleanup(func() { api.Close() })
-	r := &Runtime{api: api}
+	})
 
 	got, err := r.Find(t.Context(), map[string]string{"com.docker.compose.project": "shop", "com.docker.compose.service": "web"})
 	require.NoError(t, err)

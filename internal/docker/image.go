@@ -124,6 +124,22 @@ func (r *Runtime) Pull(ctx context.Context, ref string, out io.Writer) error {
 	return nil
 }
 
+// RegistryAuth is the X-Registry-Auth value for ref's registry from the
+// user's Docker credentials, as Pull finds them; "" when there are none.
+// A swarm's nodes pull a service's image with what its every write carries.
+func RegistryAuth(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", fmt.Errorf("%w: image %q is not an image reference: %v", deploy.ErrConfig, ref, err)
+	}
+	host := reference.Domain(named)
+	creds, err := credentials(host)
+	if err != nil {
+		return "", fmt.Errorf("the Docker credentials for %s cannot be read: %v (check %s, or run `docker login %s` again)", host, err, creds.file, host)
+	}
+	return creds.encoded, nil
+}
+
 // found is what the user's Docker configuration holds for one registry.
 type found struct {
 	file    string // the config.json read

@@ -3,6 +3,8 @@ package docker
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
 
@@ -86,4 +89,27 @@ func TestBuildCommandPutsValuesInTheEnvironment(t *testing.T) {
 		"--build-arg", "DOCKER_HOST=x", "--build-arg", "EMPTY", "--build-arg", "HTTP_PROXY=http://proxy:3128", "--build-arg", "NPM_TOKEN", "/src"}, args,
 		"names the docker command reads for itself keep their value on the command line")
 	require.Equal(t, []string{"HOME=/root", "PATH=/bin", "EMPTY=", "NPM_TOKEN=s3cr3t"}, env, "the build's value wins over the shell's")
+}
+
+func TestRegistryAuthFindsDockerHubsCredentialsUnderItsIndexServer(t *testing.T) {
+	dir := t.TempDir()
+	// What `docker login` writes for Docker Hub, and a login to another registry.
+	config := `{"auths": {"https://index.docker.io/v1/": {"auth": "` + base64.StdEncoding.EncodeToString([]byte("hubuser:hubpass")) + `"},
+		"reg.example.com": {"auth": "` + base64.StdEncoding.EncodeToString([]byte("reguser:regpass")) + `"}}}`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600))
+	t.Setenv("DOCKER_CONFIG", dir)
+	for ref, user := range map[string]string{"team/app:1": "hubuser", "docker.io/team/app:1": "hubuser", "nginx": "hubuser",
+		"reg.example.com/team/app:1": "reguser", "other.example.com/app": ""} {
+		encoded, err := RegistryAuth(ref)
+		require.NoError(t, err)
+		if user == "" {
+			require.Empty(t, encoded, ref)
+			continue
+		}
+		raw, err := base64.URLEncoding.DecodeString(encoded)
+		require.NoError(t, err, ref)
+		var ac registry.AuthConfig
+		require.NoError(t, json.Unmarshal(raw, &ac), ref)
+		require.Equal(t, user, ac.Username, ref)
+	}
 }

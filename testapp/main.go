@@ -138,6 +138,13 @@ func main() {
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		if r.URL.Query().Has("early") {
+			// The headers at once, the body after d: the client knows
+			// the request is in flight on this release.
+			w.Header().Set("X-Release", release)
+			w.WriteHeader(http.StatusOK)
+			http.NewResponseController(w).Flush()
+		}
 		select {
 		case <-time.After(d):
 		case <-r.Context().Done():

@@ -7,11 +7,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
@@ -35,7 +37,11 @@ func newAdmin(address string) (*admin, error) {
 		address = DefaultAdmin
 	}
 	a := &admin{address: address}
-	transport := &http.Transport{Proxy: nil, MaxIdleConns: 2, IdleConnTimeout: 30 * time.Second}
+	// Every call dials afresh: Caddy starts its admin endpoint again at each
+	// config load and closes the connections of the one before, so the
+	// read-back after a switch, sent on a kept connection, was reset
+	// (TestCaddyfileCorpusThroughCaddy in CI). A loopback dial costs nothing.
+	transport := &http.Transport{Proxy: nil, DisableKeepAlives: true}
 	switch {
 	case strings.HasPrefix(address, "unix:"):
 		path := strings.TrimPrefix(strings.TrimPrefix(address, "unix:"), "//")
@@ -76,6 +82,18 @@ func (a *admin) call(ctx context.Context, method, path string, body any, header 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := a.http.Do(req)
+	// A read is sent again when its connection was cut before an answer:
+	// Caddy starts its admin endpoint again at each config load, and a
+	// connection the old one accepted as it stopped ends unanswered. A
+	// change is never sent again here: the procedure reads it back.
+	for tries := 1; err != nil && method == http.MethodGet && tries < 3 && cutShort(err); tries++ {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(tries) * 50 * time.Millisecond):
+		}
+		req = req.Clone(ctx)
+		resp, err = a.http.Do(req)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s %s at %s: %v (is Caddy running with its admin API there? set --caddy-admin)", deploy.ErrProxyUnreached, method, path, a.address, unwrapURL(err))
 	}
@@ -100,6 +118,11 @@ func (a *admin) call(ctx context.Context, method, path string, body any, header 
 		}
 	}
 	return resp.Header, nil
+}
+
+// cutShort says whether a connection ended before its answer came.
+func cutShort(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 type apiError struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -24,7 +25,7 @@ func canaryConfig(steps ...string) string {
 
 // canaryLoad is the usual load, from many browsers (cookies) so that the
 // canary's share of it is its weight's.
-func canaryLoad(t *testing.T, s *Scenario) *Load {
+func canaryLoad(t testing.TB, s *Scenario) *Load {
 	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, Posts: 2, Clients: 1000})
 	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 100 })
 	return load
@@ -46,11 +47,15 @@ func TestACanaryOfAGoodReleaseIsPromotedWithoutAFailure(t *testing.T) {
 	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
 	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
 	load := canaryLoad(t, s)
-	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("20% 4s", "50% 4s")})
+	// The same app twice: its p99 against the old one's is the machine's noise here (a
+	// fresh container on two cores other test packages share: 32 ms against 19 ms once in
+	// CI, past 1.5x and the 10 ms floor), so this test, about failures and the
+	// promotion, allows 4x; TestACanaryTwiceAsSlowIsAborted judges latency.
+	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Extra: canaryConfig("20% 4s", "50% 4s") + "  max_p99: 4x\n"})
 	got := load.Stop()
 	t.Logf("canary under load: %s", got)
 	require.Equal(t, 0, r.Code, "%s", r)
-	require.Zero(t, got.Failures()+got.PostConnErr, "%s", got)
+	require.Zero(t, got.Failures()+got.ReloadCuts(), "%s", got)
 	require.Equal(t, "v2", s.Serving())
 	require.Len(t, rec.Analysis, 2)
 	for _, a := range rec.Analysis {
@@ -92,7 +97,7 @@ func TestACanaryFailingFivePercentIsAbortedInItsFirstStep(t *testing.T) {
 	t.Logf("users hurt: %d of %d requests during the deploy (%.2f%%)", hurt, during, 100*float64(hurt)/float64(during))
 	require.Positive(t, hurt, "the canary got its share")
 	require.Equal(t, hurt, got.Failures(), "every failure is the bad release's own 500: none from the abort")
-	require.Zero(t, got.PostConnErr)
+	require.Zero(t, got.ReloadCuts())
 	require.Less(t, float64(hurt), 0.10*0.05*float64(during)*1.5+5, "at most the step's share of 5%")
 }
 
@@ -106,7 +111,7 @@ func TestACanaryTwiceAsSlowIsAborted(t *testing.T) {
 	require.Equal(t, 9, r.Code, "%s", r)
 	require.Contains(t, r.Stderr, "against", "%s", r)
 	require.Contains(t, rec.Analysis[0].Reason, "for the baseline: more than 1.5x")
-	require.Zero(t, got.Failures()+got.PostConnErr, "%s", got)
+	require.Zero(t, got.Failures()+got.ReloadCuts(), "%s", got)
 	require.Equal(t, "v1", s.Serving())
 }
 
@@ -205,8 +210,20 @@ func TestAKilledCanaryIsUndoneByTheNextCommand(t *testing.T) {
 func TestAWatchUndoesASwitchToABadRelease(t *testing.T) {
 	s := NewScenario(t, ScenarioOptions{HandoffProxy: true})
 	s.Deploy(Config{Release: "v1", NoCaddyfile: true})
+	got := s.watchSwitchesBack(Config{NoCaddyfile: true})
+	require.Zero(t, got.ReloadCuts(), "handoff proxy is never reloaded: %s", got)
+}
+
+// watchSwitchesBack deploys v2, failing 5% of its requests, over v1 with
+// a watch, under the canary load, and checks the switch was undone: exit
+// 9, v1 serving and never stopped, v2 removed, and every failure users saw
+// v2's own 500. It returns what the load saw.
+func (s *Scenario) watchSwitchesBack(c Config) LoadStats {
+	t := s.T
+	t.Helper()
 	load := canaryLoad(t, s)
-	r, rec := s.deployJSON(Config{Release: "v2", NoCaddyfile: true, Env: map[string]string{"FAIL_RATE": "0.05"}, Extra: "watch: 30s\nanalysis:\n  min_requests: 100\n"})
+	c.Release, c.Env, c.Extra = "v2", map[string]string{"FAIL_RATE": "0.05"}, "watch: 30s\nanalysis:\n  min_requests: 100\n"
+	r, rec := s.deployJSON(c)
 	time.Sleep(500 * time.Millisecond)
 	got := load.Stop()
 	t.Logf("a watch switching back under load: %s", got)
@@ -214,11 +231,14 @@ func TestAWatchUndoesASwitchToABadRelease(t *testing.T) {
 	require.Contains(t, r.Stderr, "switched back to "+s.Service+"-1 (never stopped); "+s.Service+"-2 removed")
 	require.Equal(t, "v1", s.Serving())
 	require.False(t, rec.Switched)
-	require.Equal(t, deploy.VerdictFail, rec.Analysis[0].Verdict)
-	require.Positive(t, got.Failed5xx["v2"])
+	requireJudgedOnBoth(t, rec)
+	require.Equal(t, deploy.VerdictFail, rec.Analysis[len(rec.Analysis)-1].Verdict)
+	require.Positive(t, got.Failed5xx["v2"], "%s", got)
 	require.Equal(t, got.Failed5xx["v2"], got.Failures(), "every failure is the bad release's own 500: %s", got)
-	require.Zero(t, got.PostConnErr)
-	require.True(t, Containers(t, s.API, s.Service)[s.Service+"-1"], "the old release runs")
+	running := Containers(t, s.API, s.Service)
+	require.True(t, running[s.Service+"-1"], "the old release runs")
+	require.False(t, running[s.Service+"-2"], "the bad release is removed")
+	return got
 }
 
 // canaryUnderWay has v1 live and a deploy of v2 running its canary's one
@@ -232,4 +252,59 @@ func canaryUnderWay(t *testing.T) (*Scenario, *exec.Cmd, *syncBuffer) {
 		return strings.Contains(s.Run("canary", "status").Stdout, "step 1 of 1: 30%")
 	})
 	return s, cmd, out
+}
+
+// A watch through Caddy judges the site from Caddy's own HTTP metrics, on
+// each Caddy a user may have: a good release passes it and the old one is
+// retired after it; a release failing 5% is switched back, and every
+// failure is that release's own 500, none the switch back's.
+func TestAWatchThroughCaddy(t *testing.T) {
+	caddies := []struct {
+		name string
+		o    CaddyOptions
+	}{{"caddy " + CaddyVersion, CaddyOptions{ExtraGlobal: "\tmetrics {\n\t\tper_host\n\t}\n"}}}
+	if bin := os.Getenv("HANDOFF_TEST_CADDY_OLD"); bin == "" {
+		t.Log("HANDOFF_TEST_CADDY_OLD not set: the watch through Caddy 2.6 is not tried (scripts/test.sh sets it to Debian's caddy 2.6.2)")
+	} else {
+		caddies = append(caddies, struct {
+			name string
+			o    CaddyOptions
+		}{"caddy old", CaddyOptions{Binary: bin, ExtraServer: "\t\tmetrics\n", Plain: true, ExtraProxy: "\t\tlb_try_duration 5s\n\t\tlb_try_interval 100ms\n"}})
+	}
+	watch := "watch: 5s\nanalysis:\n  min_requests: 100\n"
+	for _, c := range caddies {
+		t.Run(c.name+"/good release", func(t *testing.T) {
+			s := NewScenario(t, ScenarioOptions{Caddy: c.o})
+			s.Deploy(Config{Release: "v1"})
+			load := canaryLoad(t, s)
+			r, rec := s.deployJSON(Config{Release: "v2", Extra: watch})
+			got := load.Stop()
+			t.Logf("a watch through Caddy passing a good release under load: %s", got)
+			require.Equal(t, 0, r.Code, "%s", r)
+			require.Equal(t, "v2", s.Serving())
+			require.True(t, rec.Switched)
+			requireJudgedOnBoth(t, rec)
+			require.Equal(t, deploy.VerdictPass, rec.Analysis[len(rec.Analysis)-1].Verdict, "%+v", rec.Analysis)
+			require.Zero(t, got.Failures(), "%s", got)
+			require.False(t, Containers(t, s.API, s.Service)[s.Service+"-1"], "the old release is stopped after the watch")
+		})
+		t.Run(c.name+"/release failing 5%", func(t *testing.T) {
+			s := NewScenario(t, ScenarioOptions{Caddy: c.o})
+			s.Deploy(Config{Release: "v1"})
+			s.watchSwitchesBack(Config{})
+		})
+	}
+}
+
+// requireJudgedOnBoth checks that the last verdict had the numbers of both
+// releases: a proxy whose counts were misread gives a tiny baseline, which
+// is judged against 0% and would still pass a good release and fail a bad
+// one.
+func requireJudgedOnBoth(t testing.TB, rec deploy.Record) {
+	t.Helper()
+	require.NotEmpty(t, rec.Analysis, "no verdict recorded")
+	a := rec.Analysis[len(rec.Analysis)-1]
+	require.GreaterOrEqual(t, a.Baseline.Requests, 100, "the baseline's requests: %+v", a)
+	require.GreaterOrEqual(t, a.Release.Requests, 100, "the new release's requests: %+v", a)
+	require.NotContains(t, a.Reason, "no baseline", "%+v", a)
 }

@@ -85,7 +85,7 @@ same binary (an upgrade or restart without dropping anything).`,
 			return proxyStatus(cmd.Context(), c, socket)
 		},
 	}
-	cmd.AddCommand(pause, resume, status)
+	cmd.AddCommand(pause, resume, status, newProxyCtlCmd(c, &socket))
 	return cmd
 }
 

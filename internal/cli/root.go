@@ -31,6 +31,7 @@ type common struct {
 	stateDir  string
 	json      bool
 	lockWait  time.Duration
+	host      string // --host: run the command on this server (host.go)
 }
 
 // Main runs handoff with args and returns the exit status.
@@ -38,6 +39,9 @@ func Main(ctx context.Context, args []string, streams *IO) int {
 	root := NewRoot(streams)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	if code, ok := remoteExitCode(err); ok {
+		return code // the server's handoff has said why
+	}
 	if err != nil {
 		printError(streams, err)
 	}
@@ -73,8 +77,10 @@ func NewRoot(streams *IO) *cobra.Command {
 	f.StringVar(&c.overrides.ProxyListen, "proxy-listen", "", "with --proxy handoff: the stable address the service is served on, like 127.0.0.1:9001")
 	f.StringVar(&c.stateDir, "state-dir", "", "where history and locks live (default $HANDOFF_STATE_DIR, else "+state.DefaultDir()+")")
 	f.BoolVar(&c.json, "json", false, "print the result as JSON on stdout")
+	f.StringVar(&c.host, "host", "", "run the command on this server over SSH: ssh://user@server[:port] (default $"+envHost+", else host: in handoff.yml; local: here)")
+	root.PersistentPreRunE = c.viaHost
 
-	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c), newMaintenanceCmd(c), newCanaryCmd(c))
+	root.AddCommand(newDeployCmd(c), newRollbackCmd(c), newRepairCmd(c), newStatusCmd(c), newInitCmd(c), newHistoryCmd(c), newVersionCmd(c), newProxyCmd(c), newMaintenanceCmd(c), newCanaryCmd(c), newImageCmd(c), newExportCmd(c), newSwarmCmd(c), newCompletionCmd())
 	return root
 }
 
@@ -107,6 +113,9 @@ func (c *common) connect(ctx context.Context, s config.Settings) (*deploy.Deploy
 	dir := c.stateDir
 	if dir == "" {
 		dir = state.DefaultDir()
+	}
+	if s.Engine == config.EngineSwarm {
+		return c.connectSwarm(s)
 	}
 	var switcher deploy.Proxy
 	var pauser deploy.Pauser

@@ -59,6 +59,9 @@ type File struct {
 	Canary       *Canary           `yaml:"canary"`   // the steps of strategy: canary
 	Watch        Duration          `yaml:"watch"`    // keep the old release up this long after the switch, to switch back to
 	Analysis     Analysis          `yaml:"analysis"` // what a canary step and the watch judge by
+	Host         string            `yaml:"host"`     // ssh://user@server: where commands run (read by the CLI before anything else)
+	Engine       string            `yaml:"engine"`   // docker (default) or swarm
+	Swarm        Swarm             `yaml:"swarm"`    // engine: swarm's settings
 
 	path  string         // the file read, for messages and relative paths
 	dir   string         // relative paths are taken from here, when not path's directory
@@ -140,6 +143,18 @@ func (f File) ComposeFiles() []string {
 type HandoffProxy struct {
 	Socket string `yaml:"socket"` // the proxy's control socket
 	Listen string `yaml:"listen"` // the stable address the front proxy points at
+}
+
+// Swarm is `swarm:`, for `engine: swarm` (docs/swarm.md).
+type Swarm struct {
+	Network     string   `yaml:"network"`      // the overlay of the colours and the proxies (default handoff)
+	ProxyImage  string   `yaml:"proxy_image"`  // the image of handoff the switch jobs run (handoff swarm setup's)
+	Port        int      `yaml:"port"`         // where every node's proxy serves the service (one of setup's ports)
+	Constraints []string `yaml:"constraints"`  // placement of the release's tasks, as docker service create --constraint
+	MaxPerNode  int      `yaml:"max_per_node"` // at most this many tasks of a release on one node
+	// Replicas is replicas: as the swarm runs it: tasks of one colour service. The
+	// procedure sees that service as the release's one container.
+	Replicas int `yaml:"-"`
 }
 
 // Duration is a Go duration ("30s", "2m"); a bare number is refused, since

@@ -34,6 +34,9 @@ var fileSchema = schema{
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
 	"hooks":  hooksSchema,
 	"canary": canarySchema, "watch": nil, "analysis": analysisSchema, "strategy": nil,
+	"host":   nil,
+	"engine": nil,
+	"swarm":  {"network": nil, "proxy_image": nil, "port": nil, "constraints": nil, "max_per_node": nil},
 }
 
 var hooksSchema = schema{"pre_deploy": nil, "post_deploy": nil, "on_failure": nil, "timeout": nil}

@@ -44,13 +44,21 @@ const (
 	ProxyHandoff = "handoff"
 )
 
+// The engines a service runs on.
+const (
+	EngineDocker = "docker"
+	EngineSwarm  = "swarm" // the colour services of a swarm, switched by handoff proxy on every node
+)
+
 // Settings is the file and the flags merged: what a command runs with.
 type Settings struct {
 	Service      deploy.Service
 	Proxy        string // ProxyCaddy or ProxyHandoff
 	Caddy        Caddy
 	HandoffProxy HandoffProxy
-	Compose      bool // a compose project's service: `docker compose` acts on its file too
+	Compose      bool   // a compose project's service: `docker compose` acts on its file too
+	Engine       string // EngineDocker or EngineSwarm
+	Swarm        Swarm  // engine swarm's settings, defaults filled
 }
 
 // Resolve merges f and o, checks every value, and reads env files.
@@ -220,7 +228,57 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	if svc.Release != nil && svc.Release.Pause && proxy != ProxyHandoff {
 		return Settings{}, f.at("release_pause", "release_pause holds requests with `proxy: handoff` only (Caddy cannot hold them): remove it, or put handoff proxy in front")
 	}
-	return Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp}, nil
+	set := Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp, Engine: EngineDocker}
+	if f.Engine != "" && f.Engine != EngineDocker {
+		if err := f.swarm(&set); err != nil {
+			return Settings{}, err
+		}
+	}
+	return set, nil
+}
+
+// swarm checks what engine: swarm can run, and fills its defaults. The procedure sees a
+// release as one colour service whose tasks are the replicas, checked by the
+// HEALTHCHECK each node runs in them.
+func (f File) swarm(set *Settings) error {
+	if f.Engine != EngineSwarm {
+		return f.at("engine", fmt.Sprintf("engine %q: use docker or swarm", f.Engine))
+	}
+	svc := &set.Service
+	sw := f.Swarm
+	switch {
+	case svc.Build != nil:
+		return f.at("build", "engine swarm deploys an image every node pulls from a registry: build and push it, and name it in image: (remove build:)")
+	case svc.Image == "":
+		return f.at("engine", "engine swarm needs image: (in a registry every node pulls from)")
+	case svc.Port == 0:
+		return f.at("engine", "engine swarm needs port: (the app's port in its tasks)")
+	case svc.Health.Kind != deploy.HealthCmd:
+		return f.at("engine", "engine swarm needs health: {type: cmd, command: [...]}: each node runs it in the task as its HEALTHCHECK (Swarm sends a task requests only once it passes, and no check from this host reaches other nodes)")
+	case svc.Release != nil:
+		return f.at("release", "a release job on engine swarm is not supported yet: run it before the deploy, and remove release:")
+	case len(svc.Canary) > 0 || svc.Watch > 0:
+		return f.at("engine", "canaries and the watch on engine swarm are not supported yet: remove canary:, watch: and strategy: canary")
+	case f.Proxy != "" || f.Caddy != (Caddy{}) || f.HandoffProxy != (HandoffProxy{}):
+		return f.at("engine", "engine swarm switches handoff proxy on every node (handoff swarm setup): remove proxy:, caddy: and handoff_proxy:")
+	case f.Strategy != "" && f.Strategy != "blue-green":
+		return f.at("strategy", fmt.Sprintf("strategy %q on engine swarm: a release is switched on every node's proxy, blue-green; remove strategy:", f.Strategy))
+	case len(f.Volumes) > 0 || f.Network != "" || len(f.Labels) > 0 || f.Resources != (Resources{}) || f.Restart != "" || f.HostPorts != "":
+		return f.at("engine", "engine swarm does not carry volumes, network, labels, resources, restart or host_ports into the tasks yet: remove them (the tasks run on the overlay, restarted by Swarm)")
+	case sw.ProxyImage == "":
+		return f.at("swarm", "engine swarm needs swarm.proxy_image: the image handoff swarm setup ran (--proxy-image), which the switch jobs run")
+	case sw.Port < 0 || sw.Port > 65535 || sw.MaxPerNode < 0:
+		return f.at("swarm", "swarm.port is one of handoff swarm setup's ports (default 9001); max_per_node is 0 or more")
+	}
+	sw.Network = pick(sw.Network, "handoff")
+	if sw.Port == 0 {
+		sw.Port = 9001
+	}
+	// The tasks' HEALTHCHECK, which the procedure waits on as Docker's.
+	svc.Health.Kind = deploy.HealthDocker
+	sw.Replicas, svc.Replicas = max(svc.Replicas, 1), 0
+	set.Engine, set.Swarm, set.Proxy = EngineSwarm, sw, ProxyHandoff
+	return nil
 }
 
 func pick(flag, file string) string {

@@ -20,7 +20,7 @@ import (
 //	PUT    /v1/services/{name}          {"listen": "127.0.0.1:9001", "upstream": "127.0.0.1:32768"}
 //	                                     or {"listen": ..., "route": [{"release": "web-7", "endpoints": ["127.0.0.1:32768"], "weight": 100}]}
 //	POST   /v1/services/{name}/switch   {"from": "...", "to": "..."}
-//	PUT    /v1/services/{name}/route    {"from": [backends...], "to": [backends...]}
+//	PUT    /v1/services/{name}/route    {"from": [backends...], "to": [backends...], "generation": 8, "expect": {"tasks.api-green:8000": ["10.240.0.5"]}, "converge": "10s"}
 //	POST   /v1/services/{name}/retire   {"upstream": "..."}: end what still runs on it
 //	POST   /v1/services/{name}/pause    {"max_wait": "30s", "lease": "15m"}
 //	POST   /v1/services/{name}/resume
@@ -62,7 +62,7 @@ func ControlHandler(p *Server) http.Handler {
 		if !decode(w, r, &in) {
 			return
 		}
-		st, err := p.Route(r.PathValue("name"), in.From, in.To)
+		st, err := p.ChangeRoute(r.Context(), r.PathValue("name"), in)
 		reply(w, st, err)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/switch", func(w http.ResponseWriter, r *http.Request) {
@@ -155,6 +155,10 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = http.StatusServiceUnavailable
 		case errors.Is(err, wire.ErrUnrestored):
 			status = http.StatusUnprocessableEntity
+		case errors.Is(err, wire.ErrOldGeneration):
+			status = http.StatusPreconditionFailed
+		case errors.Is(err, wire.ErrNotConverged):
+			status = http.StatusFailedDependency
 		}
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(wire.ErrorReply{Error: err.Error()})

@@ -5,7 +5,9 @@
 // request, and no client connection is closed by it.
 //
 // server.go is the switch (one listener per service), target.go one
-// upstream and what is in flight on it, pause.go and gate.go the pauses
+// upstream and what is in flight on it, named.go an upstream whose host is
+// a DNS name (Swarm's tasks.<service>) and its addresses, change.go a route
+// change's generation and expected IPs, pause.go and gate.go the pauses
 // and their leases, maintenance.go the maintenance page, listen.go the
 // listens tried again, metrics.go the Prometheus metrics, state.go the
 // state file, control.go the control API's handler, handover.go how a

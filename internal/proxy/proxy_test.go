@@ -324,6 +324,46 @@ func TestHandoverClosesNoIdleConnectionItself(t *testing.T) {
 	<-handedOver
 }
 
+// A connection the old process accepted just as a handover began, its
+// request not yet read, is served and not closed: its client has sent the
+// request (here a POST, which nobody may retry). A handoff proxy SIGHUPed
+// under load answered such a POST from Caddy with a 502 in CI.
+func TestHandoverServesAConnectionAcceptedJustBefore(t *testing.T) {
+	p, _, listen := serveOne(t)
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func() { once.Do(func() { close(reached); <-release }) }
+	routeHook.Store(&hook)
+	t.Cleanup(func() { routeHook.Store(nil) })
+	answered := make(chan error, 1)
+	go func() {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Post("http://"+listen+"/", "text/plain", strings.NewReader("payload"))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}
+		answered <- err
+	}()
+	<-reached
+	handedOver := make(chan struct{})
+	go func() { p.Handover(context.Background()); close(handedOver) }()
+	p.mu.Lock()
+	web := p.services["web"]
+	p.mu.Unlock()
+	<-web.splitListener().stopped
+	select {
+	case <-handedOver:
+		t.Fatal("the handover ended with a connection it had accepted still unserved")
+	default:
+	}
+	close(release)
+	require.NoError(t, <-answered, "the request on the connection accepted before the handover was served")
+	<-handedOver
+}
+
 func TestControlAPI(t *testing.T) {
 	a := newBackend(t, "a")
 	p := newTestServer(t)
@@ -355,28 +395,56 @@ func TestControlAPI(t *testing.T) {
 func TestHandoverSendsGoAwayToH2C(t *testing.T) {
 	p, _, listen := serveOne(t)
 
+	conn, fr := dialH2C(t, listen)
+	require.Eventually(t, func() bool { return p.services["web"].conns.count() == 1 }, 5*time.Second, time.Millisecond)
+
+	go p.Handover(context.Background())
+	require.Equal(t, http2.ErrCodeNo, readGoAway(t, conn, fr, 10*time.Second).ErrCode)
+}
+
+// dialH2C opens an HTTP/2 connection with prior knowledge to listen, its settings sent;
+// it is closed when t ends.
+func dialH2C(t *testing.T, listen string) (net.Conn, *http2.Framer) {
+	t.Helper()
 	conn, err := net.Dial("tcp", listen)
 	require.NoError(t, err)
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	_, err = conn.Write(h2cPreface)
 	require.NoError(t, err)
 	fr := http2.NewFramer(conn, conn)
 	require.NoError(t, fr.WriteSettings())
-	require.Eventually(t, func() bool { return p.services["web"].conns.count() == 1 }, 5*time.Second, time.Millisecond)
+	return conn, fr
+}
 
-	go p.Handover(context.Background())
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+// readGoAway reads conn's frames until a GOAWAY, acknowledging settings, for at most d.
+func readGoAway(t *testing.T, conn net.Conn, fr *http2.Framer, d time.Duration) *http2.GoAwayFrame {
+	t.Helper()
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(d)))
 	for {
 		f, err := fr.ReadFrame()
-		require.NoError(t, err, "GOAWAY before the connection ends")
+		require.NoError(t, err, "GOAWAY before the connection ends, within %s", d)
 		if ga, ok := f.(*http2.GoAwayFrame); ok {
-			require.Equal(t, http2.ErrCodeNo, ga.ErrCode)
-			return
+			return ga
 		}
 		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
 			require.NoError(t, fr.WriteSettingsAck())
 		}
 	}
+}
+
+// A connection that was accepted and says nothing does not hold back the
+// GOAWAY of the HTTP/2 connections: it gets a second to speak once the
+// handover begins, not the 30 s a new connection has.
+func TestHandoverGoAwayIsNotHeldBackByASilentConnection(t *testing.T) {
+	p, _, listen := serveOne(t)
+	silent, err := net.Dial("tcp", listen)
+	require.NoError(t, err)
+	defer silent.Close()
+	conn, fr := dialH2C(t, listen)
+	require.Eventually(t, func() bool { return p.services["web"].conns.count() == 2 }, 5*time.Second, time.Millisecond)
+
+	go p.Handover(context.Background())
+	readGoAway(t, conn, fr, 5*time.Second) // the silent connection open
 }
 
 // A handover waits for open WebSockets too (they leave the connection count

@@ -266,7 +266,11 @@ func (r *route) state() (upstream string, inFlight int64, backends []wire.Backen
 			if b.weight > 0 {
 				inFlight += n
 			}
-			bs.Endpoints = append(bs.Endpoints, wire.EndpointState{Endpoint: t.upstream, InFlight: n, Down: t.down.Load()})
+			es := wire.EndpointState{Endpoint: t.upstream, InFlight: n, Down: t.down.Load()}
+			if t.named != nil {
+				es.Addresses = t.named.state()
+			}
+			bs.Endpoints = append(bs.Endpoints, es)
 		}
 		backends = append(backends, bs)
 	}
@@ -371,16 +375,23 @@ func (s *service) setRoute(r *route) {
 }
 
 // changeRoute points the service at the route spec (checked), saved first
-// as every change is. Callers hold p.change.
-func (p *Server) changeRoute(s *service, spec []wire.Backend) error {
+// as every change is, with generation gen (0: the one it has). Callers
+// hold p.change.
+func (p *Server) changeRoute(s *service, spec []wire.Backend, gen uint64) error {
 	old := s.route.Load()
-	err := p.saveEntry(s.name, func(st *ServiceState) { st.Route, st.Upstream = specState(spec), singleUpstream(spec) })
+	err := p.saveEntry(s.name, func(st *ServiceState) {
+		st.Route, st.Upstream = specState(spec), singleUpstream(spec)
+		st.Generation = max(st.Generation, gen)
+	})
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.setRoute(s.newRoute(spec, old))
 	s.mu.Unlock()
+	if gen != 0 {
+		s.generation.Store(gen)
+	}
 	p.opts.Metrics.switched(s.name)
 	p.log.Info("switched", "service", s.name, "from", describeRoute(old.spec()), "to", describeRoute(spec))
 	return nil
@@ -450,7 +461,7 @@ func (p *Server) reroute(name string, next func(cur []wire.Backend) ([]wire.Back
 		if err != nil || to == nil {
 			return err
 		}
-		return p.changeRoute(s, to)
+		return p.changeRoute(s, to, 0)
 	})
 }
 
@@ -484,12 +495,22 @@ func (t *target) probe() {
 	wait := t.probeFirst
 	for t.down.Load() && !t.draining.Load() && !t.gone.Load() {
 		time.Sleep(wait)
-		conn, err := net.DialTimeout("tcp", t.upstream, time.Second)
-		if err == nil {
-			conn.Close()
+		if t.dialProbe() == nil {
 			t.answered()
 			return
 		}
 		wait = min(wait*3/2, probeMax)
 	}
+}
+
+// dialProbe dials t's endpoint (any address of a name) once.
+func (t *target) dialProbe() error {
+	if t.named != nil {
+		return t.named.dialAny()
+	}
+	conn, err := net.DialTimeout("tcp", t.upstream, time.Second)
+	if err == nil {
+		conn.Close()
+	}
+	return err
 }

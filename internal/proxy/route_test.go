@@ -421,23 +421,7 @@ func TestARefusedRequestGoesToAnotherEndpointAtOnce(t *testing.T) {
 			if tc.name == "two releases" {
 				client = keyedClient(t, listen, keyOn(t, []int{50, 50, 0}, 0)) // its requests go to the refusing release
 			}
-			for i := range 200 {
-				var resp *http.Response
-				var err error
-				body := strings.Repeat("x", 1000+i)
-				if i%2 == 0 {
-					resp, err = client.Get("http://" + listen + "/")
-				} else {
-					resp, err = client.Post("http://"+listen+"/upload", "text/plain", strings.NewReader(body))
-				}
-				require.NoError(t, err)
-				got, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				require.Equal(t, http.StatusOK, resp.StatusCode, "request %d: %s", i, got)
-				if i%2 == 1 {
-					require.Equal(t, fmt.Sprint(len(body)), string(got), "request %d: the POST's body went whole", i)
-				}
-			}
+			sendGetsAndPosts(t, client, listen, 200, 1000)
 			require.Zero(t, clock.Waits(), "no request waited its dial retry")
 			require.Zero(t, hitsOld.Load(), "no request went to the release of weight 0")
 			require.True(t, down(), "the refusing endpoint is marked down")
@@ -559,4 +543,28 @@ func TestEndpointsUpShareTiesEvenly(t *testing.T) {
 		got[p.fewest(p.turn(), nil)]++
 	}
 	require.Equal(t, map[*target]int{a: 30, c: 30}, got)
+}
+
+// sendGetsAndPosts sends n requests through listen, GETs and POSTs in turn (POST i
+// with a body of base+i bytes), and checks that each was answered 200 and each POST's
+// body went whole.
+func sendGetsAndPosts(t *testing.T, client *http.Client, listen string, n, base int) {
+	t.Helper()
+	for i := range n {
+		var resp *http.Response
+		var err error
+		body := strings.Repeat("x", base+i)
+		if i%2 == 0 {
+			resp, err = client.Get("http://" + listen + "/")
+		} else {
+			resp, err = client.Post("http://"+listen+"/upload", "text/plain", strings.NewReader(body))
+		}
+		require.NoError(t, err)
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "request %d: %s", i, got)
+		if i%2 == 1 {
+			require.Equal(t, fmt.Sprint(len(body)), string(got), "request %d: the POST's body went whole", i)
+		}
+	}
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// Clock is what leases and retries (of listens, of refused dials) are
 	// timed by; nil: the system's.
 	Clock Clock
+	// Resolver looks up named endpoints (tasks.api-green:8000); nil:
+	// net.DefaultResolver.
+	Resolver Resolver
 }
 
 // DefaultTrusted is loopback: the front proxy on the same host.
@@ -88,6 +91,9 @@ func NewServer(listen Listen, log *slog.Logger, opts Options) *Server {
 	if p.clock == nil {
 		p.clock = systemClock{}
 	}
+	if p.opts.Resolver == nil {
+		p.opts.Resolver = net.DefaultResolver
+	}
 	if opts.Metrics != nil {
 		opts.Metrics.watch(p)
 	}
@@ -102,13 +108,17 @@ type service struct {
 	http      *http.Server          // HTTP/1.1 connections
 	h2c       *http.Server          // HTTP/2 connections with prior knowledge, apart so a handover can GOAWAY them
 	ln        net.Listener          // nil while the service cannot listen (listenFail says why)
+	split     *splitListener        // what serves ln; nil until it does
 	conns     *connTracker
 	closing   atomic.Bool // handing over: every answer says Connection: close
 	log       *slog.Logger
 	trusted   []netip.Prefix
 	dialRetry time.Duration
 	clock     Clock // the dial retry's
+	resolver  Resolver
 	metrics   *Metrics
+	// generation is the last a route change carried (wire.RouteRequest).
+	generation atomic.Uint64
 
 	maint atomic.Pointer[wire.MaintenanceState]
 
@@ -319,7 +329,7 @@ func (p *Server) open(name, listen string, spec []wire.Backend) (*service, error
 
 // newService makes a service that does not listen yet.
 func (p *Server) newService(name, listen string, spec []wire.Backend) *service {
-	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, clock: p.clock, metrics: p.opts.Metrics}
+	s := &service{name: name, listen: listen, gate: newGate(), conns: newConnTracker(), log: p.log, trusted: p.opts.Trusted, dialRetry: p.opts.DialRetry, clock: p.clock, resolver: p.opts.Resolver, metrics: p.opts.Metrics}
 	if s.dialRetry == 0 {
 		s.dialRetry = DefaultDialRetry
 	}
@@ -346,7 +356,10 @@ func (p *Server) serve(s *service) {
 
 // start serves s on its listener.
 func (p *Server) start(s *service) {
-	split := newSplitListener(s.listener())
+	split := newSplitListener(s.listener(), s.conns.track)
+	s.mu.Lock()
+	s.split = split
+	s.mu.Unlock()
 	for srv, l := range map[*http.Server]net.Listener{s.http: split.h1, s.h2c: split.h2} {
 		go func() {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
@@ -618,7 +631,7 @@ func (p *Server) state(s *service) ServiceState {
 	upstream, inFlight, backends := s.route.Load().state()
 	ps := s.gate.state()
 	st := ServiceState{ServiceState: wire.ServiceState{Name: s.name, Listen: s.listen, Upstream: upstream, InFlight: inFlight, Route: backends,
-		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load()}}
+		Paused: ps.paused, Held: s.gate.waiting.Load(), HandoverPending: p.handoverPending.Load(), Maintenance: s.maint.Load(), Generation: s.generation.Load()}}
 	if ps.paused {
 		st.MaxWait, st.PausedSince, st.PauseUntil = wire.Duration(ps.maxFor), ps.since, ps.until
 	}
@@ -642,4 +655,11 @@ func newHTTPServer(h http.Handler, conns *connTracker, h2c bool) *http.Server {
 	srv.Protocols.SetHTTP1(!h2c)
 	srv.Protocols.SetUnencryptedHTTP2(h2c)
 	return srv
+}
+
+// splitListener is what serves s's listener, nil if none does.
+func (s *service) splitListener() *splitListener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.split
 }

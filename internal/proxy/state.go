@@ -42,6 +42,7 @@ type savedService struct {
 	PausedSince time.Time              `json:"paused_since,omitzero"`
 	PauseUntil  time.Time              `json:"pause_until,omitzero"`
 	Maintenance *wire.MaintenanceState `json:"maintenance,omitempty"`
+	Generation  uint64                 `json:"generation,omitempty"`
 }
 
 // unreadableEntry stands in the state file for the part of a damaged file
@@ -62,7 +63,7 @@ func SaveState(path string, services []ServiceState) error {
 			continue
 		}
 		raw, err := json.Marshal(savedService{Name: s.Name, Listen: s.Listen, Upstream: s.Upstream, Route: savedRoute(s.Route), Paused: s.Paused, MaxWait: s.MaxWait,
-			PausedSince: s.PausedSince, PauseUntil: s.PauseUntil, Maintenance: s.Maintenance})
+			PausedSince: s.PausedSince, PauseUntil: s.PauseUntil, Maintenance: s.Maintenance, Generation: s.Generation})
 		if err != nil {
 			return err
 		}
@@ -244,6 +245,7 @@ func (p *Server) restoreEntry(i int, raw json.RawMessage) {
 		spec = oneEndpoint(st.Upstream)
 	}
 	s := p.newService(st.Name, st.Listen, spec)
+	s.generation.Store(st.Generation)
 	if st.Paused {
 		p.restorePause(s, st)
 	}
@@ -261,7 +263,9 @@ func (p *Server) restoreEntry(i int, raw json.RawMessage) {
 	p.serve(s)
 	for _, b := range spec {
 		for _, e := range b.Endpoints {
-			go p.probe(p.log, st.Name, e)
+			if !isNamed(e) { // a name is looked up and dialed by its target
+				go p.probe(p.log, st.Name, e)
+			}
 		}
 	}
 }

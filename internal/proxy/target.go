@@ -25,7 +25,8 @@ import (
 type target struct {
 	upstream  string
 	proxy     *httputil.ReverseProxy
-	transport *http.Transport
+	transport appPool
+	named     *named // its host is a DNS name (named.go); nil for an IP
 	inFlight  atomic.Int64
 	draining  atomic.Bool
 
@@ -54,23 +55,26 @@ type target struct {
 	stats   *endpointStats
 }
 
+// appPool is a target's connections to its app: one *http.Transport for
+// an IP, one per address for a name (named).
+type appPool interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
 // newTarget makes the target for upstream: its own connection pool, and a
 // reverse proxy that forwards as the service's trust settings say and
 // logs every upstream error it answers for.
 func (s *service) newTarget(upstream string) *target {
 	t := &target{upstream: upstream, service: s.name, log: s.log, upgraded: map[*upgradedConn]struct{}{}, conns: map[*appConn]struct{}{}, metrics: s.metrics.forTarget(s.name, upstream), stats: newEndpointStats(), probeFirst: probeFirst}
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return t.track(t.dialRetrying(ctx, d, s.clock, s.dialRetry, network, addr))
-		},
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // pass the app's encoding through, never decode it here
-		ReadBufferSize:      16 << 10,
+	t.transport = appTransport(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return t.track(t.dialRetrying(ctx, d, s.clock, s.dialRetry, network, addr))
+	})
+	if isNamed(upstream) {
+		t.named = newNamed(t, s.resolver, s.clock, s.dialRetry)
+		t.transport = t.named
 	}
-	t.transport = tr
 	u := &url.URL{Scheme: "http", Host: upstream}
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -81,7 +85,7 @@ func (s *service) newTarget(upstream string) *target {
 		// FlushInterval 0: a response of known length goes out in as few
 		// writes as possible; ReverseProxy itself flushes every write of SSE
 		// and of responses of unknown length (streams, long polls).
-		Transport:  retrying{tr, s.dialRetry, s.clock, &t.cutting},
+		Transport:  retrying{t.transport, s.dialRetry, s.clock, &t.cutting},
 		BufferPool: copyBuffers, // else every response allocates (and zeroes) 32 KiB
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			tw, _ := w.(*trackingWriter)
@@ -115,6 +119,18 @@ func (s *service) newTarget(upstream string) *target {
 		},
 	}
 	return t
+}
+
+// appTransport is a pool of connections to an app, dialed by dial.
+func appTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil,
+		DialContext:         dial,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // pass the app's encoding through, never decode it here
+		ReadBufferSize:      16 << 10,
+	}
 }
 
 // copyBuffers are the buffers responses are copied through, shared by
@@ -195,14 +211,14 @@ func sleep(ctx context.Context, clock Clock, d time.Duration) bool {
 // restarts and then closes it (an EOF, a reset, a "closed idle
 // connection" here): a request HTTP lets us retry need not fail for it.
 type retrying struct {
-	*http.Transport
+	rt    http.RoundTripper
 	wait  time.Duration
 	clock Clock
 	cut   *atomic.Bool // the target's: once it is retired nothing is tried again
 }
 
 func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.Transport.RoundTrip(req)
+	resp, err := t.rt.RoundTrip(req)
 	if err == nil || !mayRetry(req) || t.cut.Load() {
 		return resp, err
 	}
@@ -211,7 +227,7 @@ func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !sleep(req.Context(), t.clock, dialRetryInterval) {
 			return nil, err
 		}
-		resp, err = t.Transport.RoundTrip(req)
+		resp, err = t.rt.RoundTrip(req)
 	}
 	return resp, err
 }
@@ -341,6 +357,9 @@ func (t *target) dialed(err error) {
 // probe.
 func (t *target) forget() {
 	t.gone.Store(true)
+	if t.named != nil {
+		t.named.stop()
+	}
 	t.metrics.forget()
 }
 

@@ -35,7 +35,12 @@ func NewControl(socket, service string) *Control {
 	if socket == "" {
 		socket = wire.DefaultSocket
 	}
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// Every call dials afresh: a proxy handing over to its next process
+	// (SIGHUP) stops listening on the socket but answers "restarting" on
+	// the connections it has until it exits, which a kept connection would
+	// reach for as long as the handover lasts. A unix socket costs nothing
+	// to dial.
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 	}}
 	return &Control{socket: socket, service: service, http: &http.Client{Transport: tr, Timeout: 15 * time.Second}}
@@ -69,6 +74,50 @@ func (c *Control) Stats(ctx context.Context) (wire.ServiceStats, error) {
 	return st, c.found(err)
 }
 
+// State is the service's state, with its counts.
+func (c *Control) State(ctx context.Context) (wire.ServiceState, error) {
+	st, err := c.get(ctx)
+	return st, c.found(err)
+}
+
+// ChangeRoute changes the service's route as in says (its generation and
+// expected IPs included): wire.ErrOldGeneration and wire.ErrNotConverged
+// say why the proxy refused it.
+func (c *Control) ChangeRoute(ctx context.Context, in wire.RouteRequest) (wire.ServiceState, error) {
+	waits := c.clone()
+	if len(in.Expect) > 0 {
+		// The proxy answers once its lookups converge, or give up.
+		waits.http.Timeout += time.Duration(max(in.Converge, wire.Duration(wire.DefaultConverge)))
+	}
+	var st wire.ServiceState
+	err := waits.call(ctx, http.MethodPut, "/route", in, &st)
+	return st, c.found(err)
+}
+
+// Create makes the service, listening on listen and sending along route:
+// a proxy's first route for it (a swarm node's proxy before its first switch).
+func (c *Control) Create(ctx context.Context, listen string, route []wire.Backend) (wire.ServiceState, error) {
+	var st wire.ServiceState
+	err := c.call(ctx, http.MethodPut, "", wire.PutRequest{Listen: listen, Route: route}, &st)
+	return st, err
+}
+
+// NotThere says err is the proxy having no such service.
+func NotThere(err error) bool { return errors.Is(err, errNotThere) }
+
+// Retire ends what still runs on upstream, one endpoint that left the
+// route.
+func (c *Control) Retire(ctx context.Context, upstream string) (wire.ServiceState, error) {
+	var st wire.ServiceState
+	err := c.call(ctx, http.MethodPost, "/retire", wire.RetireRequest{Upstream: upstream}, &st)
+	return st, c.found(err)
+}
+
+func (c *Control) clone() *Control {
+	cl := *c.http
+	return &Control{socket: c.socket, service: c.service, http: &cl}
+}
+
 // List returns every service the proxy serves.
 func (c *Control) List(ctx context.Context) ([]wire.ServiceState, error) {
 	var list []wire.ServiceState
@@ -99,9 +148,19 @@ func (c *Control) current(ctx context.Context) (wire.ServiceState, error) {
 
 func (c *Control) found(err error) error {
 	if errors.Is(err, errNotThere) {
-		return fmt.Errorf("%w: handoff proxy has no service %s (deploy it with proxy: handoff first)", deploy.ErrConfig, c.service)
+		return notThereError{fmt.Sprintf("handoff proxy has no service %s (deploy it with proxy: handoff first)", c.service)}
 	}
 	return err
+}
+
+// notThereError is a service the proxy does not have: deploy.ErrConfig for
+// the exit code, and NotThere.
+type notThereError struct{ msg string }
+
+func (e notThereError) Error() string { return e.msg }
+
+func (e notThereError) Is(target error) bool {
+	return target == deploy.ErrConfig || target == errNotThere
 }
 
 // unnamedEntries fails when the proxy keeps entries of its state file it
@@ -127,6 +186,17 @@ func (e unrestoredError) Error() string { return e.msg }
 func (e unrestoredError) Is(target error) bool {
 	return target == wire.ErrUnrestored || target == deploy.ErrProxy
 }
+
+// refusal is a change the proxy refused, as the proxy says it: is is
+// wire's error for its status, and it is deploy.ErrProxy for the exit code.
+type refusal struct {
+	msg string
+	is  error
+}
+
+func (e refusal) Error() string { return e.msg }
+
+func (e refusal) Is(target error) bool { return target == e.is || target == deploy.ErrProxy }
 
 var errNotThere = errors.New("service not in the proxy")
 
@@ -193,6 +263,10 @@ func (c *Control) do(ctx context.Context, method, path string, body, out any) er
 		return errNotThere
 	case resp.StatusCode == http.StatusConflict:
 		return fmt.Errorf("%w: %s", deploy.ErrConflict, message(data))
+	case resp.StatusCode == http.StatusPreconditionFailed:
+		return refusal{message(data), wire.ErrOldGeneration}
+	case resp.StatusCode == http.StatusFailedDependency:
+		return refusal{message(data), wire.ErrNotConverged}
 	case resp.StatusCode/100 != 2:
 		return fmt.Errorf("%w: handoff proxy %s %s: %d %s", deploy.ErrProxy, method, path, resp.StatusCode, message(data))
 	}

@@ -162,6 +162,32 @@ func (p *Proxy) PointsAt(ctx context.Context, upstream string) ([]string, error)
 // compares exactly, makes it only if nothing changed meanwhile (409:
 // ErrConflict). A change whose answer was lost is read back.
 func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
+	for sent := 1; ; sent++ {
+		err := p.setRoute(ctx, from, to)
+		var lost changeLost
+		if !errors.As(err, &lost) {
+			return err
+		}
+		if sent == changeSends {
+			return fmt.Errorf("%w; sent %d times, each time the connection was cut before an answer, and %s reads back unchanged each time: nothing was switched; see handoff proxy's log", lost.err, sent, p.ctl.service)
+		}
+	}
+}
+
+// changeSends is how many times a change is sent when the proxy answers,
+// after each, that it was not made: a proxy handing over to its next
+// process (SIGHUP) may cut the connection of a change it never saw.
+const changeSends = 3
+
+// changeLost is a change the proxy's connection cut, read back as not
+// made: the proxy answers and nothing changed, so sending it again is
+// safe (it names the route it changes from, which the proxy compares).
+type changeLost struct{ err error }
+
+func (e changeLost) Error() string { return e.err.Error() }
+func (e changeLost) Unwrap() error { return e.err }
+
+func (p *Proxy) setRoute(ctx context.Context, from, to deploy.Route) error {
 	if len(to) == 0 {
 		return fmt.Errorf("%w: handoff proxy's client cannot remove the route of %s", deploy.ErrProxy, p.ctl.service)
 	}
@@ -198,9 +224,15 @@ func (p *Proxy) SetRoute(ctx context.Context, from, to deploy.Route) error {
 		err = p.ctl.call(ctx, http.MethodPut, "/route", wire.RouteRequest{From: toWire(now), To: toWire(to)}, &st)
 	}
 	if errors.Is(err, deploy.ErrProxyUnreached) {
-		// The proxy may have made the change and its answer got lost.
-		if got, rerr := p.Route(ctx, nil); rerr == nil && deploy.Same(got, to) {
+		// The proxy may have made the change and its answer got lost, or
+		// never seen it.
+		got, rerr := p.Route(ctx, nil)
+		switch {
+		case rerr != nil:
+		case deploy.Same(got, to):
 			return nil
+		case deploy.Same(got, now):
+			return changeLost{err}
 		}
 	}
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,4 +320,104 @@ func TestARouteOfOneEndpointReachesAProxyFromBeforeRoutes(t *testing.T) {
 	require.ErrorIs(t, err, deploy.ErrProxy)
 	require.ErrorContains(t, err, "from before routes")
 	require.ErrorContains(t, err, "restart it")
+}
+
+// A handoff proxy handing over to its next process (SIGHUP) can cut a
+// change's connection before the change is made: the read-back shows the
+// route unchanged, and the change is sent again rather than failing the
+// deploy. One whose change took is not sent twice.
+func TestAChangeCutBeforeItWasMadeIsSentAgain(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		apply bool // the cut change was made before the cut
+	}{{"not made", false}, {"made", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			p, _, listen := serveOne(t) // its control served again below, cut once
+			socket := filepath.Join(t.TempDir(), "cut.sock")
+			ln, err := net.Listen("unix", socket)
+			require.NoError(t, err)
+			control := proxy.ControlHandler(p)
+			var changes, cut atomic.Int32
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodGet && changes.Add(1) == 1 {
+					if c.apply {
+						control.ServeHTTP(httptest.NewRecorder(), r)
+					}
+					cut.Add(1)
+					conn, _, err := w.(http.Hijacker).Hijack()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					conn.Close()
+					return
+				}
+				control.ServeHTTP(w, r)
+			})}
+			go func() { _ = srv.Serve(ln) }()
+			t.Cleanup(func() { _ = srv.Close() })
+
+			ctx := context.Background()
+			cl := newProxy(t, socket, "web", listen)
+			cur, err := cl.Route(ctx, nil)
+			require.NoError(t, err)
+			to := deploy.Only("web-2", "127.0.0.1:7002")
+			require.NoError(t, cl.SetRoute(ctx, cur, to))
+			require.Equal(t, int32(1), cut.Load(), "the first change was cut")
+			want := int32(2)
+			if c.apply {
+				want = 1 // read back as made: not sent again
+			}
+			require.Equal(t, want, changes.Load())
+			got, err := cl.Route(ctx, nil)
+			require.NoError(t, err)
+			require.True(t, deploy.Same(to, got), "%s", got)
+		})
+	}
+}
+
+// A handoff proxy handing over (SIGHUP) stops listening on the control
+// socket, and its next process listens there, but the old one still
+// answers "restarting" (503) on connections it already has, until it
+// exits, up to its handover timeout (long with a WebSocket open). Every
+// call dials afresh, so a change after the handover goes to the new
+// process, not to the old one for as long as the client retries.
+func TestACallAfterAHandoverReachesTheNextProcess(t *testing.T) {
+	p, _, listen := serveOne(t)
+	socket := filepath.Join(t.TempDir(), "c.sock")
+	oldLn, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	control := proxy.ControlHandler(p)
+	var frozen atomic.Bool
+	var toOld atomic.Int32
+	old := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if frozen.Load() {
+			toOld.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":"handoff proxy is restarting"}`)
+			return
+		}
+		control.ServeHTTP(w, r)
+	})}
+	go func() { _ = old.Serve(oldLn) }()
+	t.Cleanup(func() { _ = old.Close() })
+
+	ctx := context.Background()
+	cl := newProxy(t, socket, "web", listen)
+	cur, err := cl.Route(ctx, nil) // a connection to the old process
+	require.NoError(t, err)
+
+	frozen.Store(true)
+	oldLn.Close() // the old process stops listening; the socket is the next one's
+	_ = os.Remove(socket)
+	nextLn, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	next := &http.Server{Handler: control}
+	go func() { _ = next.Serve(nextLn) }()
+	t.Cleanup(func() { _ = next.Close() })
+
+	to := deploy.Only("web-2", "127.0.0.1:7002")
+	require.NoError(t, cl.SetRoute(ctx, cur, to))
+	require.Zero(t, toOld.Load(), "a call went to the old process after its handover")
 }

@@ -166,6 +166,11 @@ func Run(ctx context.Context, o Options) error {
 		log.Info("stopping; letting connections end", "timeout", o.HandoverTimeout)
 	}
 	_ = ctl.Close() // ours only, after an upgrade
+	// Clients with a connection kept to this process would go on being
+	// answered "restarting" by it: close the idle ones, and each answer
+	// from now on ends its connection, so their next call reaches the
+	// next process.
+	control.SetKeepAlivesEnabled(false)
 	hctx, cancel := context.WithTimeout(context.Background(), o.HandoverTimeout)
 	defer cancel()
 	srv.Handover(hctx)

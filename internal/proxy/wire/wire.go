@@ -72,6 +72,9 @@ type ServiceState struct {
 	// was and nothing is served for it; Listen and Upstream are what could
 	// be read of it.
 	Unrestored string `json:"unrestored,omitempty"`
+	// Generation is the last generation a route change carried (0: none
+	// did); the proxy refuses a change that carries one at or below it.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // Backend is one release in a route: its endpoints (host:port), and its
@@ -105,6 +108,18 @@ type EndpointState struct {
 	Endpoint string `json:"endpoint"`
 	InFlight int64  `json:"in_flight"`
 	Down     bool   `json:"down,omitempty"`
+	// Addresses: a named endpoint's (tasks.api-green:8000), as the proxy
+	// last resolved it, and those that left the answer but still finish
+	// requests (Gone).
+	Addresses []AddressState `json:"addresses,omitempty"`
+}
+
+// AddressState is one address of a named endpoint.
+type AddressState struct {
+	Address  string `json:"address"`
+	InFlight int64  `json:"in_flight"`
+	Down     bool   `json:"down,omitempty"` // its last dial failed
+	Gone     bool   `json:"gone,omitempty"` // no longer in the answer: no new requests
 }
 
 // Spec is the route a state shows, without its counts: what a
@@ -162,10 +177,23 @@ type SwitchRequest struct {
 // .../route): applied only if the route is From now (409 otherwise; an
 // empty From: whatever it is), and answered as done when it is To
 // already. Backends and their endpoints are compared in any order.
+//
+// Generation (per service; 0: none) orders changes from several
+// deployers: one at or below the proxy's is refused (ErrOldGeneration),
+// but for a repeat of the change it holds. Expect names, for a named
+// endpoint of To, IPs its lookup must contain before the change is made;
+// the proxy looks again until it does or Converge (default
+// DefaultConverge) passes, and then refuses it (ErrNotConverged).
 type RouteRequest struct {
-	From []Backend `json:"from"`
-	To   []Backend `json:"to"`
+	From       []Backend           `json:"from"`
+	To         []Backend           `json:"to"`
+	Generation uint64              `json:"generation,omitempty"`
+	Expect     map[string][]string `json:"expect,omitempty"`
+	Converge   Duration            `json:"converge,omitempty"`
 }
+
+// DefaultConverge is how long a change with Expect waits for the lookup.
+const DefaultConverge = 10 * time.Second
 
 // RetireRequest ends what still runs on an upstream, one endpoint (POST .../retire).
 type RetireRequest struct {
@@ -184,7 +212,8 @@ type PauseRequest struct {
 // what went wrong: 400 a bad request, 404 no such service, 409 the
 // service's target (or route) is not the one named, 422 ErrUnrestored, 500 the state
 // file could not be written (nothing changed), 503 the proxy is
-// restarting (try again: the new process takes the change).
+// restarting (try again: the new process takes the change), 412
+// ErrOldGeneration, 424 ErrNotConverged.
 type ErrorReply struct {
 	Error string `json:"error"`
 }
@@ -192,6 +221,15 @@ type ErrorReply struct {
 // ErrUnrestored is a service the proxy knows only from an entry of its
 // state file it could not restore (422): its route may be lost, not absent.
 var ErrUnrestored = errors.New("the service's entry in the state file could not be restored")
+
+// ErrOldGeneration is a route change whose generation is at or below
+// the one the proxy holds (412): a newer deploy or rollback came first.
+var ErrOldGeneration = errors.New("refused: an old generation")
+
+// ErrNotConverged is a route change whose expected IPs the proxy's lookup
+// of the name never contained within the change's time (424); nothing
+// was changed.
+var ErrNotConverged = errors.New("not converged")
 
 // Duration is a time.Duration written as text ("30s") in JSON.
 type Duration time.Duration

@@ -20,6 +20,9 @@ scripts/install-bench-tools.sh --optional
 # The registry tests: the reference registry (distribution v3.1.2) built
 # from the module proxy.
 scripts/install-registry.sh
+# The SSH tests (internal/remote, handoff --host): Debian's sshd, which the
+# tests start themselves on loopback ports with their own keys.
+if [ -n "$debian" ]; then scripts/install-sshd.sh; fi
 if ! command -v docker-compose >/dev/null && [ -n "$debian" ]; then
   echo "installing Debian's docker-compose" >&2
   apt-get update -qq >/dev/null
@@ -62,10 +65,22 @@ done
 # matrix with every kill repeated 5 times.
 HANDOFF_TEST_DOCKERD_RESTART=1 go test -count=1 -timeout 10m -run TestFaultDockerdRestart ./internal/itest
 
-# The deploy-under-load benchmark, short (3 deploys per strategy), only to
+# A swarm of three test servers (issue 20's harness) is more than two cores run
+# beside the load tests above (and so are the one-node swarms that build and
+# push images), so their tests run here, apart, with 2 deploys on the three
+# nodes; `make test-swarm` runs the same with 10.
+HANDOFF_TEST_SWARM=1 HANDOFF_SWARM_DEPLOYS=2 go test -p 1 -count=1 -timeout 15m -run 'TestSwarm|TestStoreAcrossManagers' ./internal/testhost ./internal/swarm ./internal/itest
+
+# The deploy-under-load benchmark, short (2 deploys per strategy), only to
 # prove it still runs; `make bench-deploy` is the real run.
-HANDOFF_BENCH_DEPLOYS=3 HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
+HANDOFF_BENCH_DEPLOYS=2 HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
   go test -count=1 -timeout 20m -run TestDeployUnderLoad ./bench
+
+# The bad-release benchmark, short (steps and watch of 10 s, a 10 s window
+# for blue/green), only to prove it still runs; `make bench-bad-release` is
+# the real run.
+HANDOFF_BENCH_BAD=1 HANDOFF_BENCH_BAD_SHORT=1 HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
+  go test -count=1 -timeout 10m -run TestBadReleaseUnderLoad ./bench
 
 # The hop benchmark, short (1 round of 1 s per case), only to prove it still
 # runs; `make bench-hop` is the real run. Skipped where wrk or HAProxy are
@@ -74,3 +89,24 @@ if command -v wrk >/dev/null && command -v haproxy >/dev/null; then
   HANDOFF_BENCH_HOP=1 HANDOFF_BENCH_HOP_ROUNDS=1 HANDOFF_BENCH_HOP_DURATION=1s HANDOFF_BENCH_OUT="${TMPDIR:-/tmp}/handoff-bench-ci" \
     go test -count=1 -timeout 10m -run TestHop ./bench
 fi
+
+# The release, short: tools/release (a module of its own, so vet,
+# staticcheck and its tests run from there) builds a snapshot for this
+# machine only, installs its .deb into an empty root and runs handoff from
+# it, and runs install.sh against a file server on loopback. `make
+# release-snapshot` builds every target. -mod=mod: its go.mod follows
+# handoff's (through a replace), which may have risen since it was tidied.
+# Debian's rpm, where apt-get can install it, installs the .rpm too.
+if ! command -v rpm >/dev/null && [ -n "$debian" ]; then
+  echo "installing Debian's rpm" >&2
+  { apt-get update -qq >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm >/dev/null; } ||
+    echo "test.sh: rpm could not be installed; the .rpm's install test will be skipped" >&2
+fi
+(
+  cd tools/release
+  export GOFLAGS="${GOFLAGS:-} -mod=mod"
+  go vet ./...
+  ../../.tools/bin/staticcheck ./...
+  go test -count=1 -timeout 10m ./...
+)

@@ -31,6 +31,7 @@ type CaddyOptions struct {
 	UnixAdmin   bool   // admin API on a unix socket instead of TCP
 	Binary      string // "" : CaddyBinary
 	ExtraGlobal string // more global options
+	ExtraServer string // more options of the global servers block (Caddy 2.6's `metrics`)
 	ExtraProxy  string // more reverse_proxy options
 	Sites       []Site // more sites on the same port
 }
@@ -83,7 +84,7 @@ func StartCaddy(t testing.TB, o CaddyOptions) *Caddy {
 	auto_https off
 	servers {
 		protocols h1 h2c
-	}
+%s	}
 %s}
 
 http://%s:%d, http://127.0.0.1:%d {
@@ -91,7 +92,7 @@ http://%s:%d, http://127.0.0.1:%d {
 	reverse_proxy %s {
 %s	}
 }
-`, adminListen, o.ExtraGlobal, SiteHost, port, port, o.Upstream, proxyOpts)
+`, adminListen, o.ExtraServer, o.ExtraGlobal, SiteHost, port, port, o.Upstream, proxyOpts)
 	for _, site := range o.Sites {
 		caddyfile += fmt.Sprintf("\nhttp://%s:%d {\n\tbind 127.0.0.1\n\treverse_proxy %s {\n%s\t}\n}\n", site.Host, port, site.Upstream, proxyOpts)
 	}

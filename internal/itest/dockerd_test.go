@@ -38,7 +38,7 @@ func TestFaultDockerdRestart(t *testing.T) {
 		s.Deploy(cfg("v2"))
 		require.Equal(t, []string{s.Service + "-2"}, s.Running())
 		scenarios = append(scenarios, s)
-		loads = append(loads, StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2}))
+		loads = append(loads, StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, FrontNeverReloads: viaProxy}))
 	}
 	took := restartDockerd(t)
 	for i, s := range scenarios {

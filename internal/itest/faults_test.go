@@ -51,12 +51,12 @@ func report(t *testing.T, s *Scenario, scenario string, got LoadStats) {
 	if s.Proxy != nil {
 		via = "handoff proxy"
 	}
-	t.Logf("matrix: %s via %s: %d requests (%d GET/h2, %d POST, %d slow, %d WebSockets), %d failed, %d POST resets by a Caddy reload; longest gap %s",
-		scenario, via, got.Requests(), got.OK, got.PostOK+got.Post5xx+got.PostConnErr, got.SlowOK+got.SlowCut, got.WSOK+got.WSGoingAway+got.WSCut,
-		got.Failures(), got.PostConnErr, got.LongestGap.Round(time.Millisecond))
+	t.Logf("matrix: %s via %s: %d requests (%d GET/h2, %d POST, %d slow, %d WebSockets), %d failed, %d requests cut by a Caddy reload; longest gap %s",
+		scenario, via, got.Requests(), got.OK, got.PostOK+got.Post5xx+got.ReloadCuts(), got.SlowOK+got.SlowCut, got.WSOK+got.WSGoingAway+got.WSCut,
+		got.Failures(), got.ReloadCuts(), got.LongestGap.Round(time.Millisecond))
 	require.Zero(t, got.Failures(), "%s via %s: %s", scenario, via, got)
 	if s.Proxy != nil {
-		require.Zero(t, got.PostConnErr, "%s via handoff proxy: %s", scenario, got)
+		require.Zero(t, got.ReloadCuts(), "%s via handoff proxy: %s", scenario, got)
 	}
 }
 
@@ -337,6 +337,6 @@ func TestFaultHandoffProxy(t *testing.T) {
 		require.True(t, after.Agree, after.Problem)
 		require.Equal(t, before.Upstream, after.Upstream, "the state file brought the service back where it was")
 		got := load.Stop()
-		t.Logf("matrix: handoff proxy killed with kill -9 and restarted 100 ms later: serving again after %s; %d requests, %d failed (%s)", back.Round(time.Millisecond), got.Requests(), got.Failures()+got.PostConnErr, got.Errors)
+		t.Logf("matrix: handoff proxy killed with kill -9 and restarted 100 ms later: serving again after %s; %d requests, %d failed (%s)", back.Round(time.Millisecond), got.Requests(), got.Failures()+got.ReloadCuts(), got.Errors)
 	})
 }

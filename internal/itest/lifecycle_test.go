@@ -25,7 +25,7 @@ func TestLiveReleaseKeepsItsAddressThroughRestarts(t *testing.T) {
 			before := s.status()
 			require.True(t, before.Agree)
 			name, up := before.Live.Name, before.Live.Upstream
-			load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2})
+			load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, FrontNeverReloads: s.Proxy != nil})
 
 			_, err := s.API.ContainerRestart(context.Background(), name, client.ContainerRestartOptions{})
 			require.NoError(t, err)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +34,10 @@ type LoadOptions struct {
 	// one way).
 	Clients     int
 	MaxDuration time.Duration // default 10m
+	// FrontNeverReloads: nothing in front is reloaded while the load runs (Caddy
+	// in front of handoff proxy keeps its one route), so the cuts ReloadCuts would
+	// put down to a reload are failures, counted in ConnErrors.
+	FrontNeverReloads bool
 }
 
 // LoadStats counts what the clients saw, by kind.
@@ -40,12 +45,13 @@ type LoadStats struct {
 	OK          int            // 2xx
 	Status5xx   int            // from GET, h2 and slow loops
 	OtherStatus int            // not 2xx nor 5xx
-	ConnErrors  int            // GET and h2 loops: refused, reset, EOF after the client's own retry
+	ConnErrors  int            // GET and h2 loops: refused, reset, EOF after the client's own retry; with FrontNeverReloads every cut
 	SlowOK      int            // slow requests that ended with 200
 	SlowCut     int            // slow requests that did not end with 200
 	PostOK      int            // POST loops, counted apart: see Failures
 	Post5xx     int            //
 	PostConnErr int            // non-retried POSTs cut by Caddy's reload closing idle connections
+	NewConnCut  int            // other requests cut on a connection just opened (see ReloadCuts)
 	WSOK        int            // WebSockets held their whole time and closed normally
 	WSGoingAway int            // WebSockets closed by the server with 1001 (going away): a proper goodbye
 	WSCut       int            // WebSockets that failed to open or broke
@@ -58,20 +64,31 @@ type LoadStats struct {
 }
 
 // Failures counts every failure a retrying client or a user would see;
-// connection errors of non-retrying POSTs are reported apart (PostConnErr),
-// since they come from Caddy's reload, not from handoff.
+// requests cut by a reload of the front proxy are counted apart
+// (ReloadCuts), since they come from Caddy's reload, not from handoff,
+// unless LoadOptions.FrontNeverReloads says there is none.
 func (s LoadStats) Failures() int {
 	return s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowCut + s.Post5xx + s.WSCut
 }
 
+// ReloadCuts counts the requests a reload of Caddy in front cuts and the
+// client does not send again: POSTs on a kept-alive connection Caddy closes
+// as idle while the request is on its way, and requests on a connection
+// Caddy had just accepted (its old server's Shutdown closes those too,
+// golang/go#75591; Go's client retries only on a reused connection). The
+// connection was made in both cases: a refused connection is a failure.
+// Through handoff proxy, which Caddy never reloads for, they must be zero:
+// LoadOptions.FrontNeverReloads counts them as failures.
+func (s LoadStats) ReloadCuts() int { return s.PostConnErr + s.NewConnCut }
+
 // Requests counts every request and WebSocket the load made.
 func (s LoadStats) Requests() int {
-	return s.OK + s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowOK + s.SlowCut + s.PostOK + s.Post5xx + s.PostConnErr + s.WSOK + s.WSGoingAway + s.WSCut
+	return s.OK + s.Status5xx + s.OtherStatus + s.ConnErrors + s.SlowOK + s.SlowCut + s.PostOK + s.Post5xx + s.PostConnErr + s.NewConnCut + s.WSOK + s.WSGoingAway + s.WSCut
 }
 
 func (s LoadStats) String() string {
-	return fmt.Sprintf("ok=%d 5xx=%d other=%d conn_errors=%d slow_ok=%d slow_cut=%d post_ok=%d post_5xx=%d post_conn_errors=%d ws_ok=%d ws_going_away=%d ws_cut=%d longest_gap=%s releases=%v errors=%q",
-		s.OK, s.Status5xx, s.OtherStatus, s.ConnErrors, s.SlowOK, s.SlowCut, s.PostOK, s.Post5xx, s.PostConnErr, s.WSOK, s.WSGoingAway, s.WSCut, s.LongestGap.Round(time.Millisecond), s.Releases, s.Errors)
+	return fmt.Sprintf("ok=%d 5xx=%d other=%d conn_errors=%d slow_ok=%d slow_cut=%d post_ok=%d post_5xx=%d post_conn_errors=%d new_conn_cut=%d ws_ok=%d ws_going_away=%d ws_cut=%d longest_gap=%s releases=%v errors=%q",
+		s.OK, s.Status5xx, s.OtherStatus, s.ConnErrors, s.SlowOK, s.SlowCut, s.PostOK, s.Post5xx, s.PostConnErr, s.NewConnCut, s.WSOK, s.WSGoingAway, s.WSCut, s.LongestGap.Round(time.Millisecond), s.Releases, s.Errors)
 }
 
 // Load is a running load; Stop ends it and returns the counts.
@@ -80,6 +97,8 @@ type Load struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	stats  LoadStats
+	// cutsFail: LoadOptions.FrontNeverReloads
+	cutsFail bool
 }
 
 // StartLoad starts the loops against url with Host host.
@@ -98,7 +117,7 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 		o.MaxDuration = 10 * time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.MaxDuration)
-	l := &Load{cancel: cancel, stats: LoadStats{Releases: map[string]int{}, Hosts: map[string]int{}, Failed5xx: map[string]int{}, lastOK: time.Now()}}
+	l := &Load{cancel: cancel, cutsFail: o.FrontNeverReloads, stats: LoadStats{Releases: map[string]int{}, Hosts: map[string]int{}, Failed5xx: map[string]int{}, lastOK: time.Now()}}
 	t.Cleanup(func() { l.Stop() })
 
 	h1 := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
@@ -128,18 +147,8 @@ func StartLoad(t testing.TB, url, host string, o LoadOptions) *Load {
 func (l *Load) wsLoop(ctx context.Context, url, host string, o LoadOptions) {
 	defer l.wg.Done()
 	for ctx.Err() == nil {
-		err := holdWebSocket(url, host, o.WSFor)
-		l.mu.Lock()
-		switch {
-		case err == nil:
-			l.stats.WSOK++
-		case websocket.CloseStatus(err) == websocket.StatusGoingAway:
-			l.stats.WSGoingAway++
-		default:
-			l.stats.WSCut++
-			l.failed("ws", err.Error())
-		}
-		l.mu.Unlock()
+		newConnCut, err := holdWebSocket(url, host, o.WSFor)
+		l.countWS(err, newConnCut)
 		select {
 		case <-ctx.Done():
 		case <-time.After(o.Pause):
@@ -149,7 +158,32 @@ func (l *Load) wsLoop(ctx context.Context, url, host string, o LoadOptions) {
 
 var wsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
-func holdWebSocket(url, host string, hold time.Duration) error {
+// countWS counts one WebSocket of a wsLoop. A handshake cut on the
+// connection just made for it, before any answer, is the new-connection
+// cut of ReloadCuts (a Caddy reload's old server closing what it had just
+// accepted), a failure when nothing in front reloads.
+func (l *Load) countWS(err error, newConnCut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err == nil:
+		l.stats.WSOK++
+	case websocket.CloseStatus(err) == websocket.StatusGoingAway:
+		l.stats.WSGoingAway++
+	case newConnCut && !l.cutsFail:
+		l.stats.NewConnCut++
+		l.failed("ws", err.Error()+" (handshake on a new connection)")
+	default:
+		l.stats.WSCut++
+		l.failed("ws", err.Error())
+	}
+}
+
+// holdWebSocket opens, holds and closes one WebSocket. newConnCut says the
+// handshake failed on the connection made for it with no answer at all: the
+// connection was accepted and then closed (a refused connection, an answer
+// that is not 101 and a handshake that timed out are not that).
+func holdWebSocket(url, host string, hold time.Duration) (newConnCut bool, err error) {
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Each handshake on a connection of its own, as a browser opens one for
@@ -157,9 +191,11 @@ func holdWebSocket(url, host string, hold time.Duration) error {
 	// of this process left in http.DefaultClient's pool, which the front
 	// proxy may be closing at that moment (a Caddy reload closes its idle
 	// connections, and an upgrade request is not retried).
-	ws, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{Host: host, HTTPClient: wsClient})
+	made := false
+	dctx = httptrace.WithClientTrace(dctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { made = true }})
+	ws, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{Host: host, HTTPClient: wsClient})
 	if err != nil {
-		return err
+		return made && resp == nil && dctx.Err() == nil, err
 	}
 	defer ws.CloseNow()
 	end := time.Now().Add(hold)
@@ -168,10 +204,10 @@ func holdWebSocket(url, host string, hold time.Duration) error {
 		_, _, err := ws.Read(rctx)
 		cancel()
 		if err != nil {
-			return err
+			return false, err
 		}
 	}
-	return ws.Close(websocket.StatusNormalClosure, "done")
+	return false, ws.Close(websocket.StatusNormalClosure, "done")
 }
 
 func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string, o LoadOptions) {
@@ -191,7 +227,12 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 			req.Header.Set("Cookie", fmt.Sprintf("handoff_split=%016x", ClientKey(rand.IntN(o.Clients))))
 		}
 		// Requests are not tied to ctx: stopping the load lets the last ones finish.
+		var conn struct{ made, reused bool } // of the last try
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			conn.made, conn.reused = true, i.Reused
+		}}))
 		resp, err := c.Do(req)
+		newConn := conn.made && !conn.reused
 		code, release, host := 0, "", ""
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
@@ -201,7 +242,7 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 				err = fmt.Errorf("h2 loop got %s", resp.Proto)
 			}
 		}
-		l.count(kind, code, release, host, err)
+		l.count(kind, code, release, host, err, newConn)
 		select {
 		case <-ctx.Done():
 		case <-time.After(o.Pause):
@@ -209,11 +250,13 @@ func (l *Load) loop(ctx context.Context, c *http.Client, kind, url, host string,
 	}
 }
 
-func (l *Load) count(kind string, code int, release, host string, err error) {
+func (l *Load) count(kind string, code int, release, host string, err error, newConn bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := &l.stats
 	switch {
+	case err != nil && newConn:
+		l.failed(kind, err.Error()+" (on a new connection)")
 	case err != nil:
 		l.failed(kind, err.Error())
 	case code/100 != 2:
@@ -234,8 +277,12 @@ func (l *Load) count(kind string, code int, release, host string, err error) {
 		}
 	}
 	switch {
+	case err != nil && (kind == "post" || newConn) && l.cutsFail:
+		s.ConnErrors++
 	case kind == "post" && err != nil:
 		s.PostConnErr++
+	case err != nil && newConn:
+		s.NewConnCut++
 	case kind == "post" && code/100 == 5:
 		s.Post5xx++
 	case kind == "post":

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/handoff-dev/handoff/internal/testhost"
 )
 
 // RegistryVersion is the reference registry scripts/install-registry.sh builds.
-const RegistryVersion = "3.1.2"
+const RegistryVersion = testhost.RegistryVersion
 
 // Registry is the reference container registry (distribution v3) on
 // loopback, with htpasswd authentication: the registry a team pushes its

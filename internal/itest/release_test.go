@@ -108,7 +108,7 @@ func TestReleasePauseHoldsRequestsDuringTheJob(t *testing.T) {
 	data := sharedDir(t)
 	s.Deploy(Config{Release: "v1"})
 
-	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1})
+	load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 2, Posts: 1, FrontNeverReloads: true})
 	WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 20 })
 	s.WriteConfig(Config{Release: "v2", Env: map[string]string{"MIGRATIONS": "/data/m.log", "MIGRATE_DELAY": "2s"},
 		Extra: "volumes: [\"" + data + ":/data\"]\nrelease: migrate\nrelease_pause: true\n"})

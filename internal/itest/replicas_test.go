@@ -46,7 +46,7 @@ func TestReplicasUnderLoad(t *testing.T) {
 			s.Deploy(cfg("r0"))
 			s.requireReplicas("r0", 3)
 
-			load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, H2: 2, Posts: 2, Slow: 3, SlowFor: 1500 * time.Millisecond, WebSockets: 1})
+			load := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, H2: 2, Posts: 2, Slow: 3, SlowFor: 1500 * time.Millisecond, WebSockets: 1, FrontNeverReloads: via.proxy})
 			WaitFor(t, 10*time.Second, "load to flow", func() bool { return load.Snapshot().OK > 100 })
 			var took []time.Duration
 			for i := 1; i <= replicaDeploys; i++ {
@@ -67,7 +67,7 @@ func TestReplicasUnderLoad(t *testing.T) {
 			require.Equal(t, back, s.Serving())
 			s.requireReplicas(back, 3)
 			t.Logf("%d deploys of 3 replicas under load: %s each on average (%v); then a rollback", replicaDeploys, mean(took).Round(time.Millisecond), rounded(took))
-			t.Logf("requests: ok=%d post_ok=%d slow_ok=%d ws_ok=%d; failures=%d; non-retried POST connection errors=%d", got.OK, got.PostOK, got.SlowOK, got.WSOK, got.Failures(), got.PostConnErr)
+			t.Logf("requests: ok=%d post_ok=%d slow_ok=%d ws_ok=%d; failures=%d; requests cut by a Caddy reload=%d", got.OK, got.PostOK, got.SlowOK, got.WSOK, got.Failures(), got.ReloadCuts())
 
 			t.Logf("phases, mean of the %d deploys: %s", replicaDeploys, meanPhases(s.history(), replicaDeploys))
 
@@ -80,7 +80,7 @@ func TestReplicasUnderLoad(t *testing.T) {
 			}
 
 			// One replica crashes between deploys.
-			gets := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, H2: 2})
+			gets := StartLoad(t, s.Caddy.URL, SiteHost, LoadOptions{Workers: 4, H2: 2, FrontNeverReloads: via.proxy})
 			WaitFor(t, 10*time.Second, "load to flow", func() bool { return gets.Snapshot().OK > 100 })
 			victim := st.Replicas[1].Name
 			host := s.hostname(victim)
@@ -201,5 +201,5 @@ func TestInitAndFirstDeployOfTwoContainersBehindOneReverseProxy(t *testing.T) {
 	st := s.status()
 	require.True(t, st.Agree, st.Problem)
 	require.Len(t, st.Replicas, 2)
-	t.Logf("two adopted containers replaced by a release of two under load: %d requests, %d failed (%d POSTs reset by Caddy's reload)", got.Requests(), got.Failures(), got.PostConnErr)
+	t.Logf("two adopted containers replaced by a release of two under load: %d requests, %d failed (%d requests cut by Caddy's reload)", got.Requests(), got.Failures(), got.ReloadCuts())
 }

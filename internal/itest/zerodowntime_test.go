@@ -46,7 +46,7 @@ func TestZeroFailedRequestsOverConsecutiveDeploys(t *testing.T) {
 		r := s.Deploy(Config{Release: release, Env: appEnv})
 		require.Contains(t, r.Stdout, "deployed")
 		now := load.Snapshot()
-		postErrs = append(postErrs, now.PostConnErr-prev.PostConnErr)
+		postErrs = append(postErrs, now.ReloadCuts()-prev.ReloadCuts())
 		prev = now
 		require.Zero(t, now.Failures(), "after deploy %d: %s", i, now)
 	}

@@ -192,6 +192,16 @@ type Counts interface {
 	Since(earlier Counts, endpoints []string) Window
 }
 
+// Laggards is a proxy made of several that each keep a route of their own
+// (every node's handoff proxy on a swarm): one that missed a switch (its node
+// was down) serves the route before it. Optional: repair sends the route
+// again to bring them in step, and status names them.
+type Laggards interface {
+	// Behind names the parts that serve another route than route, and what
+	// they serve.
+	Behind(ctx context.Context, route Route) ([]string, error)
+}
+
 // Steering lets a person promote or abort a running canary from another
 // shell, and shows how it goes (`handoff canary`). Optional: without it a
 // canary is decided by its analysis alone.

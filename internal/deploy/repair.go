@@ -33,6 +33,21 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 	if view.live != nil {
 		setFrom(rec, view.live)
 		setTo(rec, view.live)
+		behind, err := d.behind(ctx, view.route)
+		if err != nil {
+			return rec, d.fail(ctx, r, err)
+		}
+		if len(behind) > 0 {
+			// Parts of the proxy that missed a switch: the route again, to all of them.
+			d.note(rec, fmt.Sprintf("%s points at %s, which serves, but %s: sending the route again", d.describe(), view.live.Name, strings.Join(behind, "; ")))
+			r.next = view.live
+			err := d.phase(r, PhaseSwitch, view.route.String(), func() error { return d.Proxy.SetRoute(ctx, view.route, view.route) })
+			if err != nil {
+				return rec, d.fail(ctx, r, err)
+			}
+			r.inService = true
+			return rec, d.succeed(r)
+		}
 		if rec.Phase == PhaseRecover {
 			r.next = view.live // it recovered what was left: repaired, and this serves
 		}
@@ -96,4 +111,14 @@ func (d *Deployer) repairPart(ctx context.Context, r *run) error {
 	}
 	r.inService = true
 	return d.succeed(r)
+}
+
+// behind names the parts of the proxy that serve another route than route
+// (Laggards); none when the proxy is one.
+func (d *Deployer) behind(ctx context.Context, route Route) ([]string, error) {
+	l, ok := d.Proxy.(Laggards)
+	if !ok || len(route) == 0 {
+		return nil, nil
+	}
+	return l.Behind(ctx, route)
 }

@@ -80,6 +80,13 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 			// The proxy points at the live release, which serves on the rest.
 			st.Problem = fmt.Sprintf("%s of %s not running (its restart policy may bring it back; `handoff repair %s` starts it)", strings.Join(down, ", "), v.live.Name, svc.Name)
 		}
+		behind, err := d.behind(ctx, v.route)
+		if err != nil {
+			return nil, err
+		}
+		if len(behind) > 0 && st.Problem == "" {
+			st.Problem = fmt.Sprintf("%s; run `handoff repair %s`", strings.Join(behind, "; "), svc.Name)
+		}
 		st.Check = "passing: " + d.releaseHealthDetail(svc, v.live)
 		for _, c := range v.live.Containers {
 			if !c.Running {

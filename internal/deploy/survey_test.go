@@ -52,3 +52,53 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 	require.Equal(t, "web-2", rec.From)
 	require.NotContains(t, strings.Join(rec.Notes, "\n"), "an earlier release left running")
 }
+
+// laggingProxy is a proxy of several parts, some of which missed the last switch
+// (a swarm's node that was down): deploy.Laggards.
+type laggingProxy struct {
+	*fakeProxy
+	lagging []string
+	resent  []string // the routes sent again
+}
+
+func (p *laggingProxy) Behind(context.Context, Route) ([]string, error) { return p.lagging, nil }
+
+func (p *laggingProxy) SetRoute(ctx context.Context, from, to Route) error {
+	if Same(from, to) {
+		p.resent = append(p.resent, to.String())
+		p.lagging = nil
+	}
+	return p.fakeProxy.SetRoute(ctx, from, to)
+}
+
+// A part of the proxy that missed a switch is named by status, and repair sends it
+// the route again, starting and stopping nothing.
+func TestStatusNamesAPartOfTheProxyBehindAndRepairSendsTheRouteAgain(t *testing.T) {
+	r := newRig(t)
+	lp := &laggingProxy{fakeProxy: r.proxy}
+	r.d.Proxy = lp
+	_, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	lp.lagging = []string{"the proxy on hn3 serves an older switch (generation 3: web-1)"}
+	r.rt.calls = nil
+
+	st, err := r.d.Status(context.Background(), testService())
+	require.NoError(t, err)
+	require.True(t, st.Agree)
+	require.Equal(t, "the proxy on hn3 serves an older switch (generation 3: web-1); run `handoff repair web`", st.Problem)
+
+	rec, err := r.d.Repair(context.Background(), testService())
+	require.NoError(t, err)
+	require.Equal(t, OutcomeSucceeded, rec.Outcome)
+	require.Empty(t, r.rt.calls, "nothing started, stopped or removed")
+	require.Len(t, lp.resent, 1, "the route sent again")
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "hn3 serves an older switch")
+
+	st, err = r.d.Status(context.Background(), testService())
+	require.NoError(t, err)
+	require.Empty(t, st.Problem)
+	rec, err = r.d.Repair(context.Background(), testService())
+	require.NoError(t, err)
+	require.Len(t, lp.resent, 1, "in step: nothing sent")
+	require.Contains(t, strings.Join(rec.Notes, "\n"), "nothing to repair")
+}

@@ -48,7 +48,10 @@ type Proxies struct {
 	drained map[string]bool
 }
 
-var _ deploy.Proxy = (*Proxies)(nil)
+var (
+	_ deploy.Proxy    = (*Proxies)(nil)
+	_ deploy.Laggards = (*Proxies)(nil)
+)
 
 // Exit codes of `handoff proxy ctl switch`, per node.
 const (
@@ -150,6 +153,30 @@ func newestRoute(states []nodeState) deploy.Route {
 		}
 	}
 	return routeOf(newest)
+}
+
+// Behind names the nodes whose proxy serves another route than route: a node that
+// was down, or that joined, at the last switch. Swarm does not run a job again on a
+// node that comes back, so `handoff repair` sends the route again (deploy.Laggards).
+func (p *Proxies) Behind(ctx context.Context, route deploy.Route) ([]string, error) {
+	states, err := p.states(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return behind(states, route), nil
+}
+
+func behind(states []nodeState, route deploy.Route) []string {
+	var out []string
+	for _, s := range states {
+		switch r := routeOf(s.state); {
+		case len(r) == 0:
+			out = append(out, fmt.Sprintf("the proxy on %s has no route for the service", s.node.Hostname))
+		case !deploy.Same(r, route):
+			out = append(out, fmt.Sprintf("the proxy on %s serves an older switch (generation %d: %s)", s.node.Hostname, s.state.Generation, r))
+		}
+	}
+	return out
 }
 
 // Preflight checks that every ready node runs its proxy.

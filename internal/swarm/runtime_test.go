@@ -83,4 +83,14 @@ func TestTheNewestSwitchIsTheRoute(t *testing.T) {
 	}
 	require.Equal(t, []string{"tasks.web-green:8000"}, newestRoute(states).Endpoints())
 	require.Empty(t, newestRoute([]nodeState{{node: NodeResult{Hostname: "hn1"}}}), "a fresh swarm: no route yet")
+
+	// Repair's question: who serves another route than the newest.
+	lag := behind(states, newestRoute(states))
+	require.Len(t, lag, 2, "%q", lag)
+	require.Contains(t, lag[0], "hn1 serves an older switch (generation 7: ")
+	require.Contains(t, lag[0], "tasks.web-blue:8000")
+	require.Equal(t, "the proxy on hn3 has no route for the service", lag[1])
+	states[0].state = at(9, "tasks.web-green:8000")
+	states = states[:2]
+	require.Empty(t, behind(states, newestRoute(states)), "every node on the same release, whatever its generation")
 }

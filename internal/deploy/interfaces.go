@@ -202,6 +202,19 @@ type Laggards interface {
 	Behind(ctx context.Context, route Route) ([]string, error)
 }
 
+// Parts is a proxy made of several that each switch on their own (every
+// node's handoff proxy on a swarm). Optional: status shows a row per part,
+// and the record keeps how each part took each switch.
+type Parts interface {
+	// PartStatus is every part as it is now: where it runs, what it
+	// serves and its requests in flight. A part that could not be read is
+	// a row that says why; the error is for a read that reached none.
+	PartStatus(ctx context.Context) ([]PartStatus, error)
+	// LastSwitch is how each part took the last SetRoute; none when that
+	// reached no part (refused before it was sent).
+	LastSwitch() []PartResult
+}
+
 // Steering lets a person promote or abort a running canary from another
 // shell, and shows how it goes (`handoff canary`). Optional: without it a
 // canary is decided by its analysis alone.

@@ -399,6 +399,7 @@ func (d *Deployer) switchTo(ctx context.Context, r *run) error {
 // current route is to, whatever the error.
 func (d *Deployer) routeTo(ctx context.Context, r *run, from, to Route, fromName, toName string) error {
 	err := d.Proxy.SetRoute(ctx, from, to)
+	d.keepParts(r.rec)
 	if err == nil {
 		r.route = to
 		return nil
@@ -415,10 +416,20 @@ func (d *Deployer) routeTo(ctx context.Context, r *run, from, to Route, fromName
 	}
 	d.note(r.rec, fmt.Sprintf("the switch reported an error (%v), but %s points at %s: it took; finishing it", err, d.Proxy.Describe(), endpointList(to.Endpoints())))
 	r.route = to
-	if ferr := d.Proxy.SetRoute(rctx, from, to); ferr != nil {
+	ferr := d.Proxy.SetRoute(rctx, from, to)
+	d.keepParts(r.rec)
+	if ferr != nil {
 		return fmt.Errorf("%w: switched to %s, but could not finish the switch: %v", ErrProxy, endpointList(to.Endpoints()), ferr)
 	}
 	return ctx.Err() // interrupted: stop here
+}
+
+// keepParts records how each part of a proxy made of several (Parts) took
+// the switch just sent, whether it succeeded or not.
+func (d *Deployer) keepParts(rec *Record) {
+	if p, ok := d.Proxy.(Parts); ok {
+		rec.Nodes = append(rec.Nodes, p.LastSwitch()...)
+	}
 }
 
 // current is the route as the run left it: the view's until the run

@@ -77,6 +77,31 @@ type Record struct {
 	Analysis []Analysis    `json:"analysis,omitempty"`
 	Notes    []string      `json:"notes,omitempty"`
 	PID      int           `json:"pid"`
+	// Nodes is how each part of a proxy made of several (a swarm's nodes)
+	// took each switch the procedure made, in order: a deploy that
+	// switches back has the rows of both, told apart by Route and
+	// Generation.
+	Nodes []PartResult `json:"nodes,omitempty"`
+}
+
+// Results of a PartResult.
+const (
+	PartSwitched     = "switched"        // switched, and what it drained ended
+	PartDrainTimeout = "drain timed out" // switched; what still ran on the old release was cut
+	PartNotReached   = "not reached"     // the switch did not get there (node down, paused)
+	PartRefused      = "refused"         // the part did not switch (a newer generation, its DNS never in step)
+	PartFailed       = "failed"          // it could not be told to, or said nothing that reads
+)
+
+// PartResult is how one part of a proxy took one switch.
+type PartResult struct {
+	Node       string        `json:"node"`
+	Route      string        `json:"route"`                // the route the switch sent
+	Generation uint64        `json:"generation,omitempty"` // the switch's number, where the proxy counts them
+	Result     string        `json:"result"`               // PartSwitched…
+	ExitCode   int           `json:"exit_code,omitempty"`
+	Detail     string        `json:"detail,omitempty"` // why not reached, or what it said last
+	Took       time.Duration `json:"took_ns,omitempty"`
 }
 
 // PhaseRecord is one phase of a Record with its duration.

@@ -41,7 +41,10 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 			// Parts of the proxy that missed a switch: the route again, to all of them.
 			d.note(rec, fmt.Sprintf("%s points at %s, which serves, but %s: sending the route again", d.describe(), view.live.Name, strings.Join(behind, "; ")))
 			r.next = view.live
-			err := d.phase(r, PhaseSwitch, view.route.String(), func() error { return d.Proxy.SetRoute(ctx, view.route, view.route) })
+			err := d.phase(r, PhaseSwitch, view.route.String(), func() error {
+				defer d.keepParts(rec)
+				return d.Proxy.SetRoute(ctx, view.route, view.route)
+			})
 			if err != nil {
 				return rec, d.fail(ctx, r, err)
 			}

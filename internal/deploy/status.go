@@ -24,6 +24,27 @@ type Status struct {
 	Advice    []string          `json:"advice,omitempty"`
 	Canary    string            `json:"canary,omitempty"` // a canary under way, or what was done about an interrupted one
 	LastEvent *Record           `json:"last,omitempty"`
+	// Parts is a row per part of a proxy made of several (Parts: a swarm's
+	// nodes), in the order the proxy gives them.
+	Parts []PartStatus `json:"nodes,omitempty"`
+}
+
+// PartStatus is one part of a proxy made of several, as status shows it:
+// on a swarm, a node and its handoff proxy.
+type PartStatus struct {
+	Name         string `json:"name"`                   // the node's hostname
+	Role         string `json:"role,omitempty"`         // manager, worker
+	State        string `json:"state,omitempty"`        // ready, down…
+	Availability string `json:"availability,omitempty"` // active, pause, drain
+	Proxy        string `json:"proxy"`                  // its proxy's task state: running, starting…; "" none
+	// What its proxy serves, when it was read: the switch's generation it
+	// holds and its route; InFlight counts the requests on the route and
+	// on what drains, Draining those of them on what drains.
+	Generation uint64 `json:"generation,omitempty"`
+	Route      string `json:"route,omitempty"`
+	InFlight   *int64 `json:"in_flight,omitempty"` // nil: not read
+	Draining   int64  `json:"draining,omitempty"`
+	Note       string `json:"note,omitempty"` // why it was not read, or what is amiss
 }
 
 // ContainerStatus is one container of a service, for status.
@@ -112,6 +133,11 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	}
 	if d.Proxy == nil {
 		return st, nil
+	}
+	if p, ok := d.Proxy.(Parts); ok {
+		if st.Parts, err = p.PartStatus(ctx); err != nil {
+			return nil, err
+		}
 	}
 	st.Advice, err = d.Proxy.Advice(ctx, st.Upstream)
 	return st, err

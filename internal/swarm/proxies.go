@@ -46,11 +46,14 @@ type Proxies struct {
 	// drained are the endpoints the last switch drained on every node that runs a
 	// proxy: what InFlight need not ask the nodes again.
 	drained map[string]bool
+	// last is how each node took the last switch (deploy.Parts).
+	last []deploy.PartResult
 }
 
 var (
 	_ deploy.Proxy    = (*Proxies)(nil)
 	_ deploy.Laggards = (*Proxies)(nil)
+	_ deploy.Parts    = (*Proxies)(nil)
 )
 
 // Exit codes of `handoff proxy ctl switch`, per node.
@@ -73,7 +76,7 @@ type nodeState struct {
 
 // states asks every node's proxy what it serves.
 func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
-	results, err := p.run(ctx, "status", []string{"proxy", "ctl", "status", "--socket", ProxySocket, "--service", p.Service, "--json"})
+	results, err := p.run(ctx, "status", p.statusArgs())
 	if err != nil {
 		return nil, err
 	}
@@ -83,18 +86,10 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 		if r.State == NotReached {
 			continue
 		}
-		if r.ExitCode != 0 || r.State != "complete" {
-			failed = append(failed, fmt.Sprintf("%s (%s, exit %d: %s)", r.Hostname, r.State, r.ExitCode, lastLine(r)))
+		ns, why := readState(r)
+		if why != "" {
+			failed = append(failed, fmt.Sprintf("%s (%s)", r.Hostname, why))
 			continue
-		}
-		ns := nodeState{node: r}
-		line := lastLine(r)
-		if line != "null" && line != "" {
-			ns.state = &wire.ServiceState{}
-			if err := json.Unmarshal([]byte(line), ns.state); err != nil {
-				failed = append(failed, fmt.Sprintf("%s (its status did not read: %v)", r.Hostname, err))
-				continue
-			}
 		}
 		out = append(out, ns)
 	}
@@ -105,6 +100,22 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 		return nil, fmt.Errorf("%w: no node's proxy answered (is handoff swarm setup done, and are the nodes ready?)", deploy.ErrProxyUnreached)
 	}
 	return out, nil
+}
+
+// readState reads a node's `ctl status` answer; why says what kept it from reading.
+func readState(r NodeResult) (ns nodeState, why string) {
+	if r.ExitCode != 0 || r.State != "complete" {
+		return ns, fmt.Sprintf("%s, exit %d: %s", r.State, r.ExitCode, lastLine(r))
+	}
+	ns.node = r
+	line := lastLine(r)
+	if line != "null" && line != "" {
+		ns.state = &wire.ServiceState{}
+		if err := json.Unmarshal([]byte(line), ns.state); err != nil {
+			return nodeState{}, fmt.Sprintf("its status did not read: %v", err)
+		}
+	}
+	return ns, ""
 }
 
 func lastLine(r NodeResult) string {
@@ -226,6 +237,7 @@ func (p *Proxies) Preflight(ctx context.Context, _ deploy.Route, _ []string) ([]
 // the old endpoints there. A node that refuses the generation has seen a newer switch;
 // one whose DNS never shows the tasks is named, and nothing is stopped.
 func (p *Proxies) SetRoute(ctx context.Context, from, to deploy.Route) error {
+	p.keepSwitch(nil)
 	if len(to) != 1 || len(to[0].Endpoints) != 1 {
 		return fmt.Errorf("%w: on a swarm a route is one release's colour service (got %v)", deploy.ErrProxy, to.Endpoints())
 	}
@@ -252,7 +264,9 @@ func (p *Proxies) SetRoute(ctx context.Context, from, to deploy.Route) error {
 	p.mu.Lock()
 	p.drained = nil
 	p.mu.Unlock()
+	sent := time.Now()
 	results, err := p.run(ctx, "switch", args)
+	p.keepSwitch(switchResults(results, to.String(), gen, time.Since(sent)))
 	if err != nil {
 		return fmt.Errorf("%w: %v", deploy.ErrUnclear, err)
 	}

@@ -3,12 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/state"
 )
@@ -34,11 +36,12 @@ func historyRun(ctx context.Context, c *common, limit int, bars bool, args []str
 	if err != nil {
 		return err
 	}
-	dir := c.stateDir
-	if dir == "" {
-		dir = state.DefaultDir()
+	history, where, done, err := c.historyOf(s)
+	if err != nil {
+		return err
 	}
-	recs, err := state.Store{Dir: dir}.List(s.Service.Name)
+	defer done()
+	recs, err := history.List(s.Service.Name)
 	if err != nil {
 		return err
 	}
@@ -49,7 +52,7 @@ func historyRun(ctx context.Context, c *common, limit int, bars bool, args []str
 		return c.io.JSON(recs)
 	}
 	if len(recs) == 0 {
-		fmt.Fprintf(c.io.Out, "no deploys of %s recorded in %s\n", s.Service.Name, dir)
+		fmt.Fprintf(c.io.Out, "no deploys of %s recorded in %s\n", s.Service.Name, where)
 		return nil
 	}
 	if bars {
@@ -74,7 +77,59 @@ func historyRun(ctx context.Context, c *common, limit int, bars bool, args []str
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Started.Local().Format("2006-01-02 15:04:05"), r.Kind,
 			orDash(r.From), orDash(r.To), imageOf(r), outcome, r.Took().Round(time.Millisecond), strings.Join(phases, ", "))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	printNodeSwitches(c.io.Out, recs)
+	return nil
+}
+
+// printNodeSwitches shows, for each record of a proxy made of several (a
+// swarm's nodes), how every node took each of its switches.
+func printNodeSwitches(out io.Writer, recs []deploy.Record) {
+	for _, r := range recs {
+		if len(r.Nodes) == 0 {
+			continue
+		}
+		fmt.Fprintf(out, "\n%s %s %s, per node:\n", r.Started.Local().Format("2006-01-02 15:04:05"), r.Kind, orDash(r.To))
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		for i, n := range r.Nodes {
+			if i == 0 || n.Route != r.Nodes[i-1].Route || n.Generation != r.Nodes[i-1].Generation {
+				sw := "  switch to " + n.Route
+				if n.Generation > 0 {
+					sw += fmt.Sprintf(" (generation %d)", n.Generation)
+				}
+				fmt.Fprintln(tw, sw)
+			}
+			result := n.Result
+			if n.ExitCode != 0 {
+				result += fmt.Sprintf(" (exit %d)", n.ExitCode)
+			}
+			took := "-"
+			if n.Took > 0 {
+				took = n.Took.Round(time.Millisecond).String()
+			}
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\n", n.Node, result, took, orDash(n.Detail))
+		}
+		tw.Flush()
+	}
+}
+
+// historyOf is where s's records are kept, and its name for messages: on a
+// swarm the record services every manager shares, else the state directory.
+func (c *common) historyOf(s config.Settings) (deploy.History, string, func(), error) {
+	if s.Engine == config.EngineSwarm {
+		d, done, err := c.connectSwarm(s)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return d.History, "the swarm's records", done, nil
+	}
+	dir := c.stateDir
+	if dir == "" {
+		dir = state.DefaultDir()
+	}
+	return state.Store{Dir: dir}, dir, func() {}, nil
 }
 
 // chartWidth is how many columns the longest deploy's bar takes.

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -94,6 +96,10 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		}
 		tw.Flush()
 	}
+	if len(st.Parts) > 0 {
+		fmt.Fprintln(out, "\nnodes")
+		printParts(out, st.Parts)
+	}
 	if st.LastEvent != nil {
 		e := st.LastEvent
 		fmt.Fprintf(out, "\nlast     %s %s %s (%s ago)\n", e.Kind, e.To, e.Outcome, time.Since(e.Started).Round(time.Second))
@@ -102,6 +108,28 @@ func statusRun(ctx context.Context, c *common, args []string) error {
 		fmt.Fprintf(out, "advice   %s\n", a)
 	}
 	return nil
+}
+
+// printParts is a row per part of the proxy (a swarm's node): where it runs,
+// what its proxy serves, and what is amiss with it.
+func printParts(out io.Writer, parts []deploy.PartStatus) {
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE\tROLE\tSTATE\tAVAILABILITY\tPROXY\tGENERATION\tSERVES\tIN FLIGHT\tNOTE")
+	for _, p := range parts {
+		gen, inFlight := "-", "-"
+		if p.Generation > 0 {
+			gen = strconv.FormatUint(p.Generation, 10)
+		}
+		if p.InFlight != nil {
+			inFlight = strconv.FormatInt(*p.InFlight, 10)
+			if p.Draining > 0 {
+				inFlight += fmt.Sprintf(" (%d draining)", p.Draining)
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, orDash(p.Role), orDash(p.State), orDash(p.Availability),
+			cmp.Or(p.Proxy, "none"), gen, orDash(p.Route), inFlight, orDash(p.Note))
+	}
+	tw.Flush()
 }
 
 func stateOf(c deploy.ContainerStatus) string {

@@ -38,9 +38,13 @@ type Options struct {
 // Stamp is what a build writes into the binary (and the packages).
 type Stamp struct {
 	Version string // v1.2.3, or v0.0.0-snapshot+<commit>
-	Commit  string // the full commit hash
+	Commit  string // the full commit hash; noCommit for a snapshot without git
 	Date    time.Time
+	Note    string // what the build could not read, for its output
 }
+
+// noCommit is the commit a snapshot of a directory git cannot read names.
+var noCommit = strings.Repeat("0", 40)
 
 // Artifact is a file of the release that a user downloads.
 type Artifact struct {
@@ -129,6 +133,13 @@ func readStamp(ctx context.Context, o Options) (Stamp, error) {
 		return Stamp{}, fmt.Errorf("version %q is not like v1.2.3: pass --version vX.Y.Z, or --snapshot", o.Version)
 	}
 	commit, err := git(ctx, o.Repo, "rev-parse", "HEAD")
+	if err != nil && o.Snapshot {
+		// A snapshot of files without their git history (an export, a CI checkout git
+		// will not read as another user's): no commit to name, and the date fixed, so two
+		// builds of the same files are the same bytes.
+		return Stamp{Version: "v0.0.0-snapshot+nogit", Commit: noCommit, Date: time.Unix(0, 0).UTC(),
+			Note: fmt.Sprintf("not a git checkout git can read (%v): the snapshot names no commit", err)}, nil
+	}
 	if err != nil {
 		return Stamp{}, err
 	}

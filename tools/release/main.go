@@ -65,6 +65,9 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if r.Note != "" {
+		fmt.Fprintln(os.Stderr, "release: warning: "+r.Note)
+	}
 	fmt.Printf("handoff %s (commit %s, built %s) in %s:\n", r.Version, r.Commit, r.Date.Format(time.RFC3339), o.Out)
 	for _, a := range r.Artifacts {
 		fmt.Printf("  %-56s %6.1f MB\n", a.Name, float64(a.Size)/1e6)

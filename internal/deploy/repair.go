@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -26,10 +27,6 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		return rec, d.fail(ctx, r, err)
 	}
 	view := r.view
-	if view.live != nil && !view.live.Running() {
-		// Serving on part of it: the rest is started again and waited on.
-		return rec, d.repairPart(ctx, r)
-	}
 	if view.live != nil {
 		setFrom(rec, view.live)
 		setTo(rec, view.live)
@@ -38,9 +35,19 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 			return rec, d.fail(ctx, r, err)
 		}
 		if len(behind) > 0 {
+			d.note(rec, fmt.Sprintf("%s points at %s, but %s", d.describe(), view.live.Name, strings.Join(behind, "; ")))
+		}
+		part := !view.live.Running()
+		if part {
+			// Serving on part of it: the rest is started again and waited on.
+			if err := d.repairPart(ctx, r); err != nil {
+				return rec, d.fail(ctx, r, err)
+			}
+		}
+		if len(behind) > 0 {
 			// Parts of the proxy that missed a switch: the route again, to all of them.
-			d.note(rec, fmt.Sprintf("%s points at %s, which serves, but %s: sending the route again", d.describe(), view.live.Name, strings.Join(behind, "; ")))
-			r.next = view.live
+			d.note(rec, fmt.Sprintf("%s serves: sending the route again", view.live.Name))
+			r.next = cmp.Or(r.next, view.live)
 			err := d.phase(r, PhaseSwitch, view.route.String(), func() error {
 				defer d.keepParts(rec)
 				return d.Proxy.SetRoute(ctx, view.route, view.route)
@@ -48,6 +55,8 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 			if err != nil {
 				return rec, d.fail(ctx, r, err)
 			}
+		}
+		if len(behind) > 0 || part {
 			r.inService = true
 			return rec, d.succeed(r)
 		}
@@ -96,8 +105,6 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 // and waits until they are healthy; the rest serves meanwhile.
 func (d *Deployer) repairPart(ctx context.Context, r *run) error {
 	svc, rec, live := r.svc, r.rec, r.view.live
-	setFrom(rec, live)
-	setTo(rec, live)
 	down := notRunning(live)
 	d.note(rec, fmt.Sprintf("%s points at %s, which serves on part of it: starting %s again", d.describe(), live.Name, strings.Join(down, ", ")))
 	err := d.phase(r, PhaseStart, strings.Join(down, ", "), func() (err error) {
@@ -105,15 +112,14 @@ func (d *Deployer) repairPart(ctx context.Context, r *run) error {
 		return err
 	})
 	if err != nil {
-		return d.fail(ctx, r, fmt.Errorf("%w; %s serves on the rest", err, live.Name))
+		return fmt.Errorf("%w; %s serves on the rest", err, live.Name)
 	}
 	next := r.next
 	err = d.phase(r, PhaseHealth, d.releaseHealthDetail(svc, next), func() error { return d.waitReleaseHealthy(ctx, svc, next) })
 	if err != nil {
-		return d.fail(ctx, r, fmt.Errorf("%w; %s serves on the rest", err, live.Name))
+		return fmt.Errorf("%w; %s serves on the rest", err, live.Name)
 	}
-	r.inService = true
-	return d.succeed(r)
+	return nil
 }
 
 // behind names the parts of the proxy that serve another route than route

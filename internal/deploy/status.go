@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -47,6 +48,15 @@ type PartStatus struct {
 	Note       string `json:"note,omitempty"` // why it was not read, or what is amiss
 }
 
+// OneReading is a proxy whose reading is slow (a job on every node of a
+// swarm). Optional: status holds one reading for all it asks, so it asks once
+// and what it shows agrees.
+type OneReading interface {
+	// Hold answers the reads that follow from the first, until release;
+	// a switch in between is read afresh.
+	Hold() (release func())
+}
+
 // ContainerStatus is one container of a service, for status.
 type ContainerStatus struct {
 	Release  int           `json:"release"`
@@ -67,7 +77,13 @@ type ContainerStatus struct {
 // service's health check once against each container of the live release.
 func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	svc = svc.WithDefaults()
+	if o, ok := d.Proxy.(OneReading); ok {
+		defer o.Hold()()
+	}
 	v, err := d.readView(ctx, svc)
+	if p, ok := d.Proxy.(Parts); ok && errors.Is(err, ErrProxyUnreached) && ctx.Err() == nil {
+		return d.partsUnread(ctx, svc, p, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -85,6 +101,7 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	for _, c := range v.containers {
 		st.Releases = append(st.Releases, d.containerStatus(c, now))
 	}
+	lagging := "" // parts of the proxy that missed a switch: named whatever else is amiss
 	switch {
 	case v.live == nil && v.expected != nil && !v.routed():
 		st.Problem = d.routeLost(svc, v)
@@ -101,12 +118,10 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 			// The proxy points at the live release, which serves on the rest.
 			st.Problem = fmt.Sprintf("%s of %s not running (its restart policy may bring it back; `handoff repair %s` starts it)", strings.Join(down, ", "), v.live.Name, svc.Name)
 		}
-		behind, err := d.behind(ctx, v.route)
-		if err != nil {
-			return nil, err
-		}
-		if len(behind) > 0 && st.Problem == "" {
-			st.Problem = fmt.Sprintf("%s; run `handoff repair %s`", strings.Join(behind, "; "), svc.Name)
+		if behind, err := d.behind(ctx, v.route); err != nil {
+			lagging = fmt.Sprintf("which parts of the proxy serve another route is not known: %v", err)
+		} else if len(behind) > 0 {
+			lagging = fmt.Sprintf("%s; run `handoff repair %s`", strings.Join(behind, "; "), svc.Name)
 		}
 		st.Check = "passing: " + d.releaseHealthDetail(svc, v.live)
 		for _, c := range v.live.Containers {
@@ -131,6 +146,9 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 			st.Problem = why
 		}
 	}
+	if lagging != "" {
+		st.Problem = strings.TrimPrefix(st.Problem+"; "+lagging, "; ")
+	}
 	if d.Proxy == nil {
 		return st, nil
 	}
@@ -141,6 +159,34 @@ func (d *Deployer) Status(ctx context.Context, svc Service) (*Status, error) {
 	}
 	st.Advice, err = d.Proxy.Advice(ctx, st.Upstream)
 	return st, err
+}
+
+// partsUnread is status when a proxy of several parts (a swarm's nodes) could
+// not be read on every part: what it serves is not known, so nothing is said to
+// agree, but the containers, the last record and a row per part (which says
+// which part did not answer) are shown with why.
+func (d *Deployer) partsUnread(ctx context.Context, svc Service, p Parts, unread error) (*Status, error) {
+	st := &Status{Service: svc.Name, Proxy: d.describe(), Routed: true,
+		Problem: fmt.Sprintf("%v; what the proxy serves is not known until every part answers", unread)}
+	releases, err := d.Runtime.Releases(ctx, svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	now := d.now()
+	for _, c := range releases {
+		st.Releases = append(st.Releases, d.containerStatus(c, now))
+	}
+	history, err := d.History.List(svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(history) > 0 {
+		st.LastEvent = &history[0]
+	}
+	if st.Parts, err = p.PartStatus(ctx); err != nil {
+		return nil, fmt.Errorf("%w; %w", unread, err)
+	}
+	return st, nil
 }
 
 // liveStatus fills in the live release: its first container, and every

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -57,16 +58,26 @@ func TestADeployWhileTheProxyForgotTheRouteReplacesTheReleaseInService(t *testin
 // (a swarm's node that was down): deploy.Laggards.
 type laggingProxy struct {
 	*fakeProxy
-	lagging []string
-	resent  []string // the routes sent again
+	lagging  []string
+	resent   []string // the routes sent again
+	onResend func()   // runs as the route is sent again
 }
 
-func (p *laggingProxy) Behind(context.Context, Route) ([]string, error) { return p.lagging, nil }
+// Behind is asked of the route the proxy serves, as the procedure read it.
+func (p *laggingProxy) Behind(_ context.Context, route Route) ([]string, error) {
+	if !Same(route, p.fakeProxy.route) {
+		return nil, fmt.Errorf("asked who is behind %s; the proxy serves %s", route, p.fakeProxy.route)
+	}
+	return p.lagging, nil
+}
 
 func (p *laggingProxy) SetRoute(ctx context.Context, from, to Route) error {
 	if Same(from, to) {
 		p.resent = append(p.resent, to.String())
 		p.lagging = nil
+		if p.onResend != nil {
+			p.onResend()
+		}
 	}
 	return p.fakeProxy.SetRoute(ctx, from, to)
 }

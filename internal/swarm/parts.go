@@ -9,27 +9,32 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moby/moby/api/types/swarm"
+
 	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
 // PartStatus is a row per node of the swarm (deploy.Parts): the node as Swarm
 // sees it and its proxy task, and what that proxy serves, read by a `ctl status`
-// job. A node the job did not reach, or whose proxy did not answer, is a row that
-// says so: a status should show the node that is amiss, not stop at it.
+// job. A node the job did not reach, or whose proxy did not answer (before the
+// job's timeout, too), is a row that says so: a status should show the node that
+// is amiss, not stop at it. The nodes are listed after the job, so a node the job
+// ran on is one Swarm knew then.
 func (p *Proxies) PartStatus(ctx context.Context) ([]deploy.PartStatus, error) {
+	results, err := p.read(ctx)
+	if len(results) == 0 && err != nil {
+		return nil, fmt.Errorf("%w: read the proxies of %s: %w", deploy.ErrProxyUnreached, p.Service, err)
+	}
 	nodes, err := ProxyNodes(ctx, p.API)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", deploy.ErrProxyUnreached, err)
-	}
-	results, err := p.run(ctx, "status", p.statusArgs())
-	if err != nil {
-		return nil, fmt.Errorf("%w: read the proxies of %s: %v", deploy.ErrProxyUnreached, p.Service, err)
+		return nil, fmt.Errorf("%w: %w", deploy.ErrProxyUnreached, err)
 	}
 	return partRows(nodes, results), nil
 }
 
-// partRows puts each node with its proxy's answer; a node the job reported that
-// the node list did not have (it joined between the two reads) comes last.
+// partRows puts each node with its proxy's answer. The nodes are read after the
+// job: one the job has no result for joined since, one the job has and the nodes
+// have not left since; it comes last.
 func partRows(nodes []ProxyNode, results []NodeResult) []deploy.PartStatus {
 	answers := map[string]NodeResult{}
 	for _, r := range results {
@@ -43,7 +48,7 @@ func partRows(nodes []ProxyNode, results []NodeResult) []deploy.PartStatus {
 		if asked {
 			readPart(&row, r)
 		} else {
-			row.Note = "not asked: the node joined while its proxy was read"
+			row.Note = "not asked: the node joined after its proxy was read"
 		}
 		if n.Proxy != "running" && n.Err != "" {
 			row.Note = strings.TrimPrefix(row.Note+"; its proxy task: "+n.Err, "; ")
@@ -54,6 +59,7 @@ func partRows(nodes []ProxyNode, results []NodeResult) []deploy.PartStatus {
 	for _, r := range answers {
 		row := deploy.PartStatus{Name: r.Hostname}
 		readPart(&row, r)
+		row.Note = strings.TrimSuffix("the node left the swarm after its proxy was read; "+row.Note, "; ")
 		rest = append(rest, row)
 	}
 	slices.SortFunc(rest, func(a, b deploy.PartStatus) int { return strings.Compare(a.Name, b.Name) })
@@ -64,6 +70,10 @@ func partRows(nodes []ProxyNode, results []NodeResult) []deploy.PartStatus {
 func readPart(row *deploy.PartStatus, r NodeResult) {
 	if r.State == NotReached {
 		row.Note = "not reached: " + cmp.Or(r.Err, "no task of the job ran there")
+		return
+	}
+	if !terminal(swarm.TaskState(r.State)) {
+		row.Note = "its proxy did not answer before the job's timeout (task " + r.State + ")"
 		return
 	}
 	ns, why := readState(r)
@@ -107,16 +117,30 @@ func (p *Proxies) keepSwitch(results []deploy.PartResult) {
 // lives in a label of bounded size (MaxHistoryBytes).
 const partDetailMax = 200
 
+// partUnfinished is the result of a node whose switch had not ended when the job
+// did (interrupted, or the job's timeout during its drain): it may have switched.
+const partUnfinished = "unfinished"
+
 // switchResults is a switch job's results as the record keeps them, read as
 // SetRoute reads them. took is the job's time, the same for every node: a result
-// does not say when its node's task ran.
-func switchResults(results []NodeResult, route string, gen uint64, took time.Duration) []deploy.PartResult {
+// does not say when its node's task ran. proxies, the nodes as listed after the
+// job (none when not read), tell a node not reached because it runs no proxy (a
+// drained manager) from one the switch missed.
+func switchResults(results []NodeResult, route string, gen uint64, took time.Duration, proxies []ProxyNode) []deploy.PartResult {
+	proxyless := map[string]bool{}
+	for _, n := range proxies {
+		proxyless[n.ID] = n.Proxy != "running"
+	}
 	var out []deploy.PartResult
 	for _, r := range results {
 		pr := deploy.PartResult{Node: r.Hostname, Route: route, Generation: gen, ExitCode: r.ExitCode, Took: took}
 		switch {
+		case r.State == NotReached && proxyless[r.NodeID]:
+			pr.Result, pr.Detail, pr.Took = deploy.PartNotReached, "no proxy there: "+r.Err, 0
 		case r.State == NotReached:
 			pr.Result, pr.Detail, pr.Took = deploy.PartNotReached, r.Err, 0
+		case !terminal(swarm.TaskState(r.State)):
+			pr.Result, pr.Detail = partUnfinished, "the job ended first (task "+r.State+"): "+lastLine(r)
 		case r.State == "complete":
 			pr.Result, pr.Detail = deploy.PartSwitched, drainedOf(r)
 		case r.ExitCode == ctlDrainTimeout:

@@ -30,6 +30,7 @@ func TestPartRowsPutEachNodeWithItsProxysAnswer(t *testing.T) {
 		{ID: "n3", Hostname: "hn3", Role: "worker", State: "ready", Availability: "active", Proxy: "rejected", Err: "No such image: reg/handoff:1"},
 		{ID: "n4", Hostname: "hn4", Role: "worker", State: "ready", Availability: "active", Proxy: "running"},
 		{ID: "n6", Hostname: "hn6", Role: "worker", State: "ready", Availability: "active", Proxy: "running"},
+		{ID: "n7", Hostname: "hn7", Role: "worker", State: "ready", Availability: "active", Proxy: "running"},
 	}
 	serving := `{"name":"web","generation":8,"route":[{"release":"web-4","weight":100,"endpoints":[{"endpoint":"tasks.web-green:8000","in_flight":3}]}],"draining":[{"upstream":"tasks.web-blue:8000","in_flight":2}]}`
 	results := []NodeResult{
@@ -37,7 +38,8 @@ func TestPartRowsPutEachNodeWithItsProxysAnswer(t *testing.T) {
 		{NodeID: "n2", Hostname: "hn2", State: NotReached, Err: "node down"},
 		{NodeID: "n3", Hostname: "hn3", State: "failed", ExitCode: 1, Logs: []string{"handoff: dial unix /run/handoff/proxy.sock: connect: no such file or directory"}},
 		{NodeID: "n4", Hostname: "hn4", State: "complete", Logs: []string{"null"}},
-		{NodeID: "n5", Hostname: "hn5", State: "complete", Logs: []string{"null"}}, // joined between the reads
+		{NodeID: "n5", Hostname: "hn5", State: "complete", Logs: []string{"null"}}, // left between the reads
+		{NodeID: "n7", Hostname: "hn7", State: "running", Logs: []string{`{"phase":"read"}`}},
 	}
 	require.Equal(t, []deploy.PartStatus{
 		{Name: "hn1", Role: "manager", State: "ready", Availability: "active", Proxy: "running", Generation: 8, Route: "web-4 (tasks.web-green:8000):100", InFlight: int64p(5), Draining: 2},
@@ -45,8 +47,9 @@ func TestPartRowsPutEachNodeWithItsProxysAnswer(t *testing.T) {
 		{Name: "hn3", Role: "worker", State: "ready", Availability: "active", Proxy: "rejected",
 			Note: "its proxy did not answer: failed, exit 1: handoff: dial unix /run/handoff/proxy.sock: connect: no such file or directory; its proxy task: No such image: reg/handoff:1"},
 		{Name: "hn4", Role: "worker", State: "ready", Availability: "active", Proxy: "running", Note: "its proxy has no route for the service"},
-		{Name: "hn6", Role: "worker", State: "ready", Availability: "active", Proxy: "running", Note: "not asked: the node joined while its proxy was read"},
-		{Name: "hn5", Note: "its proxy has no route for the service"},
+		{Name: "hn6", Role: "worker", State: "ready", Availability: "active", Proxy: "running", Note: "not asked: the node joined after its proxy was read"},
+		{Name: "hn7", Role: "worker", State: "ready", Availability: "active", Proxy: "running", Note: "its proxy did not answer before the job's timeout (task running)"},
+		{Name: "hn5", Note: "the node left the swarm after its proxy was read; its proxy has no route for the service"},
 	}, partRows(nodes, results))
 }
 
@@ -59,8 +62,11 @@ func TestSwitchResultsAreReadAsSetRouteReadsThem(t *testing.T) {
 		{Hostname: "hn4", State: "failed", ExitCode: ctlOldGeneration, Logs: []string{"handoff: generation 8 is not above 9"}},
 		{Hostname: "hn5", State: NotReached, Err: "node down"},
 		{Hostname: "hn6", State: "failed", ExitCode: 1, Logs: []string{strings.Repeat("x", 300)}},
+		{Hostname: "hn7", State: "running", Logs: []string{`{"phase":"switch"}`, `{"phase":"drain","in_flight":2}`}},
+		{NodeID: "n8", Hostname: "hn8", State: NotReached, Err: "no task placed (availability drain, or the job's constraints)"},
 	}
-	got := switchResults(results, "web-4 (tasks.web-green:8000):100", 8, 3*time.Second)
+	proxies := []ProxyNode{{ID: "n5", Proxy: "running"}, {ID: "n8", Proxy: "shutdown"}}
+	got := switchResults(results, "web-4 (tasks.web-green:8000):100", 8, 3*time.Second, proxies)
 	route, took := "web-4 (tasks.web-green:8000):100", 3*time.Second
 	require.Equal(t, []deploy.PartResult{
 		{Node: "hn1", Route: route, Generation: 8, Result: deploy.PartSwitched, Detail: "drained tasks.web-blue:8000", Took: took},
@@ -69,6 +75,8 @@ func TestSwitchResultsAreReadAsSetRouteReadsThem(t *testing.T) {
 		{Node: "hn4", Route: route, Generation: 8, Result: deploy.PartRefused, ExitCode: 4, Detail: "handoff: generation 8 is not above 9", Took: took},
 		{Node: "hn5", Route: route, Generation: 8, Result: deploy.PartNotReached, Detail: "node down"},
 		{Node: "hn6", Route: route, Generation: 8, Result: deploy.PartFailed, ExitCode: 1, Detail: "failed: " + strings.Repeat("x", partDetailMax-len("failed: ")) + "…", Took: took},
+		{Node: "hn7", Route: route, Generation: 8, Result: "unfinished", Detail: `the job ended first (task running): {"phase":"drain","in_flight":2}`, Took: took},
+		{Node: "hn8", Route: route, Generation: 8, Result: deploy.PartNotReached, Detail: "no proxy there: no task placed (availability drain, or the job's constraints)"},
 	}, got)
 }
 
@@ -141,4 +149,80 @@ func TestProxiesPartStatusHasARowPerNode(t *testing.T) {
 
 	_, err = (&Proxies{API: api, Service: "web"}).PartStatus(context.Background())
 	require.ErrorIs(t, err, deploy.ErrProxyUnreached, "no proxy image: no job, no rows")
+}
+
+// A node whose proxy does not answer before the job's timeout is a row that says
+// so; the other nodes' rows are kept.
+func TestProxiesPartStatusKeepsTheRowsOfAJobThatTimedOut(t *testing.T) {
+	serving := wire.ServiceState{Name: "web", Generation: 8, Route: []wire.BackendState{{Release: "web-4", Weight: 100, Endpoints: []wire.EndpointState{{Endpoint: "tasks.web-green:8000"}}}}}
+	api := partsSwarm([]swarm.Task{jobTask("t1", "n1", swarm.TaskStateComplete, 0, ""), jobTask("t3", "n3", swarm.TaskStateRunning, 0, "")},
+		map[string]string{"t1": mustJSON(t, serving) + "\n"})
+	p := partsProxies(api)
+	p.Timeout = 10 * time.Millisecond
+	rows, err := p.PartStatus(context.Background())
+	require.NoError(t, err)
+	require.Len(t, rows, 3)
+	require.Equal(t, "web-4 (tasks.web-green:8000):100", rows[0].Route)
+	require.Equal(t, "not reached: node down", rows[1].Note)
+	require.Equal(t, "its proxy did not answer before the job's timeout (task running)", rows[2].Note)
+
+	// A deploy's read of the same answers fails: what hn3 serves is not known.
+	_, err = p.Route(context.Background(), nil)
+	require.ErrorIs(t, err, deploy.ErrProxyUnreached)
+	require.ErrorContains(t, err, "not ended on hn3")
+}
+
+// Held, the reads share one `ctl status` job until released; a switch between
+// them is read afresh.
+func TestProxiesHeldReadOnce(t *testing.T) {
+	serving := wire.ServiceState{Name: "web", Generation: 8, Route: []wire.BackendState{{Release: "web-4", Weight: 100, Endpoints: []wire.EndpointState{{Endpoint: "tasks.web-green:8000", InFlight: 1}}}}}
+	api := partsSwarm([]swarm.Task{jobTask("t1", "n1", swarm.TaskStateComplete, 0, ""), jobTask("t3", "n3", swarm.TaskStateComplete, 0, "")},
+		map[string]string{"t1": mustJSON(t, serving) + "\n", "t3": mustJSON(t, serving) + "\n"})
+	p := partsProxies(api)
+	ctx := context.Background()
+	jobs := func() int {
+		api.mu.Lock()
+		defer api.mu.Unlock()
+		return len(api.created)
+	}
+
+	release := p.Hold()
+	route, err := p.Route(ctx, nil)
+	require.NoError(t, err)
+	in, err := p.InFlight(ctx, "tasks.web-green:8000")
+	require.NoError(t, err)
+	require.Equal(t, 2, in.Requests)
+	behind, err := p.Behind(ctx, route)
+	require.NoError(t, err)
+	require.Empty(t, behind)
+	_, err = p.PartStatus(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, jobs(), "one job for every read")
+
+	require.NoError(t, p.SetRoute(ctx, route, route))
+	require.Equal(t, 2, jobs())
+	_, err = p.Route(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, 3, jobs(), "read again after a switch")
+
+	release()
+	_, err = p.Route(ctx, nil)
+	require.NoError(t, err)
+	_, err = p.Route(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, 5, jobs(), "released: each read its own job")
+}
+
+// A node that runs no proxy (a drained manager) is not reached by any switch:
+// its result says why, that it is not one the switch missed.
+func TestASwitchSaysANodeWithoutAProxyHasNone(t *testing.T) {
+	api := partsSwarm([]swarm.Task{jobTask("t1", "n1", swarm.TaskStateComplete, 0, "")}, map[string]string{"t1": `{"phase":"done"}` + "\n"})
+	api.taskList[ProxyService] = api.taskList[ProxyService][:2] // none on hn3
+	p := partsProxies(api)
+	require.NoError(t, p.SetRoute(context.Background(), deploy.Only("web-3", "tasks.web-blue:8000"), deploy.Only("web-4", "tasks.web-green:8000")))
+	last := p.LastSwitch()
+	require.Len(t, last, 3)
+	require.Equal(t, deploy.PartNotReached, last[2].Result)
+	require.Equal(t, "no proxy there: no task placed (availability active, or the job's constraints)", last[2].Detail)
+	require.Equal(t, "node down", last[1].Detail, "hn2 runs its proxy: the switch missed it")
 }

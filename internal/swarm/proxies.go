@@ -48,12 +48,23 @@ type Proxies struct {
 	drained map[string]bool
 	// last is how each node took the last switch (deploy.Parts).
 	last []deploy.PartResult
+	// holding says reads are held (deploy.OneReading): held is the first `ctl
+	// status` job's, the answer of those that follow until release; a switch drops it.
+	holding bool
+	held    *reading
+}
+
+// reading is one `ctl status` job: a result per node, and what kept it from ending.
+type reading struct {
+	results []NodeResult
+	err     error
 }
 
 var (
-	_ deploy.Proxy    = (*Proxies)(nil)
-	_ deploy.Laggards = (*Proxies)(nil)
-	_ deploy.Parts    = (*Proxies)(nil)
+	_ deploy.Proxy      = (*Proxies)(nil)
+	_ deploy.Laggards   = (*Proxies)(nil)
+	_ deploy.Parts      = (*Proxies)(nil)
+	_ deploy.OneReading = (*Proxies)(nil)
 )
 
 // Exit codes of `handoff proxy ctl switch`, per node.
@@ -74,11 +85,46 @@ type nodeState struct {
 	state *wire.ServiceState // nil: the proxy has no such service
 }
 
-// states asks every node's proxy what it serves.
-func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
+// Hold has the reads of what the proxies serve share one `ctl status` job until
+// release: each takes seconds, and one status asks several questions (the route,
+// in flight per replica, who is behind, a row per node) that should agree.
+func (p *Proxies) Hold() (release func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holding, p.held = true, nil
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.holding, p.held = false, nil
+	}
+}
+
+// read runs a `ctl status` job on every node, or gives the one held.
+func (p *Proxies) read(ctx context.Context) ([]NodeResult, error) {
+	p.mu.Lock()
+	held, holding := p.held, p.holding
+	p.mu.Unlock()
+	if held != nil {
+		return held.results, held.err
+	}
 	results, err := p.run(ctx, "status", p.statusArgs())
+	if holding && ctx.Err() == nil {
+		p.mu.Lock()
+		if p.holding {
+			p.held = &reading{results: results, err: err}
+		}
+		p.mu.Unlock()
+	}
+	return results, err
+}
+
+// states asks every node's proxy what it serves. A node reached whose proxy did not
+// answer is an error: what it serves is not known, and a deploy must not stop what
+// it may point at.
+func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
+	results, err := p.read(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: read the proxies of %s: %w", deploy.ErrProxyUnreached, p.Service, err)
 	}
 	var out []nodeState
 	var failed []string
@@ -262,11 +308,12 @@ func (p *Proxies) SetRoute(ctx context.Context, from, to deploy.Route) error {
 		args = append(args, "--expect", strings.Join(expect, ","))
 	}
 	p.mu.Lock()
-	p.drained = nil
+	p.drained, p.held = nil, nil
 	p.mu.Unlock()
 	sent := time.Now()
 	results, err := p.run(ctx, "switch", args)
-	p.keepSwitch(switchResults(results, to.String(), gen, time.Since(sent)))
+	took := time.Since(sent)
+	p.keepSwitch(switchResults(results, to.String(), gen, took, nil))
 	if err != nil {
 		return fmt.Errorf("%w: %v", deploy.ErrUnclear, err)
 	}
@@ -276,6 +323,7 @@ func (p *Proxies) SetRoute(ctx context.Context, from, to deploy.Route) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", deploy.ErrUnclear, err)
 	}
+	p.keepSwitch(switchResults(results, to.String(), gen, took, proxies))
 	serving := map[string]ProxyNode{}
 	for _, n := range proxies {
 		if n.Proxy == "running" && n.State == "ready" {

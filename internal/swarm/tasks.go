@@ -63,6 +63,8 @@ type Tally struct {
 	// IPs are the counted tasks' addresses on the network: what the proxies must resolve.
 	IPs     []netip.Addr
 	Verdict Verdict
+
+	failed int // Failures but those rejected for want of the image: what FailureLimit bounds
 }
 
 // FailureLimit is how many failed tasks of a release of n replicas end the wait.
@@ -133,13 +135,44 @@ func CountSince(service string, tasks []swarm.Task, nodes []swarm.Node, release,
 	slices.Sort(t.Starting)
 	slices.Sort(t.Unreachable)
 	slices.Sort(t.Paused)
+	// A task rejected for want of the image is the node's doing, not the release's:
+	// Swarm places the next one elsewhere once that node failed often enough (five
+	// times, as read in swarmkit's scheduler), so such rejections do not count towards
+	// the limit, unless no node a task could go to can pull it.
+	t.failed = 0
+	for _, f := range t.Failures {
+		if !f.noImage() {
+			t.failed++
+		}
+	}
 	switch {
 	case t.Healthy >= n:
 		t.Verdict = Ready
-	case len(t.Failures) >= FailureLimit(n):
+	case t.failed >= FailureLimit(n):
+		t.Verdict = Failed
+	case noneCanPull(nodes, t.CouldNotPull()):
 		t.Verdict = Failed
 	}
 	return t
+}
+
+// noneCanPull says every node a new task can go to (ready and active) is one of
+// couldNot: the nodes whose tasks were rejected for want of the image.
+func noneCanPull(nodes []swarm.Node, couldNot []string) bool {
+	if len(couldNot) == 0 {
+		return false
+	}
+	eligible := 0
+	for _, nd := range nodes {
+		if nd.Status.State != swarm.NodeStateReady || nd.Spec.Availability != swarm.NodeAvailabilityActive {
+			continue
+		}
+		eligible++
+		if !slices.Contains(couldNot, cmp.Or(nd.Description.Hostname, nd.ID)) {
+			return false
+		}
+	}
+	return eligible > 0
 }
 
 // terminal says a task in state st will not run again.
@@ -182,10 +215,10 @@ func (t Tally) Progress() string {
 		parts = append(parts, fmt.Sprintf("%d on %s not counted (node not ready)", len(t.Unreachable), strings.Join(slices.Compact(slices.Clone(t.Unreachable)), ", ")))
 	}
 	if nodes := t.CouldNotPull(); len(nodes) > 0 {
-		parts = append(parts, "could not pull the image on "+strings.Join(nodes, ", "))
+		parts = append(parts, "could not pull the image on "+strings.Join(nodes, ", ")+" (Swarm places those tasks elsewhere)")
 	}
-	if len(t.Failures) > 0 {
-		parts = append(parts, fmt.Sprintf("%d failed (fails at %d)", len(t.Failures), FailureLimit(t.Wanted)))
+	if t.failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed (fails at %d)", t.failed, FailureLimit(t.Wanted)))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -55,7 +55,7 @@ func TestCountReadyWithTheTasksIPs(t *testing.T) {
 	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.240.0.5"), netip.MustParseAddr("10.240.0.12")}, tally.IPs)
 	require.NoError(t, tally.Err())
 	require.Equal(t, []string{"hn3"}, tally.CouldNotPull(), "placed elsewhere: ready, with a warning")
-	require.Equal(t, "2 of 2 tasks healthy; could not pull the image on hn3; 1 failed (fails at 4)", tally.Progress())
+	require.Equal(t, "2 of 2 tasks healthy; could not pull the image on hn3 (Swarm places those tasks elsewhere)", tally.Progress())
 }
 
 func TestCountNeverADownNodesRunningTask(t *testing.T) {
@@ -102,22 +102,43 @@ func TestCountFailsAfterTheLimitNamingTheNodes(t *testing.T) {
 		failedTask("f3", "7", "n2", swarm.TaskStateRejected, noImage, 3*time.Second),
 		failedTask("old", "6", "n3", swarm.TaskStateFailed, unhealthy, 4*time.Second), // another release's
 	}
-	// Two replicas: failing at max(3, 4) = 4.
+	// Two replicas: failing at max(3, 4) = 4, rejections for want of the image aside
+	// (Swarm places those elsewhere).
 	tally := Count("api-green", tasks, tallyNodes, 7, 2, "handoff")
-	require.Equal(t, Waiting, tally.Verdict, "3 failures of 4 allowed")
-	require.Equal(t, "1 of 2 tasks healthy; could not pull the image on hn2; 3 failed (fails at 4)", tally.Progress())
+	require.Equal(t, Waiting, tally.Verdict, "1 failure of 4 allowed")
+	require.Equal(t, "1 of 2 tasks healthy; could not pull the image on hn2 (Swarm places those tasks elsewhere); 1 failed (fails at 4)", tally.Progress())
 
-	tasks = append(tasks, failedTask("f4", "7", "n3", swarm.TaskStateFailed, unhealthy, 5*time.Second))
+	tasks = append(tasks, failedTask("f4", "7", "n3", swarm.TaskStateFailed, unhealthy, 5*time.Second),
+		failedTask("f5", "7", "n1", swarm.TaskStateFailed, unhealthy, 6*time.Second))
+	require.Equal(t, Waiting, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "3 of 4")
+	tasks = append(tasks, failedTask("f6", "7", "n3", swarm.TaskStateFailed, unhealthy, 7*time.Second))
 	tally = Count("api-green", tasks, tallyNodes, 7, 2, "handoff")
 	require.Equal(t, Failed, tally.Verdict)
 	require.Equal(t, []string{"hn2"}, tally.CouldNotPull())
 	err := tally.Err()
 	require.ErrorIs(t, err, ErrReleaseFailed)
-	require.EqualError(t, err, "release failed to become healthy: api-green release 7: 4 tasks failed (on hn2 2, hn1 1, hn3 1); last on hn3: "+
+	require.EqualError(t, err, "release failed to become healthy: api-green release 7: 6 tasks failed (on hn2 2, hn1 2, hn3 2); last on hn3: "+
 		unhealthy+"; could not pull the image on hn2")
 
 	require.Equal(t, 3, FailureLimit(1))
 	require.Equal(t, 6, FailureLimit(3))
+}
+
+// Rejections for want of the image end the wait at once when no node a task could go
+// to (ready and active) can pull it; a node down is none of those.
+func TestCountFailsWhenNoNodeCanPull(t *testing.T) {
+	noImage := `No such image: reg/api@sha256:ab`
+	tasks := []swarm.Task{
+		failedTask("f1", "7", "n1", swarm.TaskStateRejected, noImage, 1*time.Second),
+		failedTask("f2", "7", "n2", swarm.TaskStateRejected, noImage, 2*time.Second),
+	}
+	require.Equal(t, Waiting, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "hn3 may pull it")
+	down := []swarm.Node{tallyNodes[0], tallyNodes[1], tallyNode("n3", "hn3", swarm.NodeStateDown)}
+	tally := Count("api-green", tasks, down, 7, 2, "handoff")
+	require.Equal(t, Failed, tally.Verdict, "the nodes up both could not")
+	require.ErrorContains(t, tally.Err(), "could not pull the image on hn1, hn2")
+	tasks = append(tasks, failedTask("f3", "7", "n3", swarm.TaskStateRejected, noImage, 3*time.Second))
+	require.Equal(t, Failed, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "no node could")
 }
 
 // fakeTasks answers each poll with the next of its answers; past them it fails.

@@ -8,11 +8,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/moby/moby/client"
 	"github.com/spf13/cobra"
 
 	"github.com/handoff-dev/handoff/internal/config"
 	"github.com/handoff-dev/handoff/internal/deploy"
 	"github.com/handoff-dev/handoff/internal/state"
+	"github.com/handoff-dev/handoff/internal/swarm"
 )
 
 func newHistoryCmd(c *common) *cobra.Command {
@@ -117,13 +119,17 @@ func printNodeSwitches(out io.Writer, recs []deploy.Record) {
 
 // historyOf is where s's records are kept, and its name for messages: on a
 // swarm the record services every manager shares, else the state directory.
+// Reading them needs a manager and nothing else: no registry login, no proxy.
 func (c *common) historyOf(s config.Settings) (deploy.History, string, func(), error) {
 	if s.Engine == config.EngineSwarm {
-		d, done, err := c.connectSwarm(s)
+		if c.stateDir != "" {
+			fmt.Fprintf(c.io.Err, "note: --state-dir %s is not read on a swarm: its records are the swarm's, shared by every manager\n", c.stateDir)
+		}
+		manager, err := client.New(client.FromEnv)
 		if err != nil {
 			return nil, "", nil, err
 		}
-		return d.History, "the swarm's records", done, nil
+		return swarm.NewStore(manager), "the swarm's records", func() { _ = manager.Close() }, nil
 	}
 	dir := c.stateDir
 	if dir == "" {

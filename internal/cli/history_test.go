@@ -2,7 +2,12 @@ package cli
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,4 +66,40 @@ func TestHistoryShowsEachNodesSwitch(t *testing.T) {
 	require.Equal(t, uint64(9), got[0].Nodes[3].Generation)
 	require.Nil(t, got[1].Nodes)
 	require.NotContains(t, strings.SplitN(out, `"id": "b"`, 2)[1], `"nodes"`, "a record without nodes has no nodes field")
+}
+
+// History on a swarm reads the records from a manager and needs nothing else: a
+// Docker configuration whose credentials cannot be read does not stop it. A
+// --state-dir, not read there, is said to be.
+func TestHistoryOnASwarmNeedsOnlyAManager(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	manager := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Api-Version", "1.47")
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasSuffix(r.URL.Path, "/_ping") {
+			_, _ = w.Write([]byte("OK"))
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"message":"service not found"}`))
+	}))
+	t.Cleanup(manager.Close)
+	t.Setenv("DOCKER_HOST", "tcp://"+manager.Listener.Addr().String())
+	cfg := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(cfg, "config.json"), []byte("{not json"), 0o600))
+	t.Setenv("DOCKER_CONFIG", cfg)
+	file := filepath.Join(t.TempDir(), "handoff.yml")
+	require.NoError(t, os.WriteFile(file, []byte("service: web\nengine: swarm\nimage: r.example.com/x:1\nport: 8000\nhealth: {type: cmd, command: [/app, check]}\nswarm: {proxy_image: r.example.com/handoff:1}\n"), 0o644))
+
+	out, stderr, code := run(t, "-f", file, "history", "--state-dir", "/srv/state")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, "no deploys of web recorded in the swarm's records\n", out)
+	require.Equal(t, "note: --state-dir /srv/state is not read on a swarm: its records are the swarm's, shared by every manager\n", stderr)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Contains(t, asked, "GET /v1.47/services/handoff-record-web", "the record read from the manager")
 }

@@ -126,8 +126,12 @@ func printParts(out io.Writer, parts []deploy.PartStatus) {
 				inFlight += fmt.Sprintf(" (%d draining)", p.Draining)
 			}
 		}
+		proxy := cmp.Or(p.Proxy, "none")
+		if p.State == "" {
+			proxy = "-" // a node Swarm no longer lists (it left): its proxy task is not known
+		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, orDash(p.Role), orDash(p.State), orDash(p.Availability),
-			cmp.Or(p.Proxy, "none"), gen, orDash(p.Route), inFlight, orDash(p.Note))
+			proxy, gen, orDash(p.Route), inFlight, orDash(p.Note))
 	}
 	tw.Flush()
 }

@@ -17,6 +17,7 @@ func TestStatusPrintsARowPerNode(t *testing.T) {
 		{Name: "hn2", Role: "worker", State: "ready", Availability: "active", Proxy: "running", Generation: 8, Route: "web-4 (tasks.web-green:8000):100", InFlight: &none},
 		{Name: "hn3", Role: "worker", State: "down", Availability: "active", Proxy: "running", Note: "not reached: node down"},
 		{Name: "hn4", Role: "worker", State: "ready", Availability: "active", Note: "its proxy did not answer: failed, exit 1: no socket"},
+		{Name: "hn5", Generation: 8, Route: "web-4 (tasks.web-green:8000):100", InFlight: &none, Note: "the node left the swarm after its proxy was read"},
 	}
 	var out bytes.Buffer
 	printParts(&out, parts)
@@ -25,6 +26,7 @@ func TestStatusPrintsARowPerNode(t *testing.T) {
   hn2   worker   ready  active        running  8           web-4 (tasks.web-green:8000):100  0               -
   hn3   worker   down   active        running  -           -                                 -               not reached: node down
   hn4   worker   ready  active        none     -           -                                 -               its proxy did not answer: failed, exit 1: no socket
+  hn5   -        -      -             -        8           web-4 (tasks.web-green:8000):100  0               the node left the swarm after its proxy was read
 `, out.String())
 
 	// --json: the rows as nodes, in flight 0 kept, a row not read without it.

@@ -33,8 +33,8 @@ func (p *Proxies) PartStatus(ctx context.Context) ([]deploy.PartStatus, error) {
 }
 
 // partRows puts each node with its proxy's answer. The nodes are read after the
-// job: one the job has no result for joined since, one the job has and the nodes
-// have not left since; it comes last.
+// job: a node the job has no result for joined since; one it has a result for
+// that the nodes lack left since, and comes last.
 func partRows(nodes []ProxyNode, results []NodeResult) []deploy.PartStatus {
 	answers := map[string]NodeResult{}
 	for _, r := range results {
@@ -129,7 +129,7 @@ const partUnfinished = "unfinished"
 func switchResults(results []NodeResult, route string, gen uint64, took time.Duration, proxies []ProxyNode) []deploy.PartResult {
 	proxyless := map[string]bool{}
 	for _, n := range proxies {
-		proxyless[n.ID] = n.Proxy != "running"
+		proxyless[n.ID] = n.State == "ready" && n.Proxy != "running" // a node down keeps its reason
 	}
 	var out []deploy.PartResult
 	for _, r := range results {

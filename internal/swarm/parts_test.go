@@ -60,12 +60,12 @@ func TestSwitchResultsAreReadAsSetRouteReadsThem(t *testing.T) {
 		{Hostname: "hn2", State: "complete", Logs: []string{`{"phase":"done","retired":null}`}},
 		{Hostname: "hn3", State: "failed", ExitCode: ctlDrainTimeout, Logs: []string{"handoff: drain timed out: 2 requests still ran on [tasks.web-blue:8000] of web after --drain 30s; they were cut, and tasks.web-green:8000 serves"}},
 		{Hostname: "hn4", State: "failed", ExitCode: ctlOldGeneration, Logs: []string{"handoff: generation 8 is not above 9"}},
-		{Hostname: "hn5", State: NotReached, Err: "node down"},
+		{NodeID: "n5", Hostname: "hn5", State: NotReached, Err: "node down"},
 		{Hostname: "hn6", State: "failed", ExitCode: 1, Logs: []string{strings.Repeat("x", 300)}},
 		{Hostname: "hn7", State: "running", Logs: []string{`{"phase":"switch"}`, `{"phase":"drain","in_flight":2}`}},
 		{NodeID: "n8", Hostname: "hn8", State: NotReached, Err: "no task placed (availability drain, or the job's constraints)"},
 	}
-	proxies := []ProxyNode{{ID: "n5", Proxy: "running"}, {ID: "n8", Proxy: "shutdown"}}
+	proxies := []ProxyNode{{ID: "n5", State: "down", Proxy: "orphaned"}, {ID: "n8", State: "ready", Proxy: "shutdown"}}
 	got := switchResults(results, "web-4 (tasks.web-green:8000):100", 8, 3*time.Second, proxies)
 	route, took := "web-4 (tasks.web-green:8000):100", 3*time.Second
 	require.Equal(t, []deploy.PartResult{

@@ -226,3 +226,21 @@ func TestASwitchSaysANodeWithoutAProxyHasNone(t *testing.T) {
 	require.Equal(t, "no proxy there: no task placed (availability active, or the job's constraints)", last[2].Detail)
 	require.Equal(t, "node down", last[1].Detail, "hn2 runs its proxy: the switch missed it")
 }
+
+// A paused node runs its proxy on, serving, where no job goes: the proxies cannot be
+// read while it is so, and PointsAt never answers as though it pointed nowhere.
+func TestAPausedNodesProxyIsNotReadAsPointingNowhere(t *testing.T) {
+	serving := wire.ServiceState{Name: "web", Generation: 8, Route: []wire.BackendState{{Release: "web-4", Weight: 100, Endpoints: []wire.EndpointState{{Endpoint: "tasks.web-green:8000"}}}}}
+	api := partsSwarm([]swarm.Task{jobTask("t1", "n1", swarm.TaskStateComplete, 0, "")}, map[string]string{"t1": mustJSON(t, serving) + "\n"})
+	api.nodes[2].Spec.Availability = swarm.NodeAvailabilityPause
+	p := partsProxies(api)
+	_, err := p.PointsAt(context.Background(), "tasks.web-blue:8000")
+	require.ErrorIs(t, err, deploy.ErrProxyUnreached)
+	require.ErrorContains(t, err, "hn3 (pause: it runs a proxy no job reaches; make it active")
+
+	api.nodes[2].Spec.Availability = swarm.NodeAvailabilityActive
+	api.taskList[ProxyService] = api.taskList[ProxyService][:2] // and no proxy on hn3: nothing to read there
+	got, err := p.PointsAt(context.Background(), "tasks.web-green:8000")
+	require.NoError(t, err)
+	require.Equal(t, []string{"web on hn1"}, got)
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
 	"github.com/handoff-dev/handoff/internal/deploy"
@@ -128,8 +129,10 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 	}
 	var out []nodeState
 	var failed []string
+	unreached := map[string]bool{}
 	for _, r := range results {
 		if r.State == NotReached {
+			unreached[r.NodeID] = true
 			continue
 		}
 		ns, why := readState(r)
@@ -138,6 +141,19 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 			continue
 		}
 		out = append(out, ns)
+	}
+	// A paused node runs its proxy on, serving, where no job goes: what it points at
+	// cannot be read, so nothing may be decided as though it pointed nowhere.
+	if len(unreached) > 0 {
+		nodes, err := ProxyNodes(ctx, p.API)
+		if err != nil {
+			return out, fmt.Errorf("%w: the nodes of %s: %w", deploy.ErrProxyUnreached, p.Service, err)
+		}
+		for _, n := range nodes {
+			if unreached[n.ID] && n.State == string(swarm.NodeStateReady) && n.Proxy == "running" {
+				failed = append(failed, fmt.Sprintf("%s (%s: it runs a proxy no job reaches; make it active with docker node update --availability active, or drain it)", n.Hostname, n.Availability))
+			}
+		}
 	}
 	if len(failed) > 0 {
 		return out, fmt.Errorf("%w: the proxies of %s could not be read: %s", deploy.ErrProxyUnreached, p.Service, strings.Join(failed, "; "))

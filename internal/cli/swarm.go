@@ -123,16 +123,18 @@ func printProxyNodes(out io.Writer, nodes []swarm.ProxyNode) {
 // connectSwarm wires the procedure to a swarm (engine: swarm): the colour services of
 // the manager DOCKER_HOST names, every node's handoff proxy switched by a job on it,
 // and the lock and history in the swarm's record services, shared by every manager.
+// Every call to the manager rides out the loss of the swarm's leader (swarm.Patient).
 func (c *common) connectSwarm(s config.Settings) (*deploy.Deployer, func(), error) {
-	api, err := client.New(client.FromEnv)
+	manager, err := client.New(client.FromEnv)
 	if err != nil {
 		return nil, nil, err
 	}
 	proxyAuth, err := docker.RegistryAuth(s.Swarm.ProxyImage)
 	if err != nil {
-		api.Close()
+		manager.Close()
 		return nil, nil, err
 	}
+	api := swarm.NewPatient(manager)
 	store := swarm.NewStore(api)
 	store.Wait = c.lockWait
 	name := s.Service.Name
@@ -146,5 +148,5 @@ func (c *common) connectSwarm(s config.Settings) (*deploy.Deployer, func(), erro
 		Locker:  store,
 		Report:  &reporter{io: c.io},
 	}
-	return d, func() { _ = api.Close() }, nil
+	return d, func() { _ = manager.Close() }, nil
 }

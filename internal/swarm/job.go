@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -92,7 +93,7 @@ func RunGlobalJob(ctx context.Context, api JobAPI, spec JobSpec) (results []Node
 	}
 	var werr error
 	if cerr != nil {
-		if ctx.Err() == nil && !isTransient(cerr) {
+		if ctx.Err() == nil && !isTransient(cerr) && !errors.Is(cerr, errUnanswered) {
 			return nil, fmt.Errorf("create job %s: %w", spec.Name, cerr)
 		}
 		// The manager did not answer: the create may have committed all the same.

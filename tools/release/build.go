@@ -133,14 +133,21 @@ func readStamp(ctx context.Context, o Options) (Stamp, error) {
 		return Stamp{}, fmt.Errorf("version %q is not like v1.2.3: pass --version vX.Y.Z, or --snapshot", o.Version)
 	}
 	commit, err := git(ctx, o.Repo, "rev-parse", "HEAD")
-	if err != nil && o.Snapshot {
-		// A snapshot of files without their git history (an export, a CI checkout git
-		// will not read as another user's): no commit to name, and the date fixed, so two
-		// builds of the same files are the same bytes.
-		return Stamp{Version: "v0.0.0-snapshot+nogit", Commit: noCommit, Date: time.Unix(0, 0).UTC(),
-			Note: fmt.Sprintf("not a git checkout git can read (%v): the snapshot names no commit", err)}, nil
+	if _, serr := os.Stat(filepath.Join(o.Repo, ".git")); err != nil && o.Snapshot && errors.Is(serr, fs.ErrNotExist) {
+		// A snapshot of files without their git history (an export, a CI checkout of
+		// the files alone): no commit to name, and the date SOURCE_DATE_EPOCH's or fixed,
+		// so two builds of the same files are the same bytes.
+		date, err := sourceDate()
+		if err != nil {
+			return Stamp{}, err
+		}
+		return Stamp{Version: "v0.0.0-snapshot+nogit", Commit: noCommit, Date: date,
+			Note: "no .git in " + o.Repo + ": the snapshot names no commit"}, nil
 	}
 	if err != nil {
+		if strings.Contains(err.Error(), "dubious ownership") {
+			err = fmt.Errorf("%w (the checkout belongs to another user: git config --global --add safe.directory %s)", err, o.Repo)
+		}
 		return Stamp{}, err
 	}
 	secs, err := git(ctx, o.Repo, "log", "-1", "--format=%ct", "HEAD")
@@ -165,6 +172,19 @@ func readStamp(ctx context.Context, o Options) (Stamp, error) {
 		return Stamp{}, fmt.Errorf("the checkout %s has changes not committed: commit them, or build a --snapshot", o.Repo)
 	}
 	return s, nil
+}
+
+// sourceDate is SOURCE_DATE_EPOCH (reproducible-builds.org) when set, else the epoch.
+func sourceDate() (time.Time, error) {
+	v := os.Getenv("SOURCE_DATE_EPOCH")
+	if v == "" {
+		return time.Unix(0, 0).UTC(), nil
+	}
+	secs, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH=%q is not seconds since 1970: %w", v, err)
+	}
+	return time.Unix(secs, 0).UTC(), nil
 }
 
 func git(ctx context.Context, repo string, args ...string) (string, error) {

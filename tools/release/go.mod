@@ -6,6 +6,8 @@ go 1.26.4
 replace github.com/handoff-dev/handoff => ../..
 
 require (
+	// nfpm v2.45.2, not later: from v2.46 it needs go.digitalxero.dev, which module
+	// proxies may refuse (the environment's package list says to take v2.45.2 then).
 	github.com/goreleaser/nfpm/v2 v2.45.2
 	github.com/handoff-dev/handoff v0.0.0-00010101000000-000000000000
 	github.com/spf13/cobra v1.10.2

@@ -255,15 +255,25 @@ func TestOutIsEmptiedOnlyWhenAReleaseBuildWroteIt(t *testing.T) {
 	require.FileExists(t, filepath.Join(mine, "notes.txt"))
 }
 
-// A snapshot of files git cannot read (no .git, or a checkout git refuses as another
-// user's) still builds, naming no commit and saying so; a release refuses.
+// A snapshot of files without .git still builds, naming no commit and saying so; a
+// release refuses, and so does a snapshot of a .git that git cannot read.
 func TestASnapshotWithoutGitNamesNoCommit(t *testing.T) {
 	dir := t.TempDir()
 	s, err := readStamp(context.Background(), Options{Repo: dir, Snapshot: true})
 	require.NoError(t, err)
 	require.Equal(t, "v0.0.0-snapshot+nogit", s.Version)
 	require.Equal(t, noCommit, s.Commit)
-	require.Contains(t, s.Note, "not a git checkout")
+	require.Contains(t, s.Note, "no .git in")
+	require.Equal(t, time.Unix(0, 0).UTC(), s.Date)
+	t.Setenv("SOURCE_DATE_EPOCH", "1764806400")
+	s, err = readStamp(context.Background(), Options{Repo: dir, Snapshot: true})
+	require.NoError(t, err)
+	require.Equal(t, time.Unix(1764806400, 0).UTC(), s.Date)
 	_, err = readStamp(context.Background(), Options{Repo: dir, Version: "v1.2.3"})
+	require.ErrorContains(t, err, "git rev-parse HEAD", "a release needs its commit")
+
+	// A .git that git cannot read is an error, never a snapshot naming no commit.
+	require.NoError(t, os.Mkdir(filepath.Join(dir, ".git"), 0o755))
+	_, err = readStamp(context.Background(), Options{Repo: dir, Snapshot: true})
 	require.ErrorContains(t, err, "git rev-parse HEAD")
 }

@@ -236,7 +236,10 @@ func TestAPausedNodesProxyIsNotReadAsPointingNowhere(t *testing.T) {
 	p := partsProxies(api)
 	_, err := p.PointsAt(context.Background(), "tasks.web-blue:8000")
 	require.ErrorIs(t, err, deploy.ErrProxyUnreached)
-	require.ErrorContains(t, err, "hn3 (pause: it runs a proxy no job reaches; make it active")
+	require.ErrorContains(t, err, "hn3 (paused: its proxy serves on where no job goes; make it active with docker node update --availability active hn3")
+	api.taskList[ProxyService][2].Status.State = swarm.TaskStateStarting // restarting: it restores its route
+	_, err = p.PointsAt(context.Background(), "tasks.web-blue:8000")
+	require.ErrorContains(t, err, "hn3 (paused", "a proxy starting may serve too")
 
 	api.nodes[2].Spec.Availability = swarm.NodeAvailabilityActive
 	api.taskList[ProxyService] = api.taskList[ProxyService][:2] // and no proxy on hn3: nothing to read there

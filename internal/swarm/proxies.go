@@ -129,10 +129,10 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 	}
 	var out []nodeState
 	var failed []string
-	unreached := map[string]bool{}
+	unreached := map[string]NodeResult{}
 	for _, r := range results {
 		if r.State == NotReached {
-			unreached[r.NodeID] = true
+			unreached[r.NodeID] = r
 			continue
 		}
 		ns, why := readState(r)
@@ -150,8 +150,14 @@ func (p *Proxies) states(ctx context.Context) ([]nodeState, error) {
 			return out, fmt.Errorf("%w: the nodes of %s: %w", deploy.ErrProxyUnreached, p.Service, err)
 		}
 		for _, n := range nodes {
-			if unreached[n.ID] && n.State == string(swarm.NodeStateReady) && n.Proxy == "running" {
-				failed = append(failed, fmt.Sprintf("%s (%s: it runs a proxy no job reaches; make it active with docker node update --availability active, or drain it)", n.Hostname, n.Availability))
+			r, missed := unreached[n.ID]
+			if !missed || n.State != string(swarm.NodeStateReady) || !mayServe(n.Proxy) {
+				continue
+			}
+			if n.Availability == string(swarm.NodeAvailabilityPause) {
+				failed = append(failed, fmt.Sprintf("%s (paused: its proxy serves on where no job goes; make it active with docker node update --availability active %s, or drain it)", n.Hostname, n.Hostname))
+			} else {
+				failed = append(failed, fmt.Sprintf("%s (its proxy %s, but no task of the job ran there: %s; ask again)", n.Hostname, n.Proxy, cmp.Or(r.Err, "not placed")))
 			}
 		}
 	}
@@ -226,6 +232,12 @@ func newestRoute(states []nodeState) deploy.Route {
 		}
 	}
 	return routeOf(newest)
+}
+
+// mayServe says a proxy task in state (ProxyNode.Proxy) runs, or may run soon and
+// restore its route from its state volume: what it points at counts.
+func mayServe(state string) bool {
+	return state != "" && !terminal(swarm.TaskState(state))
 }
 
 // Behind names the nodes whose proxy serves another route than route: a node that
@@ -342,7 +354,7 @@ func (p *Proxies) SetRoute(ctx context.Context, from, to deploy.Route) error {
 	p.keepSwitch(switchResults(results, to.String(), gen, took, proxies))
 	serving := map[string]ProxyNode{}
 	for _, n := range proxies {
-		if n.Proxy == "running" && n.State == "ready" {
+		if mayServe(n.Proxy) && n.State == "ready" {
 			serving[n.ID] = n
 		}
 	}

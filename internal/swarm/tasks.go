@@ -64,7 +64,8 @@ type Tally struct {
 	IPs     []netip.Addr
 	Verdict Verdict
 
-	failed int // Failures but those rejected for want of the image: what FailureLimit bounds
+	failed int             // Failures but those rejected for want of the image: what FailureLimit bounds
+	pulled map[string]bool // nodes where a task of the release got past its pull
 }
 
 // FailureLimit is how many failed tasks of a release of n replicas end the wait.
@@ -122,11 +123,15 @@ func CountSince(service string, tasks []swarm.Task, nodes []swarm.Node, release,
 			if avail == swarm.NodeAvailabilityPause {
 				t.Paused = append(t.Paused, hostname(task.NodeID))
 			}
+			t.has(hostname(task.NodeID))
 			t.Healthy++
 			t.IPs = append(t.IPs, addresses(task, network)...)
 		case !terminal(st) && task.NodeID == "":
 			t.Unplaced++
 		case !terminal(st):
+			if st != swarm.TaskStateNew && st != swarm.TaskStatePending && st != swarm.TaskStateAssigned && st != swarm.TaskStateAccepted {
+				t.has(hostname(task.NodeID)) // past its pull
+			}
 			t.Starting = append(t.Starting, hostname(task.NodeID))
 		}
 	}
@@ -150,17 +155,34 @@ func CountSince(service string, tasks []swarm.Task, nodes []swarm.Node, release,
 		t.Verdict = Ready
 	case t.failed >= FailureLimit(n):
 		t.Verdict = Failed
-	case noneCanPull(nodes, t.CouldNotPull()):
+	case t.noneCanPull(nodes):
 		t.Verdict = Failed
 	}
 	return t
 }
 
-// noneCanPull says every node a new task can go to (ready and active) is one of
-// couldNot: the nodes whose tasks were rejected for want of the image.
-func noneCanPull(nodes []swarm.Node, couldNot []string) bool {
-	if len(couldNot) == 0 {
-		return false
+// pullTries is how many rejections for want of the image make a node one that cannot
+// pull it: one may be a registry's passing blip.
+const pullTries = 3
+
+// has notes that a task of the release got past its pull on node (it runs, or starts).
+func (t *Tally) has(node string) {
+	if t.pulled == nil {
+		t.pulled = map[string]bool{}
+	}
+	t.pulled[node] = true
+}
+
+// noneCanPull says every node a new task can go to (ready and active) was rejected
+// for want of the image pullTries times and runs no task of the release. Placement
+// constraints are not read here: a node they rule out keeps the wait going, which
+// health.start_timeout then bounds.
+func (t Tally) noneCanPull(nodes []swarm.Node) bool {
+	tries := map[string]int{}
+	for _, f := range t.Failures {
+		if f.noImage() {
+			tries[f.Node]++
+		}
 	}
 	eligible := 0
 	for _, nd := range nodes {
@@ -168,7 +190,8 @@ func noneCanPull(nodes []swarm.Node, couldNot []string) bool {
 			continue
 		}
 		eligible++
-		if !slices.Contains(couldNot, cmp.Or(nd.Description.Hostname, nd.ID)) {
+		name := cmp.Or(nd.Description.Hostname, nd.ID)
+		if tries[name] < pullTries || t.pulled[name] {
 			return false
 		}
 	}
@@ -215,7 +238,7 @@ func (t Tally) Progress() string {
 		parts = append(parts, fmt.Sprintf("%d on %s not counted (node not ready)", len(t.Unreachable), strings.Join(slices.Compact(slices.Clone(t.Unreachable)), ", ")))
 	}
 	if nodes := t.CouldNotPull(); len(nodes) > 0 {
-		parts = append(parts, "could not pull the image on "+strings.Join(nodes, ", ")+" (Swarm places those tasks elsewhere)")
+		parts = append(parts, "could not pull the image on "+strings.Join(nodes, ", ")+" (Swarm tries other nodes)")
 	}
 	if t.failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed (fails at %d)", t.failed, FailureLimit(t.Wanted)))
@@ -250,12 +273,13 @@ func (t Tally) Err() error {
 	return fmt.Errorf("%w: %s", ErrReleaseFailed, msg)
 }
 
-// CouldNotPull are the nodes whose tasks were rejected for want of the image: Swarm
-// places them elsewhere, so a release may be Ready all the same, with this to warn of.
+// CouldNotPull are the nodes whose tasks were rejected for want of the image and that
+// run none of the release now: Swarm places them elsewhere, so a release may be Ready
+// all the same, with this to warn of.
 func (t Tally) CouldNotPull() []string {
 	var nodes []string
 	for _, f := range t.Failures {
-		if f.noImage() && !slices.Contains(nodes, f.Node) {
+		if f.noImage() && !t.pulled[f.Node] && !slices.Contains(nodes, f.Node) {
 			nodes = append(nodes, f.Node)
 		}
 	}

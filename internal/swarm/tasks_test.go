@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ func TestCountReadyWithTheTasksIPs(t *testing.T) {
 	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.240.0.5"), netip.MustParseAddr("10.240.0.12")}, tally.IPs)
 	require.NoError(t, tally.Err())
 	require.Equal(t, []string{"hn3"}, tally.CouldNotPull(), "placed elsewhere: ready, with a warning")
-	require.Equal(t, "2 of 2 tasks healthy; could not pull the image on hn3 (Swarm places those tasks elsewhere)", tally.Progress())
+	require.Equal(t, "2 of 2 tasks healthy; could not pull the image on hn3 (Swarm tries other nodes)", tally.Progress())
 }
 
 func TestCountNeverADownNodesRunningTask(t *testing.T) {
@@ -106,7 +107,7 @@ func TestCountFailsAfterTheLimitNamingTheNodes(t *testing.T) {
 	// (Swarm places those elsewhere).
 	tally := Count("api-green", tasks, tallyNodes, 7, 2, "handoff")
 	require.Equal(t, Waiting, tally.Verdict, "1 failure of 4 allowed")
-	require.Equal(t, "1 of 2 tasks healthy; could not pull the image on hn2 (Swarm places those tasks elsewhere); 1 failed (fails at 4)", tally.Progress())
+	require.Equal(t, "1 of 2 tasks healthy; could not pull the image on hn2 (Swarm tries other nodes); 1 failed (fails at 4)", tally.Progress())
 
 	tasks = append(tasks, failedTask("f4", "7", "n3", swarm.TaskStateFailed, unhealthy, 5*time.Second),
 		failedTask("f5", "7", "n1", swarm.TaskStateFailed, unhealthy, 6*time.Second))
@@ -124,21 +125,32 @@ func TestCountFailsAfterTheLimitNamingTheNodes(t *testing.T) {
 	require.Equal(t, 6, FailureLimit(3))
 }
 
-// Rejections for want of the image end the wait at once when no node a task could go
-// to (ready and active) can pull it; a node down is none of those.
+// Rejections for want of the image end the wait at once when every node a task could
+// go to (ready and active; a node down is none of those) was rejected three times and
+// runs no task of the release; a node rejected once that then pulled is not one.
 func TestCountFailsWhenNoNodeCanPull(t *testing.T) {
 	noImage := `No such image: reg/api@sha256:ab`
-	tasks := []swarm.Task{
-		failedTask("f1", "7", "n1", swarm.TaskStateRejected, noImage, 1*time.Second),
-		failedTask("f2", "7", "n2", swarm.TaskStateRejected, noImage, 2*time.Second),
+	var tasks []swarm.Task
+	reject := func(node string, n int) {
+		for range n {
+			tasks = append(tasks, failedTask(fmt.Sprintf("r%d", len(tasks)), "7", node, swarm.TaskStateRejected, noImage, time.Duration(len(tasks))*time.Second))
+		}
 	}
-	require.Equal(t, Waiting, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "hn3 may pull it")
+	reject("n1", 3)
+	reject("n2", 2)
 	down := []swarm.Node{tallyNodes[0], tallyNodes[1], tallyNode("n3", "hn3", swarm.NodeStateDown)}
+	require.Equal(t, Waiting, Count("api-green", tasks, down, 7, 2, "handoff").Verdict, "hn2 rejected twice: maybe a blip")
+	reject("n2", 1)
 	tally := Count("api-green", tasks, down, 7, 2, "handoff")
-	require.Equal(t, Failed, tally.Verdict, "the nodes up both could not")
+	require.Equal(t, Failed, tally.Verdict, "both nodes up could not")
 	require.ErrorContains(t, tally.Err(), "could not pull the image on hn1, hn2")
-	tasks = append(tasks, failedTask("f3", "7", "n3", swarm.TaskStateRejected, noImage, 3*time.Second))
-	require.Equal(t, Failed, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "no node could")
+	require.Equal(t, Waiting, Count("api-green", tasks, tallyNodes, 7, 2, "handoff").Verdict, "hn3 may pull it")
+
+	// hn1 pulled in the end: it runs a task, so it is no node that cannot pull.
+	tasks = append(tasks, tallyTask("ok", "7", "n1", swarm.TaskStateRunning, "10.240.0.5/20"))
+	tally = Count("api-green", tasks, down, 7, 2, "handoff")
+	require.Equal(t, Waiting, tally.Verdict)
+	require.Equal(t, []string{"hn2"}, tally.CouldNotPull())
 }
 
 // fakeTasks answers each poll with the next of its answers; past them it fails.

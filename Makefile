@@ -1,7 +1,7 @@
 # The two commands of the README, and the benchmark.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c  # a failing test fails the target, through its tee and grep
-.PHONY: demo test test-faults test-swarm fuzz bench-deploy bench-bad-release bench-proxy bench-hop
+.PHONY: demo test test-faults test-swarm fuzz bench-deploy bench-bad-release bench-proxy bench-hop bench-swarm
 
 demo:
 	examples/demo.sh
@@ -49,6 +49,15 @@ bench-deploy:
 bench-bad-release:
 	scripts/install-caddy.sh
 	HANDOFF_BENCH_BAD=1 go test -count=1 -run TestBadReleaseUnderLoad -v -timeout 60m ./bench
+
+# Deploys on a swarm of three test servers (make test-swarm's harness) under
+# the same load sent to every node's published port: handoff beside Swarm's
+# own `docker service update`, start-first and stop-first (issue 20), each
+# SWARM_N deploys (10) and a rollback, alone on the swarm. About 20 minutes;
+# writes bench-results/swarm.md, .json and .svg.
+SWARM_N ?= 10
+bench-swarm:
+	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_TEST_SWARM=1 HANDOFF_BENCH_SWARM=1 HANDOFF_BENCH_SWARM_DEPLOYS=$(SWARM_N) go test -count=1 -run TestSwarmUnderLoad -v -timeout 90m ./bench
 
 # What one proxy hop costs under load: wrk through nothing, HAProxy, Caddy
 # and handoff proxy, interleaved; writes bench-results/hop.md and hop.json.

@@ -19,7 +19,7 @@ test-faults:
 # The tests that start a swarm of three test servers (network namespaces, an
 # engine each, the reference registry), run apart from the others.
 test-swarm:
-	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_TEST_SWARM=1 go test -p 1 -count=1 -v -timeout 25m -run 'TestSwarm|TestStoreAcrossManagers' ./internal/testhost ./internal/swarm ./internal/itest
+	HANDOFF_REQUIRE_INTEGRATION=1 HANDOFF_TEST_SWARM=1 HANDOFF_SWARM_FAULTS=1 go test -p 1 -count=1 -v -timeout 60m -run 'TestSwarm|TestStoreAcrossManagers' ./internal/testhost ./internal/swarm ./internal/itest
 
 # Every fuzz target for longer than scripts/test.sh does (FUZZTIME inputs
 # each, 100000x by default: about 5 minutes for the slowest; a count, since

@@ -3,14 +3,17 @@ package itest
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	swarmtypes "github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
 
@@ -30,113 +33,381 @@ drain_timeout: 10s
 swarm: {proxy_image: %s}
 `
 
+// swarmApp is a service deployed on a test swarm of three as a user would: handoff
+// swarm setup, then handoff deploy from this machine against node 1, a manager.
+type swarmApp struct {
+	t               *testing.T
+	sw              *testhost.Swarm
+	bin, dir, state string
+	env             []string
+	app, proxyImage string
+	startTimeout    string
+}
+
+// startSwarmApp starts a swarm of three, sets it up and deploys release v1.
+func startSwarmApp(t *testing.T) *swarmApp {
+	testhost.RequireSwarmRun(t)
+	a := &swarmApp{t: t, bin: Build(t), sw: testhost.StartSwarm(t, 3, testhost.SwarmOptions{}), dir: t.TempDir(), state: t.TempDir(), startTimeout: "20s"}
+	node1 := a.sw.Nodes[0]
+	node1.BuildTestImage(t, "hoff-testapp:1")
+	node1.BuildHandoffImage(t, "handoff:test")
+	a.app, a.proxyImage = a.sw.Registry.Push(t, node1, "hoff-testapp:1"), a.sw.Registry.Push(t, node1, "handoff:test")
+	a.env = []string{"DOCKER_HOST=" + node1.DockerHost}
+	res := a.handoff("swarm", "setup", "--proxy-image", a.proxyImage)
+	require.Zero(t, res.Code, "%s", res)
+	t.Logf("handoff swarm setup: %s", strings.TrimSpace(res.Stdout))
+	res = a.deploy("v1")
+	require.Zero(t, res.Code, "first deploy: %s", res)
+	t.Logf("first deploy in %s", res.Took.Round(time.Millisecond))
+	// Every node's proxy answers, from tasks on any node.
+	for _, n := range a.sw.Nodes {
+		WaitFor(t, 10*time.Second, "node "+n.IP+"'s proxy answers", func() bool {
+			code, release, err := Get(plainClient, a.url(n), SiteHost)
+			return err == nil && code == 200 && release == "v1"
+		})
+	}
+	return a
+}
+
+func (a *swarmApp) handoff(args ...string) Result {
+	a.t.Helper()
+	return HandoffEnv(a.t, a.bin, a.dir, a.state, a.env, args...)
+}
+
+// write writes handoff.yml for release, with extraEnv (`, KEY: "value"`) added.
+func (a *swarmApp) write(release, extraEnv string) {
+	a.t.Helper()
+	require.NoError(a.t, os.WriteFile(filepath.Join(a.dir, "handoff.yml"), fmt.Appendf(nil, swarmFile, a.app, release, extraEnv, a.startTimeout, a.proxyImage), 0o644))
+}
+
+func (a *swarmApp) deploy(release string) Result {
+	a.t.Helper()
+	a.write(release, "")
+	return a.handoff("deploy")
+}
+
+// url is where node n's proxy serves the service.
+func (a *swarmApp) url(n *testhost.Server) string {
+	return "http://" + n.Addr(swarm.DefaultProxyPort) + "/"
+}
+
+// servesOn checks that every one of nodes serves release.
+func (a *swarmApp) servesOn(release string, nodes ...*testhost.Server) {
+	a.t.Helper()
+	for _, n := range nodes {
+		code, got, err := Get(plainClient, a.url(n), SiteHost)
+		require.NoError(a.t, err)
+		require.Equal(a.t, 200, code)
+		require.Equal(a.t, release, got, "node %s's proxy serves the release in service", n.IP)
+	}
+}
+
+// load sends the usual load to every one of nodes' proxies.
+func (a *swarmApp) load(nodes ...*testhost.Server) []*Load {
+	var loads []*Load
+	for _, n := range nodes {
+		loads = append(loads, StartLoad(a.t, "http://"+n.Addr(swarm.DefaultProxyPort), SiteHost, LoadOptions{
+			Workers: 1, Posts: 1, Slow: 1, WebSockets: 1, Pause: 10 * time.Millisecond, FrontNeverReloads: true}))
+	}
+	return loads
+}
+
+// noneFailed stops loads a second after the last step, logs what they sent with
+// format (two %d: requests, failed), and fails t if any request failed.
+func noneFailed(t *testing.T, loads []*Load, format string) {
+	t.Helper()
+	time.Sleep(time.Second)
+	total, failed := stopLoads(t, loads)
+	t.Logf(format, total, failed)
+	require.Zero(t, failed)
+}
+
+// stopLoads stops loads and returns what they sent and how many failed, logging each.
+func stopLoads(t *testing.T, loads []*Load) (total, failed int) {
+	for i, l := range loads {
+		got := l.Stop()
+		total += got.Requests()
+		failed += got.Failures()
+		t.Logf("load %d: %d requests, %d failed: %s", i+1, got.Requests(), got.Failures(), got)
+	}
+	return total, failed
+}
+
 // TestSwarmDeploysUnderLoadThroughEveryNode deploys on a swarm of three test servers
 // as a user would: handoff swarm setup, then handoff deploy from this machine against a
 // manager, under load sent to every node's proxy port. Every node's proxy reaches the
 // release's tasks wherever they run; every deploy, and a rollback, fail no request.
 func TestSwarmDeploysUnderLoadThroughEveryNode(t *testing.T) {
-	testhost.RequireSwarmRun(t)
-	bin := Build(t)
-	sw := testhost.StartSwarm(t, 3, testhost.SwarmOptions{})
-	node1 := sw.Nodes[0]
-	node1.BuildTestImage(t, "hoff-testapp:1")
-	node1.BuildHandoffImage(t, "handoff:test")
-	app, proxyImage := sw.Registry.Push(t, node1, "hoff-testapp:1"), sw.Registry.Push(t, node1, "handoff:test")
-	env := []string{"DOCKER_HOST=" + node1.DockerHost}
-	dir, state := t.TempDir(), t.TempDir()
-
-	res := HandoffEnv(t, bin, dir, state, env, "swarm", "setup", "--proxy-image", proxyImage)
-	require.Zero(t, res.Code, "%s", res)
-	t.Logf("handoff swarm setup: %s", strings.TrimSpace(res.Stdout))
-
-	startTimeout := "20s"
-	write := func(release, extraEnv string) {
-		t.Helper()
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "handoff.yml"), fmt.Appendf(nil, swarmFile, app, release, extraEnv, startTimeout, proxyImage), 0o644))
-	}
-	deploy := func(release string) Result {
-		t.Helper()
-		write(release, "")
-		return HandoffEnv(t, bin, dir, state, env, "deploy")
-	}
-	res = deploy("v1")
-	require.Zero(t, res.Code, "first deploy: %s", res)
-	t.Logf("first deploy in %s", res.Took.Round(time.Millisecond))
-
-	// Every node's proxy answers, from tasks on any node.
-	for _, n := range sw.Nodes {
-		url := "http://" + n.Addr(swarm.DefaultProxyPort)
-		WaitFor(t, 10*time.Second, "node "+n.IP+"'s proxy answers", func() bool {
-			code, release, err := Get(plainClient, url+"/", SiteHost)
-			return err == nil && code == 200 && release == "v1"
-		})
-	}
-
-	var loads []*Load
-	for _, n := range sw.Nodes {
-		loads = append(loads, StartLoad(t, "http://"+n.Addr(swarm.DefaultProxyPort), SiteHost, LoadOptions{
-			Workers: 1, Posts: 1, Slow: 1, WebSockets: 1, Pause: 10 * time.Millisecond, FrontNeverReloads: true}))
-	}
+	a := startSwarmApp(t)
+	sw, node1 := a.sw, a.sw.Nodes[0]
+	loads := a.load(sw.Nodes...)
 	// scripts/test.sh runs 2 (CI's time), make test-swarm 10.
 	deploys := 10
 	if n, err := strconv.Atoi(os.Getenv("HANDOFF_SWARM_DEPLOYS")); err == nil && n > 1 {
 		deploys = n
 	}
 	var took []time.Duration
-	servesOnEveryNode := func(release string) {
-		t.Helper()
-		for _, n := range sw.Nodes {
-			code, got, err := Get(plainClient, "http://"+n.Addr(swarm.DefaultProxyPort)+"/", SiteHost)
-			require.NoError(t, err)
-			require.Equal(t, 200, code)
-			require.Equal(t, release, got, "node %s's proxy serves the release in service", n.IP)
-		}
-	}
 	for i := 2; i <= deploys+1; i++ {
-		res := deploy(fmt.Sprintf("v%d", i))
+		res := a.deploy(fmt.Sprintf("v%d", i))
 		require.Zero(t, res.Code, "deploy %d: %s", i, res)
 		took = append(took, res.Took.Round(time.Millisecond))
-		servesOnEveryNode(fmt.Sprintf("v%d", i))
+		a.servesOn(fmt.Sprintf("v%d", i), sw.Nodes...)
 	}
-	res = HandoffEnv(t, bin, dir, state, env, "rollback")
+	res := a.handoff("rollback")
 	require.Zero(t, res.Code, "rollback: %s", res)
-	servesOnEveryNode(fmt.Sprintf("v%d", deploys))
+	a.servesOn(fmt.Sprintf("v%d", deploys), sw.Nodes...)
 
 	// A release that never becomes healthy: exit 3, the live one serving on.
-	startTimeout = "8s"
-	write("sick", `, HEALTH_STATUS: "500"`)
-	res = HandoffEnv(t, bin, dir, state, env, "deploy")
-	startTimeout = "20s"
+	a.startTimeout = "8s"
+	a.write("sick", `, HEALTH_STATUS: "500"`)
+	res = a.handoff("deploy")
+	a.startTimeout = "20s"
 	require.Equal(t, 3, res.Code, "a never-healthy release: %s", res)
 	t.Logf("never-healthy release refused in %s:\n%s", res.Took.Round(time.Millisecond), res.Stderr)
 
 	// Two deploys at once: the second is refused at once, naming the first.
-	write("slow", `, BOOT_DELAY: "4s"`)
+	a.write("slow", `, BOOT_DELAY: "4s"`)
 	first := make(chan Result, 1)
-	go func() { first <- HandoffEnv(t, bin, dir, state, env, "deploy") }()
+	go func() { first <- HandoffEnv(t, a.bin, a.dir, a.state, a.env, "deploy") }()
 	lockName, err := swarm.LockName("web")
 	require.NoError(t, err)
 	WaitFor(t, 30*time.Second, "the first deploy holds the swarm's lock", func() bool {
 		got, err := node1.Docker().ServiceInspect(context.Background(), lockName, client.ServiceInspectOptions{})
 		return err == nil && got.Service.Spec.Labels[swarm.LabelLock] != ""
 	})
-	second := HandoffEnv(t, bin, dir, state, env, "deploy")
+	second := a.handoff("deploy")
 	require.Equal(t, 4, second.Code, "a second deploy at once: %s", second)
 	require.Contains(t, second.Stderr, "another handoff is running for this service")
 	res = <-first
 	require.Zero(t, res.Code, "the first of two deploys: %s", res)
-	servesOnEveryNode("slow")
+	a.servesOn("slow", sw.Nodes...)
 	t.Logf("a second deploy at once: %s", lastLine(second.Stderr))
 	time.Sleep(time.Second)
-	total, failed := 0, 0
-	for i, l := range loads {
-		got := l.Stop()
-		total += got.Requests()
-		failed += got.Failures()
-		t.Logf("node %d: %d requests, %d failed: %s", i+1, got.Requests(), got.Failures(), got)
-	}
+	total, failed := stopLoads(t, loads)
 	t.Logf("swarm of 3: %d deploys, a rollback, a never-healthy release and two deploys at once, through every node's proxy (%v each): %d requests, %d failed", deploys, took, total, failed)
 	require.Zero(t, failed)
+}
+
+// TestSwarmANodeDownBeforeADeployIsBroughtInStepByRepair freezes a node (a dead host
+// as its peers see it: nothing answers, no connection is closed) before a deploy. The
+// other nodes finish the deploy under load without a failed request, the dead node's
+// tasks never counted as healthy. Back, the node's proxy serves the switch before (Swarm
+// does not run a job again on a node that returns): status says so, and repair sends
+// the route again.
+func TestSwarmANodeDownBeforeADeployIsBroughtInStepByRepair(t *testing.T) {
+	requireSwarmFaults(t)
+	a := startSwarmApp(t)
+	n1, n2, n3 := a.sw.Nodes[0], a.sw.Nodes[1], a.sw.Nodes[2]
+
+	// The node dies: what was in flight to a task of it then is lost with it (a host
+	// failure, not the deploy's: 4 of 10,395 requests in one run). The load starts once
+	// Swarm has marked it down and its tasks are gone from every proxy's answers.
+	n3.Freeze(t)
+	t.Logf("node 3 marked down after %s", a.sw.WaitNodeState(t, n3, "down", time.Minute).Round(time.Millisecond))
+	time.Sleep(20 * time.Second) // Swarm replaces the tasks; a vanished address drains (drain_timeout 10s) and goes
+	a.servesOn("v1", n1, n2)
+	loads := a.load(n1, n2)
+	res := a.deploy("v2")
+	require.Zero(t, res.Code, "a deploy with node 3 down: %s", res)
+	a.servesOn("v2", n1, n2)
+	a.backAndRepaired(n3, "v2")
+
+	noneFailed(t, loads, "node 3 down before a deploy: %d requests to the other nodes, %d failed")
+}
+
+// TestSwarmANodeFrozenDuringADeploy freezes a node once the new release's tasks are
+// placed. The deploy completes on the other nodes and repair brings the node in step;
+// the load on the other nodes must fail nothing. Known to fail today: in one run, 2 of
+// 22,473 requests (a slow GET on each of the other nodes, EOF, and both nodes' GETs
+// stalled about 20 s), with no task of the app on the frozen node; not traced yet.
+func TestSwarmANodeFrozenDuringADeploy(t *testing.T) {
+	requireSwarmFaults(t)
+	a := startSwarmApp(t)
+	n1, n2, n3 := a.sw.Nodes[0], a.sw.Nodes[1], a.sw.Nodes[2]
+	loads := a.load(n1, n2)
+
+	done, tasks := a.deployUntilPlaced("v2", "web-green")
+	on3 := slices.ContainsFunc(tasks, func(task swarmtypes.Task) bool { return task.NodeID == a.sw.NodeStates(t)[n3].ID })
+	n3.Freeze(t)
+	t.Logf("node 3 frozen during the deploy (a task of v2 on it: %v)", on3)
+	res := <-done
+	require.Zero(t, res.Code, "a deploy that lost node 3 on the way: %s", res)
+	a.servesOn("v2", n1, n2)
+	a.backAndRepaired(n3, "v2")
+
+	noneFailed(t, loads, "node 3 frozen during a deploy: %d requests to the other nodes, %d failed")
+}
+
+// TestSwarmAPartialSwitchIsRepairedOrRolledBack pauses a node during a deploy (`docker
+// node update --availability pause`: its tasks and its proxy run on, no new task goes
+// there), so the deploy's switch reaches every node but that one. The deploy fails with exit 5 naming
+// it, both colours kept: that node's proxy still sends to the old one. With the node
+// active again, repair sends the switch again; after a second such deploy, a rollback
+// puts every node back on the release before, the new one scaled to 0. No request fails
+// on any node throughout.
+func TestSwarmAPartialSwitchIsRepairedOrRolledBack(t *testing.T) {
+	requireSwarmFaults(t)
+	a := startSwarmApp(t)
+	n3 := a.sw.Nodes[2]
+	loads := a.load(a.sw.Nodes...)
+	availability := func(to swarmtypes.NodeAvailability) {
+		t.Helper()
+		node := a.sw.NodeStates(t)[n3]
+		spec := node.Spec
+		spec.Availability = to
+		_, err := a.sw.Nodes[0].Docker().NodeUpdate(context.Background(), node.ID, client.NodeUpdateOptions{Version: node.Version, Spec: spec})
+		require.NoError(t, err)
+	}
+	replicas := func(colour string) uint64 {
+		got, err := a.sw.Nodes[0].Docker().ServiceInspect(context.Background(), colour, client.ServiceInspectOptions{})
+		require.NoError(t, err)
+		return *got.Service.Spec.Mode.Replicated.Replicas
+	}
+	// halfway deploys release, pausing node 3 once the release's tasks are placed: the
+	// deploy began with every node active, and its switch cannot reach node 3.
+	halfway := func(release, before, colour string) {
+		t.Helper()
+		done, _ := a.deployUntilPlaced(release, colour)
+		availability(swarmtypes.NodeAvailabilityPause)
+		res := <-done
+		require.Equal(t, 5, res.Code, "a deploy whose switch cannot reach a node: %s", res)
+		require.Contains(t, lastLine(res.Stderr), n3.NS+" (pause) runs a proxy the switch did not reach", "the node is named: %s", res)
+		t.Logf("refused in %s: %s", res.Took.Round(time.Millisecond), lastLine(res.Stderr))
+		a.servesOn(release, a.sw.Nodes[:2]...)
+		a.servesOn(before, n3)
+		require.NotZero(t, replicas("web-blue"), "both colours kept")
+		require.NotZero(t, replicas("web-green"), "both colours kept")
+		availability(swarmtypes.NodeAvailabilityActive)
+	}
+
+	halfway("v2", "v1", "web-green")
+	res := a.handoff("repair")
+	require.Zero(t, res.Code, "repair: %s", res)
+	a.servesOn("v2", a.sw.Nodes...)
+
+	halfway("v3", "v2", "web-blue")
+	res = a.handoff("rollback")
+	require.Zero(t, res.Code, "rollback after a partial switch: %s", res)
+	a.servesOn("v2", a.sw.Nodes...)
+	res = a.handoff("status")
+	require.Zero(t, res.Code, "status: %s", res)
+	require.NotContains(t, res.Stdout, "warning", "every node in step: %s", res)
+	require.Equal(t, uint64(2), replicas("web-blue")+replicas("web-green"), "one colour left, of 2 replicas")
+
+	noneFailed(t, loads, "two switches one node missed, repaired and rolled back: %d requests, %d failed")
+}
+
+// TestSwarmAnImageOneNodeCannotPullRunsOnTheOthers deploys an image node 3 cannot fetch
+// (its way to the registry is refused): Swarm rejects the tasks it places there and
+// places them on the other nodes, and the deploy completes, every node's proxy serving
+// the new release from them, without a failed request.
+func TestSwarmAnImageOneNodeCannotPullRunsOnTheOthers(t *testing.T) {
+	requireSwarmFaults(t)
+	a := startSwarmApp(t)
+	n1, n3 := a.sw.Nodes[0], a.sw.Nodes[2]
+	n1.BuildTestImageVersion(t, "hoff-testapp:2", "2")
+	a.app = a.sw.Registry.Push(t, n1, "hoff-testapp:2")
+	registry, port, err := net.SplitHostPort(a.sw.Registry.Addr)
+	require.NoError(t, err)
+	n3.Exec(t, "iptables", "-I", "OUTPUT", "-p", "tcp", "-d", registry, "--dport", port, "-j", "REJECT", "--reject-with", "tcp-reset")
+	loads := a.load(a.sw.Nodes...)
+
+	// Three tasks, one a node: Swarm must place one on node 3 first.
+	a.write("v2", "")
+	yml := filepath.Join(a.dir, "handoff.yml")
+	b, err := os.ReadFile(yml)
+	require.NoError(t, err)
+	three := strings.NewReplacer("replicas: 2", "replicas: 3", "swarm: {", "swarm: {max_per_node: 1, ").Replace(string(b))
+	require.NoError(t, os.WriteFile(yml, []byte(three), 0o644))
+	res := a.handoff("deploy")
+	t.Logf("a deploy of 3 tasks, one a node, node 3 unable to pull: %s", res)
+	require.Equal(t, 3, res.Code, "3 tasks cannot run on 2 nodes: %s", res)
+	require.Contains(t, res.Stderr, "could not pull the image on "+n3.NS, "the node is named: %s", res)
+	a.servesOn("v1", a.sw.Nodes...)
+
+	// Two tasks: those Swarm places on node 3 are rejected, until it has failed there
+	// five times and places them on the other two (about 20 s).
+	a.startTimeout = "90s"
+	res = a.deploy("v2")
+	require.Zero(t, res.Code, "a deploy node 3 cannot pull: %s", res)
+	a.servesOn("v2", a.sw.Nodes...)
+	tasks, err := n1.Docker().TaskList(context.Background(), client.TaskListOptions{Filters: make(client.Filters).Add("service", "web-green")})
+	require.NoError(t, err)
+	nodes := a.sw.NodeStates(t)
+	for _, task := range tasks.Items {
+		t.Logf("task on node %s: %s %s", task.NodeID, task.Status.State, task.Status.Err)
+		if task.NodeID == nodes[n3].ID {
+			require.NotEqual(t, "running", string(task.Status.State), "no task of v2 runs on node 3")
+		}
+	}
+
+	noneFailed(t, loads, "an image one node cannot pull: %d requests, %d failed")
+}
+
+// deployUntilPlaced starts a deploy of release (booting in 3 s) and returns once its
+// tasks in colour are placed: the deploy's result, when it ends, and those tasks.
+func (a *swarmApp) deployUntilPlaced(release, colour string) (<-chan Result, []swarmtypes.Task) {
+	t := a.t
+	t.Helper()
+	a.write(release, `, BOOT_DELAY: "3s"`)
+	done := make(chan Result, 1)
+	go func() { done <- HandoffEnv(t, a.bin, a.dir, a.state, a.env, "deploy") }()
+	var placed []swarmtypes.Task
+	WaitFor(t, time.Minute, release+"'s tasks are placed", func() bool {
+		tasks, err := a.sw.Nodes[0].Docker().TaskList(context.Background(), client.TaskListOptions{Filters: make(client.Filters).Add("service", colour).Add("desired-state", "running")})
+		if err != nil {
+			return false
+		}
+		placed = slices.DeleteFunc(tasks.Items, func(task swarmtypes.Task) bool {
+			return task.Spec.ContainerSpec == nil || !slices.Contains(task.Spec.ContainerSpec.Env, "RELEASE="+release)
+		})
+		return len(placed) > 0
+	})
+	return done, placed
+}
+
+// backAndRepaired thaws n and waits until it is ready; its proxy missed the switch to
+// release, which status names and repair sends again.
+func (a *swarmApp) backAndRepaired(n *testhost.Server, release string) {
+	t := a.t
+	t.Helper()
+	n.Thaw(t)
+	t.Logf("node %d ready again after %s", n.Index, a.sw.WaitNodeState(t, n, "ready", time.Minute).Round(time.Millisecond))
+	// Swarm replaces the node's proxy task as it comes back (the old one was lost with
+	// the node): the old container stops, and the new one starts once the port is free,
+	// with the route it kept in its state volume. Until then its proxy cannot be read.
+	var res Result
+	WaitFor(t, 2*time.Minute, fmt.Sprintf("status reads node %d's proxy again", n.Index), func() bool {
+		res = a.handoff("status")
+		if res.Code != 0 || !strings.Contains(res.Stdout, "serves an older switch") {
+			return false
+		}
+		for _, line := range strings.Split(res.Stdout, "\n") {
+			if f := strings.Fields(line); len(f) > 4 && f[0] == n.NS {
+				return f[4] == "running" // NODE ROLE STATE AVAILABILITY PROXY …
+			}
+		}
+		return false
+	})
+	t.Logf("status with node %d back: %s", n.Index, res.Stdout)
+	res = a.handoff("repair")
+	require.Zero(t, res.Code, "repair: %s", res)
+	t.Logf("repair in %s", res.Took.Round(time.Millisecond))
+	a.servesOn(release, a.sw.Nodes...)
+	res = a.handoff("status")
+	require.Zero(t, res.Code, "status: %s", res)
+	require.NotContains(t, res.Stdout, "warning", "every node in step: %s", res)
+}
+
+// requireSwarmFaults skips t unless HANDOFF_SWARM_FAULTS is 1: each failure case of a
+// swarm takes minutes of a swarm of its own, more than CI's time holds beside the rest;
+// make test-swarm runs them, scripts/test.sh the deploys under load only.
+func requireSwarmFaults(t *testing.T) {
+	t.Helper()
+	testhost.RequireSwarmRun(t)
+	if os.Getenv("HANDOFF_SWARM_FAULTS") != "1" {
+		t.Skip("a failure case of a swarm: make test-swarm runs it (HANDOFF_SWARM_FAULTS=1)")
+	}
 }
 
 // plainClient makes a new connection for every request.

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -87,6 +88,13 @@ func buildError(r io.Reader) error {
 func (s *Server) BuildTestImage(t testing.TB, tag string) {
 	t.Helper()
 	s.BuildImage(t, tag, TestAppDockerfile, map[string][]byte{"testapp": testApp(t)})
+}
+
+// BuildTestImageVersion is BuildTestImage with a label of version's own, so the image's
+// digest is no other version's: a node must pull it before it runs it.
+func (s *Server) BuildTestImageVersion(t testing.TB, tag, version string) {
+	t.Helper()
+	s.BuildImage(t, tag, TestAppDockerfile+"LABEL version="+strconv.Quote(version)+"\n", map[string][]byte{"testapp": testApp(t)})
 }
 
 // ProxyDockerfile is the Dockerfile users build handoff's proxy image from, relative

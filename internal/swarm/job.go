@@ -135,7 +135,9 @@ poll:
 			} else {
 				settled = 0
 			}
-		case ctx.Err() == nil && !isTransient(err):
+		case ctx.Err() == nil && !isTransient(err) && !errors.Is(err, errUnanswered):
+			// A manager that did not answer for a while (swarm.Patient's bound) is asked
+			// again until the job's own time is up: its tasks may still be draining.
 			return nil, fmt.Errorf("job %s: %w", spec.Name, err)
 		}
 		// Swarm makes the tasks of every eligible node at once; one more poll finding

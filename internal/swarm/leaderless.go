@@ -129,7 +129,14 @@ func unansweredFor(timeout time.Duration, err error) error {
 	case cerrdefs.IsUnavailable(err) || strings.Contains(msg, "Unavailable"):
 		why = "the manager found its leader unavailable"
 	}
-	return fmt.Errorf("%w for %s (%s): more than half of the managers must be up and reach each other; check `docker node ls` on one, then run handoff again", errUnanswered, timeout, why)
+	return fmt.Errorf("%w for %s (%s; last: %s): more than half of the managers must be up and reach each other; check `docker node ls` on one, then run handoff again", errUnanswered, timeout, why, untransient(msg))
+}
+
+// untransient is msg with the words that make an error read transient to callers
+// (isTransient) put otherwise, so that the cause can be named without being asked again.
+func untransient(msg string) string {
+	return strings.NewReplacer("code = Unavailable", "code Unavailable", "code = DeadlineExceeded", "code DeadlineExceeded",
+		"does not have a leader", "has lost its leader", "no leader", "leaderless").Replace(msg)
 }
 
 func (p *Patient) ServiceInspect(ctx context.Context, id string, opts client.ServiceInspectOptions) (client.ServiceInspectResult, error) {
@@ -207,8 +214,13 @@ func (p *Patient) ServiceCreate(ctx context.Context, opts client.ServiceCreateOp
 		res, err := p.API.ServiceCreate(ctx, opts)
 		if err != nil && unanswered && (cerrdefs.IsAlreadyExists(err) || cerrdefs.IsConflict(err) || strings.Contains(err.Error(), "already exists")) {
 			// The unanswered try went through after all, after the look above.
-			if got, ierr := p.API.ServiceInspect(ctx, name, client.ServiceInspectOptions{}); ierr == nil && maps.Equal(got.Service.Spec.Labels, opts.Spec.Labels) {
+			got, ierr := p.API.ServiceInspect(ctx, name, client.ServiceInspectOptions{})
+			switch {
+			case ierr == nil && maps.Equal(got.Service.Spec.Labels, opts.Spec.Labels):
 				return client.ServiceCreateResult{ID: got.Service.ID}, nil
+			case ierr != nil && isTransient(ierr):
+				// Not known whose it is: asked again, the look above tells.
+				return client.ServiceCreateResult{}, ierr
 			}
 		}
 		return res, err

@@ -188,6 +188,7 @@ func TestPatientGivesUpAtItsBound(t *testing.T) {
 	require.NotContains(t, err.Error(), "\n")
 	require.Contains(t, err.Error(), "without a leader")
 	require.Contains(t, err.Error(), "docker node ls")
+	require.Contains(t, err.Error(), "; last: ", "the last cause is named")
 	require.Less(t, took, time.Second, "bounded by Timeout")
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 }

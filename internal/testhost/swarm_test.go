@@ -137,7 +137,17 @@ func TestSwarmOfThreeNodes(t *testing.T) {
 		down = sw.WaitNodeState(t, cut, swarm.NodeStateDown, 15*time.Second)
 		cut.Restore(t)
 		ready = sw.WaitNodeState(t, cut, swarm.NodeStateReady, 30*time.Second)
-		t.Logf("cut node 2 marked down in %s; restored, ready in %s", down.Round(time.Millisecond), ready.Round(time.Millisecond))
+		// Ready is the others' word; its own raft catches up after. The election below
+		// needs its vote: once it answers as a manager with a leader, it has one (in CI,
+		// freezing the leader at once left nodes 2 and 3 without one for 30 s).
+		caughtUp := time.Now()
+		require.Eventually(t, func() bool {
+			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := cut.Docker().NodeList(lctx, client.NodeListOptions{})
+			return err == nil
+		}, time.Minute, 200*time.Millisecond, "restored node 2 answers as a manager")
+		t.Logf("cut node 2 marked down in %s; restored, ready in %s, answering as a manager %s later", down.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(caughtUp).Round(time.Millisecond))
 
 		// The leader lost: another manager is elected and answers; the old leader, thawed,
 		// is a manager of the swarm again.

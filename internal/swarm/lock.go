@@ -30,6 +30,7 @@ type lease struct {
 	Since   time.Time     `json:"since"`
 	Expires time.Time     `json:"expires"`
 	For     time.Duration `json:"lease,omitempty"` // the holder's lease, which others wait out
+	Proc    *process      `json:"proc,omitempty"`  // the holder's process, for a handoff on its machine to see it gone
 }
 
 func (l lease) String() string {
@@ -99,6 +100,9 @@ func (s *Store) LockContext(ctx context.Context, service string) (context.Contex
 		return nil, nil, err
 	}
 	mine := lease{Holder: cmp.Or(s.Holder, defaultHolder()), Token: newToken(), For: s.lease()}
+	if me, ok := s.procsOf().self(); ok {
+		mine.Proc = &me
+	}
 	var wait <-chan time.Time
 	if s.Wait > 0 {
 		wait = time.After(s.Wait)
@@ -173,16 +177,17 @@ func (s *Store) bounded(ctx context.Context, f func(context.Context) error) erro
 	return f(ctx)
 }
 
-// take decides whether the lock in labels can be ours: free, ours already, or
-// another's lease seen unchanged for the whole of it. It sets mine's lease from now
-// and writes it into labels.
+// take decides whether the lock in labels can be ours: free, ours already, another's
+// lease seen unchanged for the whole of it, or another's whose process, on this
+// machine, has ended (killed: nothing renews it, as a kernel drops a dead process's
+// flock). It sets mine's lease from now and writes it into labels.
 func (s *Store) take(service string, labels map[string]string, mine *lease) error {
 	cur, held, err := readLease(labels)
 	if err != nil {
 		return err
 	}
 	now := s.now()
-	if held && cur.Token != mine.Token && !s.st().unchangedFor(service, cur, now, s.leaseOf(cur)) {
+	if held && cur.Token != mine.Token && !gone(s.procsOf(), cur.Proc) && !s.st().unchangedFor(service, cur, now, s.leaseOf(cur)) {
 		return &heldError{by: cur, runOut: !now.Before(cur.Expires)}
 	}
 	if !held || cur.Token != mine.Token {
@@ -334,6 +339,13 @@ func (s *Store) now() time.Time {
 		return time.Now()
 	}
 	return s.Now()
+}
+
+func (s *Store) procsOf() procs {
+	if s.procs == nil {
+		return kernel{}
+	}
+	return s.procs
 }
 
 func (s *Store) lease() time.Duration {

@@ -82,6 +82,7 @@ type Store struct {
 	// DefaultTimeout when 0.
 	Timeout time.Duration
 
+	procs procs // nil: the kernel's
 	once  sync.Once
 	state *storeState
 }

@@ -53,7 +53,10 @@ func isNamed(endpoint string) bool {
 // to the address with the fewest in flight. The target above it counts
 // and drains the name as a whole; an address that leaves the answer gets
 // no new requests, and its idle connections are closed once its last
-// request ends.
+// request ends. An address that leaves the answer while requests wait
+// on it for their headers is dialled (dial): one that does not answer is
+// on a node that died, and those requests are sent to another address
+// or fail (probeLost).
 type named struct {
 	t         *target
 	host      string
@@ -61,6 +64,7 @@ type named struct {
 	resolver  Resolver
 	clock     Clock
 	dialRetry time.Duration
+	dial      func(ctx context.Context, addr string) error // probeLost's dial: dialAddress, or a test's
 
 	cur  atomic.Pointer[[]*address] // the last good answer, by address
 	next atomic.Uint64              // the ties' round robin
@@ -82,11 +86,14 @@ type address struct {
 	inFlight  atomic.Int64
 	down      atomic.Bool // its last dial failed; it gets requests only when no other address is up
 	gone      atomic.Bool // left the answer: no new requests
+
+	waitMu  sync.Mutex
+	waiting map[*http.Request]context.CancelCauseFunc // sent here, no response headers yet: what probeLost cuts
 }
 
 func newNamed(t *target, resolver Resolver, clock Clock, dialRetry time.Duration) *named {
 	host, port, _ := net.SplitHostPort(t.upstream)
-	n := &named{t: t, host: host, port: port, resolver: resolver, clock: clock, dialRetry: dialRetry, addrs: map[netip.Addr]*address{}, resolved: make(chan struct{})}
+	n := &named{t: t, host: host, port: port, resolver: resolver, clock: clock, dialRetry: dialRetry, dial: dialAddress, addrs: map[netip.Addr]*address{}, resolved: make(chan struct{})}
 	n.cur.Store(&[]*address{})
 	go n.tick()
 	return n
@@ -179,6 +186,9 @@ func (n *named) apply(got []netip.Addr, err error) {
 		if !slices.Contains(want, a) && !ad.gone.Load() {
 			ad.gone.Store(true)
 			n.closeIfIdle(ad)
+			if ad.hasWaiting() {
+				go n.probeLost(ad)
+			}
 		}
 	}
 	n.cur.Store(&cur)
@@ -214,8 +224,78 @@ func addrList(list []*address) []netip.Addr {
 // request was sent, so it may go to another address of the name.
 var errAddressDial = errors.New("dial")
 
+// errAddressLost is the cause a request waiting for its headers is cut
+// with when its address left the answer and does not answer a dial.
+var errAddressLost = errors.New("address lost")
+
+// dialAddress dials addr and hangs up: whether it answers at all.
+func dialAddress(ctx context.Context, addr string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		conn.Close()
+	}
+	return err
+}
+
+// probeLost dials an address that left the answer while requests waited
+// on it for their headers. A task stopped gracefully answers what it was
+// sent: it is left alone. One that does not answer is on a node that
+// died (frozen: VXLAN to it answers nothing, not even a reset), and its
+// kept-alive connections are as silent: the requests would wait until
+// the drain deadline cut them. They are cut now, for RoundTrip to send
+// again or fail. Those whose headers came are not: their streams end
+// with the host, as before.
+func (n *named) probeLost(a *address) {
+	ctx, cancel := context.WithTimeout(context.Background(), namedDialTimeout)
+	err := n.dial(ctx, a.hostport)
+	cancel()
+	if err == nil || !a.gone.Load() {
+		return // it answers, or it is back in the answer
+	}
+	a.waitMu.Lock()
+	cut := len(a.waiting)
+	for out, cancel := range a.waiting {
+		cancel(errAddressLost)
+		delete(a.waiting, out)
+	}
+	a.waitMu.Unlock()
+	a.transport.CloseIdleConnections()
+	n.t.log.Warn("address lost: it left the DNS answer and does not answer; the requests waiting on it are cut", "service", n.t.service, "endpoint", n.t.upstream, "address", a.hostport, "cut", cut, "err", err)
+}
+
+// wait registers out, sent to a, as waiting for its headers, until
+// waited; false (and not registered) when a left the answer meanwhile:
+// apply may have looked at a's waiting requests already, and out would
+// not be probed for.
+func (a *address) wait(out *http.Request, cancel context.CancelCauseFunc) bool {
+	a.waitMu.Lock()
+	a.waiting[out] = cancel
+	a.waitMu.Unlock()
+	if a.gone.Load() {
+		a.waited(out)
+		return false
+	}
+	return true
+}
+
+// waited ends out's wait for its headers; false when probeLost cut it.
+func (a *address) waited(out *http.Request) bool {
+	a.waitMu.Lock()
+	defer a.waitMu.Unlock()
+	_, ok := a.waiting[out]
+	delete(a.waiting, out)
+	return ok
+}
+
+func (a *address) hasWaiting() bool {
+	a.waitMu.Lock()
+	defer a.waitMu.Unlock()
+	return len(a.waiting) > 0
+}
+
 func (n *named) newAddress(a netip.Addr) *address {
-	ad := &address{addr: a, hostport: net.JoinHostPort(a.String(), n.port)}
+	ad := &address{addr: a, hostport: net.JoinHostPort(a.String(), n.port), waiting: map[*http.Request]context.CancelCauseFunc{}}
 	d := &net.Dialer{Timeout: namedDialTimeout, KeepAlive: 30 * time.Second}
 	ad.transport = appTransport(func(ctx context.Context, network, _ string) (net.Conn, error) {
 		conn, err := d.DialContext(ctx, network, ad.hostport)
@@ -256,15 +336,19 @@ func (n *named) pick(tried []*address) *address {
 // RoundTrip sends req to an address of the name. A dial that fails
 // marks the address down, looks the name up again and tries the next
 // address, for every method (nothing was sent); when every address
-// failed, it waits as a refused IP endpoint does (dialRetrying).
+// failed, it waits as a refused IP endpoint does (dialRetrying). A
+// request cut because its address was lost (probeLost) goes the same way
+// if it may be sent twice (mayRetry), never back to that address; any
+// other fails.
 func (n *named) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	deadline := n.clock.Now().Add(n.dialRetry)
 	if err := n.waitResolved(ctx, deadline); err != nil {
 		return nil, err
 	}
-	var tried []*address
+	var tried, lost []*address
 	var lastErr error
+	var lostFrom *address // the request was cut there, and is not yet sent again
 	for {
 		a := n.pick(tried)
 		if a == nil {
@@ -275,13 +359,19 @@ func (n *named) RoundTrip(req *http.Request) (*http.Response, error) {
 			if n.clock.Now().Add(dialRetryInterval).After(deadline) || !sleep(ctx, n.clock, dialRetryInterval) {
 				return nil, lastErr
 			}
-			tried = nil
+			tried = append(tried[:0], lost...) // a lost address is not tried again, even back in the answer
 			continue
 		}
-		if len(tried) > 0 {
+		if lostFrom != nil {
+			n.t.log.Info("address lost: request sent to another address", "service", n.t.service, "method", req.Method, "uri", req.URL.RequestURI(), "address", lostFrom.hostport, "to", a.hostport)
+			lostFrom = nil
+		} else if len(tried) > len(lost) {
 			n.t.log.Info("dial failed: request sent to another address", "service", n.t.service, "method", req.Method, "uri", req.URL.RequestURI(), "address", tried[len(tried)-1].hostport, "to", a.hostport, "err", lastErr)
 		}
-		out := *req
+		// Its own context, so that probeLost can cut it while it waits for
+		// its headers, and only then.
+		outCtx, cut := context.WithCancelCause(ctx)
+		out := req.WithContext(outCtx)
 		u := *req.URL
 		u.Host = a.hostport
 		out.URL = &u
@@ -289,13 +379,36 @@ func (n *named) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.Body = keptBody{req.Body} // the transport closes a body it could not send: the next address needs it
 		}
 		a.inFlight.Add(1)
-		resp, err := a.transport.RoundTrip(&out)
+		if !a.wait(out, cut) {
+			n.release(a)
+			cut(nil)
+			continue // it left the answer as it was picked: nothing was sent, pick again
+		}
+		resp, err := a.transport.RoundTrip(out)
+		if !a.waited(out) && err == nil {
+			// Cut as its headers came: its body is cut too.
+			resp.Body.Close()
+			err = context.Cause(outCtx)
+		}
 		if err == nil {
-			resp.Body = countedBody(resp.Body, func() { n.release(a) })
+			resp.Body = countedBody(resp.Body, func() { n.release(a); cut(nil) })
 			return resp, nil
 		}
 		n.release(a)
-		if !errors.Is(err, errAddressDial) || ctx.Err() != nil {
+		cut(nil)
+		if ctx.Err() != nil {
+			return nil, err // the client's own cancellation wins
+		}
+		if errors.Is(context.Cause(outCtx), errAddressLost) {
+			err = fmt.Errorf("%w: %s left the DNS answer and does not answer", errAddressLost, a.hostport)
+			if !mayRetry(req) {
+				n.t.log.Warn("address lost: the request fails, it may not be sent twice", "service", n.t.service, "method", req.Method, "uri", req.URL.RequestURI(), "address", a.hostport, "err", err)
+				return nil, err
+			}
+			tried, lost, lastErr, lostFrom = append(tried, a), append(lost, a), err, a
+			continue
+		}
+		if !errors.Is(err, errAddressDial) {
 			return nil, err
 		}
 		a.down.Store(true)

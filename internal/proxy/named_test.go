@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,7 +65,8 @@ func (r *fakeResolver) failing(err error) {
 var quick = &http.Client{Timeout: 5 * time.Second}
 
 // task is one app task at an address of a name: it answers with its IP,
-// and /slow waits for release.
+// and /slow waits for release; /stream sends its headers and a first
+// line at once, the rest at release.
 type task struct {
 	ip      string
 	release chan struct{}
@@ -72,7 +75,7 @@ type task struct {
 
 // tasks listens on one port at each of ips (loopback addresses), as the
 // tasks of a Swarm service all listen on its port; it returns the port.
-func tasks(t *testing.T, ips ...string) (string, map[string]*task) {
+func tasks(t testing.TB, ips ...string) (string, map[string]*task) {
 	t.Helper()
 	port := ""
 	out := map[string]*task{}
@@ -83,12 +86,23 @@ func tasks(t *testing.T, ips ...string) (string, map[string]*task) {
 		tk := &task{ip: ip, release: make(chan struct{})}
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tk.hits.Add(1)
-			if r.URL.Path == "/slow" {
+			switch r.URL.Path {
+			case "/slow":
 				select {
 				case <-tk.release:
 				case <-r.Context().Done():
 					return
 				}
+			case "/stream":
+				fmt.Fprintln(w, "first")
+				w.(http.Flusher).Flush()
+				select {
+				case <-tk.release:
+				case <-r.Context().Done():
+					return
+				}
+				fmt.Fprintln(w, "rest")
+				return
 			}
 			n, _ := io.Copy(io.Discard, r.Body)
 			w.Header().Set("X-Release", ip)
@@ -278,4 +292,257 @@ func TestOnlyTasksNamesAreLookedUp(t *testing.T) {
 			t.Errorf("isNamed(%q) = %v, want %v", endpoint, got, want)
 		}
 	}
+}
+
+// errFrozen is what a dial to a task on a frozen node gets: VXLAN to the
+// node answers nothing, until the dial times out.
+var errFrozen = errors.New("dial tcp: i/o timeout")
+
+// frozen has n's probe of an address that left the answer fail, as it
+// does when the address's node froze; each probed address is sent on the
+// channel. Set before the answer first changes: only apply starts probes.
+func frozen(n *named) <-chan string {
+	probed := make(chan string, 8)
+	n.dial = func(_ context.Context, addr string) error {
+		probed <- addr
+		return errFrozen
+	}
+	return probed
+}
+
+// answer is what a client got for one request.
+type answer struct {
+	code    int
+	release string // the X-Release of the task that answered
+	err     error
+}
+
+// send sends req with quick, in the background.
+func send(req *http.Request) <-chan answer {
+	out := make(chan answer, 1)
+	go func() {
+		resp, err := quick.Do(req)
+		if err != nil {
+			out <- answer{err: err}
+			return
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		out <- answer{code: resp.StatusCode, release: resp.Header.Get("X-Release"), err: err}
+	}()
+	return out
+}
+
+// awaitProbe waits for the probe of addr.
+func awaitProbe(t *testing.T, probed <-chan string, addr string) {
+	t.Helper()
+	select {
+	case got := <-probed:
+		require.Equal(t, addr, got)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the address that left the answer was never probed")
+	}
+}
+
+// A GET that waits for its headers on an address whose node froze: once
+// the address leaves the answer and does not answer a dial, the GET is
+// sent to another address of the answer, which answers it. The frozen
+// task had it first and never answered.
+func TestAGetOnALostAddressGoesToAnotherAddress(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release) // the live task answers /slow at once
+	res.set("tasks.api", "127.0.0.2")
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	_, clock, listen, tg := servedName(t, res, port, logs)
+	probed := frozen(tg.named)
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
+	got := send(req)
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	a := <-got
+	require.NoError(t, a.err)
+	require.Equal(t, http.StatusOK, a.code)
+	require.Equal(t, "127.0.0.1", a.release, "answered by the address still in the answer")
+	require.EqualValues(t, 1, ts["127.0.0.2"].hits.Load(), "the lost address had it first")
+	require.Equal(t, 1, strings.Count(logs.String(), "address lost: request sent to another address"), "%s", logs)
+	require.Contains(t, logs.String(), "service=web method=GET uri=/slow address=127.0.0.2:"+port+" to=127.0.0.1:"+port)
+}
+
+// A POST (its body may not be sent twice) waiting on a lost address fails
+// as it would have, at once: a 502, and one line that says why; the other
+// address never sees it.
+func TestAPostOnALostAddressFails(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release)
+	res.set("tasks.api", "127.0.0.2")
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	_, clock, listen, tg := servedName(t, res, port, logs)
+	probed := frozen(tg.named)
+
+	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/slow", strings.NewReader("an order"))
+	got := send(req)
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	a := <-got
+	require.NoError(t, a.err)
+	require.Equal(t, http.StatusBadGateway, a.code)
+	require.Zero(t, ts["127.0.0.1"].hits.Load(), "not sent again")
+	require.Contains(t, logs.String(), "left the DNS answer and does not answer")
+	require.Contains(t, logs.String(), "service=web method=POST uri=/slow address=127.0.0.2:"+port)
+	require.NotContains(t, logs.String(), "request sent to another address")
+}
+
+// An address that left the answer but answers a dial (its task was
+// stopped gracefully, or is just slow): the request waiting on it is left
+// alone, and answered there.
+func TestAWaitingRequestOnAnAddressThatStillAnswersIsNotCut(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release)
+	res.set("tasks.api", "127.0.0.2")
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	_, clock, listen, tg := servedName(t, res, port, logs)
+	probed := make(chan string, 8)
+	tg.named.dial = func(ctx context.Context, addr string) error {
+		err := dialAddress(ctx, addr) // the real dial: the task listens
+		probed <- addr
+		return err
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
+	got := send(req)
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	require.Never(t, func() bool { return len(got) > 0 }, 100*time.Millisecond, time.Millisecond, "not cut")
+	close(ts["127.0.0.2"].release)
+	a := <-got
+	require.NoError(t, a.err)
+	require.Equal(t, http.StatusOK, a.code)
+	require.Equal(t, "127.0.0.2", a.release)
+	require.Zero(t, ts["127.0.0.1"].hits.Load())
+	require.NotContains(t, logs.String(), "address lost")
+}
+
+// A response whose headers came from the lost address before it was lost
+// (a stream) is not cut by it; the GET still waiting there is moved.
+func TestAStreamOnALostAddressIsNotCut(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release)
+	res.set("tasks.api", "127.0.0.2")
+	_, clock, listen, tg := servedName(t, res, port, io.Discard)
+	probed := frozen(tg.named)
+
+	resp, err := quick.Get("http://" + listen + "/stream")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body := bufio.NewReader(resp.Body)
+	line, err := body.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "first\n", line)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
+	got := send(req)
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 2 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	a := <-got
+	require.NoError(t, a.err)
+	require.Equal(t, "127.0.0.1", a.release, "the waiting GET moved")
+	close(ts["127.0.0.2"].release)
+	rest, err := io.ReadAll(body)
+	require.NoError(t, err, "the stream was not cut")
+	require.Equal(t, "rest\n", string(rest))
+}
+
+// A client that gives up on its request while the lost address is probed
+// gets its own cancellation back; the request is not sent again.
+func TestACancelledRequestOnALostAddressIsNotSentAgain(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release)
+	res.set("tasks.api", "127.0.0.2")
+	_, clock, _, tg := servedName(t, res, port, io.Discard)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	probed := make(chan string, 8)
+	tg.named.dial = func(_ context.Context, addr string) error {
+		cancel() // the client leaves before the probe fails
+		probed <- addr
+		return errFrozen
+	}
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tasks.api:"+port+"/slow", nil)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := tg.named.RoundTrip(req)
+		if resp != nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, context.Canceled)
+		require.NotErrorIs(t, err, errAddressLost)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancelled request never returned")
+	}
+	require.Zero(t, ts["127.0.0.1"].hits.Load(), "not sent again")
+}
+
+// BenchmarkNamedHop is BenchmarkHop's loop through the proxy to a named
+// endpoint (tasks.api, one address): what named's bookkeeping per
+// request adds to the hop, which BenchmarkHop (an IP endpoint) does not
+// run.
+func BenchmarkNamedHop(b *testing.B) {
+	res := newFakeResolver()
+	port, _ := tasks(b, "127.0.0.1")
+	res.set("tasks.api", "127.0.0.1")
+	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Resolver: res})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	listen := l.Addr().String()
+	l.Close()
+	if _, err := p.Put("web", listen, "tasks.api:"+port); err != nil {
+		b.Fatal(err)
+	}
+	defer p.Delete("web")
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		resp, err := client.Get("http://" + listen + "/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }

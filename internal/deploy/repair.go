@@ -55,6 +55,11 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 			if err != nil {
 				return rec, d.fail(ctx, r, err)
 			}
+			// What only those parts pointed at (the release before a switch they
+			// missed, which its deploy kept) is now left running after its switch.
+			if err := d.retireLeftBehind(ctx, r); err != nil {
+				return rec, d.fail(ctx, r, err)
+			}
 		}
 		if len(behind) > 0 || part {
 			r.inService = true
@@ -98,6 +103,23 @@ func (d *Deployer) Repair(ctx context.Context, svc Service) (*Record, error) {
 		return rec, d.succeed(r)
 	}
 	return rec, d.putInService(ctx, r, keep)
+}
+
+// retireLeftBehind drains and stops (or removes) what begin left running because a
+// route still pointed at it, once nothing does: a survey again, its interrupted
+// records and canary finished already.
+func (d *Deployer) retireLeftBehind(ctx context.Context, r *run) error {
+	if r.view.canary != nil {
+		return nil
+	}
+	left := d.leftBehind(ctx, r.view)
+	left.interrupted = nil
+	if !left.toRecover() {
+		return nil
+	}
+	return d.phase(r, PhaseRecover, left.describe(r.view), func() error {
+		return d.recoverInterrupted(ctx, r, left)
+	})
 }
 
 // repairPart starts again the containers of the live release that are not

@@ -61,6 +61,16 @@ type laggingProxy struct {
 	lagging  []string
 	resent   []string // the routes sent again
 	onResend func()   // runs as the route is sent again
+	behindAt string   // while some are lagging, they point at this upstream
+}
+
+// PointsAt adds the parts behind, while they are, to what points at upstream.
+func (p *laggingProxy) PointsAt(ctx context.Context, upstream string) ([]string, error) {
+	out, err := p.fakeProxy.PointsAt(ctx, upstream)
+	if len(p.lagging) > 0 && upstream != "" && upstream == p.behindAt {
+		out = append(out, "the proxy on hn3")
+	}
+	return out, err
 }
 
 // Behind is asked of the route the proxy serves, as the procedure read it.
@@ -112,4 +122,33 @@ func TestStatusNamesAPartOfTheProxyBehindAndRepairSendsTheRouteAgain(t *testing.
 	require.NoError(t, err)
 	require.Len(t, lp.resent, 1, "in step: nothing sent")
 	require.Contains(t, strings.Join(rec.Notes, "\n"), "nothing to repair")
+}
+
+// A switch one part of the proxy missed leaves the release before running (a deploy
+// that failed with both kept): once repair has sent that part the route, nothing
+// points at the release before any more, and repair drains and stops it as it would
+// any release left running after its switch.
+func TestRepairRetiresWhatOnlyThePartsBehindPointedAt(t *testing.T) {
+	r := newRig(t)
+	lp := &laggingProxy{fakeProxy: r.proxy}
+	r.d.Proxy = lp
+	_, err := r.d.Deploy(context.Background(), testService())
+	require.NoError(t, err)
+	old := r.rt.find("web-1")
+	old.Running = true // kept, as a switch that failed on hn3 keeps it
+	lp.lagging = []string{"the proxy on hn3 serves an older switch (generation 3: web-1)"}
+	lp.behindAt = old.Upstream
+	r.rt.calls = nil
+
+	rec, err := r.d.Repair(context.Background(), testService())
+	require.NoError(t, err)
+	require.Len(t, lp.resent, 1, "the route sent again")
+	require.Equal(t, []string{"stop web-1"}, r.rt.calls, "then the release before, which nothing points at now, is stopped")
+	notes := strings.Join(rec.Notes, "\n")
+	require.Contains(t, notes, "leaving web-1 running", "left alone while hn3 pointed at it")
+	require.Contains(t, notes, "stopping web-1")
+
+	st, err := r.d.Status(context.Background(), testService())
+	require.NoError(t, err)
+	require.Empty(t, st.Problem)
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/proxy/wire"
@@ -247,11 +248,11 @@ func dialAddress(ctx context.Context, addr string) error {
 // again or fail. Those whose headers came are not: their streams end
 // with the host, as before.
 func (n *named) probeLost(a *address) {
-	ctx, cancel := context.WithTimeout(context.Background(), namedDialTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), lostProbeTimeout)
 	err := n.dial(ctx, a.hostport)
 	cancel()
-	if err == nil || !a.gone.Load() {
-		return // it answers, or it is back in the answer
+	if !silent(err) || !a.gone.Load() {
+		return // it answers (a refusal too), or it is back in the answer
 	}
 	a.waitMu.Lock()
 	cut := len(a.waiting)
@@ -262,6 +263,24 @@ func (n *named) probeLost(a *address) {
 	a.waitMu.Unlock()
 	a.transport.CloseIdleConnections()
 	n.t.log.Warn("address lost: it left the DNS answer and does not answer; the requests waiting on it are cut", "service", n.t.service, "endpoint", n.t.upstream, "address", a.hostport, "cut", cut, "err", err)
+}
+
+// lostProbeTimeout is how long probeLost waits for a dial to be answered: past
+// Linux's first SYN retransmission (1 s), so that one lost SYN, or a full
+// backlog, is not taken for a dead node.
+const lostProbeTimeout = 3 * time.Second
+
+// silent says a dial got no answer at all: it timed out, or the network
+// says the host cannot be reached. A refusal or a reset is a live kernel's
+// answer: a task shutting down closes its listener first and finishes what
+// it has, on connections that are not silent.
+func silent(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
 }
 
 // wait registers out, sent to a, as waiting for its headers, until

@@ -12,10 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -296,7 +298,7 @@ func TestOnlyTasksNamesAreLookedUp(t *testing.T) {
 
 // errFrozen is what a dial to a task on a frozen node gets: VXLAN to the
 // node answers nothing, until the dial times out.
-var errFrozen = errors.New("dial tcp: i/o timeout")
+var errFrozen = &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
 
 // frozen has n's probe of an address that left the answer fail, as it
 // does when the address's node froze; each probed address is sent on the
@@ -399,6 +401,39 @@ func TestAPostOnALostAddressFails(t *testing.T) {
 	require.Contains(t, logs.String(), "left the DNS answer and does not answer")
 	require.Contains(t, logs.String(), "service=web method=POST uri=/slow address=127.0.0.2:"+port)
 	require.NotContains(t, logs.String(), "request sent to another address")
+}
+
+// A task shutting down cleanly closes its listener first and then finishes
+// what it has (Go's Shutdown, gunicorn): its address leaves the answer and
+// refuses a dial, a live kernel's answer. A POST waiting on it is not cut:
+// it is answered there.
+func TestAWaitingRequestOnAnAddressThatRefusesIsNotCut(t *testing.T) {
+	res := newFakeResolver()
+	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
+	close(ts["127.0.0.1"].release)
+	res.set("tasks.api", "127.0.0.2")
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	_, clock, listen, tg := servedName(t, res, port, logs)
+	probed := make(chan string, 8)
+	tg.named.dial = func(_ context.Context, addr string) error {
+		probed <- addr
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	}
+
+	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/slow", strings.NewReader("an order"))
+	got := send(req)
+	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	res.set("tasks.api", "127.0.0.1")
+	clock.Advance(resolveEvery)
+	awaitProbe(t, probed, "127.0.0.2:"+port)
+	require.Never(t, func() bool { return len(got) > 0 }, 100*time.Millisecond, time.Millisecond, "not cut")
+	close(ts["127.0.0.2"].release)
+	a := <-got
+	require.NoError(t, a.err)
+	require.Equal(t, http.StatusOK, a.code)
+	require.Equal(t, "127.0.0.2", a.release)
+	require.NotContains(t, logs.String(), "address lost")
 }
 
 // An address that left the answer but answers a dial (its task was

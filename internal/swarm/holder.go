@@ -2,19 +2,23 @@ package swarm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // process is a lock holder as the kernel of its machine knows it. A flock is dropped
 // by the kernel when its process dies; a lease in a label is not, so after a kill -9
 // (the OOM killer, a lost SSH session) the next handoff would wait a whole lease. A
 // handoff on the same machine can tell instead that the holder is gone: same boot,
-// same pid namespace (a container has pids of its own), and that pid no longer runs
-// the process that started at Start (a pid is used again by another process).
+// same pid namespace (a container has pids of its own), and no process has that pid
+// any more, or another one does (started at another time). A process that cannot be
+// looked at (another user's under hidepid, an LSM's refusal) is not known gone.
 type process struct {
+	Host  string `json:"host"` // besides Boot: machines cloned from one running snapshot share a boot id
 	Boot  string `json:"boot"`
 	PIDNS string `json:"pidns"`
 	PID   int    `json:"pid"`
@@ -25,7 +29,10 @@ type process struct {
 type procs interface {
 	// self is this process; ok is false where it cannot be read (not Linux).
 	self() (p process, ok bool)
-	// startOf is when pid started; ok is false when no process has that pid.
+	// exists says whether a process has pid: false only when the kernel says none
+	// has (ESRCH); one that may not be signalled (EPERM) exists.
+	exists(pid int) bool
+	// startOf is when pid started; ok is false when it cannot be read.
 	startOf(pid int) (start uint64, ok bool)
 }
 
@@ -37,11 +44,14 @@ func gone(p procs, holder *process) bool {
 		return false
 	}
 	me, ok := p.self()
-	if !ok || me.Boot != holder.Boot || me.PIDNS != holder.PIDNS {
+	if !ok || me.Host != holder.Host || me.Boot != holder.Boot || me.PIDNS != holder.PIDNS {
 		return false
 	}
-	start, running := p.startOf(holder.PID)
-	return !running || start != holder.Start
+	if !p.exists(holder.PID) {
+		return true
+	}
+	start, read := p.startOf(holder.PID)
+	return read && start != holder.Start // its pid used again
 }
 
 // kernel is procs read from /proc.
@@ -56,12 +66,25 @@ func (kernel) self() (process, bool) {
 	if err != nil {
 		return process{}, false
 	}
+	// /proc numbers processes in the pid namespace of whoever mounted it: when it
+	// is not ours (unshare -p without --mount-proc), its pids are not ours either.
 	pid := os.Getpid()
+	if self, err := os.Readlink("/proc/self"); err != nil || self != strconv.Itoa(pid) {
+		return process{}, false
+	}
 	start, ok := kernel{}.startOf(pid)
 	if !ok {
 		return process{}, false
 	}
-	return process{Boot: string(bytes.TrimSpace(boot)), PIDNS: ns, PID: pid, Start: start}, true
+	host, err := os.Hostname()
+	if err != nil {
+		return process{}, false
+	}
+	return process{Host: host, Boot: string(bytes.TrimSpace(boot)), PIDNS: ns, PID: pid, Start: start}, true
+}
+
+func (kernel) exists(pid int) bool {
+	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
 func (kernel) startOf(pid int) (uint64, bool) {

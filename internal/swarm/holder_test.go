@@ -3,6 +3,7 @@ package swarm
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,9 +14,15 @@ import (
 type fakeProcs struct {
 	me      process
 	running map[int]uint64
+	hidden  []int // running, but /proc/<pid> cannot be read (another user's, hidepid)
 }
 
 func (f fakeProcs) self() (process, bool) { return f.me, f.me.Boot != "" }
+
+func (f fakeProcs) exists(pid int) bool {
+	_, ok := f.running[pid]
+	return ok || slices.Contains(f.hidden, pid)
+}
 
 func (f fakeProcs) startOf(pid int) (uint64, bool) {
 	start, ok := f.running[pid]
@@ -23,7 +30,7 @@ func (f fakeProcs) startOf(pid int) (uint64, bool) {
 }
 
 func TestAHolderIsGoneOnlyWhenItsOwnMachineSaysSo(t *testing.T) {
-	me := process{Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}
+	me := process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}
 	machine := fakeProcs{me: me, running: map[int]uint64{10: 100, 20: 200}}
 	for _, tc := range []struct {
 		name   string
@@ -32,12 +39,14 @@ func TestAHolderIsGoneOnlyWhenItsOwnMachineSaysSo(t *testing.T) {
 		gone   bool
 	}{
 		{"a lease that names no process (an older handoff's)", machine, nil, false},
-		{"a process that runs", machine, &process{Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 200}, false},
-		{"no process with that pid", machine, &process{Boot: "b1", PIDNS: "pid:[1]", PID: 30, Start: 300}, true},
-		{"its pid taken by a process started since", machine, &process{Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 150}, true},
-		{"another machine, or this one before a reboot", machine, &process{Boot: "b0", PIDNS: "pid:[1]", PID: 30, Start: 300}, false},
-		{"another pid namespace (a container)", machine, &process{Boot: "b1", PIDNS: "pid:[2]", PID: 30, Start: 300}, false},
-		{"this machine's processes cannot be read", fakeProcs{}, &process{Boot: "b1", PIDNS: "pid:[1]", PID: 30, Start: 300}, false},
+		{"a process that runs", machine, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 200}, false},
+		{"no process with that pid", machine, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 30, Start: 300}, true},
+		{"its pid taken by a process started since", machine, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 150}, true},
+		{"another machine, or this one before a reboot", machine, &process{Host: "m1", Boot: "b0", PIDNS: "pid:[1]", PID: 30, Start: 300}, false},
+		{"another machine of the same boot id (a cloned snapshot)", machine, &process{Host: "m2", Boot: "b1", PIDNS: "pid:[1]", PID: 30, Start: 300}, false},
+		{"a process of another user that cannot be read (hidepid)", fakeProcs{me: me, running: machine.running, hidden: []int{40}}, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 40, Start: 400}, false},
+		{"another pid namespace (a container)", machine, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[2]", PID: 30, Start: 300}, false},
+		{"this machine's processes cannot be read", fakeProcs{}, &process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 30, Start: 300}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.gone, gone(tc.procs, tc.holder))
@@ -48,17 +57,17 @@ func TestAHolderIsGoneOnlyWhenItsOwnMachineSaysSo(t *testing.T) {
 func TestALeaseOfAGoneHolderIsTakenAtOnce(t *testing.T) {
 	clock := newFakeClock()
 	now := clock.Now()
-	holder := process{Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 200}
+	holder := process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 20, Start: 200}
 	other := lease{Holder: "handoff on m1 pid 20", Token: "t-other", Since: now, Expires: now.Add(time.Minute), Proc: &holder}
 	labels := map[string]string{}
 	require.NoError(t, writeLease(labels, other))
 
 	s := testStore(nil, clock, "me")
-	s.procs = fakeProcs{me: process{Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}, running: map[int]uint64{10: 100, 20: 200}}
+	s.procs = fakeProcs{me: process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}, running: map[int]uint64{10: 100, 20: 200}}
 	var held *heldError
 	require.ErrorAs(t, s.take("web", labels, &lease{Token: "t-me"}), &held, "its holder runs")
 
-	s.procs = fakeProcs{me: process{Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}, running: map[int]uint64{10: 100}}
+	s.procs = fakeProcs{me: process{Host: "m1", Boot: "b1", PIDNS: "pid:[1]", PID: 10, Start: 100}, running: map[int]uint64{10: 100}}
 	require.NoError(t, s.take("web", labels, &lease{Token: "t-me"}), "its holder was killed: no lease to wait out")
 	got, _, err := readLease(labels)
 	require.NoError(t, err)
@@ -79,7 +88,7 @@ func TestTheKernelSaysWhenAProcessHasEnded(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	start, ok := kernel{}.startOf(cmd.Process.Pid)
 	require.True(t, ok)
-	child := process{Boot: me.Boot, PIDNS: me.PIDNS, PID: cmd.Process.Pid, Start: start}
+	child := process{Host: me.Host, Boot: me.Boot, PIDNS: me.PIDNS, PID: cmd.Process.Pid, Start: start}
 	require.False(t, gone(kernel{}, &child), "the child runs")
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()

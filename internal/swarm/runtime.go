@@ -119,7 +119,12 @@ func (r *Runtime) Releases(ctx context.Context, service string) ([]deploy.Contai
 	var out []deploy.Container
 	for _, st := range []ColourState{states.Blue, states.Green} {
 		if st.Exists && st.Release > 0 {
-			out = append(out, r.container(service, st, portOf(st)))
+			c := r.container(service, st, portOf(st))
+			// Its tasks' health, as Inspect reads it: status reports it for the live one.
+			if err := r.tally(ctx, st, &c); err != nil {
+				return nil, err
+			}
+			out = append(out, c)
 		}
 	}
 	if len(out) == 2 && out[1].Release > out[0].Release {
@@ -262,22 +267,30 @@ func (r *Runtime) Inspect(ctx context.Context, id string) (deploy.Container, err
 		return deploy.Container{}, err
 	}
 	c := r.container(service, st, portOf(st))
+	if err := r.tally(ctx, st, &c); err != nil {
+		return deploy.Container{}, err
+	}
+	return c, nil
+}
+
+// tally sets c's health from its colour's tasks, when it runs.
+func (r *Runtime) tally(ctx context.Context, st ColourState, c *deploy.Container) error {
 	if !c.Running {
-		return c, nil
+		return nil
 	}
 	tctx, cancel := context.WithTimeout(ctx, cmp.Or(r.Timeout, DefaultTimeout))
 	defer cancel()
-	tasks, err := r.API.TaskList(tctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+	tasks, err := r.API.TaskList(tctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", st.Name)})
 	if err != nil {
-		return deploy.Container{}, fmt.Errorf("list the tasks of %s: %w", id, err)
+		return fmt.Errorf("list the tasks of %s: %w", st.Name, err)
 	}
 	nodes, err := r.API.NodeList(tctx, client.NodeListOptions{})
 	if err != nil {
-		return deploy.Container{}, fmt.Errorf("list the swarm's nodes: %w", err)
+		return fmt.Errorf("list the swarm's nodes: %w", err)
 	}
 	// Tasks that ended before the colour's last write (an earlier life of a release
 	// scaled up again for a rollback) are not this start's failures.
-	t := CountSince(id, tasks.Items, nodes.Items, st.Release, int(st.Replicas), cmp.Or(r.Network, DefaultNetwork), st.Updated)
+	t := CountSince(st.Name, tasks.Items, nodes.Items, st.Release, int(st.Replicas), cmp.Or(r.Network, DefaultNetwork), st.Updated)
 	switch t.Verdict {
 	case Ready:
 		c.Health = "healthy"
@@ -286,7 +299,7 @@ func (r *Runtime) Inspect(ctx context.Context, id string) (deploy.Container, err
 	default:
 		c.HealthOutput = t.Progress()
 	}
-	return c, nil
+	return nil
 }
 
 // errNoColour is a colour service that is not there.

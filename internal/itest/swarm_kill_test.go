@@ -97,6 +97,7 @@ func TestSwarmKillDeployAtEachPhaseThenRepair(t *testing.T) {
 		res = a.handoff("status")
 		require.Zero(t, res.Code, "status: %s", res)
 		require.NotContains(t, res.Stdout, "warning", "every node in step after repair: %s", res)
+		require.Contains(t, res.Stdout, "health   passing", "the live release's tasks are healthy: %s", res)
 		require.Equal(t, uint64(2), replicas(), "one colour of 2 replicas after repair: %s", res.Stdout)
 
 		n++

@@ -284,6 +284,10 @@ func TestSwarmAPartialSwitchIsRepairedOrRolledBack(t *testing.T) {
 	res := a.handoff("repair")
 	require.Zero(t, res.Code, "repair: %s", res)
 	a.servesOn("v2", a.sw.Nodes...)
+	res = a.handoff("status")
+	require.Zero(t, res.Code, "status: %s", res)
+	require.NotContains(t, res.Stdout, "warning", "repaired: every node in step, the release before retired: %s", res)
+	require.Equal(t, uint64(0), replicas("web-blue"), "the release before, which no node points at now, scaled to 0")
 
 	halfway("v3", "v2", "web-blue")
 	res = a.handoff("rollback")
@@ -344,6 +348,59 @@ func TestSwarmAnImageOneNodeCannotPullRunsOnTheOthers(t *testing.T) {
 	noneFailed(t, loads, "an image one node cannot pull: %d requests, %d failed")
 }
 
+// TestSwarmATaskRescheduledDuringADeploy removes the container of one of the new
+// release's tasks while the deploy waits for them to be healthy (a crash, an OOM kill):
+// Swarm starts another task in its place, the deploy waits for it, and every node's
+// proxy is switched to the tasks that run, the new one's address included. Nothing
+// fails on any node.
+func TestSwarmATaskRescheduledDuringADeploy(t *testing.T) {
+	requireSwarmFaults(t)
+	a := startSwarmApp(t)
+	loads := a.load(a.sw.Nodes...)
+
+	done, _ := a.deployUntilPlaced("v2", "web-green")
+	var lost swarmtypes.Task
+	WaitFor(t, time.Minute, "a task of v2 has a container", func() bool {
+		tasks, err := a.sw.Nodes[0].Docker().TaskList(context.Background(), client.TaskListOptions{Filters: make(client.Filters).Add("service", "web-green").Add("desired-state", "running")})
+		if err != nil {
+			return false
+		}
+		for _, task := range tasks.Items {
+			if task.Status.ContainerStatus != nil && task.Status.ContainerStatus.ContainerID != "" && task.Spec.ContainerSpec != nil && slices.Contains(task.Spec.ContainerSpec.Env, "RELEASE=v2") {
+				lost = task
+				return true
+			}
+		}
+		return false
+	})
+	var on *testhost.Server
+	for n, node := range a.sw.NodeStates(t) {
+		if node.ID == lost.NodeID {
+			on = n
+		}
+	}
+	require.NotNil(t, on, "the node of task %s", lost.ID)
+	_, err := on.Docker().ContainerRemove(context.Background(), lost.Status.ContainerStatus.ContainerID, client.ContainerRemoveOptions{Force: true})
+	require.NoError(t, err)
+	t.Logf("removed the container of task %s on node %d during the deploy", lost.ID, on.Index)
+
+	res := <-done
+	require.Zero(t, res.Code, "a deploy one of whose tasks was replaced: %s", res)
+	t.Logf("deploy in %s:\n%s", res.Took.Round(time.Millisecond), res.Stderr)
+	a.servesOn("v2", a.sw.Nodes...)
+	tasks, err := a.sw.Nodes[0].Docker().TaskList(context.Background(), client.TaskListOptions{Filters: make(client.Filters).Add("service", "web-green").Add("desired-state", "running")})
+	require.NoError(t, err)
+	require.Len(t, tasks.Items, 2, "two tasks of v2 run")
+	for _, task := range tasks.Items {
+		require.NotEqual(t, lost.ID, task.ID, "the lost task was replaced")
+	}
+	res = a.handoff("status")
+	require.Zero(t, res.Code, "status: %s", res)
+	require.NotContains(t, res.Stdout, "warning", "every node in step: %s", res)
+
+	noneFailed(t, loads, "a task replaced during a deploy: %d requests, %d failed")
+}
+
 // deployUntilPlaced starts a deploy of release (booting in 3 s) and returns once its
 // tasks in colour are placed: the deploy's result, when it ends, and those tasks.
 func (a *swarmApp) deployUntilPlaced(release, colour string) (<-chan Result, []swarmtypes.Task) {
@@ -397,6 +454,7 @@ func (a *swarmApp) backAndRepaired(n *testhost.Server, release string) {
 	res = a.handoff("status")
 	require.Zero(t, res.Code, "status: %s", res)
 	require.NotContains(t, res.Stdout, "warning", "every node in step: %s", res)
+	require.Contains(t, res.Stdout, "health   passing", "the live release's tasks are healthy: %s", res)
 }
 
 // requireSwarmFaults skips t unless HANDOFF_SWARM_FAULTS is 1: each failure case of a

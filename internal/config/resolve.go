@@ -225,7 +225,7 @@ func (f File) Apply(svc deploy.Service, o Overrides) (Settings, error) {
 	if hp.Socket != "" && o.ProxySocket == "" {
 		hp.Socket = f.relative(hp.Socket)
 	}
-	if svc.Release != nil && svc.Release.Pause && proxy != ProxyHandoff {
+	if svc.Release != nil && svc.Release.Pause && proxy != ProxyHandoff && f.Engine != EngineSwarm {
 		return Settings{}, f.at("release_pause", "release_pause holds requests with `proxy: handoff` only (Caddy cannot hold them): remove it, or put handoff proxy in front")
 	}
 	set := Settings{Service: svc, Proxy: proxy, Caddy: cad, HandoffProxy: hp, Engine: EngineDocker}
@@ -255,8 +255,8 @@ func (f File) swarm(set *Settings) error {
 		return f.at("engine", "engine swarm needs port: (the app's port in its tasks)")
 	case svc.Health.Kind != deploy.HealthCmd:
 		return f.at("engine", "engine swarm needs health: {type: cmd, command: [...]}: each node runs it in the task as its HEALTHCHECK (Swarm sends a task requests only once it passes, and no check from this host reaches other nodes)")
-	case svc.Release != nil:
-		return f.at("release", "a release job on engine swarm is not supported yet: run it before the deploy, and remove release:")
+	case svc.Release != nil && svc.Release.Pause:
+		return f.at("release_pause", "release_pause on engine swarm is not supported yet (no node's proxy holds requests yet): remove it")
 	case len(svc.Canary) > 0 || svc.Watch > 0:
 		return f.at("engine", "canaries and the watch on engine swarm are not supported yet: remove canary:, watch: and strategy: canary")
 	case f.Proxy != "" || f.Caddy != (Caddy{}) || f.HandoffProxy != (HandoffProxy{}):

@@ -28,6 +28,12 @@ func TestSwarmEngineIsRead(t *testing.T) {
 	require.Equal(t, deploy.HealthDocker, s.Service.Health.Kind, "the tasks' HEALTHCHECK, waited on as Docker's")
 	require.Equal(t, []string{"/app", "check"}, s.Service.Health.Command)
 
+	f, err = Parse("handoff.yml", []byte("service: web\nengine: swarm\nimage: r/x:1\nport: 8000\nhealth: {type: cmd, command: [/app, check]}\nswarm: {proxy_image: r/handoff:1}\nrelease: [/app, migrate]\n"))
+	require.NoError(t, err)
+	s, err = Resolve(f, Overrides{})
+	require.NoError(t, err, "a release job runs as a replicated job")
+	require.Equal(t, []string{"/app", "migrate"}, s.Service.Release.Command)
+
 	plain, err := Parse("handoff.yml", []byte("service: web\nimage: x\n"))
 	require.NoError(t, err)
 	s, err = Resolve(plain, Overrides{})
@@ -42,7 +48,7 @@ func TestSwarmEngineRefusesWhatItCannotRun(t *testing.T) {
 		"build":    {"service: web\nengine: swarm\nbuild: .\nimage: r/x:1\n", "handoff.yml:3: engine swarm deploys an image every node pulls from a registry"},
 		"health":   {"service: web\nengine: swarm\nimage: r/x:1\nport: 8000\n", "engine swarm needs health: {type: cmd"},
 		"port":     {"service: web\nengine: swarm\nimage: r/x:1\n", "engine swarm needs port:"},
-		"release":  {base + "release: migrate\n", "a release job on engine swarm is not supported yet"},
+		"pause":    {base + "release: migrate\nrelease_pause: true\n", "release_pause on engine swarm is not supported yet"},
 		"canary":   {base + "watch: 1m\n", "canaries and the watch on engine swarm are not supported yet"},
 		"proxy":    {base + "proxy: caddy\n", "engine swarm switches handoff proxy on every node"},
 		"image":    {"service: web\nengine: swarm\nimage: r/x:1\nport: 8000\nhealth: {type: cmd, command: [c]}\n", "needs swarm.proxy_image"},

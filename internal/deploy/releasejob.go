@@ -160,7 +160,7 @@ func (d *Deployer) releaseJob(ctx context.Context, r *run, imageID string) error
 	code, err := d.Runtime.Job(jctx, svc, imageID, job.Command, d.Report.Output())
 	switch {
 	case err != nil && ctx.Err() == nil && jctx.Err() != nil:
-		return fmt.Errorf("%w: %q did not finish within %s (release_timeout); it was stopped and nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), job.Timeout)
+		return fmt.Errorf("%w: %q did not finish within %s (release_timeout): %v; nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), job.Timeout, err)
 	case err != nil && ctx.Err() != nil:
 		// Interrupted (Ctrl-C, SIGTERM, SIGHUP): it ends as an interrupted run does.
 		return fmt.Errorf("%w: %q was stopped, interrupted: %w; nothing else changed", ErrReleaseJob, strings.Join(job.Command, " "), ctx.Err())

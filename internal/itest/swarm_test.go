@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	swarmtypes "github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
@@ -78,6 +79,18 @@ func (a *swarmApp) handoff(args ...string) Result {
 func (a *swarmApp) write(release, extraEnv string) {
 	a.t.Helper()
 	require.NoError(a.t, os.WriteFile(filepath.Join(a.dir, "handoff.yml"), fmt.Appendf(nil, swarmFile, a.app, release, extraEnv, a.startTimeout, a.proxyImage), 0o644))
+}
+
+// withReleaseJob writes handoff.yml for release with a release job: testapp migrate
+// (the image's entrypoint is /testapp, and release: is its arguments, as on one host).
+func (a *swarmApp) withReleaseJob(release, extraEnv string) {
+	a.t.Helper()
+	a.write(release, extraEnv)
+	f, err := os.OpenFile(filepath.Join(a.dir, "handoff.yml"), os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(a.t, err)
+	_, err = f.WriteString("release: [migrate]\n") // after the image's entrypoint, /testapp
+	require.NoError(a.t, err)
+	require.NoError(a.t, f.Close())
 }
 
 func (a *swarmApp) deploy(release string) Result {
@@ -165,6 +178,24 @@ func TestSwarmDeploysUnderLoadThroughEveryNode(t *testing.T) {
 	require.Equal(t, 3, res.Code, "a never-healthy release: %s", res)
 	t.Logf("never-healthy release refused in %s:\n%s", res.Took.Round(time.Millisecond), res.Stderr)
 
+	// A release job (a migration) runs once as a replicated job of the new image before
+	// it starts, its output shown: one that fails stops the deploy (exit 8), the live
+	// release serving on; one that succeeds lets it go on.
+	a.withReleaseJob("migrated-not", `, MIGRATE_EXIT: "3"`)
+	res = a.handoff("deploy")
+	require.Equal(t, 8, res.Code, "a release job that fails: %s", res)
+	require.Contains(t, res.Stderr, "migrating to migrated-not", "its output is shown: %s", res)
+	require.Contains(t, res.Stderr, "exited with 3", res.String())
+	t.Logf("a release job that fails, in %s:\n%s", res.Took.Round(time.Millisecond), res.Stderr)
+	a.servesOn(fmt.Sprintf("v%d", deploys), sw.Nodes...)
+	a.withReleaseJob("migrated", "")
+	res = a.handoff("deploy")
+	require.Zero(t, res.Code, "a release job that succeeds: %s", res)
+	require.Contains(t, res.Stderr, "migration to migrated done, exit 0", "its output is shown: %s", res)
+	a.servesOn("migrated", sw.Nodes...)
+	_, err := node1.Docker().ServiceInspect(context.Background(), swarm.ReleaseJobName("web"), client.ServiceInspectOptions{})
+	require.True(t, cerrdefs.IsNotFound(err), "the release job's service is removed: %v", err)
+
 	// Two deploys at once: the second is refused at once, naming the first.
 	a.write("slow", `, BOOT_DELAY: "4s"`)
 	first := make(chan Result, 1)
@@ -184,7 +215,7 @@ func TestSwarmDeploysUnderLoadThroughEveryNode(t *testing.T) {
 	t.Logf("a second deploy at once: %s", lastLine(second.Stderr))
 	time.Sleep(time.Second)
 	total, failed := stopLoads(t, loads)
-	t.Logf("swarm of 3: %d deploys, a rollback, a never-healthy release and two deploys at once, through every node's proxy (%v each): %d requests, %d failed", deploys, took, total, failed)
+	t.Logf("swarm of 3: %d deploys, a rollback, a never-healthy release, a release job failing then one succeeding, and two deploys at once, through every node's proxy (%v each): %d requests, %d failed", deploys, took, total, failed)
 	require.Zero(t, failed)
 }
 

@@ -25,6 +25,8 @@ type RuntimeAPI interface {
 	TaskAPI
 	ServiceRemove(ctx context.Context, id string, opts client.ServiceRemoveOptions) (client.ServiceRemoveResult, error)
 	ServiceLogs(ctx context.Context, id string, opts client.ServiceLogsOptions) (client.ServiceLogsResult, error)
+	ServiceList(ctx context.Context, opts client.ServiceListOptions) (client.ServiceListResult, error)
+	TaskLogs(ctx context.Context, id string, opts client.TaskLogsOptions) (client.TaskLogsResult, error)
 	DistributionInspect(ctx context.Context, ref string, opts client.DistributionInspectOptions) (client.DistributionInspectResult, error)
 }
 
@@ -155,11 +157,6 @@ func (r *Runtime) container(service string, st ColourState, port int) deploy.Con
 		c.Health = "starting"
 	}
 	return c
-}
-
-// Job is refused for now: a release job on a swarm runs as a replicated job (not yet).
-func (r *Runtime) Job(context.Context, deploy.Service, string, []string, io.Writer) (int, error) {
-	return 0, fmt.Errorf("%w: a release job on engine swarm is not supported yet; run it before the deploy (docker service create --mode replicated-job …) and remove release: from handoff.yml", deploy.ErrConfig)
 }
 
 // Run writes release of svc into the idle colour: the one not running. Both running

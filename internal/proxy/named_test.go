@@ -300,16 +300,72 @@ func TestOnlyTasksNamesAreLookedUp(t *testing.T) {
 // node answers nothing, until the dial times out.
 var errFrozen = &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
 
-// frozen has n's probe of an address that left the answer fail, as it
-// does when the address's node froze; each probed address is sent on the
-// channel. Set before the answer first changes: only apply starts probes.
-func frozen(n *named) <-chan string {
-	probed := make(chan string, 8)
-	n.dial = func(_ context.Context, addr string) error {
-		probed <- addr
-		return errFrozen
+// frozenDial is the probe of an address whose node froze.
+func frozenDial(context.Context, string) error { return errFrozen }
+
+// lostRig is tasks.api of two tasks, one of which, 127.0.0.2, is to leave
+// the answer while requests wait on it: 127.0.0.1 answers /slow at once,
+// 127.0.0.2 holds it until released. probe is how a dial of 127.0.0.2
+// goes once it has left.
+type lostRig struct {
+	t      *testing.T
+	res    *fakeResolver
+	port   string
+	ts     map[string]*task
+	clock  *fakeClock
+	listen string
+	tg     *target
+	logs   *syncWriter
+	probed chan string
+}
+
+func newLostRig(t *testing.T, probe func(ctx context.Context, addr string) error) *lostRig {
+	t.Helper()
+	r := &lostRig{t: t, res: newFakeResolver(), logs: &syncWriter{w: &bytes.Buffer{}}, probed: make(chan string, 8)}
+	r.port, r.ts = tasks(t, "127.0.0.1", "127.0.0.2")
+	close(r.ts["127.0.0.1"].release)
+	r.res.set("tasks.api", "127.0.0.2")
+	_, r.clock, r.listen, r.tg = servedName(t, r.res, r.port, r.logs)
+	// Set before the answer first changes: only apply starts probes.
+	r.tg.named.dial = func(ctx context.Context, addr string) error {
+		err := probe(ctx, addr)
+		r.probed <- addr
+		return err
 	}
-	return probed
+	return r
+}
+
+// send sends a request of method (with body, if not "") to the proxy, once
+// 127.0.0.2 has seen n requests in all.
+func (r *lostRig) send(method, path, body string, n int64) <-chan answer {
+	r.t.Helper()
+	var b io.Reader
+	if body != "" {
+		b = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, "http://"+r.listen+path, b)
+	got := send(req)
+	r.sentToLost(n)
+	return got
+}
+
+// sentToLost waits until 127.0.0.2 has seen n requests.
+func (r *lostRig) sentToLost(n int64) {
+	r.t.Helper()
+	require.Eventually(r.t, func() bool { return r.ts["127.0.0.2"].hits.Load() == n }, 5*time.Second, time.Millisecond)
+}
+
+// lose takes 127.0.0.2 out of the answer, and waits for its probe.
+func (r *lostRig) lose() {
+	r.t.Helper()
+	r.res.set("tasks.api", "127.0.0.1")
+	r.clock.Advance(resolveEvery)
+	select {
+	case got := <-r.probed:
+		require.Equal(r.t, "127.0.0.2:"+r.port, got)
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("the address that left the answer was never probed")
+	}
 }
 
 // answer is what a client got for one request.
@@ -335,169 +391,82 @@ func send(req *http.Request) <-chan answer {
 	return out
 }
 
-// awaitProbe waits for the probe of addr.
-func awaitProbe(t *testing.T, probed <-chan string, addr string) {
-	t.Helper()
-	select {
-	case got := <-probed:
-		require.Equal(t, addr, got)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the address that left the answer was never probed")
-	}
-}
-
 // A GET that waits for its headers on an address whose node froze: once
 // the address leaves the answer and does not answer a dial, the GET is
 // sent to another address of the answer, which answers it. The frozen
 // task had it first and never answered.
 func TestAGetOnALostAddressGoesToAnotherAddress(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release) // the live task answers /slow at once
-	res.set("tasks.api", "127.0.0.2")
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	_, clock, listen, tg := servedName(t, res, port, logs)
-	probed := frozen(tg.named)
-
-	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
-	got := send(req)
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
+	r := newLostRig(t, frozenDial)
+	got := r.send(http.MethodGet, "/slow", "", 1)
+	r.lose()
 	a := <-got
 	require.NoError(t, a.err)
 	require.Equal(t, http.StatusOK, a.code)
 	require.Equal(t, "127.0.0.1", a.release, "answered by the address still in the answer")
-	require.EqualValues(t, 1, ts["127.0.0.2"].hits.Load(), "the lost address had it first")
-	require.Equal(t, 1, strings.Count(logs.String(), "address lost: request sent to another address"), "%s", logs)
-	require.Contains(t, logs.String(), "service=web method=GET uri=/slow address=127.0.0.2:"+port+" to=127.0.0.1:"+port)
+	require.EqualValues(t, 1, r.ts["127.0.0.2"].hits.Load(), "the lost address had it first")
+	require.Equal(t, 1, strings.Count(r.logs.String(), "address lost: request sent to another address"), "%s", r.logs)
+	require.Contains(t, r.logs.String(), "service=web method=GET uri=/slow address=127.0.0.2:"+r.port+" to=127.0.0.1:"+r.port)
 }
 
 // A POST (its body may not be sent twice) waiting on a lost address fails
 // as it would have, at once: a 502, and one line that says why; the other
 // address never sees it.
 func TestAPostOnALostAddressFails(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release)
-	res.set("tasks.api", "127.0.0.2")
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	_, clock, listen, tg := servedName(t, res, port, logs)
-	probed := frozen(tg.named)
-
-	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/slow", strings.NewReader("an order"))
-	got := send(req)
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
+	r := newLostRig(t, frozenDial)
+	got := r.send(http.MethodPost, "/slow", "an order", 1)
+	r.lose()
 	a := <-got
 	require.NoError(t, a.err)
 	require.Equal(t, http.StatusBadGateway, a.code)
-	require.Zero(t, ts["127.0.0.1"].hits.Load(), "not sent again")
-	require.Contains(t, logs.String(), "left the DNS answer and does not answer")
-	require.Contains(t, logs.String(), "service=web method=POST uri=/slow address=127.0.0.2:"+port)
-	require.NotContains(t, logs.String(), "request sent to another address")
+	require.Zero(t, r.ts["127.0.0.1"].hits.Load(), "not sent again")
+	require.Contains(t, r.logs.String(), "left the DNS answer and does not answer")
+	require.Contains(t, r.logs.String(), "service=web method=POST uri=/slow address=127.0.0.2:"+r.port)
+	require.NotContains(t, r.logs.String(), "request sent to another address")
 }
 
-// A task shutting down cleanly closes its listener first and then finishes
-// what it has (Go's Shutdown, gunicorn): its address leaves the answer and
-// refuses a dial, a live kernel's answer. A POST waiting on it is not cut:
-// it is answered there.
-func TestAWaitingRequestOnAnAddressThatRefusesIsNotCut(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release)
-	res.set("tasks.api", "127.0.0.2")
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	_, clock, listen, tg := servedName(t, res, port, logs)
-	probed := make(chan string, 8)
-	tg.named.dial = func(_ context.Context, addr string) error {
-		probed <- addr
+// An address that left the answer but answers a dial, or refuses it: the
+// request waiting there is left alone and answered there. A task stopped
+// gracefully, or just slow, accepts; one shutting down cleanly closes its
+// listener first and then finishes what it has (Go's Shutdown, gunicorn):
+// a refusal is a live kernel's answer.
+func TestAWaitingRequestOnAnAddressThatAnswersADialIsNotCut(t *testing.T) {
+	refused := func(context.Context, string) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	}
-
-	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/slow", strings.NewReader("an order"))
-	got := send(req)
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
-	require.Never(t, func() bool { return len(got) > 0 }, 100*time.Millisecond, time.Millisecond, "not cut")
-	close(ts["127.0.0.2"].release)
-	a := <-got
-	require.NoError(t, a.err)
-	require.Equal(t, http.StatusOK, a.code)
-	require.Equal(t, "127.0.0.2", a.release)
-	require.NotContains(t, logs.String(), "address lost")
-}
-
-// An address that left the answer but answers a dial (its task was
-// stopped gracefully, or is just slow): the request waiting on it is left
-// alone, and answered there.
-func TestAWaitingRequestOnAnAddressThatStillAnswersIsNotCut(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release)
-	res.set("tasks.api", "127.0.0.2")
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	_, clock, listen, tg := servedName(t, res, port, logs)
-	probed := make(chan string, 8)
-	tg.named.dial = func(ctx context.Context, addr string) error {
-		err := dialAddress(ctx, addr) // the real dial: the task listens
-		probed <- addr
-		return err
+	for name, probe := range map[string]func(context.Context, string) error{"accepted": dialAddress, "refused": refused} {
+		t.Run(name, func(t *testing.T) {
+			r := newLostRig(t, probe)
+			got := r.send(http.MethodPost, "/slow", "an order", 1)
+			r.lose()
+			require.Never(t, func() bool { return len(got) > 0 }, 100*time.Millisecond, time.Millisecond, "not cut")
+			close(r.ts["127.0.0.2"].release)
+			a := <-got
+			require.NoError(t, a.err)
+			require.Equal(t, http.StatusOK, a.code)
+			require.Equal(t, "127.0.0.2", a.release)
+			require.Zero(t, r.ts["127.0.0.1"].hits.Load())
+			require.NotContains(t, r.logs.String(), "address lost")
+		})
 	}
-
-	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
-	got := send(req)
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
-	require.Never(t, func() bool { return len(got) > 0 }, 100*time.Millisecond, time.Millisecond, "not cut")
-	close(ts["127.0.0.2"].release)
-	a := <-got
-	require.NoError(t, a.err)
-	require.Equal(t, http.StatusOK, a.code)
-	require.Equal(t, "127.0.0.2", a.release)
-	require.Zero(t, ts["127.0.0.1"].hits.Load())
-	require.NotContains(t, logs.String(), "address lost")
 }
 
 // A response whose headers came from the lost address before it was lost
 // (a stream) is not cut by it; the GET still waiting there is moved.
 func TestAStreamOnALostAddressIsNotCut(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release)
-	res.set("tasks.api", "127.0.0.2")
-	_, clock, listen, tg := servedName(t, res, port, io.Discard)
-	probed := frozen(tg.named)
-
-	resp, err := quick.Get("http://" + listen + "/stream")
+	r := newLostRig(t, frozenDial)
+	resp, err := quick.Get("http://" + r.listen + "/stream")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	body := bufio.NewReader(resp.Body)
 	line, err := body.ReadString('\n')
 	require.NoError(t, err)
 	require.Equal(t, "first\n", line)
-	req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/slow", nil)
-	got := send(req)
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 2 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
+	got := r.send(http.MethodGet, "/slow", "", 2)
+	r.lose()
 	a := <-got
 	require.NoError(t, a.err)
 	require.Equal(t, "127.0.0.1", a.release, "the waiting GET moved")
-	close(ts["127.0.0.2"].release)
+	close(r.ts["127.0.0.2"].release)
 	rest, err := io.ReadAll(body)
 	require.NoError(t, err, "the stream was not cut")
 	require.Equal(t, "rest\n", string(rest))
@@ -506,34 +475,23 @@ func TestAStreamOnALostAddressIsNotCut(t *testing.T) {
 // A client that gives up on its request while the lost address is probed
 // gets its own cancellation back; the request is not sent again.
 func TestACancelledRequestOnALostAddressIsNotSentAgain(t *testing.T) {
-	res := newFakeResolver()
-	port, ts := tasks(t, "127.0.0.1", "127.0.0.2")
-	close(ts["127.0.0.1"].release)
-	res.set("tasks.api", "127.0.0.2")
-	_, clock, _, tg := servedName(t, res, port, io.Discard)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	probed := make(chan string, 8)
-	tg.named.dial = func(_ context.Context, addr string) error {
+	r := newLostRig(t, func(context.Context, string) error {
 		cancel() // the client leaves before the probe fails
-		probed <- addr
 		return errFrozen
-	}
-
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tasks.api:"+port+"/slow", nil)
+	})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tasks.api:"+r.port+"/slow", nil)
 	errc := make(chan error, 1)
 	go func() {
-		resp, err := tg.named.RoundTrip(req)
+		resp, err := r.tg.named.RoundTrip(req)
 		if resp != nil {
 			resp.Body.Close()
 		}
 		errc <- err
 	}()
-	require.Eventually(t, func() bool { return ts["127.0.0.2"].hits.Load() == 1 }, 5*time.Second, time.Millisecond)
-
-	res.set("tasks.api", "127.0.0.1")
-	clock.Advance(resolveEvery)
-	awaitProbe(t, probed, "127.0.0.2:"+port)
+	r.sentToLost(1)
+	r.lose()
 	select {
 	case err := <-errc:
 		require.ErrorIs(t, err, context.Canceled)
@@ -541,7 +499,7 @@ func TestACancelledRequestOnALostAddressIsNotSentAgain(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the cancelled request never returned")
 	}
-	require.Zero(t, ts["127.0.0.1"].hits.Load(), "not sent again")
+	require.Zero(t, r.ts["127.0.0.1"].hits.Load(), "not sent again")
 }
 
 // BenchmarkNamedHop is BenchmarkHop's loop through the proxy to a named

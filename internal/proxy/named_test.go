@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -500,42 +499,4 @@ func TestACancelledRequestOnALostAddressIsNotSentAgain(t *testing.T) {
 		t.Fatal("the cancelled request never returned")
 	}
 	require.Zero(t, r.ts["127.0.0.1"].hits.Load(), "not sent again")
-}
-
-// BenchmarkNamedHop is BenchmarkHop's loop through the proxy to a named
-// endpoint (tasks.api, one address): what named's bookkeeping per
-// request adds to the hop, which BenchmarkHop (an IP endpoint) does not
-// run.
-func BenchmarkNamedHop(b *testing.B) {
-	res := newFakeResolver()
-	port, _ := tasks(b, "127.0.0.1")
-	res.set("tasks.api", "127.0.0.1")
-	p := NewServer(net.Listen, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Resolver: res})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	listen := l.Addr().String()
-	l.Close()
-	if _, err := p.Put("web", listen, "tasks.api:"+port); err != nil {
-		b.Fatal(err)
-	}
-	defer p.Delete("web")
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
-		resp, err := client.Get("http://" + listen + "/")
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		lat = append(lat, time.Since(start))
-	}
-	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }

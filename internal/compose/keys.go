@@ -207,8 +207,8 @@ var keys = map[string]handling{
 }
 
 // setKeys lists the paths of the keys v (a compose struct) sets, under
-// prefix, walking into the keys marked nested: each volume, each network.
-func setKeys(prefix string, v reflect.Value, out map[string]bool) {
+// prefix, walking into the keys table marks nested: each volume, each network.
+func setKeys(table map[string]handling, prefix string, v reflect.Value, out map[string]bool) {
 	for v.Kind() == reflect.Pointer {
 		if v.IsNil() {
 			return
@@ -218,12 +218,12 @@ func setKeys(prefix string, v reflect.Value, out map[string]bool) {
 	switch v.Kind() {
 	case reflect.Slice:
 		for i := range v.Len() {
-			setKeys(prefix, v.Index(i), out)
+			setKeys(table, prefix, v.Index(i), out)
 		}
 		return
 	case reflect.Map:
 		for _, k := range v.MapKeys() {
-			setKeys(prefix, v.MapIndex(k), out)
+			setKeys(table, prefix, v.MapIndex(k), out)
 		}
 		return
 	case reflect.Struct:
@@ -237,7 +237,7 @@ func setKeys(prefix string, v reflect.Value, out map[string]bool) {
 			continue // compose-go's own (name, extensions)
 		}
 		if slices.Contains(strings.Split(opts, ","), "inline") && name == "" {
-			setKeys(prefix, v.Field(i), out)
+			setKeys(table, prefix, v.Field(i), out)
 			continue
 		}
 		if name == "" || unset(v.Field(i)) {
@@ -248,8 +248,8 @@ func setKeys(prefix string, v reflect.Value, out map[string]bool) {
 			path = prefix + "." + name
 		}
 		out[path] = true
-		if keys[path].use == nested {
-			setKeys(path, v.Field(i), out)
+		if table[path].use == nested {
+			setKeys(table, path, v.Field(i), out)
 		}
 	}
 }
@@ -270,14 +270,20 @@ func unset(f reflect.Value) bool {
 // classify refuses a service that sets a key handoff neither applies nor
 // may ignore (keys), saying what to change.
 func classify(s types.ServiceConfig) error {
+	return refuseKeys(s, keys, fmt.Sprintf("which handoff does not apply to a release yet; remove it, or deploy %s with docker compose", s.Name))
+}
+
+// refuseKeys refuses the keys s sets that table refuses, or does not name:
+// with its reason, else with plain (what to do).
+func refuseKeys(s types.ServiceConfig, table map[string]handling, plain string) error {
 	set := map[string]bool{}
-	setKeys("", reflect.ValueOf(s), set)
-	var plain, reasons []string
+	setKeys(table, "", reflect.ValueOf(s), set)
+	var unnamed, reasons []string
 	for _, k := range slices.Sorted(maps.Keys(set)) {
-		h, ok := keys[k]
+		h, ok := table[k]
 		switch {
 		case !ok || h.use == refused && h.why == notApplied:
-			plain = append(plain, k)
+			unnamed = append(unnamed, k)
 		case h.use == refused:
 			reasons = append(reasons, fmt.Sprintf("%s (%s)", k, h.why))
 		}
@@ -286,8 +292,8 @@ func classify(s types.ServiceConfig) error {
 	if len(reasons) > 0 {
 		parts = append(parts, fmt.Sprintf("%s sets %s", s.Name, strings.Join(reasons, ", ")))
 	}
-	if len(plain) > 0 {
-		parts = append(parts, fmt.Sprintf("%s sets %s, which handoff does not apply to a release yet; remove it, or deploy %s with docker compose", s.Name, strings.Join(plain, ", "), s.Name))
+	if len(unnamed) > 0 {
+		parts = append(parts, fmt.Sprintf("%s sets %s, %s", s.Name, strings.Join(unnamed, ", "), plain))
 	}
 	if len(parts) > 0 {
 		return fmt.Errorf("%w: %s", deploy.ErrConfig, strings.Join(parts, "; "))

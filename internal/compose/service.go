@@ -49,11 +49,15 @@ type Target struct {
 // definition, compose's labels, and the settings of the x-handoff blocks
 // (the project's, then the service's), then the flags. tool is what the
 // user's compose tool says of it: its config hash and version (no hash:
-// `docker compose up` would recreate it).
+// `docker compose up` would recreate it). A service whose x-handoff says
+// engine: swarm runs on a swarm instead (swarm.go), tool unread.
 func Resolve(p *types.Project, name string, o config.Overrides, tool Tool) (Target, error) {
 	s, err := p.GetService(name)
 	if err != nil {
 		return Target{}, fmt.Errorf("%w: compose project %s has no service %q (it has: %s)", deploy.ErrConfig, p.Name, name, strings.Join(p.ServiceNames(), ", "))
+	}
+	if onSwarm(p, s) {
+		return resolveSwarm(p, s, o)
 	}
 	if err := supported(s); err != nil {
 		return Target{}, err
@@ -165,11 +169,7 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 	if s.StopGracePeriod != nil {
 		svc.StopTimeout = time.Duration(*s.StopGracePeriod)
 	}
-	for _, k := range slices.Sorted(maps.Keys(s.Environment)) {
-		if v := s.Environment[k]; v != nil {
-			svc.Env = append(svc.Env, k+"="+*v)
-		}
-	}
+	svc.Env = environment(s)
 	svc.ExtraHosts = s.ExtraHosts.AsList(":")
 	if s.Logging != nil {
 		svc.Logging = &deploy.Logging{Driver: s.Logging.Driver, Options: s.Logging.Options}
@@ -207,6 +207,18 @@ func container(p *types.Project, s types.ServiceConfig) (deploy.Service, []strin
 	svc.Labels[LabelWorkingDir] = p.WorkingDir
 	svc.Labels[LabelConfigFiles] = strings.Join(p.ComposeFiles, ",")
 	return svc, nil, nil
+}
+
+// environment is the service's environment as KEY=VALUE, sorted; a
+// variable without a value is left out, as compose leaves it out.
+func environment(s types.ServiceConfig) []string {
+	var env []string
+	for _, k := range slices.Sorted(maps.Keys(s.Environment)) {
+		if v := s.Environment[k]; v != nil {
+			env = append(env, k+"="+*v)
+		}
+	}
+	return env
 }
 
 // check is a compose healthcheck as a Docker HEALTHCHECK.
@@ -438,12 +450,22 @@ func supported(s types.ServiceConfig) error {
 // extension reads the x-handoff blocks: the project's, then the service's
 // over it.
 func extension(p *types.Project, s types.ServiceConfig) (config.File, error) {
+	return parseExtension(p, s, mergedExtension(p, s))
+}
+
+// mergedExtension is the project's x-handoff block with the service's over it.
+func mergedExtension(p *types.Project, s types.ServiceConfig) map[string]any {
 	merged := map[string]any{}
 	for _, ext := range []types.Extensions{p.Extensions, s.Extensions} {
 		if v, ok := ext[Extension].(map[string]any); ok {
 			deepMerge(merged, v)
 		}
 	}
+	return merged
+}
+
+// parseExtension reads merged, s's x-handoff, as config reads it.
+func parseExtension(p *types.Project, s types.ServiceConfig, merged map[string]any) (config.File, error) {
 	if _, ok := merged["replicas"]; ok {
 		return config.File{}, fmt.Errorf("%w: %s's x-handoff sets replicas: a compose service's containers are counted by its deploy.replicas (or scale), which docker compose reads too; set it there", deploy.ErrConfig, s.Name)
 	}

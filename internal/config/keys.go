@@ -36,8 +36,10 @@ var fileSchema = schema{
 	"canary": canarySchema, "watch": nil, "analysis": analysisSchema, "strategy": nil,
 	"host":   nil,
 	"engine": nil,
-	"swarm":  {"network": nil, "proxy_image": nil, "port": nil, "constraints": nil, "max_per_node": nil},
+	"swarm":  swarmSchema,
 }
+
+var swarmSchema = schema{"network": nil, "proxy_image": nil, "port": nil, "constraints": nil, "max_per_node": nil}
 
 var hooksSchema = schema{"pre_deploy": nil, "post_deploy": nil, "on_failure": nil, "timeout": nil}
 
@@ -45,7 +47,8 @@ var healthSchema = schema{"type": nil, "path": nil, "host": nil, "status": nil, 
 	"timeout": nil, "interval": nil, "successes": nil, "start_timeout": nil, "settle": nil}
 
 // extensionSchema is what an `x-handoff:` block of a compose file may say:
-// the container itself is the compose service's.
+// the container itself is the compose service's (on a swarm too: its image,
+// command, health check, replicas and placement).
 var extensionSchema = schema{
 	"port": nil, "health": healthSchema, "drain_timeout": nil, "stop_timeout": nil, "keep": nil,
 	"host_ports": nil, "route": nil, "strategy": nil, "reach": nil,
@@ -55,6 +58,7 @@ var extensionSchema = schema{
 	"pull":          nil, "release": nil, "release_timeout": nil, "release_pause": nil,
 	"hooks":  hooksSchema,
 	"canary": canarySchema, "watch": nil, "analysis": analysisSchema,
+	"engine": nil, "swarm": swarmSchema,
 }
 
 // checkKeys refuses unknown keys with a did-you-mean hint, and records

@@ -68,3 +68,24 @@ func TestSwarmEngineRefusesWhatItCannotRun(t *testing.T) {
 		})
 	}
 }
+
+// A compose service's x-handoff says engine and swarm: as handoff.yml does; what
+// describes the container (image, replicas, volumes) stays the compose file's.
+func TestSwarmEngineInAnExtension(t *testing.T) {
+	f, err := ParseExtension("compose.yaml (x-handoff of web)", "/srv", []byte("engine: swarm\nswarm: {proxy_image: r/handoff:1, network: apps, port: 9002, constraints: [node.role==worker], max_per_node: 2}\n"))
+	require.NoError(t, err)
+	require.Equal(t, EngineSwarm, f.Engine)
+	require.Equal(t, Swarm{Network: "apps", ProxyImage: "r/handoff:1", Port: 9002, Constraints: []string{"node.role==worker"}, MaxPerNode: 2}, f.Swarm)
+	s, err := f.Apply(deploy.Service{Name: "shop-web", Image: "r/web:1", Port: 8000, Replicas: 2}, Overrides{})
+	require.ErrorContains(t, err, "engine swarm needs health: {type: cmd", "checked as handoff.yml's")
+	require.Zero(t, s)
+
+	for yml, want := range map[string]string{
+		"swarm: {proxy_imag: x}\n":  `unknown key "proxy_imag" in swarm; did you mean "proxy_image"?`,
+		"engine: swarm\nimage: x\n": `unknown key "image" at the top level`,
+	} {
+		_, err := ParseExtension("compose.yaml (x-handoff of web)", "/srv", []byte(yml))
+		require.ErrorIs(t, err, deploy.ErrConfig)
+		require.ErrorContains(t, err, want)
+	}
+}

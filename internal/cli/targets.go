@@ -74,7 +74,11 @@ func (c *common) composeTargets(ctx context.Context, opts compose.Options, servi
 		if len(services) > 1 {
 			o.Image, o.Service = "", "" // an image or a name for one service only
 		}
-		t, err := compose.Resolve(p, name, o, compose.Ask(ctx, opts, name))
+		tool := compose.Tool{} // a swarm's service has no compose labels: nothing to ask docker compose
+		if !compose.OnSwarm(p, name) {
+			tool = compose.Ask(ctx, opts, name)
+		}
+		t, err := compose.Resolve(p, name, o, tool)
 		if err != nil {
 			return nil, err
 		}

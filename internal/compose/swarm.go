@@ -84,6 +84,11 @@ const (
 	restarts = "Swarm restarts the tasks on any exit, always, and a task found unhealthy is replaced; remove it"
 )
 
+// oneEngineKeys are x-handoff's settings of a service on one engine: its proxy and how
+// it is switched. Set in the project's block for the others, they are not a swarm
+// service's.
+var oneEngineKeys = []string{"proxy", "caddy", "handoff_proxy", "route", "reach", "strategy", "host_ports"}
+
 // colourName is what Swarm takes as a service's name (as internal/swarm checks it).
 var colourName = regexp.MustCompile(`^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`)
 
@@ -108,6 +113,14 @@ func resolveSwarm(p *types.Project, s types.ServiceConfig, o config.Overrides) (
 		return Target{}, err
 	}
 	merged := mergedExtension(p, s)
+	// What the project's x-handoff says for its services on one engine (their proxy,
+	// strategy, reach) is not this one's: only its own block can set it, to be refused.
+	own, _ := s.Extensions[Extension].(map[string]any)
+	for _, k := range oneEngineKeys {
+		if _, set := own[k]; !set {
+			delete(merged, k)
+		}
+	}
 	if err := swarmHealth(s, merged); err != nil {
 		return Target{}, err
 	}
@@ -148,6 +161,9 @@ func resolveSwarm(p *types.Project, s types.ServiceConfig, o config.Overrides) (
 	if err != nil {
 		return Target{}, err
 	}
+	if set.Service.Release != nil && len(name+"-release-job") > 63 {
+		return Target{}, fmt.Errorf("%w: %s's release job runs on the swarm as %s-release-job, longer than Swarm's 63 characters; shorten or rename the project (name:, -p) or the service", deploy.ErrConfig, s.Name, name)
+	}
 	return Target{Settings: set}, nil
 }
 
@@ -170,11 +186,16 @@ func swarmValues(s types.ServiceConfig) error {
 	return nil
 }
 
+// Docker's HEALTHCHECK defaults, for a compose healthcheck that leaves them out.
+const (
+	dockerHealthInterval = 30 * time.Second
+	dockerHealthTimeout  = 30 * time.Second
+)
+
 // swarmHealth puts the compose healthcheck under the x-handoff health: of merged, in
 // handoff.yml's words (x-handoff's keys win, one by one): the tasks' HEALTHCHECK is
-// made of them, as of handoff.yml's `health: {type: cmd, …}`. start_period becomes
-// start_timeout, which the swarm runtime gives the tasks as their start period (and
-// the deploy waits as long); retries is Swarm's 3 there, so another count is refused.
+// made of them, as of handoff.yml's `health: {type: cmd, …}`. retries is Swarm's 3
+// there, so another count is refused.
 func swarmHealth(s types.ServiceConfig, merged map[string]any) error {
 	if v, ok := merged["health"]; ok {
 		if _, isMap := v.(map[string]any); !isMap {
@@ -212,11 +233,23 @@ func swarmHealth(s types.ServiceConfig, merged map[string]any) error {
 	case !hasCommand:
 		return fmt.Errorf("%w: %s's healthcheck has no test (the image's own HEALTHCHECK is not read for a swarm): write test: [CMD, …]", deploy.ErrConfig, s.Name)
 	}
-	for key, d := range map[string]*types.Duration{"interval": hc.Interval, "timeout": hc.Timeout, "start_timeout": hc.StartPeriod} {
-		if d != nil {
-			h[key] = time.Duration(*d).String()
-		}
+	// Docker's defaults for what the file leaves out, as `docker stack deploy` would run
+	// it; the deploy waits for health as long as compose does on one engine: the start
+	// period and three failed checks, at least deploy.DefaultHealthStartTimeout. The
+	// tasks get that as their start period (Swarm's counts no failure in it, and a pass
+	// marks them healthy at once).
+	interval, timeout, start := dockerHealthInterval, dockerHealthTimeout, time.Duration(0)
+	if hc.Interval != nil {
+		interval = time.Duration(*hc.Interval)
 	}
+	if hc.Timeout != nil {
+		timeout = time.Duration(*hc.Timeout)
+	}
+	if hc.StartPeriod != nil {
+		start = time.Duration(*hc.StartPeriod)
+	}
+	h["interval"], h["timeout"] = interval.String(), timeout.String()
+	h["start_timeout"] = max(deploy.DefaultHealthStartTimeout, start+3*(interval+timeout)).String()
 	deepMerge(h, given)
 	merged["health"] = h
 	return nil

@@ -61,7 +61,7 @@ stop_timeout: 20s
 replicas: 3
 drain_timeout: 45s
 release: [/app, migrate]
-health: {type: cmd, command: [/app, check], interval: 2s, timeout: 1s, start_timeout: 30s}
+health: {type: cmd, command: [/app, check], interval: 2s, timeout: 1s, start_timeout: 2m}
 swarm:
   proxy_image: reg.example.com/team/handoff:1
   constraints: [node.role==worker, node.labels.web==true]
@@ -96,6 +96,76 @@ func TestSwarmServiceIsTheHandoffYmlOfTheSameMeaning(t *testing.T) {
 	require.Nil(t, got.Service.Adopt)
 	require.Nil(t, got.Service.Labels)
 	require.False(t, got.Service.RemoveRetired)
+}
+
+// The deploy waits for health as compose does on one engine: the start period and
+// three failed checks, at least two minutes; what the file leaves out is Docker's
+// default, as docker stack deploy would run it.
+func TestSwarmServiceHealthWindow(t *testing.T) {
+	for _, tc := range []struct{ hc, want string }{
+		{"{test: [CMD, /app, check], interval: 10s, timeout: 5s, start_period: 3m}", "3m45s 10s 5s"},
+		{"{test: [CMD, /app, check], interval: 30s, timeout: 10s, start_period: 10s}", "2m10s 30s 10s"},
+		{"{test: [CMD, /app, check], interval: 2s, start_period: 5s}", "2m0s 2s 30s"},
+		{"{test: [CMD, /app, check]}", "3m0s 30s 30s"},
+	} {
+		t.Run(tc.hc, func(t *testing.T) {
+			yml := "name: shop\nservices:\n  api:\n    image: r/api:1\n    expose: [\"8000\"]\n    healthcheck: " + tc.hc + "\n    x-handoff: {engine: swarm, swarm: {proxy_image: r/handoff:1}}\n"
+			got, err := Resolve(loadProject(t, t.TempDir(), yml), "api", config.Overrides{}, Tool{})
+			require.NoError(t, err)
+			h := got.Service.Health
+			require.Equal(t, tc.want, h.StartTimeout.String()+" "+h.Interval.String()+" "+h.Timeout.String())
+		})
+	}
+}
+
+// The project's x-handoff says for its services on one engine how they are
+// proxied (caddy:): a service of it on the swarm is not refused for that;
+// only its own block saying so is.
+func TestSwarmServiceIgnoresTheProjectsOneEngineSettings(t *testing.T) {
+	yml := `name: shop
+x-handoff:
+  caddy: {admin: "unix:./caddy/admin.sock"}
+services:
+  api:
+    image: r/api:1
+    expose: ["8000"]
+    healthcheck: {test: [CMD, /app, check]}
+    x-handoff: {engine: swarm, swarm: {proxy_image: r/handoff:1}}
+  web:
+    image: r/web:1
+    x-handoff: {route: shop.example.com}
+`
+	p := loadProject(t, t.TempDir(), yml)
+	api, err := Resolve(p, "api", config.Overrides{}, Tool{})
+	require.NoError(t, err)
+	require.Equal(t, config.EngineSwarm, api.Engine)
+	web, err := Resolve(p, "web", config.Overrides{}, Tool{Hash: "h"})
+	require.NoError(t, err)
+	require.Equal(t, "unix:"+filepath.Join(p.WorkingDir, "caddy/admin.sock"), web.Caddy.Admin, "the others keep it")
+
+	own := strings.Replace(yml, "x-handoff: {engine: swarm, swarm: {proxy_image: r/handoff:1}}", "x-handoff: {engine: swarm, strategy: start-first, swarm: {proxy_image: r/handoff:1}}", 1)
+	_, err = Resolve(loadProject(t, t.TempDir(), own), "api", config.Overrides{}, Tool{})
+	require.ErrorContains(t, err, "strategy", "its own block saying so is refused")
+}
+
+// The flags: --image deploys another image (a CI's build), --replicas is refused
+// (the compose file counts them); Swarm's rolling-update settings are left to it.
+func TestSwarmServiceFlagsAndUpdateConfig(t *testing.T) {
+	p := loadProject(t, t.TempDir(), swarmProject)
+	got, err := Resolve(p, "api", config.Overrides{Image: "reg.example.com/shop/api:1.5"}, Tool{})
+	require.NoError(t, err)
+	require.Equal(t, "reg.example.com/shop/api:1.5", got.Service.Image)
+	_, err = Resolve(p, "api", config.Overrides{Replicas: 5}, Tool{})
+	require.ErrorContains(t, err, "--replicas 5: api runs 3")
+
+	yml := strings.Replace(swarmProject, "      replicas: 3\n", "      replicas: 3\n      update_config: {parallelism: 1, order: start-first}\n      rollback_config: {parallelism: 1}\n", 1)
+	_, err = Resolve(loadProject(t, t.TempDir(), yml), "api", config.Overrides{}, Tool{})
+	require.NoError(t, err, "ignored: handoff deploys blue-green, never by Swarm's rolling update")
+
+	long := strings.Replace(swarmProject, "name: shop", "name: acme-payments-production-europe-west", 1)
+	long = strings.Replace(long, "  api:", "  checkout-gw-api:", 1)
+	_, err = Resolve(loadProject(t, t.TempDir(), long), "checkout-gw-api", config.Overrides{}, Tool{})
+	require.ErrorContains(t, err, "release job runs on the swarm as acme-payments-production-europe-west-checkout-gw-api-release-job, longer than Swarm's 63 characters")
 }
 
 // What handoff.yml has no word for reaches the tasks too: entrypoint, and an

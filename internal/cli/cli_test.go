@@ -146,6 +146,13 @@ func TestComposeTargets(t *testing.T) {
 	ts, err = c.targets(context.Background(), []string{"worker"})
 	require.NoError(t, err)
 	require.Equal(t, "shop-worker", ts[0].Service.Name)
+
+	// engine: beside compose: would be dropped: a compose service takes it from its x-handoff.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "handoff.yml"), []byte("engine: swarm\ncompose:\n  services: [web]\n"), 0o644))
+	c.files = []string{filepath.Join(dir, "handoff.yml")}
+	_, err = c.targets(context.Background(), nil)
+	require.ErrorIs(t, err, deploy.ErrConfig)
+	require.ErrorContains(t, err, "move them there (x-handoff: {engine: swarm")
 }
 
 // A canary's published state is taken for a live one only while its

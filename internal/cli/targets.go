@@ -7,6 +7,7 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/compose"
 	"github.com/handoff-dev/handoff/internal/config"
+	"github.com/handoff-dev/handoff/internal/deploy"
 )
 
 // target is one service a command acts on, and what the user must know
@@ -41,6 +42,9 @@ func (c *common) targets(ctx context.Context, args []string) ([]target, error) {
 				return []target{{Settings: s}}, err
 			}
 			// handoff.yml points at the compose project.
+			if f.Engine != "" || len(f.Swarm.Constraints) > 0 || f.Swarm.ProxyImage != "" {
+				return nil, fmt.Errorf("%w: handoff.yml names a compose project (compose:) and sets engine: or swarm: beside it, which a compose service takes from its own x-handoff: move them there (x-handoff: {engine: swarm, swarm: {…}})", deploy.ErrConfig)
+			}
 			opts := c.compose
 			opts.Files = f.ComposeFiles()
 			opts.EnvFiles = append(f.Compose.EnvFiles, opts.EnvFiles...)

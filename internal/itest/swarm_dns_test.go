@@ -66,5 +66,5 @@ func TestSwarmAProxyWhoseDNSNeverShowsTheTasks(t *testing.T) {
 	require.Zero(t, res.Code, "status: %s", res)
 	require.NotContains(t, res.Stdout, "warning", "every node in step: %s", res)
 
-	noneFailed(t, loads, "a node whose DNS lags, then repair: %d requests, %d failed")
+	a.noneFailed(loads, "a node whose DNS lags, then repair: %d requests, %d failed")
 }

@@ -107,5 +107,5 @@ func TestSwarmKillDeployAtEachPhaseThenRepair(t *testing.T) {
 		a.servesOn(next, a.sw.Nodes...)
 		serving = next
 	}
-	noneFailed(t, loads, "kill -9 of handoff deploy in each phase, then repair: %d requests, %d failed")
+	a.noneFailed(loads, "kill -9 of handoff deploy in each phase, then repair: %d requests, %d failed")
 }

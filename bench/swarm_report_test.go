@@ -601,10 +601,16 @@ func TestFailureKind(t *testing.T) {
 // swarm.json instead: the figures of a run are kept, its words and chart follow the
 // report.
 func TestSwarmReportFromJSON(t *testing.T) {
-	dir, rewrite := os.Getenv("HANDOFF_BENCH_SWARM_REPORT"), true
-	if dir == "" {
-		dir, rewrite = filepath.Join("results", "2026-12-04-swarm-run1"), false
+	if dir := os.Getenv("HANDOFF_BENCH_SWARM_REPORT"); dir != "" {
+		swarmReportFromJSON(t, dir, true)
+		return
 	}
+	for _, run := range []string{"2026-12-04-swarm-run1", "2026-12-04-swarm-run2"} {
+		t.Run(run, func(t *testing.T) { swarmReportFromJSON(t, filepath.Join("results", run), false) })
+	}
+}
+
+func swarmReportFromJSON(t *testing.T, dir string, rewrite bool) {
 	data, err := os.ReadFile(filepath.Join(dir, "swarm.json"))
 	require.NoError(t, err)
 	var rep swarmReport
